@@ -7,7 +7,10 @@
 //! - [`bus`]: ZeroMQ sockets, the trust policy, relay, publisher and subscriber;
 //! - [`config`]: `hark.yaml` with every default built in;
 //! - [`cli`]: the `hark` command.
+pub mod bus;
 pub mod cli;
+pub mod config;
 pub mod duration;
 pub mod event;
+pub mod metrics;
 pub mod topic;

@@ -127,6 +127,38 @@ impl TopicPattern {
             .all(|s| matches!(s, Segment::Literal(_)))
     }
 
+    /// The literal text every matching topic starts with, for ZeroMQ prefix subscriptions
+    /// (which are byte prefixes, so this never filters out a match).
+    pub fn literal_prefix(&self) -> String {
+        let mut prefix = String::new();
+        for seg in &self.segments {
+            match seg {
+                Segment::Literal(l) => {
+                    prefix.push_str(l);
+                    prefix.push('.');
+                }
+                Segment::Glob(g) => {
+                    let lit: String = g
+                        .as_str()
+                        .chars()
+                        .take_while(|c| *c != '*' && *c != '?')
+                        .collect();
+                    prefix.push_str(&lit);
+                    return prefix;
+                }
+                // `**` may match zero segments, so the dot before it is not guaranteed.
+                Segment::AnyMany => {
+                    prefix.pop();
+                    return prefix;
+                }
+                _ => return prefix,
+            }
+        }
+        // A fully literal pattern: the topic itself, without the trailing dot.
+        prefix.pop();
+        prefix
+    }
+
     pub fn matches(&self, topic: &str) -> bool {
         let parts: Vec<&str> = topic.split('.').collect();
         match_segments(&self.segments, &parts)
@@ -228,10 +260,24 @@ mod tests {
     fn alternatives_and_segment_globs() {
         assert!(m("org.{debian,fedoraproject}.prod", "org.debian.prod"));
         assert!(!m("org.{debian,fedoraproject}.prod", "org.ubuntu.prod"));
-        assert!(m("_lk.archive.package-*", "_lk.archive.package-upload-accepted"));
+        assert!(m(
+            "_lk.archive.package-*",
+            "_lk.archive.package-upload-accepted"
+        ));
         assert!(!m("_lk.archive.package-*", "_lk.archive.package.x"));
         assert!(m("a.v?", "a.v1"));
         assert!(!m("a.v?", "a.v12"));
+    }
+
+    #[test]
+    fn literal_prefix_never_excludes_a_match() {
+        let p = |s: &str| TopicPattern::parse(s).unwrap().literal_prefix();
+        assert_eq!(p("_lk.archive.*.published"), "_lk.archive.");
+        assert_eq!(p("_lk.archive.package-*"), "_lk.archive.package-");
+        assert_eq!(p("a.b"), "a.b");
+        assert_eq!(p("**"), "");
+        assert_eq!(p("a.**"), "a");
+        assert!(TopicPattern::parse("a.**").unwrap().matches("a"));
     }
 
     #[test]

@@ -1,4 +1,97 @@
-//! Command-line interface.
-pub fn main() -> std::process::ExitCode {
-    std::process::ExitCode::SUCCESS
+//! The `hark` command: argument parsing, logging setup, and dispatch to one module per
+//! subcommand. Subcommand modules turn flags plus `hark.yaml` into options for the library
+//! and map failures to exit codes; they hold no bus or rule logic of their own.
+
+mod keygen;
+mod publish;
+mod relay;
+pub mod rules;
+mod tail;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Exit code for "could not reach the relay in time" (EX_TEMPFAIL: try again later).
+pub const EXIT_TEMPFAIL: u8 = 75;
+/// Exit code for bad usage or configuration (EX_USAGE is 64; 2 is what clap uses).
+pub const EXIT_USAGE: u8 = 2;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "hark",
+    version,
+    about = "Run commands when distribution infrastructure publishes events",
+    long_about = "hark listens to a ZeroMQ event bus (Laniakea Lighthouse and fedmsg compatible), \
+matches signed events against YAML rules in rules.d/, and runs commands with the event as JSON \
+on stdin. It ships the whole bus: relay, publisher, tail.\n\n\
+Quick start:\n  hark keygen --id me --out keys/\n  hark relay --key keys/me.key_secret --trusted keys/ --grant 'me=**'\n  \
+hark tail --connect tcp://127.0.0.1:5572\n  hark publish --relay tcp://127.0.0.1:5571 --key keys/me.key_secret _lk.test.hello --data '{\"hi\":1}'"
+)]
+struct Cli {
+    /// Log filter, e.g. `info`, `debug`, `hark=debug` (also HARK_LOG).
+    #[arg(long, global = true, env = "HARK_LOG", default_value = "info")]
+    log: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create an Ed25519 key pair in Laniakea's keyfile format.
+    Keygen(keygen::KeygenArgs),
+    /// Run a relay: accept, verify, countersign and publish events.
+    Relay(relay::RelayArgs),
+    /// Sign an event and submit it to a relay; exits 0 once the relay has published it.
+    Publish(publish::PublishArgs),
+    /// Print events from one or more relays, verified, as they arrive.
+    Tail(tail::TailArgs),
+    /// Check rule files and dry-run them against events.
+    Rules(rules::RulesArgs),
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false);
+    // journald stamps every line itself; a second timestamp is noise.
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        builder.without_time().init();
+    } else {
+        builder.init();
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log);
+    match cli.command {
+        Command::Keygen(args) => keygen::run(args),
+        Command::Relay(args) => relay::run(args),
+        Command::Publish(args) => publish::run(args),
+        Command::Tail(args) => tail::run(args),
+        Command::Rules(args) => rules::run(args),
+    }
+}
+
+/// Print an error chain the way an admin wants to read it and return `code`.
+pub(crate) fn fail(err: impl std::fmt::Display, code: u8) -> ExitCode {
+    eprintln!("hark: error: {err}");
+    ExitCode::from(code)
+}
+
+/// Register SIGTERM/SIGINT (and SIGHUP where given) to set the returned flag.
+pub(crate) fn shutdown_flag() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        if let Err(e) = signal_hook::flag::register(sig, flag.clone()) {
+            tracing::warn!("cannot watch signal {sig}: {e}");
+        }
+    }
+    flag
 }

@@ -217,10 +217,17 @@ pub fn read_verify_key(path: &Path) -> Result<VerifyKey, KeyError> {
     let bytes = decode_base64(raw)
         .map_err(|e| KeyError::invalid(path, format!("verify-key is not base64: {e}")))?;
     let bytes: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
-        KeyError::invalid(path, format!("verify-key must be 32 bytes, got {}", bytes.len()))
+        KeyError::invalid(
+            path,
+            format!("verify-key must be 32 bytes, got {}", bytes.len()),
+        )
     })?;
-    let key = ed25519_dalek::VerifyingKey::from_bytes(&bytes)
-        .map_err(|e| KeyError::invalid(path, format!("verify-key is not a valid Ed25519 point: {e}")))?;
+    let key = ed25519_dalek::VerifyingKey::from_bytes(&bytes).map_err(|e| {
+        KeyError::invalid(
+            path,
+            format!("verify-key is not a valid Ed25519 point: {e}"),
+        )
+    })?;
     Ok(VerifyKey {
         name: id.clone(),
         version: "0".to_string(),
@@ -384,9 +391,18 @@ mod tests {
             seed,
             decode_base64("YJDBA9Xnr2sVqXD9Vj7XVUnmFZcZrlw8Md7kMW+3XA0=").unwrap()
         );
-        assert_eq!(encode_base64(&seed), "YJDBA9Xnr2sVqXD9Vj7XVUnmFZcZrlw8Md7kMW+3XA0");
+        assert_eq!(
+            encode_base64(&seed),
+            "YJDBA9Xnr2sVqXD9Vj7XVUnmFZcZrlw8Md7kMW+3XA0"
+        );
         assert_eq!(decode_base64("-_8").unwrap(), vec![0xfb, 0xff]);
-        for (plain, b64) in [("", ""), ("f", "Zg"), ("fo", "Zm8"), ("foob", "Zm9vYg"), ("foobar", "Zm9vYmFy")] {
+        for (plain, b64) in [
+            ("", ""),
+            ("f", "Zg"),
+            ("fo", "Zm8"),
+            ("foob", "Zm9vYg"),
+            ("foobar", "Zm9vYmFy"),
+        ] {
             assert_eq!(encode_base64(plain.as_bytes()), b64);
         }
     }
@@ -410,13 +426,19 @@ mod tests {
         };
         let (public, secret) = write_keypair(dir.path(), &meta, &key).unwrap();
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(fs::metadata(&secret).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&secret).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         let read = read_signing_key(&secret).unwrap();
         assert_eq!(read.name, "archive-master");
         assert_eq!(read.key.as_bytes(), key.key.as_bytes());
         assert_eq!(read_verify_key(&public).unwrap(), key.verify_key());
         assert!(read_signing_key(&public).is_err());
-        assert!(write_keypair(dir.path(), &meta, &key).is_err(), "must not overwrite");
+        assert!(
+            write_keypair(dir.path(), &meta, &key).is_err(),
+            "must not overwrite"
+        );
     }
 
     #[test]
@@ -433,16 +455,31 @@ mod tests {
         let sj = dir.path().join("domain.signing.key");
         fs::write(&sj, format!("ed25519 1 {MATRIX_SEED}\n")).unwrap();
         let key = read_signing_key(&sj).unwrap();
-        assert_eq!((key.name.as_str(), key.key_id().as_str()), ("domain", "ed25519:1"));
+        assert_eq!(
+            (key.name.as_str(), key.key_id().as_str()),
+            ("domain", "ed25519:1")
+        );
     }
 
     #[test]
     fn trusted_dir_skips_leftovers_and_reports_bad_files() {
         let dir = tempfile::tempdir().unwrap();
         let key = SigningKey::generate("good");
-        write_keypair(dir.path(), &KeyMetadata { id: "good".into(), ..Default::default() }, &key).unwrap();
+        write_keypair(
+            dir.path(),
+            &KeyMetadata {
+                id: "good".into(),
+                ..Default::default()
+            },
+            &key,
+        )
+        .unwrap();
         fs::remove_file(dir.path().join("good.key_secret")).unwrap();
-        fs::write(dir.path().join("broken.key"), "metadata\n    id = \"broken\"\n").unwrap();
+        fs::write(
+            dir.path().join("broken.key"),
+            "metadata\n    id = \"broken\"\n",
+        )
+        .unwrap();
         fs::write(dir.path().join("old.key.dpkg-old"), "garbage").unwrap();
         fs::write(dir.path().join(".hidden"), "garbage").unwrap();
         fs::write(dir.path().join("good.key~"), "garbage").unwrap();

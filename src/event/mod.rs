@@ -141,12 +141,14 @@ impl Event {
         if format != "1.0" {
             return Err(EnvelopeError::UnsupportedFormat(format.to_string()));
         }
-        let data = obj.get("data").filter(|d| d.is_object()).cloned().ok_or(
-            EnvelopeError::BadField {
-                field: "data",
-                expected: "object",
-            },
-        )?;
+        let data =
+            obj.get("data")
+                .filter(|d| d.is_object())
+                .cloned()
+                .ok_or(EnvelopeError::BadField {
+                    field: "data",
+                    expected: "object",
+                })?;
         let relay = obj
             .get("unsigned")
             .and_then(|u| u.as_object())
@@ -207,7 +209,10 @@ pub fn parse_json(bytes: &[u8]) -> Result<Value, EnvelopeError> {
     serde_json::from_str(text).map_err(|e| EnvelopeError::MalformedJson(e.to_string()))
 }
 
-fn str_field<'a>(obj: &'a Map<String, Value>, field: &'static str) -> Result<&'a str, EnvelopeError> {
+fn str_field<'a>(
+    obj: &'a Map<String, Value>,
+    field: &'static str,
+) -> Result<&'a str, EnvelopeError> {
     obj.get(field)
         .and_then(Value::as_str)
         .ok_or(EnvelopeError::BadField {
@@ -228,7 +233,8 @@ mod tests {
 
     #[test]
     fn laniakea_frames_normalize() {
-        let ev = Event::from_frames(vec![b"_lk.archive.x".to_vec(), LK.as_bytes().to_vec()]).unwrap();
+        let ev =
+            Event::from_frames(vec![b"_lk.archive.x".to_vec(), LK.as_bytes().to_vec()]).unwrap();
         assert_eq!(ev.topic, "_lk.archive.x");
         assert_eq!(ev.uuid, "5b3c1a2e-8f00-11ee-b9d1-0242ac120002");
         assert_eq!(ev.data["repo"], "master");
@@ -238,7 +244,8 @@ mod tests {
 
     #[test]
     fn frame_topic_must_match_body() {
-        let err = Event::from_frames(vec![b"_lk.other".to_vec(), LK.as_bytes().to_vec()]).unwrap_err();
+        let err =
+            Event::from_frames(vec![b"_lk.other".to_vec(), LK.as_bytes().to_vec()]).unwrap_err();
         assert_eq!(err.reason(), "topic-mismatch");
     }
 
@@ -264,13 +271,22 @@ mod tests {
             (vec![b"a".to_vec(), vec![0xff, 0xfe]], "not-utf8"),
             (vec![b"a".to_vec(), b"{not json".to_vec()], "malformed-json"),
             (vec![b"a".to_vec(), b"[1,2]".to_vec()], "unknown-envelope"),
-            (vec![b"a".to_vec(), b"{\"x\":1}".to_vec()], "unknown-envelope"),
             (
-                vec![b"a".to_vec(), br#"{"tag":"a","format":"1.0","uuid":"u","time":"t","data":[]}"#.to_vec()],
+                vec![b"a".to_vec(), b"{\"x\":1}".to_vec()],
+                "unknown-envelope",
+            ),
+            (
+                vec![
+                    b"a".to_vec(),
+                    br#"{"tag":"a","format":"1.0","uuid":"u","time":"t","data":[]}"#.to_vec(),
+                ],
                 "bad-field",
             ),
             (
-                vec![b"a".to_vec(), br#"{"tag":"a","format":"2.0","uuid":"u","time":"t","data":{}}"#.to_vec()],
+                vec![
+                    b"a".to_vec(),
+                    br#"{"tag":"a","format":"2.0","uuid":"u","time":"t","data":{}}"#.to_vec(),
+                ],
                 "unsupported-format",
             ),
         ];

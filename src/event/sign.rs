@@ -66,7 +66,9 @@ pub fn check(event: &Value, keyring: &Keyring) -> SignatureReport {
             continue;
         };
         let Some(sig_text) = by_key.get(key.key_id()).and_then(Value::as_str) else {
-            report.bad.push((signer.clone(), format!("no {} signature", key.key_id())));
+            report
+                .bad
+                .push((signer.clone(), format!("no {} signature", key.key_id())));
             continue;
         };
         let sig = match decode_base64(sig_text)
@@ -75,7 +77,9 @@ pub fn check(event: &Value, keyring: &Keyring) -> SignatureReport {
         {
             Some(sig) => sig,
             None => {
-                report.bad.push((signer.clone(), "signature is not 64 bytes of base64".into()));
+                report
+                    .bad
+                    .push((signer.clone(), "signature is not 64 bytes of base64".into()));
                 continue;
             }
         };
@@ -84,14 +88,18 @@ pub fn check(event: &Value, keyring: &Keyring) -> SignatureReport {
             None => match signed_bytes(event) {
                 Ok(m) => message.insert(m),
                 Err(e) => {
-                    report.bad.push((signer.clone(), format!("cannot canonicalize: {e}")));
+                    report
+                        .bad
+                        .push((signer.clone(), format!("cannot canonicalize: {e}")));
                     continue;
                 }
             },
         };
         match key.key.verify_strict(bytes, &sig) {
             Ok(()) => report.verified.push(signer.clone()),
-            Err(_) => report.bad.push((signer.clone(), "signature does not verify".into())),
+            Err(_) => report
+                .bad
+                .push((signer.clone(), "signature does not verify".into())),
         }
     }
     report
@@ -138,9 +146,18 @@ mod tests {
         // Re-serializing the parsed frame gives back the exact published bytes.
         assert_eq!(canonical::to_vec(&event).unwrap(), frame.as_bytes());
 
-        let signer = SigningKey::from_seed("test-signer", "0", &decode_base64("YJDBA9Xnr2sVqXD9Vj7XVUnmFZcZrlw8Md7kMW+3XA1").unwrap()).unwrap();
-        let relay = SigningKey::from_seed("lighthouse-test", "0", &(0u8..32).collect::<Vec<_>>()).unwrap();
-        assert_eq!(encode_base64(relay.verify_key().key.as_bytes()), "A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg");
+        let signer = SigningKey::from_seed(
+            "test-signer",
+            "0",
+            &decode_base64("YJDBA9Xnr2sVqXD9Vj7XVUnmFZcZrlw8Md7kMW+3XA1").unwrap(),
+        )
+        .unwrap();
+        let relay =
+            SigningKey::from_seed("lighthouse-test", "0", &(0u8..32).collect::<Vec<_>>()).unwrap();
+        assert_eq!(
+            encode_base64(relay.verify_key().key.as_bytes()),
+            "A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg"
+        );
 
         let mut unsigned = event.clone();
         unsigned.as_object_mut().unwrap().remove("signatures");

@@ -1,0 +1,127 @@
+//! `hark relay`: flags over `hark.yaml`, then run the relay until SIGTERM.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use tracing::warn;
+
+use crate::bus::relay::{self, RelayOptions};
+use crate::bus::trust::{parse_grant, TrustPolicy};
+use crate::config::Config;
+use crate::event::keys::read_signing_key;
+use crate::metrics::Registry;
+
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Every flag overrides the same setting in hark.yaml (relay.* and trust.*).\n\n\
+Each native event is checked in this order: signatures by trusted keys (--trusted), the signer's \
+topic grants (--grant), unsigned events (--allow-unsigned), duplicate uuids, freshness of `time`. \
+What passes is countersigned with --key, stamped with unsigned.{relay,epoch,seq,received} and \
+published as [tag, json]. fedmsg frames on --fedmsg-inbound are forwarded byte for byte.\n\n\
+Example:\n  hark relay --key /etc/hark/keys/secret/relay.key_secret --trusted /etc/hark/keys/trusted \\\n    \
+--grant 'archive-master=_lk.archive.**' --fedmsg-inbound tcp://*:9941"
+)]
+pub struct RelayArgs {
+    /// Configuration file [default: /etc/hark/hark.yaml if present, else built-in defaults].
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// ROUTER endpoint for submissions (repeatable) [default: tcp://127.0.0.1:5571].
+    #[arg(long, value_name = "EP")]
+    submit: Vec<String>,
+    /// PUB endpoint to publish on (repeatable) [default: tcp://127.0.0.1:5572].
+    #[arg(long, value_name = "EP")]
+    publish: Vec<String>,
+    /// SUB endpoint to bind for fedmsg active publishers (repeatable).
+    #[arg(long, value_name = "EP")]
+    fedmsg_inbound: Vec<String>,
+    /// The relay's secret keyfile, used to countersign what it publishes.
+    #[arg(long, value_name = "SECRETFILE")]
+    key: Option<PathBuf>,
+    /// Directory of trusted public keyfiles [default: /etc/hark/keys/trusted].
+    #[arg(long, value_name = "DIR")]
+    trusted: Option<PathBuf>,
+    /// Allow SIGNER to publish topics matching GLOB (repeatable; `*=**` allows everything).
+    #[arg(long, value_name = "SIGNER=GLOB[,GLOB]")]
+    grant: Vec<String>,
+    /// Accept events that carry no trusted signature.
+    #[arg(long)]
+    allow_unsigned: bool,
+    /// Name stamped into unsigned.relay [default: host name].
+    #[arg(long)]
+    name: Option<String>,
+    /// Largest accepted message in bytes [default: 1048576].
+    #[arg(long, value_name = "BYTES")]
+    max_message_size: Option<usize>,
+}
+
+pub fn run(args: RelayArgs) -> ExitCode {
+    match run_inner(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => super::fail(format!("{e:#}"), 1),
+    }
+}
+
+fn run_inner(args: RelayArgs) -> anyhow::Result<()> {
+    let mut config = Config::load(args.config.as_deref())?;
+    let relay_cfg = &mut config.relay;
+    if !args.submit.is_empty() {
+        relay_cfg.submit = args.submit;
+    }
+    if !args.publish.is_empty() {
+        relay_cfg.publish = args.publish;
+    }
+    if !args.fedmsg_inbound.is_empty() {
+        relay_cfg.fedmsg_inbound = args.fedmsg_inbound;
+    }
+    relay_cfg.key = args.key.or(relay_cfg.key.take());
+    relay_cfg.name = args.name.or(relay_cfg.name.take());
+    if let Some(size) = args.max_message_size {
+        relay_cfg.max_message_size = size;
+    }
+    if let Some(dir) = args.trusted {
+        if !dir.is_dir() {
+            anyhow::bail!("--trusted {}: not a directory", dir.display());
+        }
+        config.trust.trusted_dir = dir;
+    }
+    config.trust.allow_unsigned |= args.allow_unsigned;
+    let grants = args
+        .grant
+        .iter()
+        .map(|g| parse_grant(g))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(anyhow::Error::msg)?;
+
+    let key = match &config.relay.key {
+        Some(path) => Some(read_signing_key(path)?),
+        None => {
+            warn!("no relay key (--key or relay.key): events are published without the relay's countersignature");
+            None
+        }
+    };
+    let (policy, key_errors) =
+        TrustPolicy::from_config(&config.trust, &grants).map_err(anyhow::Error::msg)?;
+    for e in key_errors {
+        warn!("skipping trusted key: {e}");
+    }
+    if policy.keyring().is_empty() && !policy.allow_unsigned() {
+        warn!(
+            "no trusted keys in {} and unsigned events are refused: every submission will be refused",
+            config.trust.trusted_dir.display()
+        );
+    }
+    let own_name = key.as_ref().map(|k| k.name.clone());
+    for name in policy.keyring().names() {
+        if Some(name) == own_name.as_deref() {
+            continue;
+        }
+        if !grants.iter().any(|(s, _)| s == name || s == "*")
+            && !config.trust.grants.contains_key(name)
+            && !config.trust.grants.contains_key("*")
+        {
+            warn!("trusted signer {name:?} has no topic grant; its events will be refused (add --grant '{name}=GLOB')");
+        }
+    }
+    let opts = RelayOptions::new(&config.relay, &config.trust, &config.zmq, policy, key);
+    relay::run(opts, Registry::default(), super::shutdown_flag(), || {})
+}

@@ -1,0 +1,207 @@
+//! `hark tail`: watch the bus. Verifies every event against the trusted keys and shows who
+//! signed it; bad or untrusted signatures are shown, not hidden, since this is the tool an
+//! admin reaches for when something does not arrive.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::bus::subscribe::Subscriber;
+use crate::bus::trust::Dedupe;
+use crate::config::Config;
+use crate::event::keys::Keyring;
+use crate::event::{sign, Event};
+use crate::topic::TopicPattern;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Style {
+    /// One line per event: time, topic, signers, compact data.
+    Line,
+    /// One JSON object per line (stable, for scripts).
+    Json,
+    /// A header line and indented data.
+    Pretty,
+    /// Topic and uuid only.
+    Terse,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Connect to several relays at once to watch a redundant bus; each event is \
+shown once (deduplicated by uuid).\n\n\
+--json prints one object per line with the keys topic, uuid, time, format, signers (verified), \
+untrusted_signers, bad_signatures, origin, author, relay and data.\n\n\
+Example:\n  hark tail --connect tcp://master:5572 --topic '_lk.archive.**' --trusted /etc/hark/keys/trusted"
+)]
+pub struct TailArgs {
+    /// Relay PUB (or fedmsg) endpoint to connect to (repeatable) [default: tcp://127.0.0.1:5572].
+    #[arg(long, value_name = "EP")]
+    connect: Vec<String>,
+    /// Only show topics matching GLOB (repeatable): `*` one segment, `**` any number.
+    #[arg(long, value_name = "GLOB", value_parser = |s: &str| TopicPattern::parse(s).map_err(|e| e.to_string()))]
+    topic: Vec<TopicPattern>,
+    /// Directory of trusted public keyfiles [default: trust.trusted_dir from hark.yaml].
+    #[arg(long, value_name = "DIR")]
+    trusted: Option<PathBuf>,
+    #[arg(long, conflicts_with_all = ["pretty", "terse"])]
+    /// Same as --format json.
+    json: bool,
+    /// Same as --format pretty.
+    #[arg(long, conflicts_with = "terse")]
+    pretty: bool,
+    /// Same as --format terse.
+    #[arg(long)]
+    terse: bool,
+    /// Exit after N events.
+    #[arg(long, value_name = "N")]
+    count: Option<u64>,
+    /// Exit after this long (non-zero if --count was not reached).
+    #[arg(long, value_name = "DURATION", value_parser = crate::duration::parse)]
+    timeout: Option<Duration>,
+    /// Configuration file (trusted keys directory and ZeroMQ options).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+pub fn run(args: TailArgs) -> ExitCode {
+    let config = match Config::load(args.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => return super::fail(e, super::EXIT_USAGE),
+    };
+    let style = if args.json {
+        Style::Json
+    } else if args.pretty {
+        Style::Pretty
+    } else if args.terse {
+        Style::Terse
+    } else {
+        Style::Line
+    };
+    let trusted_dir = args.trusted.unwrap_or(config.trust.trusted_dir.clone());
+    let keyring = if trusted_dir.is_dir() {
+        match Keyring::load_dir(&trusted_dir) {
+            Ok((ring, errors)) => {
+                for e in errors {
+                    tracing::warn!("skipping trusted key: {e}");
+                }
+                ring
+            }
+            Err(e) => return super::fail(e, super::EXIT_USAGE),
+        }
+    } else {
+        Keyring::default()
+    };
+    let endpoints = if args.connect.is_empty() {
+        config.relay.publish.clone()
+    } else {
+        args.connect
+    };
+    let sub = match Subscriber::connect(&endpoints, &args.topic, &config.zmq) {
+        Ok(s) => s,
+        Err(e) => return super::fail(format!("{e:#}"), 1),
+    };
+    tracing::info!(
+        "connected to {} ({} trusted signers)",
+        endpoints.join(" "),
+        keyring.len()
+    );
+    let shutdown = super::shutdown_flag();
+    let started = Instant::now();
+    let mut dedupe = Dedupe::new(Duration::from_secs(600), 100_000);
+    let mut shown = 0u64;
+    let stdout = std::io::stdout();
+    while !shutdown.load(Ordering::Relaxed) {
+        if args.count.is_some_and(|n| shown >= n) {
+            return ExitCode::SUCCESS;
+        }
+        let wait = match args.timeout {
+            Some(t) if started.elapsed() >= t => break,
+            Some(t) => (t - started.elapsed()).min(Duration::from_millis(250)),
+            None => Duration::from_millis(250),
+        };
+        let frames = match sub.recv(wait) {
+            Ok(Some(f)) => f,
+            Ok(None) => continue,
+            Err(e) => return super::fail(format!("receiving: {e}"), 1),
+        };
+        let event = match Event::from_frames(frames) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(reason = e.reason(), "skipping malformed message: {e}");
+                continue;
+            }
+        };
+        if !args.topic.is_empty() && !args.topic.iter().any(|p| p.matches(&event.topic)) {
+            continue;
+        }
+        if !dedupe.first_seen(&event.uuid, Instant::now()) {
+            continue;
+        }
+        let report = sign::check(&event.body, &keyring);
+        let text = render(style, &event, &report);
+        let mut out = stdout.lock();
+        if writeln!(out, "{text}").and_then(|_| out.flush()).is_err() {
+            // The reader went away (e.g. `| head`); that is a normal way to stop.
+            return ExitCode::SUCCESS;
+        }
+        shown += 1;
+    }
+    match args.count {
+        Some(n) if shown < n => {
+            super::fail(format!("saw {shown} of {n} events before the timeout"), 1)
+        }
+        _ => ExitCode::SUCCESS,
+    }
+}
+
+fn render(style: Style, event: &Event, report: &sign::SignatureReport) -> String {
+    match style {
+        Style::Json => json!({
+            "topic": event.topic,
+            "uuid": event.uuid,
+            "time": event.time,
+            "format": event.format,
+            "signers": report.verified,
+            "untrusted_signers": report.unknown,
+            "bad_signatures": report.bad.iter().map(|(s, r)| json!({"signer": s, "reason": r})).collect::<Vec<_>>(),
+            "origin": event.origin,
+            "author": event.author,
+            "relay": event.relay,
+            "data": event.data,
+        })
+        .to_string(),
+        Style::Terse => format!("{} {}", event.topic, event.uuid),
+        Style::Line | Style::Pretty => {
+            let mut who = if report.verified.is_empty() {
+                "UNVERIFIED".to_string()
+            } else {
+                format!("signed by {}", report.verified.join(", "))
+            };
+            if !report.bad.is_empty() {
+                let bad: Vec<&str> = report.bad.iter().map(|(s, _)| s.as_str()).collect();
+                who.push_str(&format!(" BAD SIGNATURE by {}", bad.join(", ")));
+            }
+            let time = event.time.as_deref().unwrap_or("-");
+            if style == Style::Pretty {
+                let data = serde_json::to_string_pretty(&event.data).unwrap_or_default();
+                format!("{time} {} [{who}] {}\n{data}", event.topic, event.uuid)
+            } else {
+                let mut data = compact(&event.data);
+                if data.len() > 300 {
+                    let cut = (0..=300).rev().find(|i| data.is_char_boundary(*i)).unwrap_or(0);
+                    data.truncate(cut);
+                    data.push('…');
+                }
+                format!("{time} {} [{who}] {data}", event.topic)
+            }
+        }
+    }
+}
+
+fn compact(v: &Value) -> String {
+    serde_json::to_string(v).unwrap_or_default()
+}

@@ -1,0 +1,239 @@
+//! `hark.yaml`: every setting with its built-in default, so that hark runs with no file at
+//! all. This module owns loading and validating the file; each component receives only its
+//! own section. Errors name the file, line and column.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::duration::serde_text;
+
+/// Where the packaged configuration lives.
+pub const DEFAULT_PATH: &str = "/etc/hark/hark.yaml";
+
+/// A YAML file that could not be used: `path:line:column: message`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}{}: {message}", path.display(), location.map(|(l, c)| format!(":{l}:{c}")).unwrap_or_default())]
+pub struct FileError {
+    pub path: PathBuf,
+    pub location: Option<(u64, u64)>,
+    pub message: String,
+}
+
+/// Parse YAML text into `T`, reporting errors against `path`.
+pub fn parse_yaml<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> Result<T, FileError> {
+    serde_saphyr::from_str::<T>(text).map_err(|e| {
+        let location = e
+            .location()
+            .filter(|l| l.line() > 0)
+            .map(|l| (l.line(), l.column()));
+        // The first line of saphyr's rendering is the message; the rest is a snippet that
+        // names "<input>", which would only confuse next to our own file:line:col.
+        let rendered = e.to_string();
+        let message = rendered
+            .lines()
+            .next()
+            .unwrap_or("invalid YAML")
+            .trim_start_matches("error: ")
+            .to_string();
+        let message = strip_location_suffix(&message);
+        FileError {
+            path: path.to_path_buf(),
+            location,
+            message,
+        }
+    })
+}
+
+fn strip_location_suffix(message: &str) -> String {
+    let mut m = message
+        .replace(", set DuplicateKeyPolicy in Options if acceptable", "")
+        .to_string();
+    if let Some(idx) = m.find(" at line ") {
+        m.truncate(idx);
+    }
+    if let Some(rest) = m.strip_prefix("line ") {
+        if let Some((_, tail)) = rest.split_once(": ") {
+            return tail.to_string();
+        }
+    }
+    m
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub relay: RelayConfig,
+    pub trust: TrustConfig,
+    pub zmq: ZmqConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            relay: RelayConfig::default(),
+            trust: TrustConfig::default(),
+            zmq: ZmqConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Load `path` if given (it must exist), else the packaged file if present, else the
+    /// built-in defaults.
+    pub fn load(path: Option<&Path>) -> Result<Config, FileError> {
+        let path = match path {
+            Some(p) => p.to_path_buf(),
+            None if Path::new(DEFAULT_PATH).exists() => PathBuf::from(DEFAULT_PATH),
+            None => return Ok(Config::default()),
+        };
+        let text = std::fs::read_to_string(&path).map_err(|e| FileError {
+            path: path.clone(),
+            location: None,
+            message: e.to_string(),
+        })?;
+        if text.trim().is_empty() {
+            return Ok(Config::default());
+        }
+        parse_yaml(&path, &text)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RelayConfig {
+    /// Name under `unsigned.relay`; defaults to the host name.
+    pub name: Option<String>,
+    /// ROUTER endpoints that accept submissions (Laniakea's default port is 5571).
+    pub submit: Vec<String>,
+    /// PUB endpoints that emit `[tag, json]` (Laniakea's default port is 5572).
+    pub publish: Vec<String>,
+    /// SUB endpoints bound for fedmsg active publishers (Fedora used 9941).
+    pub fedmsg_inbound: Vec<String>,
+    /// The relay's secret key; without one, events are relayed without a countersignature.
+    pub key: Option<PathBuf>,
+    /// Largest accepted message in bytes (all frames together).
+    pub max_message_size: usize,
+    /// Verification threads; 0 means one per CPU.
+    pub workers: usize,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            name: None,
+            submit: vec!["tcp://127.0.0.1:5571".into()],
+            publish: vec!["tcp://127.0.0.1:5572".into()],
+            fedmsg_inbound: Vec::new(),
+            key: None,
+            max_message_size: 1024 * 1024,
+            workers: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrustConfig {
+    /// Directory of public keyfiles; each file's `metadata.id` is the signer's name.
+    pub trusted_dir: PathBuf,
+    /// Admit events that carry no trusted signature.
+    pub allow_unsigned: bool,
+    /// Signer name to the topic patterns it may publish. `"*"` applies to every signer.
+    pub grants: BTreeMap<String, Vec<String>>,
+    /// Refuse events whose `time` is older than this.
+    #[serde(with = "serde_text")]
+    pub max_age: Duration,
+    /// Refuse events whose `time` is further than this in the future (clock skew).
+    #[serde(with = "serde_text")]
+    pub max_future: Duration,
+    /// Drop an event whose uuid was already seen within this window.
+    #[serde(with = "serde_text")]
+    pub dedupe_window: Duration,
+    /// Upper bound on remembered uuids, whatever the window.
+    pub dedupe_capacity: usize,
+}
+
+impl Default for TrustConfig {
+    fn default() -> Self {
+        TrustConfig {
+            trusted_dir: PathBuf::from("/etc/hark/keys/trusted"),
+            allow_unsigned: false,
+            grants: BTreeMap::new(),
+            max_age: Duration::from_secs(3600),
+            max_future: Duration::from_secs(300),
+            dedupe_window: Duration::from_secs(3600),
+            dedupe_capacity: 1_000_000,
+        }
+    }
+}
+
+/// libzmq socket options, set explicitly on every socket.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ZmqConfig {
+    pub send_hwm: i32,
+    pub receive_hwm: i32,
+    #[serde(with = "serde_text")]
+    pub linger: Duration,
+    #[serde(with = "serde_text")]
+    pub tcp_keepalive_idle: Duration,
+    #[serde(with = "serde_text")]
+    pub heartbeat_interval: Duration,
+    #[serde(with = "serde_text")]
+    pub heartbeat_timeout: Duration,
+    #[serde(with = "serde_text")]
+    pub reconnect_interval: Duration,
+    #[serde(with = "serde_text")]
+    pub reconnect_interval_max: Duration,
+}
+
+impl Default for ZmqConfig {
+    fn default() -> Self {
+        ZmqConfig {
+            send_hwm: 100_000,
+            receive_hwm: 100_000,
+            linger: Duration::from_secs(1),
+            tcp_keepalive_idle: Duration::from_secs(60),
+            heartbeat_interval: Duration::from_secs(10),
+            heartbeat_timeout: Duration::from_secs(30),
+            reconnect_interval: Duration::from_millis(100),
+            reconnect_interval_max: Duration::from_secs(10),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_and_partial_files_keep_defaults() {
+        let c: Config = parse_yaml(Path::new("x.yaml"), "relay:\n  workers: 3\n").unwrap();
+        assert_eq!(c.relay.workers, 3);
+        assert_eq!(c.relay.submit, RelayConfig::default().submit);
+        assert_eq!(c.trust, TrustConfig::default());
+    }
+
+    #[test]
+    fn errors_name_file_line_and_column() {
+        let err = parse_yaml::<Config>(
+            Path::new("/etc/hark/hark.yaml"),
+            "relay:\n  workers: 2\ntrust:\n  max_age: soon\n",
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("/etc/hark/hark.yaml:4:"), "{text}");
+        assert!(text.contains("1h30m"), "{text}");
+
+        let err = parse_yaml::<Config>(Path::new("h.yaml"), "relay:\n  submitt: []\n").unwrap_err();
+        assert!(err.to_string().starts_with("h.yaml:2:"), "{err}");
+        assert!(err.to_string().contains("submitt"), "{err}");
+
+        let err = parse_yaml::<Config>(Path::new("h.yaml"), "relay:\n  workers: 1\n  workers: 2\n")
+            .unwrap_err();
+        assert!(err.to_string().starts_with("h.yaml:3:"), "{err}");
+    }
+}
