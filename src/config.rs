@@ -62,22 +62,12 @@ fn strip_location_suffix(message: &str) -> String {
     m
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub relay: RelayConfig,
     pub trust: TrustConfig,
     pub zmq: ZmqConfig,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            relay: RelayConfig::default(),
-            trust: TrustConfig::default(),
-            zmq: ZmqConfig::default(),
-        }
-    }
 }
 
 impl Config {
