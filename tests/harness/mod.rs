@@ -87,9 +87,14 @@ pub fn spawn_ready(cmd: &mut Command, needle: &str) -> ChildGuard {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn hark");
-    let stderr = child.stderr.take().expect("stderr");
+    let stderr = child.stderr.take();
     let (tx, rx) = mpsc::channel();
+    let guard = ChildGuard {
+        child: Some(child),
+        stderr_lines: rx,
+    };
     std::thread::spawn(move || {
+        let Some(stderr) = stderr else { return };
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if tx.send(line).is_err() {
                 return;
@@ -99,18 +104,12 @@ pub fn spawn_ready(cmd: &mut Command, needle: &str) -> ChildGuard {
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut seen = Vec::new();
     while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-        match rx.recv_timeout(left) {
-            Ok(line) if line.contains(needle) => {
-                return ChildGuard {
-                    child: Some(child),
-                    stderr_lines: rx,
-                };
-            }
+        match guard.stderr_lines.recv_timeout(left) {
+            Ok(line) if line.contains(needle) => return guard,
             Ok(line) => seen.push(line),
             Err(_) => break,
         }
     }
-    let _ = child.kill();
     panic!(
         "{needle:?} never appeared on stderr; saw:\n{}",
         seen.join("\n")
