@@ -60,11 +60,11 @@ impl ChildGuard {
 
     /// Send a signal to the process.
     pub fn signal(&self, sig: i32) {
-        unsafe_free_kill(self.pid(), sig);
+        send_signal(self.pid(), sig);
     }
 }
 
-fn unsafe_free_kill(pid: u32, sig: i32) {
+fn send_signal(pid: u32, sig: i32) {
     let _ = Command::new("kill")
         .arg(format!("-{sig}"))
         .arg(pid.to_string())
