@@ -13,4 +13,6 @@ pub mod config;
 pub mod duration;
 pub mod event;
 pub mod metrics;
+pub mod runner;
+pub mod store;
 pub mod topic;

@@ -1,0 +1,452 @@
+//! Running one job's command, watchexec-style: its own process group, the event on stdin,
+//! `HARK_*` in the environment, and a timeout that sends SIGTERM to the whole group, waits
+//! a grace period, then sends SIGKILL. stdout and stderr are logged line by line with the
+//! rule and job id, capped per job; the tail is kept for the job store.
+//!
+//! Never a shell: `argv[0]` is executed directly. A rule that wants a shell says so and the
+//! renderer puts `/bin/sh -c` in front itself.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub workdir: Option<PathBuf>,
+    pub stdin: Option<Vec<u8>>,
+    pub timeout: Option<Duration>,
+    /// Between SIGTERM and SIGKILL.
+    pub grace: Duration,
+    /// Bytes of output logged per job; the rest is counted, not logged.
+    pub log_limit: usize,
+    /// Bytes of output tail kept with the job.
+    pub tail_limit: usize,
+    /// For log lines.
+    pub rule: String,
+    pub job: i64,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Exit status 0.
+    Success,
+    /// A non-zero exit code, or death by a signal it did not get from us.
+    Failed {
+        code: Option<i32>,
+        signal: Option<i32>,
+    },
+    /// Killed by us after `timeout`.
+    TimedOut,
+    /// Stopped by us on request (cancel, supersede, shutdown).
+    Cancelled,
+    /// Could not be started at all (missing program, bad workdir...).
+    SpawnFailed(String),
+}
+
+impl Outcome {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Success => "succeeded",
+            Outcome::Failed { .. } => "failed",
+            Outcome::TimedOut => "timed_out",
+            Outcome::Cancelled => "cancelled",
+            Outcome::SpawnFailed(_) => "failed",
+        }
+    }
+
+    pub fn exit_code(&self) -> Option<i32> {
+        match self {
+            Outcome::Success => Some(0),
+            Outcome::Failed { code, .. } => *code,
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Finished {
+    pub outcome: Outcome,
+    pub output_tail: String,
+    pub output_bytes: u64,
+    pub duration: Duration,
+}
+
+/// Output accounting shared by the stdout and stderr readers.
+struct Sink {
+    logged: usize,
+    total: u64,
+    cap_noted: bool,
+    tail: VecDeque<u8>,
+    log_limit: usize,
+    tail_limit: usize,
+}
+
+impl Sink {
+    fn line(&mut self, spec_rule: &str, job: i64, stream: &str, line: &[u8]) {
+        self.total += line.len() as u64 + 1;
+        self.tail.extend(line);
+        self.tail.push_back(b'\n');
+        while self.tail.len() > self.tail_limit {
+            self.tail.pop_front();
+        }
+        if self.logged < self.log_limit {
+            self.logged += line.len() + 1;
+            info!(
+                rule = spec_rule,
+                job,
+                stream,
+                "{}",
+                String::from_utf8_lossy(line)
+            );
+        } else if !self.cap_noted {
+            self.cap_noted = true;
+            warn!(
+                rule = spec_rule,
+                job,
+                "output exceeds {} bytes; no longer logging it (the tail is kept with the job)",
+                self.log_limit
+            );
+        }
+    }
+}
+
+/// Longest line logged as one; longer lines are split so a flood without newlines cannot
+/// grow memory.
+const MAX_LINE: usize = 8192;
+
+async fn pump(
+    mut reader: impl AsyncRead + Unpin,
+    sink: Arc<Mutex<Sink>>,
+    rule: String,
+    job: i64,
+    stream: &'static str,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut line: Vec<u8> = Vec::new();
+    let emit = |line: &mut Vec<u8>| {
+        if let Ok(mut s) = sink.lock() {
+            s.line(&rule, job, stream, line);
+        }
+        line.clear();
+    };
+    loop {
+        let n = match reader.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        for &b in &buf[..n] {
+            if b == b'\n' {
+                emit(&mut line);
+            } else {
+                line.push(b);
+                if line.len() >= MAX_LINE {
+                    emit(&mut line);
+                }
+            }
+        }
+    }
+    if !line.is_empty() {
+        emit(&mut line);
+    }
+}
+
+fn signal_group(pgid: Option<u32>, signal: Signal) {
+    if let Some(pid) = pgid.and_then(|p| i32::try_from(p).ok()) {
+        // ESRCH (the group is already gone) is the good case.
+        let _ = killpg(Pid::from_raw(pid), signal);
+    }
+}
+
+async fn cancelled(rx: &mut watch::Receiver<bool>) {
+    loop {
+        if *rx.borrow() {
+            return;
+        }
+        if rx.changed().await.is_err() {
+            // The scheduler dropped the sender: nobody can cancel us any more.
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Run `spec` to completion. Setting `cancel` to true stops it (TERM, grace, KILL).
+pub async fn run(spec: Spec, mut cancel: watch::Receiver<bool>) -> Finished {
+    let started = Instant::now();
+    let Some((program, args)) = spec.argv.split_first() else {
+        return Finished {
+            outcome: Outcome::SpawnFailed("empty command".into()),
+            output_tail: String::new(),
+            output_bytes: 0,
+            duration: Duration::ZERO,
+        };
+    };
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args)
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .stdin(if spec.stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    if let Some(dir) = &spec.workdir {
+        cmd.current_dir(dir);
+    }
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            let where_ = spec
+                .workdir
+                .as_ref()
+                .map(|d| format!(" in {}", d.display()))
+                .unwrap_or_default();
+            return Finished {
+                outcome: Outcome::SpawnFailed(format!("cannot run {program}{where_}: {e}")),
+                output_tail: String::new(),
+                output_bytes: 0,
+                duration: started.elapsed(),
+            };
+        }
+    };
+    let pgid = child.id();
+    if let (Some(mut stdin), Some(bytes)) = (child.stdin.take(), spec.stdin.clone()) {
+        tokio::spawn(async move {
+            // A command that does not read stdin closes it early; EPIPE is not an error.
+            let _ = stdin.write_all(&bytes).await;
+            let _ = stdin.shutdown().await;
+        });
+    }
+    let sink = Arc::new(Mutex::new(Sink {
+        logged: 0,
+        total: 0,
+        cap_noted: false,
+        tail: VecDeque::new(),
+        log_limit: spec.log_limit,
+        tail_limit: spec.tail_limit,
+    }));
+    let mut readers = Vec::new();
+    if let Some(out) = child.stdout.take() {
+        readers.push(tokio::spawn(pump(
+            out,
+            sink.clone(),
+            spec.rule.clone(),
+            spec.job,
+            "stdout",
+        )));
+    }
+    if let Some(err) = child.stderr.take() {
+        readers.push(tokio::spawn(pump(
+            err,
+            sink.clone(),
+            spec.rule.clone(),
+            spec.job,
+            "stderr",
+        )));
+    }
+
+    let timeout = async {
+        match spec.timeout {
+            Some(t) => tokio::time::sleep(t).await,
+            None => std::future::pending().await,
+        }
+    };
+    enum Stop {
+        Exited(std::io::Result<std::process::ExitStatus>),
+        TimedOut,
+        Cancelled,
+    }
+    let stop = tokio::select! {
+        status = child.wait() => Stop::Exited(status),
+        _ = timeout => Stop::TimedOut,
+        _ = cancelled(&mut cancel) => Stop::Cancelled,
+    };
+    let outcome = match stop {
+        Stop::Exited(status) => match status {
+            Ok(s) if s.success() => Outcome::Success,
+            Ok(s) => {
+                use std::os::unix::process::ExitStatusExt;
+                Outcome::Failed {
+                    code: s.code(),
+                    signal: s.signal(),
+                }
+            }
+            Err(e) => {
+                warn!(rule = %spec.rule, job = spec.job, "waiting for the command failed: {e}");
+                Outcome::Failed {
+                    code: None,
+                    signal: None,
+                }
+            }
+        },
+        Stop::TimedOut | Stop::Cancelled => {
+            let outcome = if matches!(stop, Stop::TimedOut) {
+                Outcome::TimedOut
+            } else {
+                Outcome::Cancelled
+            };
+            signal_group(pgid, Signal::SIGTERM);
+            let _ = tokio::time::timeout(spec.grace, child.wait()).await;
+            // Whatever is left of the group (the leader, or children that ignored TERM).
+            signal_group(pgid, Signal::SIGKILL);
+            let _ = child.wait().await;
+            outcome
+        }
+    };
+    // Grandchildren that kept our pipes open would hold the readers forever.
+    let drain = futures_join(&mut readers);
+    if tokio::time::timeout(spec.grace.max(Duration::from_millis(200)), drain)
+        .await
+        .is_err()
+    {
+        signal_group(pgid, Signal::SIGKILL);
+        let _ = tokio::time::timeout(Duration::from_secs(1), futures_join(&mut readers)).await;
+        for r in &readers {
+            r.abort();
+        }
+    }
+    let (output_tail, output_bytes) = match sink.lock() {
+        Ok(s) => (
+            String::from_utf8_lossy(&s.tail.iter().copied().collect::<Vec<u8>>()).into_owned(),
+            s.total,
+        ),
+        Err(_) => (String::new(), 0),
+    };
+    Finished {
+        outcome,
+        output_tail,
+        output_bytes,
+        duration: started.elapsed(),
+    }
+}
+
+async fn futures_join(readers: &mut [tokio::task::JoinHandle<()>]) {
+    for r in readers.iter_mut() {
+        if !r.is_finished() {
+            let _ = r.await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(argv: &[&str]) -> Spec {
+        Spec {
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            env: vec![("HARK_RULE".into(), "r".into())],
+            workdir: None,
+            stdin: None,
+            timeout: Some(Duration::from_secs(10)),
+            grace: Duration::from_millis(300),
+            log_limit: 1 << 20,
+            tail_limit: 4096,
+            rule: "r".into(),
+            job: 1,
+        }
+    }
+
+    fn no_cancel() -> watch::Receiver<bool> {
+        let (tx, rx) = watch::channel(false);
+        std::mem::forget(tx);
+        rx
+    }
+
+    #[tokio::test]
+    async fn stdin_env_and_exit_code() {
+        let mut s = spec(&["/bin/sh", "-c", "cat; echo \"rule=$HARK_RULE\"; exit 3"]);
+        s.stdin = Some(b"{\"a\":1}\n".to_vec());
+        let f = run(s, no_cancel()).await;
+        assert_eq!(
+            f.outcome,
+            Outcome::Failed {
+                code: Some(3),
+                signal: None
+            }
+        );
+        assert_eq!(f.output_tail, "{\"a\":1}\nrule=r\n");
+    }
+
+    #[tokio::test]
+    async fn missing_program_is_a_spawn_failure() {
+        let f = run(spec(&["/nonexistent/prog"]), no_cancel()).await;
+        assert!(matches!(&f.outcome, Outcome::SpawnFailed(m) if m.contains("/nonexistent/prog")));
+    }
+
+    #[tokio::test]
+    async fn timeout_kills_the_whole_group_including_grandchildren() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("grandchild.pid");
+        // The grandchild ignores TERM, so only the group KILL after the grace period stops it.
+        let script = format!(
+            "(trap '' TERM; sleep 60 & echo $! > {}; wait) & sleep 60",
+            pidfile.display()
+        );
+        let mut s = spec(&["/bin/sh", "-c", &script]);
+        s.timeout = Some(Duration::from_millis(300));
+        let f = run(s, no_cancel()).await;
+        assert_eq!(f.outcome, Outcome::TimedOut);
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // Reaped by init once killed; give it a moment, bounded.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::path::Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            if stat.split_whitespace().nth(2) == Some("Z") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        assert!(
+            stat.is_empty() || stat.split_whitespace().nth(2) == Some("Z"),
+            "grandchild {pid} still alive: {stat}"
+        );
+    }
+
+    #[tokio::test]
+    async fn cancel_stops_the_run() {
+        let (tx, rx) = watch::channel(false);
+        let handle = tokio::spawn(run(spec(&["/bin/sleep", "30"]), rx));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        tx.send(true).unwrap();
+        let f = tokio::time::timeout(Duration::from_secs(5), handle)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(f.outcome, Outcome::Cancelled);
+    }
+
+    #[tokio::test]
+    async fn output_flood_is_capped_and_tail_kept() {
+        let mut s = spec(&[
+            "/bin/sh",
+            "-c",
+            "head -c 3000000 /dev/zero | tr '\\0' 'x'; echo; echo last-line",
+        ]);
+        s.log_limit = 10_000;
+        let f = run(s, no_cancel()).await;
+        assert_eq!(f.outcome, Outcome::Success);
+        assert!(f.output_bytes > 3_000_000);
+        assert!(f.output_tail.len() <= 4096);
+        assert!(f.output_tail.ends_with("last-line\n"));
+    }
+}

@@ -1,0 +1,529 @@
+//! The trigger daemon's durable state in SQLite: jobs (pending, running, finished), the
+//! events each job carries, and which (rule, event uuid) pairs already succeeded.
+//!
+//! A job row is written before its command starts and updated as it moves on, so that after
+//! a crash or an upgrade pending jobs run, interrupted ones run again, and nothing that
+//! succeeded runs twice. `hark jobs` reads and edits the same file while the daemon runs
+//! (WAL mode); the daemon picks up retries and cancel requests on its next tick.
+
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::{Deserialize, Serialize};
+
+/// Job states. `pending` and `running` are live; the rest are outcomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    TimedOut,
+    Skipped,
+    Superseded,
+    Cancelled,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Pending => "pending",
+            State::Running => "running",
+            State::Succeeded => "succeeded",
+            State::Failed => "failed",
+            State::TimedOut => "timed_out",
+            State::Skipped => "skipped",
+            State::Superseded => "superseded",
+            State::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<State> {
+        Some(match s {
+            "pending" => State::Pending,
+            "running" => State::Running,
+            "succeeded" => State::Succeeded,
+            "failed" => State::Failed,
+            "timed_out" => State::TimedOut,
+            "skipped" => State::Skipped,
+            "superseded" => State::Superseded,
+            "cancelled" => State::Cancelled,
+            _ => return None,
+        })
+    }
+
+    pub fn is_live(self) -> bool {
+        matches!(self, State::Pending | State::Running)
+    }
+}
+
+/// One event as a job carries it: the exact JSON received plus what verification found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredEvent {
+    pub uuid: String,
+    pub topic: String,
+    pub signers: Vec<String>,
+    /// The event JSON exactly as received.
+    pub json: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Job {
+    pub id: i64,
+    pub rule: String,
+    pub key: String,
+    pub state: State,
+    pub attempt: u32,
+    /// Milliseconds since the epoch.
+    pub created: i64,
+    pub due: i64,
+    pub started: Option<i64>,
+    pub finished: Option<i64>,
+    pub exit_code: Option<i32>,
+    pub argv: Vec<String>,
+    pub error: Option<String>,
+    pub output_tail: Option<String>,
+    pub cancel_requested: bool,
+    pub events: Vec<StoredEvent>,
+}
+
+impl Job {
+    pub fn last_event(&self) -> Option<&StoredEvent> {
+        self.events.last()
+    }
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+pub struct Store {
+    conn: Connection,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    rule TEXT NOT NULL,
+    key TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempt INTEGER NOT NULL DEFAULT 1,
+    created INTEGER NOT NULL,
+    due INTEGER NOT NULL,
+    started INTEGER,
+    finished INTEGER,
+    exit_code INTEGER,
+    argv TEXT NOT NULL DEFAULT '[]',
+    error TEXT,
+    output_tail TEXT,
+    cancel_requested INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS jobs_live ON jobs(state) WHERE state IN ('pending', 'running');
+CREATE TABLE IF NOT EXISTS job_events (
+    job INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+    pos INTEGER NOT NULL,
+    uuid TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    signers TEXT NOT NULL,
+    json TEXT NOT NULL,
+    PRIMARY KEY (job, pos)
+);
+CREATE TABLE IF NOT EXISTS done (
+    rule TEXT NOT NULL,
+    uuid TEXT NOT NULL,
+    job INTEGER NOT NULL,
+    at INTEGER NOT NULL,
+    PRIMARY KEY (rule, uuid)
+);
+CREATE TABLE IF NOT EXISTS relay_seq (
+    relay TEXT NOT NULL,
+    epoch TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (relay, epoch)
+);
+";
+
+type Result<T> = std::result::Result<T, rusqlite::Error>;
+
+impl Store {
+    /// Open (creating if needed) the state file.
+    pub fn open(path: &Path) -> Result<Store> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        // FULL: a job must be on disk before its command starts, even across power loss.
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Store { conn })
+    }
+
+    pub fn open_in_memory() -> Result<Store> {
+        let conn = Connection::open_in_memory()?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Store { conn })
+    }
+
+    /// A new pending job carrying `events`, due at `due`.
+    pub fn insert_pending(
+        &mut self,
+        rule: &str,
+        key: &str,
+        due: i64,
+        events: &[StoredEvent],
+    ) -> Result<i64> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT INTO jobs (rule, key, state, created, due) VALUES (?1, ?2, 'pending', ?3, ?4)",
+            params![rule, key, now_ms(), due],
+        )?;
+        let id = tx.last_insert_rowid();
+        for (pos, ev) in events.iter().enumerate() {
+            insert_event(&tx, id, pos, ev)?;
+        }
+        tx.commit()?;
+        Ok(id)
+    }
+
+    /// Add an event to a pending job (coalescing) and move its due time.
+    pub fn append_event(&mut self, job: i64, event: &StoredEvent, due: i64) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        let pos: i64 = tx.query_row(
+            "SELECT COALESCE(MAX(pos) + 1, 0) FROM job_events WHERE job = ?1",
+            [job],
+            |r| r.get(0),
+        )?;
+        insert_event(&tx, job, usize::try_from(pos).unwrap_or(0), event)?;
+        tx.execute("UPDATE jobs SET due = ?2 WHERE id = ?1", params![job, due])?;
+        tx.commit()
+    }
+
+    /// pending → running, only if still pending (a `hark jobs cancel` may have won).
+    pub fn mark_running(&mut self, job: i64, argv: &[String]) -> Result<bool> {
+        let argv = serde_json::to_string(argv).unwrap_or_else(|_| "[]".into());
+        let n = self.conn.execute(
+            "UPDATE jobs SET state = 'running', started = ?2, argv = ?3, finished = NULL, exit_code = NULL, error = NULL
+             WHERE id = ?1 AND state = 'pending'",
+            params![job, now_ms(), argv],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Record an outcome. On success, every event uuid of the job is marked done for the rule.
+    pub fn finish(
+        &mut self,
+        job: i64,
+        state: State,
+        exit_code: Option<i32>,
+        error: Option<&str>,
+        output_tail: Option<&str>,
+    ) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "UPDATE jobs SET state = ?2, finished = ?3, exit_code = ?4, error = ?5, output_tail = ?6, cancel_requested = 0 WHERE id = ?1",
+            params![job, state.as_str(), now_ms(), exit_code, error, output_tail],
+        )?;
+        if state == State::Succeeded {
+            tx.execute(
+                "INSERT OR IGNORE INTO done (rule, uuid, job, at)
+                 SELECT j.rule, e.uuid, j.id, ?2 FROM jobs j JOIN job_events e ON e.job = j.id WHERE j.id = ?1",
+                params![job, now_ms()],
+            )?;
+        }
+        tx.commit()
+    }
+
+    /// Put a job back to pending for another attempt at `due`.
+    pub fn schedule_retry(
+        &mut self,
+        job: i64,
+        due: i64,
+        error: Option<&str>,
+        exit_code: Option<i32>,
+        output_tail: Option<&str>,
+    ) -> Result<()> {
+        self.conn.execute(
+            "UPDATE jobs SET state = 'pending', attempt = attempt + 1, due = ?2, finished = ?3, error = ?4, exit_code = ?5, output_tail = ?6
+             WHERE id = ?1",
+            params![job, due, now_ms(), error, exit_code, output_tail],
+        )?;
+        Ok(())
+    }
+
+    /// After a restart: jobs that were running were interrupted; they run again.
+    pub fn recover_interrupted(&mut self) -> Result<usize> {
+        self.conn.execute(
+            "UPDATE jobs SET state = 'pending', error = 'interrupted: the daemon stopped while this job ran', due = ?1 WHERE state = 'running'",
+            [now_ms()],
+        )
+    }
+
+    /// Did `rule` already succeed for event `uuid`?
+    pub fn succeeded(&self, rule: &str, uuid: &str) -> Result<bool> {
+        self.conn
+            .query_row(
+                "SELECT 1 FROM done WHERE rule = ?1 AND uuid = ?2",
+                params![rule, uuid],
+                |_| Ok(()),
+            )
+            .optional()
+            .map(|r| r.is_some())
+    }
+
+    pub fn get(&self, id: i64) -> Result<Option<Job>> {
+        let job = self
+            .conn
+            .query_row(&format!("{JOB_SELECT} WHERE id = ?1"), [id], row_to_job)
+            .optional()?;
+        match job {
+            Some(mut j) => {
+                j.events = self.events(j.id)?;
+                Ok(Some(j))
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn events(&self, job: i64) -> Result<Vec<StoredEvent>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT uuid, topic, signers, json FROM job_events WHERE job = ?1 ORDER BY pos",
+        )?;
+        let rows = stmt.query_map([job], |r| {
+            let signers: String = r.get(2)?;
+            Ok(StoredEvent {
+                uuid: r.get(0)?,
+                topic: r.get(1)?,
+                signers: serde_json::from_str(&signers).unwrap_or_default(),
+                json: r.get(3)?,
+            })
+        })?;
+        rows.collect()
+    }
+
+    /// Jobs in `states` (all if empty), newest first, at most `limit`. Events not loaded
+    /// except the first, for display.
+    pub fn list(&self, states: &[State], limit: usize) -> Result<Vec<Job>> {
+        let filter = if states.is_empty() {
+            String::new()
+        } else {
+            let names: Vec<String> = states.iter().map(|s| format!("'{}'", s.as_str())).collect();
+            format!(" WHERE state IN ({})", names.join(","))
+        };
+        let sql = format!("{JOB_SELECT}{filter} ORDER BY id DESC LIMIT ?1");
+        let mut stmt = self.conn.prepare(&sql)?;
+        let jobs = stmt
+            .query_map([i64::try_from(limit).unwrap_or(i64::MAX)], row_to_job)?
+            .collect::<Result<Vec<_>>>()?;
+        jobs.into_iter()
+            .map(|mut j| {
+                j.events = self.events(j.id)?.into_iter().take(1).collect();
+                Ok(j)
+            })
+            .collect()
+    }
+
+    /// Live jobs with their events (for the scheduler at start and on each tick).
+    pub fn live_jobs(&self, after_id: i64) -> Result<Vec<Job>> {
+        let mut stmt = self.conn.prepare(&format!(
+            "{JOB_SELECT} WHERE state IN ('pending', 'running') AND id > ?1 ORDER BY id"
+        ))?;
+        let jobs = stmt
+            .query_map([after_id], row_to_job)?
+            .collect::<Result<Vec<_>>>()?;
+        jobs.into_iter()
+            .map(|mut j| {
+                j.events = self.events(j.id)?;
+                Ok(j)
+            })
+            .collect()
+    }
+
+    /// Ids of live jobs someone asked to cancel.
+    pub fn cancel_requests(&self) -> Result<Vec<i64>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id FROM jobs WHERE cancel_requested = 1 AND state IN ('pending', 'running')",
+        )?;
+        let ids = stmt.query_map([], |r| r.get(0))?.collect();
+        ids
+    }
+
+    /// `hark jobs cancel`: a pending job is cancelled at once; a running one is flagged for
+    /// the daemon, which stops it. Returns the state the job was in.
+    pub fn request_cancel(&mut self, id: i64) -> Result<Option<State>> {
+        let Some(job) = self.get(id)? else {
+            return Ok(None);
+        };
+        match job.state {
+            State::Pending => {
+                self.conn.execute(
+                    "UPDATE jobs SET state = 'cancelled', finished = ?2, error = 'cancelled by hark jobs cancel', cancel_requested = 1 WHERE id = ?1 AND state = 'pending'",
+                    params![id, now_ms()],
+                )?;
+            }
+            State::Running => {
+                self.conn
+                    .execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?1", [id])?;
+            }
+            _ => {}
+        }
+        Ok(Some(job.state))
+    }
+
+    /// `hark jobs retry`: a new pending job with the same rule, key and events.
+    pub fn retry(&mut self, id: i64) -> Result<Option<i64>> {
+        let Some(job) = self.get(id)? else {
+            return Ok(None);
+        };
+        let new = self.insert_pending(&job.rule, &job.key, now_ms(), &job.events)?;
+        Ok(Some(new))
+    }
+
+    /// How many jobs are pending (queue depth).
+    pub fn count(&self, state: State) -> Result<i64> {
+        self.conn.query_row(
+            "SELECT COUNT(*) FROM jobs WHERE state = ?1",
+            [state.as_str()],
+            |r| r.get(0),
+        )
+    }
+
+    /// Remember the last relay sequence number seen, per relay epoch.
+    pub fn save_relay_seq(&mut self, relay: &str, epoch: &str, seq: u64) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO relay_seq (relay, epoch, seq) VALUES (?1, ?2, ?3)
+             ON CONFLICT(relay, epoch) DO UPDATE SET seq = MAX(seq, excluded.seq)",
+            params![relay, epoch, i64::try_from(seq).unwrap_or(i64::MAX)],
+        )?;
+        Ok(())
+    }
+}
+
+const JOB_SELECT: &str = "SELECT id, rule, key, state, attempt, created, due, started, finished, exit_code, argv, error, output_tail, cancel_requested FROM jobs";
+
+fn row_to_job(r: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
+    let state: String = r.get(3)?;
+    let argv: String = r.get(10)?;
+    Ok(Job {
+        id: r.get(0)?,
+        rule: r.get(1)?,
+        key: r.get(2)?,
+        state: State::parse(&state).unwrap_or(State::Failed),
+        attempt: r.get(4)?,
+        created: r.get(5)?,
+        due: r.get(6)?,
+        started: r.get(7)?,
+        finished: r.get(8)?,
+        exit_code: r.get(9)?,
+        argv: serde_json::from_str(&argv).unwrap_or_default(),
+        error: r.get(11)?,
+        output_tail: r.get(12)?,
+        cancel_requested: r.get::<_, i64>(13)? != 0,
+        events: Vec::new(),
+    })
+}
+
+fn insert_event(
+    tx: &rusqlite::Transaction<'_>,
+    job: i64,
+    pos: usize,
+    ev: &StoredEvent,
+) -> Result<()> {
+    tx.execute(
+        "INSERT INTO job_events (job, pos, uuid, topic, signers, json) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            job,
+            i64::try_from(pos).unwrap_or(i64::MAX),
+            ev.uuid,
+            ev.topic,
+            serde_json::to_string(&ev.signers).unwrap_or_else(|_| "[]".into()),
+            ev.json
+        ],
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(uuid: &str) -> StoredEvent {
+        StoredEvent {
+            uuid: uuid.into(),
+            topic: "_lk.t".into(),
+            signers: vec!["a".into()],
+            json: format!("{{\"uuid\":\"{uuid}\"}}"),
+        }
+    }
+
+    #[test]
+    fn lifecycle_and_done_markers() {
+        let mut s = Store::open_in_memory().unwrap();
+        let id = s
+            .insert_pending("sync", "master", now_ms(), &[ev("u1")])
+            .unwrap();
+        s.append_event(id, &ev("u2"), now_ms()).unwrap();
+        assert!(s.mark_running(id, &["/bin/true".into()]).unwrap());
+        assert!(!s.mark_running(id, &[]).unwrap(), "only pending jobs start");
+        s.finish(id, State::Succeeded, Some(0), None, Some("ok\n"))
+            .unwrap();
+        assert!(s.succeeded("sync", "u1").unwrap() && s.succeeded("sync", "u2").unwrap());
+        assert!(!s.succeeded("other", "u1").unwrap());
+        let job = s.get(id).unwrap().unwrap();
+        assert_eq!(
+            (job.state, job.events.len(), job.argv.clone()),
+            (State::Succeeded, 2, vec!["/bin/true".to_string()])
+        );
+    }
+
+    #[test]
+    fn interrupted_jobs_come_back_pending_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let id = {
+            let mut s = Store::open(&path).unwrap();
+            let id = s.insert_pending("r", "k", now_ms(), &[ev("u")]).unwrap();
+            s.mark_running(id, &[]).unwrap();
+            id
+        };
+        let mut s = Store::open(&path).unwrap();
+        assert_eq!(s.recover_interrupted().unwrap(), 1);
+        let live = s.live_jobs(0).unwrap();
+        assert_eq!(
+            (live.len(), live[0].id, live[0].state),
+            (1, id, State::Pending)
+        );
+        assert!(live[0]
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .contains("interrupted"));
+    }
+
+    #[test]
+    fn cancel_and_retry_from_the_cli() {
+        let mut s = Store::open_in_memory().unwrap();
+        let a = s.insert_pending("r", "k", now_ms(), &[ev("u")]).unwrap();
+        assert_eq!(s.request_cancel(a).unwrap(), Some(State::Pending));
+        assert_eq!(s.get(a).unwrap().unwrap().state, State::Cancelled);
+        let b = s.insert_pending("r", "k", now_ms(), &[ev("v")]).unwrap();
+        s.mark_running(b, &[]).unwrap();
+        s.request_cancel(b).unwrap();
+        assert_eq!(s.cancel_requests().unwrap(), vec![b]);
+        s.finish(b, State::Failed, Some(1), None, None).unwrap();
+        let c = s.retry(b).unwrap().unwrap();
+        let job = s.get(c).unwrap().unwrap();
+        assert_eq!(
+            (job.state, job.events[0].uuid.as_str()),
+            (State::Pending, "v")
+        );
+        assert_eq!(s.request_cancel(999).unwrap(), None);
+    }
+}
