@@ -67,6 +67,7 @@ fn strip_location_suffix(message: &str) -> String {
 pub struct Config {
     pub relay: RelayConfig,
     pub trust: TrustConfig,
+    pub trigger: TriggerConfig,
     pub zmq: ZmqConfig,
 }
 
@@ -131,6 +132,9 @@ pub struct TrustConfig {
     pub trusted_dir: PathBuf,
     /// Admit events that carry no trusted signature.
     pub allow_unsigned: bool,
+    /// Admit fedmsg-format events (their X.509 signatures are not checked, so they carry no
+    /// verified signer and never satisfy a rule's `signed_by`).
+    pub allow_fedmsg: bool,
     /// Signer name to the topic patterns it may publish. `"*"` applies to every signer.
     pub grants: BTreeMap<String, Vec<String>>,
     /// Refuse events whose `time` is older than this.
@@ -151,11 +155,65 @@ impl Default for TrustConfig {
         TrustConfig {
             trusted_dir: PathBuf::from("/etc/hark/keys/trusted"),
             allow_unsigned: false,
+            allow_fedmsg: true,
             grants: BTreeMap::new(),
             max_age: Duration::from_secs(3600),
             max_future: Duration::from_secs(300),
             dedupe_window: Duration::from_secs(3600),
             dedupe_capacity: 1_000_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TriggerConfig {
+    /// Relay PUB endpoints to subscribe to (all of them; duplicates are dropped by uuid).
+    pub connect: Vec<String>,
+    /// fedmsg endpoints (hub, gateway) to subscribe to directly.
+    pub fedmsg: Vec<String>,
+    /// Rule directories, vendor first; a later file with the same name replaces an earlier.
+    pub rules: Vec<PathBuf>,
+    /// SQLite state file: jobs, failed jobs, done markers.
+    pub state: PathBuf,
+    /// `ADDR:PORT` for Prometheus metrics over HTTP; off when unset.
+    pub metrics: Option<String>,
+    /// Named pools shared across rules: name to number of slots.
+    pub pools: BTreeMap<String, u32>,
+    /// Bytes of a job's output written to the log; the rest is counted only.
+    pub log_limit: usize,
+    /// Bytes of a job's output kept with the job.
+    pub tail_limit: usize,
+    /// On SIGTERM, how long running jobs may finish before they are stopped.
+    #[serde(with = "serde_text")]
+    pub shutdown_grace: Duration,
+    /// How often rule directories are checked for changes.
+    #[serde(with = "serde_text")]
+    pub reload_interval: Duration,
+    /// Publish `_hark.job.started|succeeded|failed` to this relay submit endpoint.
+    pub results_relay: Option<String>,
+    /// Secret key that signs job result events.
+    pub results_key: Option<PathBuf>,
+}
+
+impl Default for TriggerConfig {
+    fn default() -> Self {
+        TriggerConfig {
+            connect: vec!["tcp://127.0.0.1:5572".into()],
+            fedmsg: Vec::new(),
+            rules: vec![
+                PathBuf::from("/usr/share/hark/rules.d"),
+                PathBuf::from("/etc/hark/rules.d"),
+            ],
+            state: PathBuf::from("/var/lib/hark/state.db"),
+            metrics: None,
+            pools: BTreeMap::new(),
+            log_limit: 1024 * 1024,
+            tail_limit: 16 * 1024,
+            shutdown_grace: Duration::from_secs(30),
+            reload_interval: Duration::from_secs(2),
+            results_relay: None,
+            results_key: None,
         }
     }
 }

@@ -54,6 +54,62 @@ impl Registry {
             .unwrap_or(0.0)
     }
 
+    /// Record `value` in a histogram with the given upper bounds (Prometheus convention:
+    /// cumulative `_bucket{le=...}` series plus `_sum` and `_count`).
+    pub fn observe(&self, name: &str, labels: &[(&str, &str)], value: f64, buckets: &[f64]) {
+        let Ok(mut map) = self.inner.lock() else {
+            return;
+        };
+        for bound in buckets
+            .iter()
+            .map(|b| b.to_string())
+            .chain(std::iter::once("+Inf".to_string()))
+        {
+            let le: f64 = bound.parse().unwrap_or(f64::INFINITY);
+            if value <= le {
+                let mut l: Vec<(&str, &str)> = labels.to_vec();
+                l.push(("le", &bound));
+                *map.entry(series(&format!("{name}_bucket"), &l))
+                    .or_insert(0.0) += 1.0;
+            } else {
+                let mut l: Vec<(&str, &str)> = labels.to_vec();
+                l.push(("le", &bound));
+                map.entry(series(&format!("{name}_bucket"), &l))
+                    .or_insert(0.0);
+            }
+        }
+        *map.entry(series(&format!("{name}_sum"), labels))
+            .or_insert(0.0) += value;
+        *map.entry(series(&format!("{name}_count"), labels))
+            .or_insert(0.0) += 1.0;
+    }
+
+    /// Answer every HTTP request on `addr` with the current metrics, until the task is
+    /// dropped. Deliberately tiny: one GET, one response, connection closed.
+    pub async fn serve(self, addr: &str) -> std::io::Result<()> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                continue;
+            };
+            let body = self.render();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 2048];
+                let _ =
+                    tokio::time::timeout(std::time::Duration::from_secs(5), sock.read(&mut buf))
+                        .await;
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = sock.write_all(head.as_bytes()).await;
+                let _ = sock.write_all(body.as_bytes()).await;
+                let _ = sock.shutdown().await;
+            });
+        }
+    }
+
     /// The Prometheus text exposition of every series.
     pub fn render(&self) -> String {
         let Ok(map) = self.inner.lock() else {
@@ -87,5 +143,17 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("hark_queue_depth 3\n"), "{text}");
+    }
+
+    #[test]
+    fn histograms_are_cumulative() {
+        let r = Registry::default();
+        r.observe("d", &[("rule", "x")], 0.5, &[0.1, 1.0]);
+        r.observe("d", &[("rule", "x")], 5.0, &[0.1, 1.0]);
+        assert_eq!(r.get("d_bucket", &[("rule", "x"), ("le", "0.1")]), 0.0);
+        assert_eq!(r.get("d_bucket", &[("rule", "x"), ("le", "1")]), 1.0);
+        assert_eq!(r.get("d_bucket", &[("rule", "x"), ("le", "+Inf")]), 2.0);
+        assert_eq!(r.get("d_count", &[("rule", "x")]), 2.0);
+        assert_eq!(r.get("d_sum", &[("rule", "x")]), 5.5);
     }
 }

@@ -2,6 +2,7 @@
 //! subcommand. Subcommand modules turn flags plus `hark.yaml` into options for the library
 //! and map failures to exit codes; they hold no bus or rule logic of their own.
 
+mod jobs;
 mod keygen;
 mod publish;
 mod relay;
@@ -49,6 +50,8 @@ enum Command {
     Tail(tail::TailArgs),
     /// Check rule files and dry-run them against events.
     Rules(rules::RulesArgs),
+    /// List, show, retry and cancel the trigger daemon's jobs.
+    Jobs(jobs::JobsArgs),
 }
 
 fn init_logging(filter: &str) {
@@ -76,6 +79,7 @@ pub fn main() -> ExitCode {
         Command::Publish(args) => publish::run(args),
         Command::Tail(args) => tail::run(args),
         Command::Rules(args) => rules::run(args),
+        Command::Jobs(args) => jobs::run(args),
     }
 }
 

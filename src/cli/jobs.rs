@@ -1,0 +1,196 @@
+//! `hark jobs`: list, show, retry and cancel jobs in the trigger daemon's state file. Works
+//! whether the daemon runs or not: it edits the SQLite file, and a running daemon picks the
+//! change up within a second.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use chrono::{Local, TimeZone};
+
+use crate::store::{Job, State, Store};
+
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Examples:\n  hark jobs                      # the 30 newest jobs\n  \
+hark jobs list --state failed  # what needs attention\n  hark jobs show 42               # argv, events, exit code, output tail\n  \
+hark jobs retry 42              # run it again (a new job with the same events)\n  hark jobs cancel 43             # stop it (TERM, grace, KILL) or drop it if pending"
+)]
+pub struct JobsArgs {
+    #[command(subcommand)]
+    command: Option<JobsCommand>,
+    /// The daemon's state file [default: trigger.state from hark.yaml, /var/lib/hark/state.db].
+    #[arg(long, global = true, value_name = "FILE")]
+    state: Option<PathBuf>,
+    /// Configuration file (for trigger.state).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum JobsCommand {
+    /// List jobs, newest first.
+    List {
+        /// Only jobs in these states (repeatable): pending, running, succeeded, failed, timed_out, skipped, superseded, cancelled.
+        #[arg(long = "state-is", value_name = "STATE", value_parser = parse_state)]
+        states: Vec<State>,
+        /// At most this many.
+        #[arg(long, default_value_t = 30)]
+        limit: usize,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Everything about one job.
+    Show {
+        id: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a finished job again, with the same events.
+    Retry { id: i64 },
+    /// Cancel a pending job, or stop a running one.
+    Cancel { id: i64 },
+}
+
+fn parse_state(s: &str) -> Result<State, String> {
+    State::parse(s).ok_or_else(|| format!("unknown state {s:?}"))
+}
+
+fn when(ms: Option<i64>) -> String {
+    ms.and_then(|ms| Local.timestamp_millis_opt(ms).single())
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+        .unwrap_or_else(|| "-".into())
+}
+
+pub fn run(args: JobsArgs) -> ExitCode {
+    let path = match args.state {
+        Some(p) => p,
+        None => match crate::config::Config::load(args.config.as_deref()) {
+            Ok(c) => c.trigger.state,
+            Err(e) => return super::fail(e, super::EXIT_USAGE),
+        },
+    };
+    if !path.exists() {
+        return super::fail(
+            format!(
+                "no state file at {} (has `hark trigger` run with this --state?)",
+                path.display()
+            ),
+            1,
+        );
+    }
+    let mut store = match Store::open(&path) {
+        Ok(s) => s,
+        Err(e) => return super::fail(format!("{}: {e}", path.display()), 1),
+    };
+    let command = args.command.unwrap_or(JobsCommand::List {
+        states: Vec::new(),
+        limit: 30,
+        json: false,
+    });
+    let result = match command {
+        JobsCommand::List { states, limit, json } => store.list(&states, limit).map(|jobs| {
+            if !json {
+                println!("{:>6}  {:<10}  {:<20}  {:<16}  {:<19}  {:>4}  topic / uuid", "id", "state", "rule", "key", "created", "exit");
+            }
+            for job in jobs {
+                if json {
+                    println!("{}", serde_json::to_string(&job).unwrap_or_default());
+                } else {
+                    println!("{}", list_line(&job));
+                }
+            }
+            ExitCode::SUCCESS
+        }),
+        JobsCommand::Show { id, json } => store.get(id).map(|job| match job {
+            None => super::fail(format!("no job {id}"), 1),
+            Some(job) if json => {
+                println!("{}", serde_json::to_string_pretty(&job).unwrap_or_default());
+                ExitCode::SUCCESS
+            }
+            Some(job) => {
+                print!("{}", show(&job));
+                ExitCode::SUCCESS
+            }
+        }),
+        JobsCommand::Retry { id } => store.retry(id).map(|new| match new {
+            None => super::fail(format!("no job {id}"), 1),
+            Some(new) => {
+                println!("job {id} will run again as job {new}");
+                ExitCode::SUCCESS
+            }
+        }),
+        JobsCommand::Cancel { id } => store.request_cancel(id).map(|state| match state {
+            None => super::fail(format!("no job {id}"), 1),
+            Some(State::Pending) => {
+                println!("job {id} cancelled before it started");
+                ExitCode::SUCCESS
+            }
+            Some(State::Running) => {
+                println!("job {id} is running; the daemon will stop it (TERM, then KILL after its grace period)");
+                ExitCode::SUCCESS
+            }
+            Some(other) => super::fail(format!("job {id} already ended ({})", other.as_str()), 1),
+        }),
+    };
+    result.unwrap_or_else(|e| super::fail(format!("{}: {e}", path.display()), 1))
+}
+
+fn list_line(job: &Job) -> String {
+    let ev = job
+        .events
+        .first()
+        .map(|e| format!("{} {}", e.topic, e.uuid))
+        .unwrap_or_default();
+    format!(
+        "{:>6}  {:<10}  {:<20}  {:<16}  {:<19}  {:>4}  {ev}",
+        job.id,
+        job.state.as_str(),
+        job.rule,
+        job.key,
+        when(Some(job.created)),
+        job.exit_code
+            .map(|c| c.to_string())
+            .unwrap_or_else(|| "-".into()),
+    )
+}
+
+fn show(job: &Job) -> String {
+    let mut out = format!(
+        "job {}\n  rule:     {}\n  key:      {}\n  state:    {}\n  attempt:  {}\n  created:  {}\n  started:  {}\n  finished: {}\n  exit:     {}\n",
+        job.id,
+        job.rule,
+        job.key,
+        job.state.as_str(),
+        job.attempt,
+        when(Some(job.created)),
+        when(job.started),
+        when(job.finished),
+        job.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+    );
+    if !job.argv.is_empty() {
+        out.push_str(&format!(
+            "  argv:     {}\n",
+            serde_json::to_string(&job.argv).unwrap_or_default()
+        ));
+    }
+    if let Some(err) = &job.error {
+        out.push_str(&format!("  error:    {err}\n"));
+    }
+    out.push_str(&format!("  events ({}):\n", job.events.len()));
+    for e in &job.events {
+        let signers = if e.signers.is_empty() {
+            "unsigned".to_string()
+        } else {
+            e.signers.join(", ")
+        };
+        out.push_str(&format!("    {} {} [{signers}]\n", e.topic, e.uuid));
+    }
+    if let Some(tail) = job.output_tail.as_deref().filter(|t| !t.is_empty()) {
+        out.push_str("  output (tail):\n");
+        for line in tail.lines() {
+            out.push_str(&format!("    | {line}\n"));
+        }
+    }
+    out
+}
