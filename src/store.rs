@@ -346,6 +346,18 @@ impl Store {
             .collect()
     }
 
+    /// Ids and states of every live job (cheap: no events).
+    pub fn live_ids(&self) -> Result<Vec<(i64, State)>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT id, state FROM jobs WHERE state IN ('pending', 'running')")?;
+        let rows = stmt.query_map([], |r| {
+            let state: String = r.get(1)?;
+            Ok((r.get(0)?, State::parse(&state).unwrap_or(State::Pending)))
+        })?;
+        rows.collect()
+    }
+
     /// Ids of live jobs someone asked to cancel.
     pub fn cancel_requests(&self) -> Result<Vec<i64>> {
         let mut stmt = self.conn.prepare_cached(

@@ -23,7 +23,7 @@ use tracing::{info, warn};
 
 use super::ack::{Ack, AckStatus};
 use super::socket::{bind_all, new_socket};
-use super::trust::{Dedupe, Refusal, TrustPolicy};
+use super::trust::{Dedupe, Refusal, RefusalLog, TrustPolicy};
 use crate::config::{RelayConfig, TrustConfig, ZmqConfig};
 use crate::event::keys::SigningKey;
 use crate::event::{canonical, sign, Event};
@@ -159,57 +159,6 @@ fn worker(
         }
         // A full doorbell means the socket thread already has wake-ups pending.
         let _ = doorbell.send(&b""[..], zmq::DONTWAIT);
-    }
-}
-
-/// Logs refusals without letting a flood of bad input flood the journal: the first few per
-/// reason in each window are logged in full, the rest are summarized.
-struct RefusalLog {
-    window_start: Instant,
-    logged: BTreeMap<&'static str, u32>,
-    suppressed: BTreeMap<&'static str, u64>,
-}
-
-impl RefusalLog {
-    const PER_WINDOW: u32 = 5;
-    const WINDOW: Duration = Duration::from_secs(10);
-
-    fn new() -> Self {
-        RefusalLog {
-            window_start: Instant::now(),
-            logged: BTreeMap::new(),
-            suppressed: BTreeMap::new(),
-        }
-    }
-
-    fn refused(&mut self, source: &str, uuid: Option<&str>, refusal: &Refusal) {
-        self.roll();
-        let n = self.logged.entry(refusal.reason()).or_insert(0);
-        if *n < Self::PER_WINDOW {
-            *n += 1;
-            warn!(
-                reason = refusal.reason(),
-                uuid = uuid.unwrap_or("-"),
-                "refused {source} message: {refusal}"
-            );
-        } else {
-            *self.suppressed.entry(refusal.reason()).or_insert(0) += 1;
-        }
-    }
-
-    fn roll(&mut self) {
-        if self.window_start.elapsed() < Self::WINDOW {
-            return;
-        }
-        for (reason, count) in std::mem::take(&mut self.suppressed) {
-            warn!(
-                reason,
-                "refused {count} more messages for reason {reason} in the last {}s",
-                Self::WINDOW.as_secs()
-            );
-        }
-        self.logged.clear();
-        self.window_start = Instant::now();
     }
 }
 

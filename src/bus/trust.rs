@@ -6,11 +6,12 @@
 //! uuids within a window. A refusal carries a stable `reason()` for counters and a message
 //! that tells an admin what to change.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Local, NaiveDateTime, TimeZone, Utc};
+use tracing::warn;
 
 use crate::config::TrustConfig;
 use crate::event::keys::{KeyError, Keyring};
@@ -247,6 +248,63 @@ pub fn parse_event_time(text: &str) -> Option<DateTime<Utc>> {
         .find_map(|f| NaiveDateTime::parse_from_str(text, f).ok())
         .and_then(|naive| Local.from_local_datetime(&naive).earliest())
         .map(|t| t.with_timezone(&Utc))
+}
+
+/// Logs refusals (relay and daemon alike) without letting a flood of bad input flood the journal: the first few per
+/// reason in each window are logged in full, the rest are summarized.
+pub struct RefusalLog {
+    window_start: Instant,
+    logged: BTreeMap<&'static str, u32>,
+    suppressed: BTreeMap<&'static str, u64>,
+}
+
+impl RefusalLog {
+    const PER_WINDOW: u32 = 5;
+    const WINDOW: Duration = Duration::from_secs(10);
+
+    pub fn new() -> Self {
+        RefusalLog {
+            window_start: Instant::now(),
+            logged: BTreeMap::new(),
+            suppressed: BTreeMap::new(),
+        }
+    }
+
+    pub fn refused(&mut self, source: &str, uuid: Option<&str>, refusal: &Refusal) {
+        self.roll();
+        let n = self.logged.entry(refusal.reason()).or_insert(0);
+        if *n < Self::PER_WINDOW {
+            *n += 1;
+            warn!(
+                reason = refusal.reason(),
+                uuid = uuid.unwrap_or("-"),
+                "refused {source} message: {refusal}"
+            );
+        } else {
+            *self.suppressed.entry(refusal.reason()).or_insert(0) += 1;
+        }
+    }
+
+    pub fn roll(&mut self) {
+        if self.window_start.elapsed() < Self::WINDOW {
+            return;
+        }
+        for (reason, count) in std::mem::take(&mut self.suppressed) {
+            warn!(
+                reason,
+                "refused {count} more messages for reason {reason} in the last {}s",
+                Self::WINDOW.as_secs()
+            );
+        }
+        self.logged.clear();
+        self.window_start = Instant::now();
+    }
+}
+
+impl Default for RefusalLog {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// Remembers uuids for a window, bounded in memory. Owned by one thread.
