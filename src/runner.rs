@@ -207,6 +207,14 @@ pub async fn run(spec: Spec, mut cancel: watch::Receiver<bool>) -> Finished {
     if let Some(dir) = &spec.workdir {
         cmd.current_dir(dir);
     }
+    // If the daemon dies (kill -9, OOM), its commands die with it rather than running on
+    // unsupervised while the restarted daemon runs the same job again.
+    // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no memory of ours.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
+        });
+    }
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {

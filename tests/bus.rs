@@ -1,16 +1,16 @@
 //! Integration tests of the bus with real processes on loopback: `hark relay`, `hark
 //! publish` and `hark tail`, plus raw ZeroMQ peers for malformed input.
 
-mod harness;
+mod common;
 
 use std::time::{Duration, Instant};
 
+use common::{free_port, hark_command as hark, temp_dir as tempdir, Proc};
 use hark::bus::publish::build_event;
 use hark::bus::subscribe::Subscriber;
 use hark::config::ZmqConfig;
 use hark::event::keys::{write_keypair, KeyMetadata, SigningKey};
 use hark::event::{canonical, sign};
-use harness::{free_port, hark, spawn_ready, tempdir};
 use serde_json::{json, Value};
 
 struct Bus {
@@ -20,7 +20,7 @@ struct Bus {
     publish: String,
     fedmsg: String,
     archive: SigningKey,
-    _relay: harness::ChildGuard,
+    _relay: Proc,
 }
 
 fn keypair(dir: &std::path::Path, id: &str) -> SigningKey {
@@ -54,7 +54,8 @@ fn start_bus() -> Bus {
         format!("tcp://127.0.0.1:{}", free_port()),
         format!("tcp://127.0.0.1:{}", free_port()),
     );
-    let relay = spawn_ready(
+    let mut relay = Proc::spawn(
+        "relay",
         hark()
             .args([
                 "relay",
@@ -77,8 +78,11 @@ fn start_bus() -> Bus {
                 "--name",
                 "test-relay",
             ]),
-        "relay ready",
     );
+    relay
+        .stderr
+        .wait_for("relay ready", Duration::from_secs(20))
+        .expect("relay ready");
     Bus {
         _dir: dir,
         keys,
@@ -160,7 +164,8 @@ fn receive_until(sub: &Subscriber, uuid: &str) -> Vec<Vec<Vec<u8>>> {
 #[test]
 fn publish_relay_tail_end_to_end() {
     let bus = start_bus();
-    let mut tail = spawn_ready(
+    let mut tail = Proc::spawn(
+        "tail",
         hark()
             .args([
                 "tail",
@@ -176,12 +181,14 @@ fn publish_relay_tail_end_to_end() {
             ])
             .arg("--trusted")
             .arg(&bus.keys),
-        "connected to",
     );
+    tail.stderr
+        .wait_for("connected to", Duration::from_secs(20))
+        .expect("tail connected");
     // The tail may join late (slow joiner): publish until it has printed one event.
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut uuids = Vec::new();
-    while tail.is_running() && Instant::now() < deadline {
+    while tail.try_status().is_none() && Instant::now() < deadline {
         let out = hark()
             .args(["publish", "--relay", &bus.submit, "--key"])
             .arg(bus._dir.path().join("trusted/archive.key_secret"))
@@ -200,14 +207,13 @@ fn publish_relay_tail_end_to_end() {
         uuids.push(String::from_utf8(out.stdout).unwrap().trim().to_string());
         std::thread::sleep(Duration::from_millis(200));
     }
-    let out = tail.wait_output(Duration::from_secs(10));
-    assert!(
-        out.status.success(),
-        "tail failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let line: Value =
-        serde_json::from_slice(out.stdout.split(|b| *b == b'\n').next().unwrap()).unwrap();
+    tail.wait_success(Duration::from_secs(10))
+        .expect("tail exits 0 after --count 1");
+    let printed = tail
+        .stdout
+        .take(1, Duration::from_secs(5))
+        .expect("tail printed a line");
+    let line: Value = serde_json::from_str(&printed[0]).unwrap();
     assert!(uuids.contains(&line["uuid"].as_str().unwrap().to_string()));
     assert_eq!(line["topic"], "_lk.archive.master.published");
     assert_eq!(line["signers"], json!(["archive", "relay"]));

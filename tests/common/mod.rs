@@ -1,0 +1,344 @@
+//! Shared helpers for hark's integration tests: free ports, temp dirs, the `hark` binary and
+//! the venv Python, and child processes whose output is read line by line in background
+//! threads so that every wait has a deadline.
+//!
+//! Use from a test file with `mod common;`. Every line a child prints is echoed to the test's
+//! captured stderr as `[name] line`, so a failing test shows the whole conversation.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+pub use tempfile::TempDir;
+
+/// The repository root (where Cargo.toml is).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A TCP port that was free a moment ago on 127.0.0.1 (bind to port 0, read, release).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
+}
+
+/// `tcp://127.0.0.1:<free port>`.
+pub fn free_endpoint() -> String {
+    format!("tcp://127.0.0.1:{}", free_port())
+}
+
+/// The `hark` binary cargo built for this test run.
+pub fn hark_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_hark"))
+}
+
+/// A fresh temporary directory, removed on drop.
+pub fn temp_dir() -> TempDir {
+    tempfile::Builder::new()
+        .prefix("hark-test-")
+        .tempdir()
+        .expect("create temp dir")
+}
+
+/// The venv Python with the test peers: `$HARK_TEST_PYTHON`, else `<repo>/.venv/bin/python`.
+/// Panics with instructions when neither exists.
+pub fn python() -> PathBuf {
+    let candidate = match std::env::var_os("HARK_TEST_PYTHON") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => repo_root().join(".venv/bin/python"),
+    };
+    if !candidate.exists() {
+        panic!(
+            "the Python test peers are not installed ({} does not exist): \
+             run `make venv` (or `make test`)",
+            candidate.display()
+        );
+    }
+    candidate
+}
+
+/// Path of a peer script in `tests/peers/`.
+pub fn peer(script: &str) -> PathBuf {
+    repo_root().join("tests/peers").join(script)
+}
+
+/// A `Command` running the peer `script` with the venv Python, unbuffered.
+pub fn peer_command(script: &str) -> Command {
+    let mut cmd = Command::new(python());
+    cmd.arg("-u").arg(peer(script)).env("PYTHONUNBUFFERED", "1");
+    cmd
+}
+
+/// A `Command` for the `hark` binary, logging at debug level unless `HARK_LOG` is set.
+pub fn hark_command() -> Command {
+    let mut cmd = Command::new(hark_bin());
+    if std::env::var_os("HARK_LOG").is_none() {
+        cmd.env("HARK_LOG", "debug");
+    }
+    cmd
+}
+
+/// Lines read from a child's stdout or stderr by a background thread.
+pub struct Lines {
+    name: String,
+    rx: Receiver<String>,
+    history: Arc<Mutex<Vec<String>>>,
+}
+
+impl Lines {
+    /// Start reading `stream` line by line. Lines are kept (see [`Lines::history`]) and echoed
+    /// to the test's stderr prefixed with `[name]`.
+    pub fn spawn<R: Read + Send + 'static>(name: &str, stream: R) -> Lines {
+        let (tx, rx) = mpsc::channel();
+        let history = Arc::new(Mutex::new(Vec::new()));
+        let (thread_name, thread_history) = (name.to_string(), Arc::clone(&history));
+        thread::Builder::new()
+            .name(format!("lines-{name}"))
+            .spawn(move || {
+                let mut reader = BufReader::new(stream);
+                let mut buf = Vec::new();
+                loop {
+                    buf.clear();
+                    match reader.read_until(b'\n', &mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {}
+                    }
+                    let line = String::from_utf8_lossy(&buf)
+                        .trim_end_matches(['\n', '\r'])
+                        .to_string();
+                    eprintln!("[{thread_name}] {line}");
+                    thread_history.lock().unwrap().push(line.clone());
+                    if tx.send(line).is_err() {
+                        // Nobody listens any more; keep draining so the child never blocks.
+                    }
+                }
+            })
+            .expect("spawn reader thread");
+        Lines {
+            name: name.to_string(),
+            rx,
+            history,
+        }
+    }
+
+    /// The next line not yet taken, waiting at most `timeout`. `None` on timeout or EOF.
+    pub fn next_line(&self, timeout: Duration) -> Option<String> {
+        self.rx.recv_timeout(timeout).ok()
+    }
+
+    /// Take lines until one contains `needle`; return it. Errors on timeout or EOF, quoting
+    /// everything read so far.
+    pub fn wait_for(&self, needle: &str, timeout: Duration) -> Result<String, String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return Ok(line),
+                Ok(_) => continue,
+                Err(RecvTimeoutError::Timeout) => {
+                    return Err(format!(
+                        "[{}] no line containing {needle:?} within {timeout:?}; got:\n{}",
+                        self.name,
+                        self.history().join("\n")
+                    ))
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(format!(
+                        "[{}] stream closed before a line containing {needle:?}; got:\n{}",
+                        self.name,
+                        self.history().join("\n")
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Take `n` lines, waiting at most `timeout` for all of them.
+    pub fn take(&self, n: usize, timeout: Duration) -> Result<Vec<String>, String> {
+        let deadline = Instant::now() + timeout;
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(line) => out.push(line),
+                Err(e) => {
+                    return Err(format!(
+                        "[{}] got {} of {n} lines within {timeout:?} ({e}):\n{}",
+                        self.name,
+                        out.len(),
+                        self.history().join("\n")
+                    ))
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Take every remaining line until EOF, waiting at most `timeout` for EOF.
+    pub fn drain(&self, timeout: Duration) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        let mut out = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(line) => out.push(line),
+                Err(_) => return out,
+            }
+        }
+    }
+
+    /// Every line read so far (taken or not).
+    pub fn history(&self) -> Vec<String> {
+        self.history.lock().unwrap().clone()
+    }
+}
+
+/// Wait until `stream` prints a line containing `needle` (reading in a thread), at most
+/// `timeout`. Returns the line, and the [`Lines`] to keep reading from.
+pub fn wait_for_line<R: Read + Send + 'static>(
+    stream: R,
+    needle: &str,
+    timeout: Duration,
+) -> Result<(String, Lines), String> {
+    let lines = Lines::spawn("stream", stream);
+    let line = lines.wait_for(needle, timeout)?;
+    Ok((line, lines))
+}
+
+/// A child process with line readers on stdout and stderr, killed when dropped.
+pub struct Proc {
+    pub name: String,
+    child: Child,
+    pub stdout: Lines,
+    pub stderr: Lines,
+}
+
+impl Proc {
+    /// Spawn `cmd` with stdin closed and stdout/stderr piped.
+    pub fn spawn(name: &str, cmd: &mut Command) -> Proc {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {name} ({cmd:?}): {e}"));
+        let stdout = Lines::spawn(&format!("{name}:out"), child.stdout.take().unwrap());
+        let stderr = Lines::spawn(&format!("{name}:err"), child.stderr.take().unwrap());
+        Proc {
+            name: name.to_string(),
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Exit status if the child has exited.
+    pub fn try_status(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// Wait for the child to exit, at most `timeout` (polling); kill it on timeout.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus, String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_status() {
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                self.kill();
+                return Err(format!(
+                    "{} did not exit within {timeout:?}; stderr:\n{}",
+                    self.name,
+                    self.stderr.history().join("\n")
+                ));
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Wait for a successful exit within `timeout`; error (with stderr) otherwise.
+    pub fn wait_success(&mut self, timeout: Duration) -> Result<(), String> {
+        let status = self.wait_exit(timeout)?;
+        if status.success() {
+            Ok(())
+        } else {
+            // Give the reader a moment to collect the last stderr lines.
+            let _ = self.stderr.drain(Duration::from_millis(500));
+            Err(format!(
+                "{} failed ({status}); stderr:\n{}",
+                self.name,
+                self.stderr.history().join("\n")
+            ))
+        }
+    }
+
+    /// Kill the child (SIGKILL) and reap it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Ask the child to stop with SIGTERM, then wait up to `timeout` before killing it.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        if self.try_status().is_none() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(self.child.id().to_string())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+        self.wait_exit(timeout).ok()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.try_status().is_none() {
+            self.kill();
+        }
+    }
+}
+
+/// Run `cmd` to completion within `timeout`; return its stdout lines. Errors include stderr.
+pub fn run_ok(name: &str, cmd: &mut Command, timeout: Duration) -> Result<Vec<String>, String> {
+    let mut proc = Proc::spawn(name, cmd);
+    proc.wait_success(timeout)?;
+    Ok(proc.stdout.drain(Duration::from_secs(2)))
+}
+
+/// Poll `check` every 20 ms until it returns `Some`, at most `timeout`.
+pub fn poll_until<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Write `text` to `dir/name` and return the path.
+pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).expect("create parent dir");
+    }
+    std::fs::write(&path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    path
+}
