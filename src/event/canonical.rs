@@ -110,8 +110,18 @@ pub fn python_float_repr(f: f64) -> String {
     if f.is_infinite() {
         return if f > 0.0 { "Infinity" } else { "-Infinity" }.to_string();
     }
-    // Rust's `{:e}` gives the shortest round-trip digits, like Python's repr.
-    let sci = format!("{:e}", f.abs());
+    // Rust's `{:e}` gives the shortest round-trip digit count, like Python's repr, but
+    // breaks exact ties upwards where Python rounds half to even; re-rendering with that
+    // many digits through `{:.N e}` rounds the exact value to even.
+    let shortest = format!("{:e}", f.abs());
+    let digit_count = shortest
+        .split('e')
+        .next()
+        .unwrap_or("")
+        .bytes()
+        .filter(u8::is_ascii_digit)
+        .count();
+    let sci = format!("{:.*e}", digit_count.saturating_sub(1), f.abs());
     let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
     let exp: i32 = exp.parse().unwrap_or(0);
     let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
@@ -176,6 +186,9 @@ mod tests {
             ("-0", "0"),
             ("1E5", "100000.0"),
             ("1e21", "1e+21"),
+            // Exact shortest-digit ties round half to even, as in Python.
+            ("2056678060867990.25", "2056678060867990.2"),
+            ("1221254104428268.25", "1221254104428268.2"),
             ("1000000000000000.0", "1000000000000000.0"),
             (
                 "340282366920938463463374607431768211456",

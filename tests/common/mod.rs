@@ -73,7 +73,10 @@ pub fn peer(script: &str) -> PathBuf {
 /// A `Command` running the peer `script` with the venv Python, unbuffered.
 pub fn peer_command(script: &str) -> Command {
     let mut cmd = Command::new(python());
-    cmd.arg("-u").arg(peer(script)).env("PYTHONUNBUFFERED", "1");
+    cmd.arg("-u")
+        .arg(peer(script))
+        .env("PYTHONUNBUFFERED", "1")
+        .env("PYTHONDONTWRITEBYTECODE", "1");
     cmd
 }
 
