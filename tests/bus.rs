@@ -54,7 +54,7 @@ fn start_bus() -> Bus {
         format!("tcp://127.0.0.1:{}", free_port()),
         format!("tcp://127.0.0.1:{}", free_port()),
     );
-    let mut relay = Proc::spawn(
+    let relay = Proc::spawn(
         "relay",
         hark()
             .args([

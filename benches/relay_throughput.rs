@@ -1,0 +1,1496 @@
+//! Relay throughput benchmark (`harness = false`): `cargo bench --bench relay_throughput`.
+//!
+//! Prints, as Markdown, the median throughput and loss of `hark relay` in two cases, next to
+//! Python's `fedmsg-relay` measured by the same load generator and sink in the same session:
+//!
+//! - **pass-through**: fedmsg frames `[topic, json]` from PUB sockets that connect to the
+//!   relay's inbound SUB (fedmsg's "active" pattern), counted by a SUB on the relay's
+//!   publish socket. Run against `hark relay --fedmsg-inbound` and against `fedmsg-relay`;
+//! - **verify + countersign**: signed Laniakea events submitted by a DEALER to hark's submit
+//!   socket, verified, countersigned and published.
+//!
+//! A third row, the **generator ceiling**, connects the same generator straight to the sink
+//! (no relay) so that readers can see the generator is not what limits the relay rows.
+//!
+//! Nothing here asserts a speed. Every wait is bounded, every child process is killed when
+//! its guard drops, and a missing or broken Python anchor is reported, not fatal.
+//! The method and the figures are explained in `docs/benchmarks.md`.
+//!
+//! Knobs (environment): `HARK_BENCH_RUNS` (5), `HARK_BENCH_PASS_COUNT` (200000),
+//! `HARK_BENCH_SIGNED_COUNT` (50000), `HARK_BENCH_SIZE` (500 bytes of JSON per message),
+//! `HARK_BENCH_GENERATORS` (1 PUB thread), `HARK_BENCH_SENDERS` (1 DEALER thread),
+//! `HARK_BENCH_RUN_TIMEOUT` (60 s), `HARK_BENCH_IDLE_MS` (1000: the sink stops after this
+//! much silence once the generator is done), `HARK_BENCH_PYTHON_VENV` (else `.venv`, else
+//! `bench/.venv-anchor`), `HARK_BIN` (else the `hark` binary cargo built for this bench).
+//! Positional arguments select cases: `ceiling`, `hark`, `fedmsg`, `signed`.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use hark::bus::publish::build_event;
+use hark::event::canonical;
+use hark::event::keys::{write_keypair, KeyMetadata, SigningKey};
+use serde_json::{json, Value};
+
+/// One multipart message.
+type Frames = Vec<Vec<u8>>;
+
+const PASS_TOPIC: &str = "org.fedoraproject.dev.bench.load";
+const PASS_WARM: &str = "org.fedoraproject.dev.bench.warmup.";
+const SIGNED_TAG: &str = "_lk.bench.load";
+const SIGNED_WARM: &str = "_lk.bench.warmup.";
+const PUBLISHER: &str = "bench";
+const RELAY_NAME: &str = "bench-relay";
+/// How long a relay may take to start and pass a first warm-up message.
+const WARMUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Sends that block this long are an error, not a hang.
+const SEND_TIMEOUT_MS: i32 = 5_000;
+
+// ---------------------------------------------------------------------------------------
+// Settings
+
+struct Settings {
+    /// Run by `cargo test`: a quick correctness check, not a measurement.
+    smoke: bool,
+    runs: usize,
+    pass_count: usize,
+    signed_count: usize,
+    size: usize,
+    generators: usize,
+    senders: usize,
+    run_timeout: Duration,
+    /// The sink stops when nothing arrived for this long after every sender finished.
+    idle: Duration,
+    cases: Vec<Case>,
+    hark_bin: PathBuf,
+    root: PathBuf,
+}
+
+fn env_num(name: &str, default: usize) -> usize {
+    match std::env::var(name) {
+        Ok(v) => v.trim().parse().unwrap_or_else(|_| {
+            eprintln!("warning: {name}={v:?} is not a number, using {default}");
+            default
+        }),
+        Err(_) => default,
+    }
+}
+
+impl Settings {
+    fn from_env() -> Settings {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let hark_bin = std::env::var_os("HARK_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_hark")));
+        let mut cases: Vec<Case> = std::env::args()
+            .skip(1)
+            .filter(|a| !a.starts_with('-'))
+            .filter_map(|a| Case::ALL.into_iter().find(|c| c.key() == a))
+            .collect();
+        // `cargo bench` passes --bench; `cargo test --all-targets` does not, and then this
+        // is a smoke test: one small round of the hark cases, failing only if a run fails
+        // or the relay mangles what it relays (never on speed).
+        let smoke = !std::env::args().any(|a| a == "--bench");
+        if smoke {
+            return Settings {
+                smoke,
+                runs: 1,
+                pass_count: 2_000,
+                signed_count: 50,
+                size: 500,
+                generators: 1,
+                senders: 1,
+                run_timeout: Duration::from_secs(30),
+                idle: Duration::from_secs(1),
+                cases: vec![Case::Ceiling, Case::HarkPass, Case::HarkSigned],
+                hark_bin,
+                root,
+            };
+        }
+        if cases.is_empty() {
+            cases = Case::ALL.to_vec();
+        }
+        Settings {
+            smoke,
+            runs: env_num("HARK_BENCH_RUNS", 5).max(1),
+            pass_count: env_num("HARK_BENCH_PASS_COUNT", 200_000).max(1),
+            signed_count: env_num("HARK_BENCH_SIGNED_COUNT", 50_000).max(1),
+            size: env_num("HARK_BENCH_SIZE", 500).max(300),
+            generators: env_num("HARK_BENCH_GENERATORS", 1).max(1),
+            senders: env_num("HARK_BENCH_SENDERS", 1).max(1),
+            run_timeout: Duration::from_secs(env_num("HARK_BENCH_RUN_TIMEOUT", 60).max(5) as u64),
+            idle: Duration::from_millis(env_num("HARK_BENCH_IDLE_MS", 1000).max(100) as u64),
+            cases,
+            hark_bin,
+            root,
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Case {
+    /// Generator straight into the sink: what the measuring rig can do at most.
+    Ceiling,
+    /// `hark relay --fedmsg-inbound`: check and forward fedmsg frames byte for byte.
+    HarkPass,
+    /// Python `fedmsg-relay`: the anchor.
+    FedmsgPass,
+    /// `hark relay` submit socket: verify, check grants, dedupe, countersign, publish.
+    HarkSigned,
+}
+
+impl Case {
+    const ALL: [Case; 4] = [
+        Case::Ceiling,
+        Case::HarkPass,
+        Case::FedmsgPass,
+        Case::HarkSigned,
+    ];
+
+    fn key(self) -> &'static str {
+        match self {
+            Case::Ceiling => "ceiling",
+            Case::HarkPass => "hark",
+            Case::FedmsgPass => "fedmsg",
+            Case::HarkSigned => "signed",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Case::Ceiling => "generator → sink, no relay (ceiling)",
+            Case::HarkPass => "hark relay, unsigned fedmsg pass-through",
+            Case::FedmsgPass => "fedmsg-relay (Python anchor), pass-through",
+            Case::HarkSigned => "hark relay, verify + countersign",
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Child processes
+
+/// A child process that is killed (SIGKILL) and reaped when the guard drops.
+struct ChildGuard {
+    child: Child,
+    log: PathBuf,
+    what: String,
+}
+
+impl ChildGuard {
+    fn spawn(mut cmd: Command, log: PathBuf, what: &str) -> Result<ChildGuard, String> {
+        let file = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
+        let err = file
+            .try_clone()
+            .map_err(|e| format!("{}: {e}", log.display()))?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(file)
+            .stderr(err)
+            .spawn()
+            .map_err(|e| format!("cannot start {what}: {e}"))?;
+        Ok(ChildGuard {
+            child,
+            log,
+            what: what.to_string(),
+        })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `None` while running, else why it is not.
+    fn exited(&mut self) -> Option<String> {
+        match self.child.try_wait() {
+            Ok(None) => None,
+            Ok(Some(status)) => Some(format!(
+                "{} exited ({status}); its output ends with:\n{}",
+                self.what,
+                self.log_tail(15)
+            )),
+            Err(e) => Some(format!("{}: {e}", self.what)),
+        }
+    }
+
+    fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..]
+            .iter()
+            .map(|l| format!("    {l}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Run a short command and return its stdout, or `None` if it failed or took too long.
+fn command_output(mut cmd: Command, limit: Duration) -> Option<String> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let deadline = Instant::now() + limit;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => {
+                let mut out = String::new();
+                if let Some(stdout) = child.stdout.take() {
+                    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                        out.push_str(&line);
+                        out.push('\n');
+                    }
+                }
+                return status.success().then_some(out);
+            }
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+        }
+    }
+}
+
+fn free_port() -> Result<u16, String> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("no free port on 127.0.0.1: {e}"))
+}
+
+fn endpoint() -> Result<String, String> {
+    Ok(format!("tcp://127.0.0.1:{}", free_port()?))
+}
+
+// ---------------------------------------------------------------------------------------
+// CPU accounting from /proc, per thread name
+
+/// Nanoseconds on CPU so far of each thread of `pid`, summed by thread name. Read from
+/// `schedstat` (nanoseconds), else from `stat` (10 ms ticks).
+fn thread_cpu(pid: u32) -> Vec<(String, u64)> {
+    let mut by_name: Vec<(String, u64)> = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return by_name;
+    };
+    for task in tasks.filter_map(Result::ok) {
+        let is_main = task.file_name().to_str() == Some(pid.to_string().as_str());
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        // Number the worker threads' names away so that they group.
+        let comm = &stat[open + 1..close];
+        let stem = comm.trim_end_matches(|c: char| c.is_ascii_digit());
+        // The main thread is hark's socket thread (Python's: the Twisted reactor). Threads
+        // that keep the process name are libzmq's I/O threads in hark (its vendored libzmq
+        // does not name them).
+        let name = if is_main {
+            "main".to_string()
+        } else if stem.len() < comm.len() {
+            format!("{stem}*")
+        } else {
+            comm.to_string()
+        };
+        let ns = std::fs::read_to_string(task.path().join("schedstat"))
+            .ok()
+            .and_then(|t| t.split_whitespace().next().and_then(|n| n.parse().ok()))
+            .unwrap_or_else(|| stat_ticks(&stat[close + 1..]) * 10_000_000);
+        match by_name.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, t)) => *t += ns,
+            None => by_name.push((name, ns)),
+        }
+    }
+    by_name
+}
+
+/// What a relay thread does, from its name. hark's main thread is the socket thread, and
+/// its libzmq I/O thread keeps the process name (the vendored libzmq does not name it);
+/// fedmsg-relay's main thread runs the Twisted reactor, its other Python threads the
+/// moksha consumer, and pyzmq's libzmq names its own threads `ZMQbg/...`.
+fn thread_role(case: Case, name: &str) -> String {
+    match (case, name) {
+        (Case::FedmsgPass, "main") => "reactor (main)".into(),
+        (Case::FedmsgPass, "fedmsg-relay") => "consumer threads".into(),
+        (_, "main") => "socket thread".into(),
+        (_, "hark") => "libzmq I/O".into(),
+        (_, "relay-verify-*") => "verify workers".into(),
+        _ => name.into(),
+    }
+}
+
+/// utime + stime in ticks from the part of a `stat` line after the `(comm)`.
+fn stat_ticks(after_comm: &str) -> u64 {
+    let rest: Vec<&str> = after_comm.split_whitespace().collect();
+    // rest[0] is field 3 (state); utime and stime are fields 14 and 15.
+    [11, 12]
+        .iter()
+        .filter_map(|&i| rest.get(i).and_then(|v| v.parse::<u64>().ok()))
+        .sum()
+}
+
+/// CPU time of this whole process (generator and sink, including threads that have
+/// exited), in nanoseconds.
+fn own_cpu() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    stat.rfind(')')
+        .map_or(0, |c| stat_ticks(&stat[c + 1..]) * 10_000_000)
+}
+
+/// CPU time of the calling thread, in nanoseconds.
+fn thread_self_cpu() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|t| t.split_whitespace().next().and_then(|n| n.parse().ok()))
+        .unwrap_or(0)
+}
+
+/// (busy, total) jiffies of the whole machine, from the first line of /proc/stat.
+fn machine_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let total: u64 = fields.iter().sum();
+    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+    (total.saturating_sub(idle), total)
+}
+
+fn cpu_diff(before: &[(String, u64)], after: &[(String, u64)]) -> Vec<(String, u64)> {
+    let mut out: Vec<(String, u64)> = after
+        .iter()
+        .map(|(n, a)| {
+            let b = before
+                .iter()
+                .find(|(m, _)| m == n)
+                .map(|(_, t)| *t)
+                .unwrap_or(0);
+            (n.clone(), a.saturating_sub(b))
+        })
+        .filter(|(_, t)| *t > 0)
+        .collect();
+    out.sort_by_key(|(_, t)| std::cmp::Reverse(*t));
+    out
+}
+
+// ---------------------------------------------------------------------------------------
+// Messages
+
+/// fedmsg bodies of exactly `size` bytes (ensure_ascii JSON, sorted keys like fedmsg's).
+fn fedmsg_message(topic: &str, i: usize, size: usize) -> Frames {
+    let msg_id = format!("2026-{}", uuid::Uuid::new_v4());
+    let build = |pad: &str| {
+        format!(
+            concat!(
+                r#"{{"i":{i},"msg":{{"build_id":{b},"epoch":null,"instance":"primary","name":"hark-bench","#,
+                r#""new":1,"old":0,"owner":"bench","release":"1.fc41","text":"{pad}","version":"0.1.0"}},"#,
+                r#""msg_id":"{id}","timestamp":1763766000.0,"topic":"{t}","username":"bench"}}"#
+            ),
+            i = i,
+            b = 2_600_000 + i,
+            pad = pad,
+            id = msg_id,
+            t = topic
+        )
+    };
+    let bare = build("").len();
+    let body = build(&"x".repeat(size.saturating_sub(bare)));
+    vec![topic.as_bytes().to_vec(), body.into_bytes()]
+}
+
+/// A signed Laniakea event of about `size` bytes, submitted as one canonical JSON frame.
+fn signed_message(tag: &str, i: usize, size: usize, key: &SigningKey) -> Frames {
+    let build = |pad: &str| {
+        let data = json!({"id": format!("{i:010}"), "package": "hark-bench", "version": "0.1.0", "text": pad});
+        let event = build_event(tag, data, key, Some("bench-host"), None).expect("sign");
+        canonical::to_vec(&event).expect("canonical JSON")
+    };
+    // Signature, uuid and time have fixed lengths, so one probe sizes the padding.
+    let bare = build("").len();
+    vec![build(&"x".repeat(size.saturating_sub(bare)))]
+}
+
+// ---------------------------------------------------------------------------------------
+// Load generator and sink
+
+/// State shared by the sink, the generator threads and the orchestrator.
+struct Shared {
+    /// Set by the sink when generator `i`'s warm-up message came through.
+    warmed: Vec<AtomicBool>,
+    /// Generators that finished sending their load.
+    senders_done: AtomicUsize,
+    sink_done: AtomicBool,
+    abort: AtomicBool,
+}
+
+impl Shared {
+    fn new(generators: usize) -> Arc<Shared> {
+        Arc::new(Shared {
+            warmed: (0..generators).map(|_| AtomicBool::new(false)).collect(),
+            senders_done: AtomicUsize::new(0),
+            sink_done: AtomicBool::new(false),
+            abort: AtomicBool::new(false),
+        })
+    }
+}
+
+#[derive(Default, Clone, Debug)]
+struct Acks {
+    accepted: u64,
+    duplicate: u64,
+    refused: u64,
+    first_refusal: Option<String>,
+}
+
+impl Acks {
+    fn add(&mut self, other: &Acks) {
+        self.accepted += other.accepted;
+        self.duplicate += other.duplicate;
+        self.refused += other.refused;
+        if self.first_refusal.is_none() {
+            self.first_refusal.clone_from(&other.first_refusal);
+        }
+    }
+
+    /// Read every ack waiting on a DEALER. Counting by substring keeps this cheap.
+    fn drain(&mut self, sock: &zmq::Socket, warmup: bool) {
+        while let Ok(frame) = sock.recv_bytes(zmq::DONTWAIT) {
+            if warmup {
+                continue;
+            }
+            let text = String::from_utf8_lossy(&frame);
+            if text.contains(r#""status":"accepted""#) {
+                self.accepted += 1;
+            } else if text.contains(r#""status":"duplicate""#) {
+                self.duplicate += 1;
+            } else {
+                self.refused += 1;
+                if self.first_refusal.is_none() {
+                    self.first_refusal = Some(text.into_owned());
+                }
+            }
+        }
+    }
+}
+
+type GenHandle = JoinHandle<Result<GenOut, String>>;
+
+struct GenOut {
+    sent: u64,
+    send_time: Duration,
+    acks: Acks,
+}
+
+/// One generator thread: warm up until the sink has seen this thread, wait for "go", send
+/// its share of the load as fast as libzmq takes it, then (DEALERs) collect acks.
+#[allow(clippy::too_many_arguments)]
+fn generator(
+    sock: zmq::Socket,
+    id: usize,
+    load: Arc<Vec<Frames>>,
+    range: std::ops::Range<usize>,
+    mut warm: impl FnMut(usize, u64) -> Frames,
+    dealer: bool,
+    shared: Arc<Shared>,
+    go: mpsc::Receiver<bool>,
+) -> Result<GenOut, String> {
+    let send = |frames: &Frames| {
+        sock.send_multipart(frames.iter().map(|f| f.as_slice()), 0)
+            .map_err(|e| format!("generator {id}: send failed: {e}"))
+    };
+    let mut acks = Acks::default();
+    let started = Instant::now();
+    let mut k = 0u64;
+    while !shared.warmed[id].load(Ordering::Acquire) {
+        if shared.abort.load(Ordering::Relaxed) {
+            return Err(format!("generator {id}: aborted during warm-up"));
+        }
+        if started.elapsed() > WARMUP_TIMEOUT {
+            return Err(format!(
+                "generator {id}: no warm-up message reached the sink within {WARMUP_TIMEOUT:?}"
+            ));
+        }
+        send(&warm(id, k))?;
+        k += 1;
+        if dealer {
+            acks.drain(&sock, true);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    match go.recv_timeout(WARMUP_TIMEOUT * 2) {
+        Ok(true) => {}
+        _ => return Err(format!("generator {id}: no go signal")),
+    }
+    // Warm-up acks still in flight are not load acks.
+    if dealer {
+        acks.drain(&sock, true);
+    }
+    let t0 = Instant::now();
+    let mut sent = 0u64;
+    for (n, frames) in load[range].iter().enumerate() {
+        send(frames)?;
+        sent += 1;
+        if dealer && n % 256 == 255 {
+            acks.drain(&sock, false);
+        }
+    }
+    let send_time = t0.elapsed();
+    shared.senders_done.fetch_add(1, Ordering::AcqRel);
+    // Keep the socket open until the sink is done: closing it (linger 0) would throw away
+    // whatever libzmq has not yet written to the relay.
+    while !shared.sink_done.load(Ordering::Acquire) && !shared.abort.load(Ordering::Relaxed) {
+        if dealer {
+            let _ = sock.poll(zmq::POLLIN, 20);
+            acks.drain(&sock, false);
+        } else {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    if dealer {
+        acks.drain(&sock, false);
+    }
+    Ok(GenOut {
+        sent,
+        send_time,
+        acks,
+    })
+}
+
+struct SinkOut {
+    received: u64,
+    last: Option<Instant>,
+    /// One received load message, to check what the relay did to it.
+    sample: Option<Frames>,
+    timed_out: bool,
+    stray: u64,
+    /// Longest silence between two load messages.
+    max_gap: Duration,
+}
+
+/// Count load messages until all arrived, or the senders are done and nothing came for
+/// `idle`, or `limit` passed. Warm-up messages mark their generator as warmed.
+#[allow(clippy::too_many_arguments)]
+fn sink(
+    sock: zmq::Socket,
+    data_topic: &'static str,
+    warm_prefix: &'static str,
+    expected: u64,
+    generators: usize,
+    shared: Arc<Shared>,
+    limit: Duration,
+    idle: Duration,
+) -> SinkOut {
+    let started = Instant::now();
+    let mut out = SinkOut {
+        received: 0,
+        last: None,
+        sample: None,
+        timed_out: false,
+        stray: 0,
+        max_gap: Duration::ZERO,
+    };
+    let mut topic = zmq::Message::new();
+    let mut body = zmq::Message::new();
+    let mut done_seen: Option<Instant> = None;
+    loop {
+        if shared.abort.load(Ordering::Relaxed) {
+            break;
+        }
+        let _ = sock.poll(zmq::POLLIN, 50);
+        while sock.recv(&mut topic, zmq::DONTWAIT).is_ok() {
+            let has_body = topic.get_more();
+            if has_body {
+                // Keep the last frame; a well-formed message has exactly two.
+                while sock.recv(&mut body, 0).is_ok() && body.get_more() {}
+            }
+            if &topic[..] == data_topic.as_bytes() {
+                out.received += 1;
+                let now = Instant::now();
+                if let Some(last) = out.last {
+                    out.max_gap = out.max_gap.max(now - last);
+                }
+                out.last = Some(now);
+                if out.sample.is_none() && has_body {
+                    out.sample = Some(vec![topic.to_vec(), body.to_vec()]);
+                }
+            } else if let Some(rest) = topic.strip_prefix(warm_prefix.as_bytes()) {
+                let id: Option<usize> = std::str::from_utf8(rest).ok().and_then(|s| s.parse().ok());
+                if let Some(flag) = id.and_then(|i| shared.warmed.get(i)) {
+                    flag.store(true, Ordering::Release);
+                }
+            } else {
+                out.stray += 1;
+            }
+        }
+        if out.received >= expected {
+            break;
+        }
+        if shared.senders_done.load(Ordering::Acquire) >= generators {
+            let done_at = *done_seen.get_or_insert_with(Instant::now);
+            let quiet_since = out.last.map_or(done_at, |l| l.max(done_at));
+            if quiet_since.elapsed() >= idle {
+                break;
+            }
+        }
+        if started.elapsed() > limit {
+            out.timed_out = true;
+            break;
+        }
+    }
+    shared.sink_done.store(true, Ordering::Release);
+    out
+}
+
+// ---------------------------------------------------------------------------------------
+// One run
+
+struct Rig {
+    settings: Settings,
+    tmp: tempfile::TempDir,
+    config: PathBuf,
+    trusted: PathBuf,
+    relay_key: PathBuf,
+    publisher: SigningKey,
+    pass_load: Arc<Vec<Frames>>,
+    signed_load: Arc<Vec<Frames>>,
+    anchor: Result<PathBuf, String>,
+}
+
+struct RunOut {
+    sent: u64,
+    received: u64,
+    secs: f64,
+    offered: f64,
+    acks: Option<Acks>,
+    /// Relay CPU over the measured interval, nanoseconds per thread name.
+    cpu: Vec<(String, u64)>,
+    /// CPU nanoseconds of this process (generator and sink) over the same interval.
+    rig_cpu: u64,
+    /// Share of the whole machine's CPU time that was busy over the interval.
+    machine_busy: f64,
+    /// Longest silence at the sink between two load messages.
+    max_gap: Duration,
+    note: String,
+}
+
+impl RunOut {
+    fn rate(&self) -> f64 {
+        if self.secs > 0.0 {
+            self.received as f64 / self.secs
+        } else {
+            0.0
+        }
+    }
+
+    fn loss(&self) -> f64 {
+        if self.sent == 0 {
+            0.0
+        } else {
+            100.0 * (self.sent.saturating_sub(self.received)) as f64 / self.sent as f64
+        }
+    }
+
+    fn cpu_us_per_msg(&self) -> Option<f64> {
+        let ns: u64 = self.cpu.iter().map(|(_, t)| t).sum();
+        (self.received > 0 && ns > 0).then(|| ns as f64 / 1000.0 / self.received as f64)
+    }
+}
+
+impl Rig {
+    fn start_hark(&self, submit: &str, publish: &str, inbound: &str) -> Result<ChildGuard, String> {
+        let mut cmd = Command::new(&self.settings.hark_bin);
+        cmd.arg("relay")
+            .arg("--config")
+            .arg(&self.config)
+            .args([
+                "--submit",
+                submit,
+                "--publish",
+                publish,
+                "--fedmsg-inbound",
+                inbound,
+            ])
+            .arg("--key")
+            .arg(&self.relay_key)
+            .arg("--trusted")
+            .arg(&self.trusted)
+            .args(["--grant", &format!("{PUBLISHER}=_lk.bench.**")])
+            .args(["--name", RELAY_NAME])
+            .env("HARK_LOG", "warn")
+            .env_remove("JOURNAL_STREAM");
+        ChildGuard::spawn(cmd, self.tmp.path().join("hark-relay.log"), "hark relay")
+    }
+
+    fn start_fedmsg(&self, inbound: &str, outbound: &str) -> Result<ChildGuard, String> {
+        let venv = self.anchor.as_ref().map_err(Clone::clone)?;
+        let home = self.tmp.path().join("home");
+        std::fs::create_dir_all(&home).map_err(|e| e.to_string())?;
+        let mut cmd = Command::new(venv.join("bin/fedmsg-relay"));
+        // fedmsg reads ./fedmsg.d/*.py: bench/fedmsg.d/relay_bench.py takes the endpoints
+        // from these variables. No VIRTUAL_ENV and an empty HOME keep other configs out.
+        cmd.current_dir(self.settings.root.join("bench"))
+            .env_remove("VIRTUAL_ENV")
+            .env("HOME", &home)
+            .env("HARK_BENCH_RELAY_INBOUND", inbound)
+            .env("HARK_BENCH_RELAY_OUTBOUND", outbound);
+        ChildGuard::spawn(
+            cmd,
+            self.tmp.path().join("fedmsg-relay.log"),
+            "fedmsg-relay",
+        )
+    }
+
+    fn run(&self, case: Case) -> Result<RunOut, String> {
+        let s = &self.settings;
+        let (in_ep, out_ep, submit_ep) = (endpoint()?, endpoint()?, endpoint()?);
+        let mut relay = match case {
+            Case::Ceiling => None,
+            Case::HarkPass | Case::HarkSigned => {
+                Some(self.start_hark(&submit_ep, &out_ep, &in_ep)?)
+            }
+            Case::FedmsgPass => Some(self.start_fedmsg(&in_ep, &out_ep)?),
+        };
+        let signed = case == Case::HarkSigned;
+        let (load, n_gen, topic, warm_prefix) = if signed {
+            (self.signed_load.clone(), s.senders, SIGNED_TAG, SIGNED_WARM)
+        } else {
+            (self.pass_load.clone(), s.generators, PASS_TOPIC, PASS_WARM)
+        };
+        let shared = Shared::new(n_gen);
+
+        // Separate contexts so that the sink and the generator each have an I/O thread.
+        let sink_ctx = zmq::Context::new();
+        let gen_ctx = zmq::Context::new();
+        let zerr = |what: &str| {
+            let what = what.to_string();
+            move |e: zmq::Error| format!("{what}: {e}")
+        };
+        let sink_sock = sink_ctx.socket(zmq::SUB).map_err(zerr("sink socket"))?;
+        sink_sock.set_rcvhwm(0).map_err(zerr("sink rcvhwm"))?;
+        sink_sock.set_linger(0).map_err(zerr("sink linger"))?;
+        sink_sock.set_subscribe(b"").map_err(zerr("subscribe"))?;
+        let gen_target = if case == Case::Ceiling {
+            sink_sock.bind(&in_ep).map_err(zerr("sink bind"))?;
+            in_ep.clone()
+        } else {
+            sink_sock.connect(&out_ep).map_err(zerr("sink connect"))?;
+            if signed {
+                submit_ep.clone()
+            } else {
+                in_ep.clone()
+            }
+        };
+        let limit = WARMUP_TIMEOUT + s.run_timeout;
+        let expected = load.len() as u64;
+        let sink_shared = shared.clone();
+        let idle = s.idle;
+        let sink_thread = std::thread::Builder::new()
+            .name("bench-sink".into())
+            .spawn(move || {
+                sink(
+                    sink_sock,
+                    topic,
+                    warm_prefix,
+                    expected,
+                    n_gen,
+                    sink_shared,
+                    limit,
+                    idle,
+                )
+            })
+            .map_err(|e| e.to_string())?;
+
+        let mut gens: Vec<(GenHandle, mpsc::Sender<bool>)> = Vec::new();
+        let chunk = load.len().div_ceil(n_gen);
+        for id in 0..n_gen {
+            let sock = gen_ctx
+                .socket(if signed { zmq::DEALER } else { zmq::PUB })
+                .map_err(zerr("generator socket"))?;
+            // Unlimited queues: whatever is lost is lost by the relay, not the generator.
+            sock.set_sndhwm(0).map_err(zerr("sndhwm"))?;
+            sock.set_rcvhwm(0).map_err(zerr("rcvhwm"))?;
+            sock.set_sndtimeo(SEND_TIMEOUT_MS)
+                .map_err(zerr("sndtimeo"))?;
+            sock.set_linger(0).map_err(zerr("linger"))?;
+            sock.connect(&gen_target)
+                .map_err(zerr("generator connect"))?;
+            let range = (id * chunk).min(load.len())..((id + 1) * chunk).min(load.len());
+            let (tx, rx) = mpsc::channel();
+            let (load, shared) = (load.clone(), shared.clone());
+            let key = self.publisher.clone();
+            let size = s.size;
+            let handle = std::thread::Builder::new()
+                .name(format!("bench-gen-{id}"))
+                .spawn(move || {
+                    let warm = move |id: usize, k: u64| {
+                        if signed {
+                            signed_message(&format!("{SIGNED_WARM}{id}"), k as usize, size, &key)
+                        } else {
+                            fedmsg_message(&format!("{PASS_WARM}{id}"), k as usize, size)
+                        }
+                    };
+                    generator(sock, id, load, range, warm, signed, shared, rx)
+                })
+                .map_err(|e| e.to_string())?;
+            gens.push((handle, tx));
+        }
+
+        // Bounded wait for every generator's warm-up to reach the sink.
+        let warm_start = Instant::now();
+        let mut failure = None;
+        while !shared.warmed.iter().all(|w| w.load(Ordering::Acquire)) {
+            if let Some(why) = relay.as_mut().and_then(ChildGuard::exited) {
+                failure = Some(why);
+                break;
+            }
+            if warm_start.elapsed() > WARMUP_TIMEOUT || gens.iter().any(|(h, _)| h.is_finished()) {
+                failure = Some(format!(
+                    "warm-up did not get through within {WARMUP_TIMEOUT:?}{}",
+                    relay
+                        .as_ref()
+                        .map(|r| format!("; relay output:\n{}", r.log_tail(15)))
+                        .unwrap_or_default()
+                ));
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let pid = relay.as_ref().map(ChildGuard::pid);
+        let cpu_before = pid.map(thread_cpu).unwrap_or_default();
+        let rig_before = own_cpu();
+        let machine_before = machine_ticks();
+        let t0 = Instant::now();
+        for (_, go) in &gens {
+            let _ = go.send(failure.is_none());
+        }
+        if failure.is_some() {
+            shared.abort.store(true, Ordering::Relaxed);
+        }
+        // Bounded joins: the sink gives up at `limit`, generators never block longer than
+        // SEND_TIMEOUT_MS per send and stop collecting acks when the sink is done.
+        let deadline = Instant::now() + limit + Duration::from_secs(10);
+        while !(sink_thread.is_finished() && gens.iter().all(|(h, _)| h.is_finished())) {
+            if Instant::now() > deadline {
+                shared.abort.store(true, Ordering::Relaxed);
+            }
+            if Instant::now() > deadline + Duration::from_secs(10) {
+                // Threads stuck inside libzmq: leave them, the process exits after the report.
+                return Err(failure.unwrap_or_else(|| "benchmark threads did not stop".into()));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let cpu_after = pid.map(thread_cpu).unwrap_or_default();
+        let rig_cpu = own_cpu().saturating_sub(rig_before);
+        let machine_after = machine_ticks();
+        let machine_busy = {
+            let busy = machine_after.0.saturating_sub(machine_before.0) as f64;
+            let total = machine_after.1.saturating_sub(machine_before.1) as f64;
+            if total > 0.0 {
+                100.0 * busy / total
+            } else {
+                0.0
+            }
+        };
+        let sink_out = sink_thread
+            .join()
+            .map_err(|_| "sink panicked".to_string())?;
+        let mut sent = 0;
+        let mut send_time = Duration::ZERO;
+        let mut acks = Acks::default();
+        let mut gen_error = None;
+        for (h, _) in gens {
+            match h.join() {
+                Ok(Ok(out)) => {
+                    sent += out.sent;
+                    send_time = send_time.max(out.send_time);
+                    acks.add(&out.acks);
+                }
+                Ok(Err(e)) => gen_error = gen_error.or(Some(e)),
+                Err(_) => gen_error = gen_error.or(Some("generator panicked".into())),
+            }
+        }
+        // The first cause wins: a relay that died explains a generator that gave up.
+        if let Some(why) = failure.or(gen_error) {
+            return Err(why);
+        }
+        let exited = relay.as_mut().and_then(ChildGuard::exited);
+        drop(relay);
+        let secs = sink_out
+            .last
+            .map(|l| l.saturating_duration_since(t0).as_secs_f64())
+            .unwrap_or(0.0);
+        let mut notes = Vec::new();
+        if sink_out.timed_out {
+            notes.push(format!("sink gave up after {limit:?}"));
+        }
+        if sink_out.stray > 0 {
+            notes.push(format!("{} stray messages", sink_out.stray));
+        }
+        if let Some(why) = exited {
+            notes.push(format!("relay died: {why}"));
+        }
+        if let Some(sample) = &sink_out.sample {
+            notes.push(self.check_sample(case, sample, &load));
+        }
+        Ok(RunOut {
+            sent,
+            received: sink_out.received,
+            secs,
+            offered: if send_time.is_zero() {
+                0.0
+            } else {
+                sent as f64 / send_time.as_secs_f64()
+            },
+            acks: signed.then_some(acks),
+            cpu: cpu_diff(&cpu_before, &cpu_after)
+                .into_iter()
+                .map(|(name, ns)| (thread_role(case, &name), ns))
+                .collect(),
+            rig_cpu,
+            machine_busy,
+            max_gap: sink_out.max_gap,
+            note: notes
+                .into_iter()
+                .filter(|n| !n.is_empty())
+                .collect::<Vec<_>>()
+                .join("; "),
+        })
+    }
+
+    /// What the relay did to a message: hark must forward fedmsg frames byte for byte and
+    /// must countersign native events.
+    fn check_sample(&self, case: Case, sample: &Frames, load: &[Frames]) -> String {
+        let Some(body) = sample.get(1) else {
+            return "sample has no body frame".into();
+        };
+        let parsed: Option<Value> = serde_json::from_slice(body).ok();
+        match case {
+            Case::Ceiling => String::new(),
+            Case::HarkPass | Case::FedmsgPass => {
+                let i = parsed
+                    .as_ref()
+                    .and_then(|v| v.get("i"))
+                    .and_then(|i| i.to_string().parse::<usize>().ok());
+                match i.and_then(|i| load.get(i)) {
+                    Some(orig) if orig[1] == *body => "byte-identical".into(),
+                    Some(_) => "re-encoded".into(),
+                    None => "unrecognised body".into(),
+                }
+            }
+            Case::HarkSigned => {
+                let sigs = parsed.as_ref().and_then(|v| v.get("signatures"));
+                let has = |who: &str| sigs.and_then(|s| s.get(who)).is_some();
+                if has(PUBLISHER) && has(RELAY_NAME) {
+                    String::new()
+                } else {
+                    "NOT countersigned".into()
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Set-up and report
+
+/// The Python environment that holds fedmsg-relay, or why there is none.
+fn find_anchor(root: &Path) -> Result<PathBuf, String> {
+    let candidates: Vec<PathBuf> = match std::env::var_os("HARK_BENCH_PYTHON_VENV") {
+        Some(v) => vec![PathBuf::from(v)],
+        None => vec![root.join(".venv"), root.join("bench/.venv-anchor")],
+    };
+    candidates
+        .iter()
+        .find(|v| v.join("bin/fedmsg-relay").is_file())
+        .cloned()
+        .ok_or_else(|| {
+            format!(
+                "no fedmsg-relay in {} (run `make test` or create bench/.venv-anchor: see docs/benchmarks.md)",
+                candidates
+                    .iter()
+                    .map(|c| c.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(" or ")
+            )
+        })
+}
+
+fn machine() -> Vec<String> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map(str::trim)
+        .unwrap_or("unknown");
+    let read = |p: &str| {
+        std::fs::read_to_string(p)
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
+    let (maj, min, pat) = zmq::version();
+    vec![
+        format!(
+            "CPUs: {} × {model}",
+            std::thread::available_parallelism().map_or(0, |n| n.get())
+        ),
+        format!("kernel: {}", read("/proc/sys/kernel/osrelease")),
+        format!("load average at start: {}", read("/proc/loadavg")),
+        format!("libzmq (bench side): {maj}.{min}.{pat}"),
+    ]
+}
+
+fn anchor_versions(venv: &Path) -> Option<String> {
+    let mut cmd = Command::new(venv.join("bin/python"));
+    cmd.args([
+        "-c",
+        "import importlib.metadata as m, sys, zmq\n\
+         print('Python', sys.version.split()[0], *(p + ' ' + m.version(p) for p in \
+         ['fedmsg', 'moksha.hub', 'Twisted', 'pyzmq']), 'libzmq', zmq.zmq_version())",
+    ]);
+    command_output(cmd, Duration::from_secs(20)).map(|s| s.trim().to_string())
+}
+
+fn median(mut xs: Vec<f64>) -> Option<f64> {
+    if xs.is_empty() {
+        return None;
+    }
+    xs.sort_by(|a, b| a.total_cmp(b));
+    let n = xs.len();
+    Some(if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+    })
+}
+
+fn fmt_rate(r: f64) -> String {
+    let r = r.round() as u64;
+    let s = r.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// What each step of the relay's per-message work costs on one thread of this machine,
+/// without sockets: the floor under the relay rows. Median of five passes, CPU µs per
+/// message.
+fn calibrate(rig: &Rig) -> Vec<(&'static str, f64)> {
+    use hark::bus::trust::TrustPolicy;
+    use hark::config::TrustConfig;
+    use hark::event::keys::Keyring;
+    use hark::event::{sign, Event};
+
+    let n = 2_000;
+    let mut ring = Keyring::default();
+    ring.insert(rig.publisher.verify_key());
+    let grants = vec![(PUBLISHER.to_string(), vec!["_lk.bench.**".to_string()])];
+    let Ok(policy) = TrustPolicy::new(ring, &grants, &TrustConfig::default()) else {
+        return Vec::new();
+    };
+    let countersign = SigningKey::generate(RELAY_NAME);
+    let time = |f: &mut dyn FnMut(usize)| -> f64 {
+        let passes: Vec<f64> = (0..5)
+            .map(|_| {
+                // On-CPU time of this thread, so that a busy machine does not inflate it.
+                let t = thread_self_cpu();
+                for i in 0..n {
+                    f(i);
+                }
+                thread_self_cpu().saturating_sub(t) as f64 / 1000.0 / n as f64
+            })
+            .collect();
+        median(passes).unwrap_or(0.0)
+    };
+    let mut out = Vec::new();
+    let pass = &rig.pass_load;
+    if pass.len() >= n {
+        out.push((
+            "fedmsg frames: copy + parse + envelope checks (`Event::from_frames`)",
+            time(&mut |i| {
+                std::hint::black_box(Event::from_frames(pass[i].clone()).ok());
+            }),
+        ));
+    }
+    let signed = &rig.signed_load;
+    if signed.len() >= n {
+        let parsed: Vec<Event> = signed[..n]
+            .iter()
+            .filter_map(|f| Event::from_submission(f[0].clone()).ok())
+            .collect();
+        if parsed.len() == n {
+            out.push((
+                "signed event: parse (`Event::from_submission`)",
+                time(&mut |i| {
+                    std::hint::black_box(Event::from_submission(signed[i][0].clone()).ok());
+                }),
+            ));
+            let now = chrono::Utc::now();
+            out.push((
+                "signed event: verify + grants + freshness (`TrustPolicy::admit`)",
+                time(&mut |i| {
+                    let mut ev = parsed[i].clone();
+                    std::hint::black_box(policy.admit(&mut ev, now).is_ok());
+                }),
+            ));
+            out.push((
+                "signed event: countersign (`sign::sign`)",
+                time(&mut |i| {
+                    let mut body = parsed[i].body.clone();
+                    std::hint::black_box(sign::sign(&mut body, &countersign).is_ok());
+                }),
+            ));
+            out.push((
+                "signed event: canonical JSON for publishing (`canonical::to_vec`)",
+                time(&mut |i| {
+                    std::hint::black_box(canonical::to_vec(&parsed[i].body).ok());
+                }),
+            ));
+        }
+    }
+    out
+}
+
+fn setup(settings: Settings) -> Result<Rig, String> {
+    let tmp = tempfile::Builder::new()
+        .prefix("hark-bench-")
+        .tempdir()
+        .map_err(|e| e.to_string())?;
+    let dir = |name: &str| -> Result<PathBuf, String> {
+        let d = tmp.path().join(name);
+        std::fs::create_dir_all(&d).map_err(|e| format!("{}: {e}", d.display()))?;
+        Ok(d)
+    };
+    let (pubdir, trusted, relaydir) = (dir("publisher")?, dir("trusted")?, dir("relay")?);
+    let publisher = SigningKey::generate(PUBLISHER);
+    let meta = |id: &str| KeyMetadata {
+        id: id.into(),
+        ..KeyMetadata::default()
+    };
+    let (public, _) =
+        write_keypair(&pubdir, &meta(PUBLISHER), &publisher).map_err(|e| e.to_string())?;
+    std::fs::copy(&public, trusted.join(format!("{PUBLISHER}.key"))).map_err(|e| e.to_string())?;
+    let relay = SigningKey::generate(RELAY_NAME);
+    let (_, relay_key) =
+        write_keypair(&relaydir, &meta(RELAY_NAME), &relay).map_err(|e| e.to_string())?;
+    let config = tmp.path().join("hark.yaml");
+    std::fs::write(&config, "").map_err(|e| e.to_string())?;
+
+    let t = Instant::now();
+    let pass_load: Vec<Frames> = (0..settings.pass_count)
+        .map(|i| fedmsg_message(PASS_TOPIC, i, settings.size))
+        .collect();
+    let signed_load: Vec<Frames> = if settings.cases.contains(&Case::HarkSigned) {
+        (0..settings.signed_count)
+            .map(|i| signed_message(SIGNED_TAG, i, settings.size, &publisher))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    eprintln!(
+        "built {} fedmsg and {} signed messages in {:.1?}",
+        pass_load.len(),
+        signed_load.len(),
+        t.elapsed()
+    );
+    let anchor = find_anchor(&settings.root);
+    Ok(Rig {
+        settings,
+        tmp,
+        config,
+        trusted,
+        relay_key,
+        publisher,
+        pass_load: Arc::new(pass_load),
+        signed_load: Arc::new(signed_load),
+        anchor,
+    })
+}
+
+fn main() {
+    let settings = Settings::from_env();
+    if !settings.hark_bin.is_file() {
+        eprintln!(
+            "error: {} does not exist (cargo builds it for `cargo bench`; or set HARK_BIN)",
+            settings.hark_bin.display()
+        );
+        std::process::exit(1);
+    }
+    let rig = match setup(settings) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot set up the benchmark: {e}");
+            std::process::exit(1);
+        }
+    };
+    let s = &rig.settings;
+    let cases: Vec<Case> = s
+        .cases
+        .iter()
+        .copied()
+        .filter(|c| *c != Case::FedmsgPass || rig.anchor.is_ok())
+        .collect();
+    let mut results: Vec<(Case, usize, Result<RunOut, String>)> = Vec::new();
+    // Interleave cases round by round so that slow drifts of a noisy machine hit all alike.
+    for round in 1..=s.runs {
+        for &case in &cases {
+            let out = rig.run(case);
+            match &out {
+                Ok(r) => eprintln!(
+                    "round {round} {:<7} {:>9} msg/s  loss {:.2}%  ({} / {} in {:.2}s) {}",
+                    case.key(),
+                    fmt_rate(r.rate()),
+                    r.loss(),
+                    r.received,
+                    r.sent,
+                    r.secs,
+                    r.note
+                ),
+                Err(e) => eprintln!("round {round} {:<7} FAILED: {e}", case.key()),
+            }
+            results.push((case, round, out));
+        }
+    }
+    if s.smoke {
+        let bad: Vec<String> = results
+            .iter()
+            .filter_map(|(case, _, r)| match r {
+                Err(e) => Some(format!("{}: {e}", case.key())),
+                Ok(r) if r.note.contains("NOT") || r.note.contains("unrecognised") => {
+                    Some(format!("{}: {}", case.key(), r.note))
+                }
+                Ok(r) if r.received == 0 => Some(format!("{}: nothing arrived", case.key())),
+                Ok(_) => None,
+            })
+            .collect();
+        println!(
+            "relay_throughput smoke test (run `cargo bench --bench relay_throughput` to measure): {}",
+            if bad.is_empty() { "ok" } else { "FAILED" }
+        );
+        for b in &bad {
+            println!("  {b}");
+        }
+        std::process::exit(i32::from(!bad.is_empty()));
+    }
+    let calibration = calibrate(&rig);
+    report(&rig, &cases, &results, &calibration);
+}
+
+fn report(
+    rig: &Rig,
+    cases: &[Case],
+    results: &[(Case, usize, Result<RunOut, String>)],
+    calibration: &[(&str, f64)],
+) {
+    let s = &rig.settings;
+    let ok = |case: Case| -> Vec<&RunOut> {
+        results
+            .iter()
+            .filter(|(c, _, _)| *c == case)
+            .filter_map(|(_, _, r)| r.as_ref().ok())
+            .collect()
+    };
+    let med_rate = |case: Case| median(ok(case).iter().map(|r| r.rate()).collect());
+    let med_loss = |case: Case| median(ok(case).iter().map(|r| r.loss()).collect());
+    let med_cpu = |case: Case| median(ok(case).iter().filter_map(|r| r.cpu_us_per_msg()).collect());
+    let anchor = med_rate(Case::FedmsgPass);
+
+    println!("# hark relay throughput\n");
+    for line in machine() {
+        println!("- {line}");
+    }
+    println!("- hark binary: {}", s.hark_bin.display());
+    match &rig.anchor {
+        Ok(venv) => println!(
+            "- anchor: {} ({})",
+            venv.join("bin/fedmsg-relay").display(),
+            anchor_versions(venv).unwrap_or_else(|| "versions unknown".into())
+        ),
+        Err(why) => println!("- anchor: **not measured**: {why}"),
+    }
+    println!(
+        "- {} runs per case, interleaved; {} fedmsg messages per pass-through run, {} signed events per signed run, {} bytes of JSON each; {} PUB generator thread(s), {} DEALER thread(s)",
+        s.runs, s.pass_count, s.signed_count, s.size, s.generators, s.senders
+    );
+    println!();
+    let anchor_cpu = med_cpu(Case::FedmsgPass);
+    let range = |case: Case| {
+        let rates: Vec<f64> = ok(case).iter().map(|r| r.rate()).collect();
+        let lo = rates.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = rates.iter().copied().fold(0.0, f64::max);
+        if rates.is_empty() {
+            "—".to_string()
+        } else {
+            format!("{}–{}", fmt_rate(lo), fmt_rate(hi))
+        }
+    };
+    println!("| case | msg/s (median) | range | loss (median) | relay CPU µs/msg | msg/s vs fedmsg-relay | CPU/msg vs fedmsg-relay |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for &case in cases {
+        let rate = med_rate(case);
+        let cpu = med_cpu(case).filter(|_| case != Case::Ceiling);
+        let runs = ok(case).len();
+        let (ratio, cpu_ratio) = match case {
+            Case::FedmsgPass if rate.is_some() => {
+                ("1.0 (anchor)".to_string(), "1.0 (anchor)".to_string())
+            }
+            Case::HarkPass => (
+                rate.zip(anchor)
+                    .map_or("—".into(), |(r, a)| format!("**{:.1}×**", r / a)),
+                cpu.zip(anchor_cpu)
+                    .map_or("—".into(), |(c, a)| format!("{:.1}× less", a / c)),
+            ),
+            Case::HarkSigned => (
+                rate.map_or("—".into(), |r| {
+                    format!("({:.0}× the cited 33 msg/s †)", r / 33.0)
+                }),
+                "—".into(),
+            ),
+            Case::Ceiling | Case::FedmsgPass => ("—".into(), "—".into()),
+        };
+        println!(
+            "| {}{} | {} | {} | {} | {} | {} | {} |",
+            case.label(),
+            if runs < s.runs {
+                format!(" ({runs}/{} runs succeeded)", s.runs)
+            } else {
+                String::new()
+            },
+            rate.map_or("—".into(), fmt_rate),
+            range(case),
+            med_loss(case).map_or("—".into(), |l| format!("{l:.2} %")),
+            cpu.map_or("—".into(), |c| format!("{c:.1}")),
+            ratio,
+            cpu_ratio
+        );
+    }
+    if let Err(why) = &rig.anchor {
+        println!(
+            "| fedmsg-relay (Python anchor) | not measured: {} | | | | | |",
+            why.replace('|', "\\|")
+        );
+    }
+    if cases.contains(&Case::HarkSigned) {
+        println!("| † fedmsg-signing-relay (Python, X.509/RSA) | 33, cited from a reference run on a similar 2-core VM, not measured here | | | | | |");
+    }
+    println!();
+    // Rounds interleave the cases, so each round's hark and anchor runs share conditions.
+    let paired: Vec<f64> = (1..=s.runs)
+        .filter_map(|round| {
+            let get = |case: Case| {
+                results
+                    .iter()
+                    .find(|(c, r, _)| *c == case && *r == round)
+                    .and_then(|(_, _, o)| o.as_ref().ok())
+                    .map(RunOut::rate)
+            };
+            get(Case::HarkPass)
+                .zip(get(Case::FedmsgPass))
+                .filter(|(_, a)| *a > 0.0)
+                .map(|(h, a)| h / a)
+        })
+        .collect();
+    if !paired.is_empty() {
+        println!(
+            "Pass-through ratio hark / fedmsg-relay per round: {} (median {:.1}×).",
+            paired
+                .iter()
+                .map(|r| format!("{r:.1}×"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            median(paired.clone()).unwrap_or(0.0)
+        );
+    }
+    println!("Throughput = messages received by the sink / time from the first send to the last receive.");
+    println!("Relay CPU = user + system time of the relay process over the same interval, per message received.");
+    println!();
+    println!("## Raw runs\n");
+    println!("| case | round | sent | received | loss | seconds | msg/s | offered msg/s | relay CPU by thread (s) | rig CPU (s) | machine busy | longest gap (ms) | notes |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---|");
+    for (case, round, out) in results {
+        match out {
+            Ok(r) => {
+                let cpu = r
+                    .cpu
+                    .iter()
+                    .map(|(n, t)| format!("{n} {:.2}", *t as f64 / 1e9))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let mut note = r.note.clone();
+                if let Some(a) = &r.acks {
+                    note = format!(
+                        "acks: {} accepted, {} duplicate, {} refused{}{}{}",
+                        a.accepted,
+                        a.duplicate,
+                        a.refused,
+                        a.first_refusal
+                            .as_ref()
+                            .map(|f| format!(" (first: {f})"))
+                            .unwrap_or_default(),
+                        if note.is_empty() { "" } else { "; " },
+                        note
+                    );
+                }
+                println!(
+                    "| {} | {round} | {} | {} | {:.2} % | {:.2} | {} | {} | {} | {:.2} | {:.0} % | {} | {} |",
+                    case.key(),
+                    r.sent,
+                    r.received,
+                    r.loss(),
+                    r.secs,
+                    fmt_rate(r.rate()),
+                    fmt_rate(r.offered),
+                    if cpu.is_empty() { "—".into() } else { cpu },
+                    r.rig_cpu as f64 / 1e9,
+                    r.machine_busy,
+                    r.max_gap.as_millis(),
+                    note.replace('|', "\\|")
+                );
+            }
+            Err(e) => println!(
+                "| {} | {round} | | | | | | | | | | | FAILED: {} |",
+                case.key(),
+                e.replace('\n', " ").replace('|', "\\|")
+            ),
+        }
+    }
+    if !calibration.is_empty() {
+        println!();
+        println!(
+            "## In-process CPU cost per message (one thread, no sockets, median of 5 × 2000)\n"
+        );
+        println!("| step | CPU µs per message |");
+        println!("|---|---:|");
+        for (step, us) in calibration {
+            println!("| {step} | {us:.1} |");
+        }
+    }
+}
