@@ -5,7 +5,13 @@
 //! - [`event`]: envelopes, canonical JSON, keys and signatures;
 //! - [`topic`]: dotted topic patterns shared by trust grants, tail and rules;
 //! - [`bus`]: ZeroMQ sockets, the trust policy, relay, publisher and subscriber;
-//! - [`config`]: `hark.yaml` with every default built in;
+//! - [`rules`]: rule files: parsing, the compiled rule set, matching and rendering;
+//! - [`scheduler`]: matches into jobs (coalescing, concurrency, retries);
+//! - [`runner`]: one job's process (process group, timeout, output);
+//! - [`store`]: the daemon's SQLite state;
+//! - [`trigger`]: the daemon that ties subscription, rules, scheduler and runner together;
+//! - [`record`]: the JSON-lines recording format;
+//! - [`config`], [`metrics`], [`duration`]: shared plumbing;
 //! - [`cli`]: the `hark` command.
 pub mod bus;
 pub mod cli;
@@ -13,6 +19,10 @@ pub mod config;
 pub mod duration;
 pub mod event;
 pub mod metrics;
+pub mod record;
+pub mod rules;
 pub mod runner;
+pub mod scheduler;
 pub mod store;
 pub mod topic;
+pub mod trigger;

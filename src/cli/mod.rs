@@ -7,7 +7,9 @@ mod keygen;
 mod publish;
 mod relay;
 pub mod rules;
+mod serve;
 mod tail;
+mod trigger;
 
 use std::process::ExitCode;
 
@@ -48,6 +50,10 @@ enum Command {
     Publish(publish::PublishArgs),
     /// Print events from one or more relays, verified, as they arrive.
     Tail(tail::TailArgs),
+    /// Run the trigger daemon: match events against rules and run commands.
+    Trigger(trigger::TriggerArgs),
+    /// Relay and trigger daemon in one process, for trying hark out (no config needed).
+    Serve(serve::ServeArgs),
     /// Check rule files and dry-run them against events.
     Rules(rules::RulesArgs),
     /// List, show, retry and cancel the trigger daemon's jobs.
@@ -78,6 +84,8 @@ pub fn main() -> ExitCode {
         Command::Relay(args) => relay::run(args),
         Command::Publish(args) => publish::run(args),
         Command::Tail(args) => tail::run(args),
+        Command::Trigger(args) => trigger::run(args),
+        Command::Serve(args) => serve::run(args),
         Command::Rules(args) => rules::run(args),
         Command::Jobs(args) => jobs::run(args),
     }

@@ -1,9 +1,6 @@
-//! `hark rules check|test`: placeholder until the rules module lands.
+//! `hark rules check|test`. The implementation lives in the library
+//! ([`crate::rules::cli`]) so that it can be tested without the binary.
 
-#[derive(Debug, clap::Args)]
-pub struct RulesArgs {}
-
-pub fn run(_args: RulesArgs) -> std::process::ExitCode {
-    eprintln!("hark rules: not implemented yet");
-    std::process::ExitCode::from(2)
-}
+pub use crate::rules::cli::{
+    check_command, run, test_command, CheckArgs, RulesArgs, RulesCommand, TestArgs,
+};

@@ -1,0 +1,158 @@
+//! `hark serve`: a relay and a trigger daemon in one process, with no configuration at all.
+//! The newcomer's entry point: loopback endpoints, `./rules.d`, state and a generated key
+//! under `$XDG_STATE_HOME/hark`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+
+use crate::bus::relay::{self, RelayOptions};
+use crate::bus::trust::TrustPolicy;
+use crate::config::Config;
+use crate::event::keys::{read_signing_key, write_keypair, KeyMetadata, SigningKey};
+use crate::metrics::Registry;
+
+const KEY_ID: &str = "hark-serve";
+
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Everything lives on loopback and under the state directory; nothing else is \
+read or written. For production, run `hark relay` and `hark trigger` as the packaged systemd units."
+)]
+pub struct ServeArgs {
+    /// Rule directory [default: ./rules.d].
+    #[arg(long, value_name = "DIR", default_value = "rules.d")]
+    rules: PathBuf,
+    /// State directory: job store and the generated key [default: $XDG_STATE_HOME/hark or ~/.local/state/hark].
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Submit endpoint of the embedded relay.
+    #[arg(long, value_name = "EP", default_value = "tcp://127.0.0.1:5571")]
+    submit: String,
+    /// Publish endpoint of the embedded relay.
+    #[arg(long, value_name = "EP", default_value = "tcp://127.0.0.1:5572")]
+    publish: String,
+    /// Serve Prometheus metrics on ADDR:PORT.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
+}
+
+fn default_state_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("hark");
+    }
+    match std::env::var_os("HOME") {
+        Some(home) => PathBuf::from(home).join(".local/state/hark"),
+        None => PathBuf::from(".hark-state"),
+    }
+}
+
+/// The serve key: generated once, trusted by the embedded relay and daemon.
+fn ensure_key(state: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let keys = state.join("keys");
+    let trusted = keys.join("trusted");
+    std::fs::create_dir_all(&trusted).with_context(|| format!("creating {}", trusted.display()))?;
+    let secret = keys.join(format!("{KEY_ID}.key_secret"));
+    if !secret.exists() {
+        let key = SigningKey::generate(KEY_ID);
+        write_keypair(
+            &keys,
+            &KeyMetadata {
+                id: KEY_ID.into(),
+                ..Default::default()
+            },
+            &key,
+        )?;
+    }
+    let public = trusted.join(format!("{KEY_ID}.key"));
+    if !public.exists() {
+        std::fs::copy(keys.join(format!("{KEY_ID}.key")), &public)
+            .with_context(|| format!("writing {}", public.display()))?;
+    }
+    Ok((secret, trusted))
+}
+
+pub fn run(args: ServeArgs) -> ExitCode {
+    match serve(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => super::fail(format!("{e:#}"), 1),
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let state = args.state_dir.unwrap_or_else(default_state_dir);
+    let (secret, trusted) = ensure_key(&state)?;
+    let key = read_signing_key(&secret)?;
+    let mut config = Config::default();
+    config.relay.submit = vec![args.submit.clone()];
+    config.relay.publish = vec![args.publish.clone()];
+    config.relay.name = Some(format!("{}-serve", relay::hostname()));
+    config.trust.trusted_dir = trusted.clone();
+    let grants = vec![(KEY_ID.to_string(), vec!["**".to_string()])];
+    let (policy, _) =
+        TrustPolicy::from_config(&config.trust, &grants).map_err(anyhow::Error::msg)?;
+    let metrics = Registry::default();
+
+    let relay_opts = RelayOptions::new(
+        &config.relay,
+        &config.trust,
+        &config.zmq,
+        policy.clone(),
+        Some(key),
+    );
+    let relay_stop = Arc::new(AtomicBool::new(false));
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let relay_thread = {
+        let (stop, metrics) = (relay_stop.clone(), metrics.clone());
+        std::thread::Builder::new()
+            .name("relay".into())
+            .spawn(move || {
+                relay::run(relay_opts, metrics, stop, move || {
+                    let _ = ready_tx.send(());
+                })
+            })?
+    };
+    if ready_rx.recv().is_err() {
+        return match relay_thread.join() {
+            Ok(Err(e)) => Err(e),
+            _ => Err(anyhow::anyhow!("the relay stopped before it was ready")),
+        };
+    }
+
+    let trigger_args = super::trigger::TriggerArgs {
+        config: None,
+        connect: vec![args.publish.clone()],
+        fedmsg: Vec::new(),
+        rules: vec![args.rules.clone()],
+        state: Some(state.join("state.db")),
+        trusted: Some(trusted),
+        grant: vec![format!("{KEY_ID}=**")],
+        allow_unsigned: false,
+        metrics: args.metrics,
+    };
+    let opts = super::trigger::options(trigger_args)?;
+    let publish_line = format!(
+        "hark publish --relay {} --key {} _hark.example.hello --data '{{\"name\": \"world\"}}'",
+        args.submit,
+        secret.display()
+    );
+    let rules_dir = args.rules.clone();
+    let result = crate::trigger::run(opts, metrics, Arc::new(AtomicBool::new(false)), || {
+        eprintln!("\nhark serve is running.");
+        eprintln!("  submit events to   {}", args.submit);
+        eprintln!("  subscribe at       {}", args.publish);
+        eprintln!("  rules from         {}", rules_dir.display());
+        eprintln!("  state in           {}", state.display());
+        eprintln!("Fire the example rule from another terminal:\n  {publish_line}\n");
+    });
+    relay_stop.store(true, Ordering::Relaxed);
+    match relay_thread.join() {
+        Ok(Err(e)) => tracing::error!("relay: {e:#}"),
+        Err(_) => tracing::error!("relay thread panicked"),
+        Ok(Ok(())) => {}
+    }
+    result
+}

@@ -1,0 +1,127 @@
+//! `hark trigger`: flags over `hark.yaml`, then run the daemon until SIGTERM.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use tracing::warn;
+
+use crate::bus::trust::{parse_grant, TrustPolicy};
+use crate::config::Config;
+use crate::metrics::Registry;
+use crate::scheduler::SchedulerOptions;
+use crate::trigger::{self, TriggerOptions};
+
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Every flag overrides the same setting in hark.yaml (trigger.* and trust.*).\n\n\
+Events are admitted with the same trust policy as the relay (signatures, grants, freshness, \
+duplicate uuids), matched against the rules, and turned into jobs that are stored in --state \
+before they run. SIGHUP (or any change in the rule directories) reloads the rules; a broken \
+file keeps its last good version. SIGTERM lets running jobs finish for trigger.shutdown_grace.\n\n\
+Example:\n  hark trigger --connect tcp://relay1:5572 --connect tcp://relay2:5572 --metrics 127.0.0.1:9464"
+)]
+pub struct TriggerArgs {
+    /// Configuration file [default: /etc/hark/hark.yaml if present, else built-in defaults].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Relay PUB endpoint to subscribe to (repeatable) [default: tcp://127.0.0.1:5572].
+    #[arg(long, value_name = "EP")]
+    pub connect: Vec<String>,
+    /// fedmsg endpoint (hub or gateway) to subscribe to directly (repeatable).
+    #[arg(long, value_name = "EP")]
+    pub fedmsg: Vec<String>,
+    /// Rule directory, vendor first (repeatable) [default: /usr/share/hark/rules.d /etc/hark/rules.d].
+    #[arg(long, value_name = "DIR")]
+    pub rules: Vec<PathBuf>,
+    /// SQLite state file [default: /var/lib/hark/state.db].
+    #[arg(long, value_name = "FILE")]
+    pub state: Option<PathBuf>,
+    /// Directory of trusted public keyfiles [default: /etc/hark/keys/trusted].
+    #[arg(long, value_name = "DIR")]
+    pub trusted: Option<PathBuf>,
+    /// Allow SIGNER to publish topics matching GLOB (repeatable; `*=**` allows everything).
+    #[arg(long, value_name = "SIGNER=GLOB[,GLOB]")]
+    pub grant: Vec<String>,
+    /// Accept events that carry no trusted signature.
+    #[arg(long)]
+    pub allow_unsigned: bool,
+    /// Serve Prometheus metrics on ADDR:PORT.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
+}
+
+pub fn run(args: TriggerArgs) -> ExitCode {
+    let result = options(args).and_then(|opts| {
+        trigger::run(
+            opts,
+            Registry::default(),
+            Arc::new(AtomicBool::new(false)),
+            || {},
+        )
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => super::fail(format!("{e:#}"), 1),
+    }
+}
+
+/// Resolve flags and config into daemon options (shared with `hark serve`).
+pub fn options(args: TriggerArgs) -> anyhow::Result<TriggerOptions> {
+    let mut config = Config::load(args.config.as_deref())?;
+    let t = &mut config.trigger;
+    if !args.connect.is_empty() {
+        t.connect = args.connect;
+    }
+    if !args.fedmsg.is_empty() {
+        t.fedmsg = args.fedmsg;
+    }
+    if !args.rules.is_empty() {
+        t.rules = args.rules;
+    }
+    if let Some(state) = args.state {
+        t.state = state;
+    }
+    if args.metrics.is_some() {
+        t.metrics = args.metrics;
+    }
+    if let Some(dir) = args.trusted {
+        if !dir.is_dir() {
+            anyhow::bail!("--trusted {}: not a directory", dir.display());
+        }
+        config.trust.trusted_dir = dir;
+    }
+    config.trust.allow_unsigned |= args.allow_unsigned;
+    let grants = args
+        .grant
+        .iter()
+        .map(|g| parse_grant(g))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(anyhow::Error::msg)?;
+    let (policy, key_errors) =
+        TrustPolicy::from_config(&config.trust, &grants).map_err(anyhow::Error::msg)?;
+    for e in key_errors {
+        warn!("skipping trusted key: {e}");
+    }
+    let t = config.trigger;
+    Ok(TriggerOptions {
+        connect: t.connect,
+        fedmsg: t.fedmsg,
+        rule_dirs: t.rules,
+        state: t.state,
+        policy,
+        allow_fedmsg: config.trust.allow_fedmsg,
+        dedupe_window: config.trust.dedupe_window,
+        dedupe_capacity: config.trust.dedupe_capacity,
+        metrics_addr: t.metrics,
+        scheduler: SchedulerOptions {
+            config_pools: t.pools,
+            log_limit: t.log_limit,
+            tail_limit: t.tail_limit,
+        },
+        shutdown_grace: t.shutdown_grace,
+        reload_interval: t.reload_interval,
+        zmq: config.zmq,
+    })
+}

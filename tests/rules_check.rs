@@ -1,0 +1,168 @@
+//! `hark rules check` and loading, through the library: the shipped rules pass; a broken
+//! file is refused with a precise position while every other file loads; overriding,
+//! masking and skipped file names behave as documented.
+
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+
+use hark::rules::check::check;
+use hark::rules::cli::{check_command, CheckArgs};
+use hark::rules::{load_dirs, FileStatus, Severity};
+
+fn data(sub: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(sub)
+}
+
+fn run_check(dirs: Vec<PathBuf>) -> (u8, String) {
+    let mut out = Vec::new();
+    let code = check_command(&CheckArgs { dirs }, &mut out);
+    (code, String::from_utf8(out).expect("utf-8 output"))
+}
+
+#[test]
+fn shipped_rules_pass_check() {
+    let report = check(&[data("rules.d")]);
+    for d in &report.diagnostics {
+        println!("{d}");
+    }
+    assert!(report.ok(), "{}", report.summary());
+    assert_eq!(
+        report.count(Severity::Warning),
+        0,
+        "shipped rules are lint-clean"
+    );
+    assert!(report.tests_passed >= 10, "{}", report.summary());
+    assert_eq!(report.load.set.len(), 4);
+    let (code, text) = run_check(vec![data("rules.d")]);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.lines().last().unwrap_or("").starts_with("ok: "),
+        "{text}"
+    );
+}
+
+#[test]
+fn the_issue_example_loads_and_its_tests_pass() {
+    let (code, text) = run_check(vec![data("tests/data/rules/example")]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("tests: 3 passed, 0 failed"), "{text}");
+}
+
+fn broken_copy() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in fs::read_dir(data("tests/data/rules/broken")).unwrap() {
+        let entry = entry.unwrap();
+        fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+    }
+    // Leftovers that must never be read (they are not even YAML).
+    for junk in [
+        "70-x.yaml~",
+        "70-x.yaml.dpkg-old",
+        "70-x.yaml.dpkg-dist",
+        "70-x.yaml.ucf-dist",
+        ".#70-x.yaml",
+        ".hidden.yaml",
+        "README",
+        "70-x.json",
+    ] {
+        fs::write(dir.path().join(junk), "rules: [unclosed\n").unwrap();
+    }
+    dir
+}
+
+#[test]
+fn a_broken_file_is_refused_precisely_and_the_others_load() {
+    let dir = broken_copy();
+    let report = load_dirs(&[dir.path().to_path_buf()]);
+    let names: Vec<&str> = report.set.rules().iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, vec!["good-one", "good-two", "good-three"]);
+    let refused: Vec<String> = report.refusals().map(|e| e.to_string()).collect();
+    assert_eq!(refused.len(), 2, "{refused:#?}");
+    let broken = dir.path().join("20-broken.yaml");
+    assert!(
+        refused[0].starts_with(&format!(
+            "{}:6:22: error: unknown field `inn`, expected one of eq, ne, in,",
+            broken.display()
+        )),
+        "{}",
+        refused[0]
+    );
+    let template = dir.path().join("30-bad-template.yaml");
+    assert_eq!(
+        refused[1],
+        format!(
+            "{}:5:31: error: unterminated '${{': expected '}}' (write '$$' for a literal '$')",
+            template.display()
+        )
+    );
+    // Exactly the five rule files were looked at; the leftovers were not.
+    assert_eq!(report.files.len(), 5);
+
+    let (code, text) = run_check(vec![dir.path().to_path_buf()]);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains(":6:22: error: unknown field `inn`"), "{text}");
+    assert!(text.contains("50-failing-test.yaml:9:24: error: test \"wrong expectation\": argv of \"good-three\" is [\"/bin/echo\",\"abc\"], expected [\"/bin/echo\",\"xyz\"]"), "{text}");
+    let summary = text.lines().last().unwrap();
+    assert!(summary.starts_with("FAILED: 5 file(s) (2 refused, 0 masked), 3 rule(s), tests: 2 passed, 1 failed; 3 error(s)"), "{summary}");
+}
+
+fn write(dir: &Path, name: &str, rule: &str, topic: &str) {
+    fs::write(
+        dir.join(name),
+        format!("rules:\n  - name: {rule}\n    match: {{topic: {topic}}}\n    run: {{command: [/bin/true]}}\n"),
+    )
+    .unwrap();
+}
+
+#[test]
+fn admin_files_replace_vendor_files_and_dev_null_masks() {
+    let vendor = tempfile::tempdir().unwrap();
+    let admin = tempfile::tempdir().unwrap();
+    write(vendor.path(), "10-a.yaml", "vendor-a", "a");
+    write(admin.path(), "10-a.yaml", "admin-a", "a");
+    write(vendor.path(), "20-b.yaml", "vendor-b", "b");
+    symlink("/dev/null", admin.path().join("20-b.yaml")).unwrap();
+    write(vendor.path(), "30-c.yaml", "vendor-c", "c");
+    let dirs = vec![vendor.path().to_path_buf(), admin.path().to_path_buf()];
+    let report = load_dirs(&dirs);
+    let names: Vec<&str> = report.set.rules().iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, vec!["admin-a", "vendor-c"]);
+    let a = &report.files[0];
+    assert_eq!(a.path, admin.path().join("10-a.yaml"));
+    assert_eq!(a.replaces, vec![vendor.path().join("10-a.yaml")]);
+    assert!(matches!(report.files[1].status, FileStatus::Masked));
+    let (code, text) = run_check(dirs);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("note: masked (symlink to /dev/null)"),
+        "{text}"
+    );
+    assert!(text.contains("note: replaces "), "{text}");
+}
+
+#[test]
+fn duplicate_rule_names_refuse_the_later_file() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "10-first.yaml", "same", "a");
+    write(dir.path(), "20-second.yaml", "same", "b");
+    write(dir.path(), "30-third.yaml", "other", "c");
+    let report = load_dirs(&[dir.path().to_path_buf()]);
+    let names: Vec<&str> = report.set.rules().iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, vec!["same", "other"]);
+    let refused: Vec<String> = report.refusals().map(|e| e.to_string()).collect();
+    assert_eq!(refused.len(), 1);
+    assert!(
+        refused[0].contains("20-second.yaml:2:11: error: rule name \"same\" is already defined at"),
+        "{}",
+        refused[0]
+    );
+    assert!(refused[0].contains("10-first.yaml:2:11"), "{}", refused[0]);
+}
+
+#[test]
+fn missing_directories_are_an_error_for_check() {
+    let (code, text) = run_check(vec![PathBuf::from("/nonexistent/hark/rules.d")]);
+    assert_eq!(code, 1);
+    assert!(text.contains("no such file or directory"), "{text}");
+}

@@ -1,0 +1,605 @@
+//! Integration tests of `hark trigger` with real processes on loopback: a relay, the
+//! daemon, and commands that record what they saw. One test per promise the daemon makes.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{free_endpoint, hark_command, poll_until, temp_dir, write_file, Proc, TempDir};
+use hark::bus::publish::build_event;
+use hark::event::canonical;
+use hark::event::keys::{write_keypair, KeyMetadata, SigningKey};
+use serde_json::{json, Value};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+struct Stack {
+    dir: TempDir,
+    rules: PathBuf,
+    state: PathBuf,
+    submit: String,
+    publish: String,
+    key: SigningKey,
+    _relay: Proc,
+    trigger: Option<Proc>,
+    trusted: PathBuf,
+}
+
+fn keypair(dir: &Path, id: &str) -> SigningKey {
+    let key = SigningKey::generate(id);
+    write_keypair(
+        dir,
+        &KeyMetadata {
+            id: id.into(),
+            ..Default::default()
+        },
+        &key,
+    )
+    .expect("keypair");
+    key
+}
+
+/// A warm-up rule every stack has: proves the daemon's subscription is live.
+const WARMUP_RULE: &str = r#"
+rules:
+  - name: warmup
+    match: {topic: _lk.test.warmup}
+    run:
+      command: [/bin/sh, -c, 'touch "$WARM"']
+      env: {WARM: "@DIR@/warm"}
+      stdin: none
+"#;
+
+impl Stack {
+    /// A relay and a trigger daemon with `rules` (plus the warm-up rule) loaded.
+    fn start(rules_yaml: &str) -> Stack {
+        let dir = temp_dir();
+        let trusted = dir.path().join("trusted");
+        std::fs::create_dir_all(&trusted).unwrap();
+        let key = keypair(&trusted, "archive");
+        let relay_keys = dir.path().join("relay-keys");
+        std::fs::create_dir_all(&relay_keys).unwrap();
+        keypair(&relay_keys, "relay");
+        std::fs::copy(relay_keys.join("relay.key"), trusted.join("relay.key")).unwrap();
+        let rules = dir.path().join("rules.d");
+        let d = dir.path().display().to_string();
+        write_file(&rules, "00-warmup.yaml", &WARMUP_RULE.replace("@DIR@", &d));
+        write_file(&rules, "50-test.yaml", &rules_yaml.replace("@DIR@", &d));
+        let (submit, publish) = (free_endpoint(), free_endpoint());
+        let relay = Proc::spawn(
+            "relay",
+            hark_command()
+                .args([
+                    "relay",
+                    "--submit",
+                    &submit,
+                    "--publish",
+                    &publish,
+                    "--grant",
+                    "archive=**",
+                    "--name",
+                    "r1",
+                ])
+                .arg("--key")
+                .arg(relay_keys.join("relay.key_secret"))
+                .arg("--trusted")
+                .arg(&trusted),
+        );
+        relay
+            .stderr
+            .wait_for("relay ready", WAIT)
+            .expect("relay ready");
+        let state = dir.path().join("state.db");
+        let mut stack = Stack {
+            dir,
+            rules,
+            state,
+            submit,
+            publish,
+            key,
+            _relay: relay,
+            trigger: None,
+            trusted,
+        };
+        stack.start_trigger();
+        stack
+    }
+
+    fn start_trigger(&mut self) {
+        let trigger = Proc::spawn(
+            "trigger",
+            hark_command()
+                .args([
+                    "trigger",
+                    "--connect",
+                    &self.publish,
+                    "--grant",
+                    "archive=**",
+                ])
+                .arg("--rules")
+                .arg(&self.rules)
+                .arg("--state")
+                .arg(&self.state)
+                .arg("--trusted")
+                .arg(&self.trusted),
+        );
+        trigger
+            .stderr
+            .wait_for("trigger ready", WAIT)
+            .expect("trigger ready");
+        self.trigger = Some(trigger);
+        self.warm_up();
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Submit a signed event to the relay; returns it as built.
+    fn publish(&self, tag: &str, data: Value) -> Value {
+        let event = build_event(tag, data, &self.key, None, None).unwrap();
+        let ack = hark::bus::publish::submit(&self.submit, &event, WAIT, &Default::default())
+            .expect("relay acks");
+        assert_eq!(ack.status, hark::bus::ack::AckStatus::Accepted);
+        event
+    }
+
+    /// Publish warm-up events until the daemon has demonstrably run the warm-up rule.
+    fn warm_up(&self) {
+        let warm = self.path("warm");
+        let _ = std::fs::remove_file(&warm);
+        let ok = poll_until(WAIT, || {
+            self.publish("_lk.test.warmup", json!({}));
+            poll_until(Duration::from_millis(500), || warm.exists().then_some(()))
+        });
+        assert!(ok.is_some(), "the trigger never received the warm-up event");
+    }
+
+    fn jobs(&self) -> Vec<Value> {
+        let out = hark_command()
+            .args(["jobs", "list", "--json", "--limit", "100000"])
+            .arg("--state")
+            .arg(&self.state)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    fn jobs_of(&self, rule: &str) -> Vec<Value> {
+        self.jobs()
+            .into_iter()
+            .filter(|j| j["rule"] == rule)
+            .collect()
+    }
+
+    /// Wait until `rule` has `n` jobs that are no longer live.
+    fn wait_finished(&self, rule: &str, n: usize) -> Vec<Value> {
+        poll_until(WAIT, || {
+            let jobs = self.jobs_of(rule);
+            let done = jobs
+                .iter()
+                .filter(|j| j["state"] != "pending" && j["state"] != "running")
+                .count();
+            (done >= n
+                && jobs
+                    .iter()
+                    .all(|j| j["state"] != "pending" && j["state"] != "running"))
+            .then_some(jobs)
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "rule {rule} never finished {n} job(s): {:?}",
+                self.jobs_of(rule)
+            )
+        })
+    }
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+#[test]
+fn command_gets_exact_event_bytes_on_stdin_and_hark_env() {
+    let stack = Stack::start(
+        r#"
+rules:
+  - name: capture
+    match: {topic: _lk.archive.package-upload-accepted}
+    run:
+      command: [/bin/sh, -c, 'cat > "$OUT/$HARK_UUID.stdin"; env | grep -E "^HARK_(ATTEMPT|EVENT_COUNT|JOB|RULE|TOPIC|UUID)=" | sort > "$OUT/$HARK_UUID.env"']
+      env: {OUT: "@DIR@"}
+"#,
+    );
+    // Watch the bus too, to compare against the bytes the relay published.
+    let sub = hark::bus::subscribe::Subscriber::connect(
+        std::slice::from_ref(&stack.publish),
+        &[],
+        &Default::default(),
+    )
+    .unwrap();
+    let frames = poll_until(WAIT, || {
+        stack.publish(
+            "_lk.archive.package-upload-accepted",
+            json!({"source_name": "hello", "note": "Täst \"q\" \u{1}"}),
+        );
+        sub.recv(Duration::from_millis(500))
+            .unwrap()
+            .filter(|f| f[0] == b"_lk.archive.package-upload-accepted")
+    })
+    .expect("subscriber joined");
+    let published: Value = serde_json::from_slice(&frames[1]).unwrap();
+    let uuid = published["uuid"].as_str().unwrap().to_string();
+    let job = poll_until(WAIT, || {
+        stack
+            .jobs_of("capture")
+            .into_iter()
+            .find(|j| j["events"][0]["uuid"] == uuid && j["state"] == "succeeded")
+    })
+    .expect("the job for the captured event succeeded");
+    let stdin = std::fs::read(stack.path(&format!("{uuid}.stdin"))).unwrap();
+    assert_eq!(
+        stdin, frames[1],
+        "stdin must be the published frame byte for byte"
+    );
+    let v: Value = serde_json::from_slice(&stdin).unwrap();
+    assert!(v["signatures"]["relay"].is_object() && v["unsigned"]["seq"].is_u64());
+    let env = read(&stack.path(&format!("{uuid}.env")));
+    let expected = format!(
+        "HARK_ATTEMPT=1\nHARK_EVENT_COUNT=1\nHARK_JOB={}\nHARK_RULE=capture\nHARK_TOPIC=_lk.archive.package-upload-accepted\nHARK_UUID={uuid}\n",
+        job["id"]
+    );
+    assert_eq!(env, expected);
+}
+
+#[test]
+fn event_data_never_reaches_a_shell() {
+    let stack = Stack::start(
+        r#"
+rules:
+  - name: echo-data
+    match: {topic: _lk.test.inject}
+    run:
+      command: [/bin/echo, "${data.a}", "pre-${data.b}-post"]
+"#,
+    );
+    let marker = stack.path("X");
+    let payloads = [
+        format!("'; touch {}; echo '", marker.display()),
+        format!("$(touch {})", marker.display()),
+        format!("`touch {}`", marker.display()),
+    ];
+    for p in &payloads {
+        stack.publish("_lk.test.inject", json!({"a": p, "b": p}));
+    }
+    let jobs = stack.wait_finished("echo-data", payloads.len());
+    assert_eq!(jobs.len(), payloads.len());
+    for job in &jobs {
+        assert_eq!(job["state"], "succeeded", "{job}");
+        let argv: Vec<String> = serde_json::from_value(job["argv"].clone()).unwrap();
+        assert_eq!(
+            argv.len(),
+            3,
+            "one argv element per template, never split: {argv:?}"
+        );
+        assert!(payloads.contains(&argv[1]), "{argv:?}");
+        assert_eq!(argv[2], format!("pre-{}-post", argv[1]));
+    }
+    assert!(!marker.exists(), "event data was executed");
+}
+
+#[test]
+fn a_burst_coalesces_into_one_run_plus_at_most_one_trailing_run() {
+    let stack = Stack::start(
+        r#"
+rules:
+  - name: mirror
+    match: {topic: _lk.archive.master.published}
+    run:
+      command: [/bin/sh, -c, 'n=$(tr -cd "{" | wc -c); echo "$HARK_EVENT_COUNT $n" >> "$LOG"; sleep 0.5']
+      env: {LOG: "@DIR@/runs.log"}
+      stdin: batch
+    coalesce: {quiet: 500ms, max_delay: 20s}
+"#,
+    );
+    let ctx = zmq::Context::new();
+    let dealer = ctx.socket(zmq::DEALER).unwrap();
+    dealer.connect(&stack.submit).unwrap();
+    let n = 1000;
+    for i in 0..n {
+        let ev = build_event(
+            "_lk.archive.master.published",
+            json!({"i": i}),
+            &stack.key,
+            None,
+            None,
+        )
+        .unwrap();
+        dealer.send(canonical::to_vec(&ev).unwrap(), 0).unwrap();
+    }
+    // Every submission acked, so all 1000 are on the bus.
+    for _ in 0..n {
+        assert!(dealer.poll(zmq::POLLIN, 30_000).unwrap() > 0);
+        let ack: Value = serde_json::from_slice(&dealer.recv_bytes(0).unwrap()).unwrap();
+        assert_eq!(ack["status"], "accepted");
+    }
+    let jobs = stack.wait_finished("mirror", 1);
+    let log = read(&stack.path("runs.log"));
+    let runs: Vec<(usize, usize)> = log
+        .lines()
+        .map(|l| {
+            let mut p = l.split_whitespace().map(|x| x.parse::<usize>().unwrap());
+            (p.next().unwrap(), p.next().unwrap())
+        })
+        .collect();
+    assert!(
+        (1..=2).contains(&runs.len()),
+        "expected 1 run plus at most 1 trailing, got {runs:?}"
+    );
+    assert_eq!(jobs.len(), runs.len());
+    let total: usize = runs.iter().map(|r| r.0).sum();
+    assert_eq!(total, n, "every event is in exactly one batch: {runs:?}");
+    for (count, objects_on_stdin) in runs {
+        // Each event object opens at least one brace (data too), so >= count.
+        assert!(
+            objects_on_stdin >= count,
+            "stdin batch held {objects_on_stdin} objects for {count} events"
+        );
+    }
+}
+
+fn intervals(log: &str) -> Vec<(String, f64, f64)> {
+    let mut starts = std::collections::HashMap::new();
+    let mut out = Vec::new();
+    for line in log.lines() {
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        let (kind, id, t) = (
+            parts[0],
+            parts[1].to_string(),
+            parts[2].parse::<f64>().unwrap(),
+        );
+        if kind == "start" {
+            starts.insert(id, t);
+        } else if let Some(s) = starts.remove(&id) {
+            out.push((id, s, t));
+        }
+    }
+    out
+}
+
+fn max_overlap(iv: &[(String, f64, f64)]) -> usize {
+    let mut points: Vec<(f64, i32)> = iv
+        .iter()
+        .flat_map(|(_, s, e)| [(*s, 1), (*e, -1)])
+        .collect();
+    points.sort_by(|a, b| a.partial_cmp(b).unwrap().then(a.1.cmp(&b.1)));
+    let (mut cur, mut max) = (0i32, 0i32);
+    for (_, d) in points {
+        cur += d;
+        max = max.max(cur);
+    }
+    max as usize
+}
+
+#[test]
+fn concurrency_and_pool_limits_are_never_exceeded() {
+    let script = r#"'echo "start $HARK_JOB $(date +%s.%N)" >> "$LOG"; sleep 0.3; echo "end $HARK_JOB $(date +%s.%N)" >> "$LOG"'"#;
+    let stack = Stack::start(&format!(
+        r#"
+pools:
+  io: {{limit: 2}}
+rules:
+  - name: two-at-a-time
+    match: {{topic: _lk.test.a}}
+    run:
+      command: [/bin/sh, -c, {script}]
+      env: {{LOG: "@DIR@/a.log"}}
+    concurrency: {{limit: 2, on_busy: queue}}
+  - name: pooled-1
+    match: {{topic: _lk.test.p}}
+    run:
+      command: [/bin/sh, -c, {script}]
+      env: {{LOG: "@DIR@/p.log"}}
+    concurrency: {{limit: 3, on_busy: queue, pool: io}}
+  - name: pooled-2
+    match: {{topic: _lk.test.p}}
+    run:
+      command: [/bin/sh, -c, {script}]
+      env: {{LOG: "@DIR@/p.log"}}
+    concurrency: {{limit: 3, on_busy: queue, pool: io}}
+"#
+    ));
+    for _ in 0..6 {
+        stack.publish("_lk.test.a", json!({}));
+        stack.publish("_lk.test.p", json!({}));
+    }
+    stack.wait_finished("two-at-a-time", 6);
+    stack.wait_finished("pooled-1", 6);
+    stack.wait_finished("pooled-2", 6);
+    let a = intervals(&read(&stack.path("a.log")));
+    let p = intervals(&read(&stack.path("p.log")));
+    assert_eq!((a.len(), p.len()), (6, 12));
+    assert_eq!(max_overlap(&a), 2, "rule limit 2: {a:?}");
+    assert_eq!(
+        max_overlap(&p),
+        2,
+        "pool io has 2 slots across both rules: {p:?}"
+    );
+}
+
+#[test]
+fn timeout_kills_command_and_grandchild() {
+    let stack = Stack::start(
+        r#"
+rules:
+  - name: hang
+    match: {topic: _lk.test.hang}
+    run:
+      command: [/bin/sh, -c, '(trap "" TERM; sleep 300) & echo $! > "$DIR/grandchild.pid"; echo $$ > "$DIR/child.pid"; sleep 300']
+      env: {DIR: "@DIR@"}
+      timeout: 1s
+      grace: 500ms
+"#,
+    );
+    stack.publish("_lk.test.hang", json!({}));
+    let jobs = stack.wait_finished("hang", 1);
+    assert_eq!(jobs[0]["state"], "timed_out", "{:?}", jobs[0]);
+    for f in ["child.pid", "grandchild.pid"] {
+        let pid = read(&stack.path(f)).trim().to_string();
+        assert!(!pid.is_empty(), "{f} not written");
+        let gone = poll_until(Duration::from_secs(5), || {
+            let stat = read(Path::new(&format!("/proc/{pid}/stat")));
+            (stat.is_empty() || stat.split_whitespace().nth(2) == Some("Z")).then_some(())
+        });
+        assert!(gone.is_some(), "{f} {pid} is still alive");
+    }
+}
+
+#[test]
+fn retries_follow_the_rule() {
+    let stack = Stack::start(
+        r#"
+rules:
+  - name: flaky
+    match: {topic: _lk.test.flaky}
+    run:
+      command: [/bin/sh, -c, 'echo x >> "$LOG"; test $(wc -l < "$LOG") -ge 3 || exit 75']
+      env: {LOG: "@DIR@/attempts.log"}
+    retry: {attempts: 4, backoff: 200ms, on_exit: [75]}
+  - name: hopeless
+    match: {topic: _lk.test.flaky}
+    run:
+      command: [/bin/sh, -c, 'echo x >> "$LOG"; exit 1']
+      env: {LOG: "@DIR@/hopeless.log"}
+    retry: {attempts: 3, backoff: 100ms, on_exit: [75]}
+"#,
+    );
+    stack.publish("_lk.test.flaky", json!({}));
+    let flaky = stack.wait_finished("flaky", 1);
+    assert_eq!(flaky.len(), 1);
+    assert_eq!(flaky[0]["state"], "succeeded");
+    assert_eq!(flaky[0]["attempt"], 3);
+    assert_eq!(read(&stack.path("attempts.log")).lines().count(), 3);
+    // Exit 1 is not in on_exit: no retry.
+    let hopeless = stack.wait_finished("hopeless", 1);
+    assert_eq!(
+        (
+            hopeless[0]["state"].as_str(),
+            hopeless[0]["attempt"].as_u64()
+        ),
+        (Some("failed"), Some(1))
+    );
+    assert_eq!(read(&stack.path("hopeless.log")).lines().count(), 1);
+}
+
+#[test]
+fn kill_dash_nine_during_a_run_then_restart_completes_the_job_once() {
+    let mut stack = Stack::start(
+        r#"
+rules:
+  - name: slow
+    match: {topic: _lk.test.slow}
+    run:
+      command: [/bin/sh, -c, 'echo run >> "$LOG"; sleep 2; echo done >> "$LOG"']
+      env: {LOG: "@DIR@/slow.log"}
+"#,
+    );
+    stack.publish("_lk.test.slow", json!({}));
+    let log = stack.path("slow.log");
+    poll_until(WAIT, || read(&log).contains("run").then_some(())).expect("the job started");
+    stack.trigger.as_mut().unwrap().kill();
+    stack.trigger = None;
+    stack.start_trigger();
+    let jobs = stack.wait_finished("slow", 1);
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    assert_eq!(jobs[0]["state"], "succeeded");
+    // Give an orphan of the first run time to finish, if one survived the crash.
+    std::thread::sleep(Duration::from_millis(2500));
+    let text = read(&log);
+    assert_eq!(
+        text.matches("done").count(),
+        1,
+        "completed exactly once: {text:?}"
+    );
+    assert_eq!(
+        text.matches("run").count(),
+        2,
+        "interrupted, then run again: {text:?}"
+    );
+    // And never again for the same event.
+    stack.trigger.as_mut().unwrap().kill();
+    stack.trigger = None;
+    stack.start_trigger();
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(read(&log).matches("done").count(), 1);
+}
+
+#[test]
+fn edited_rules_apply_without_restart_and_broken_edits_keep_the_old_rule() {
+    let rule = |word: &str| {
+        format!(
+            r#"
+rules:
+  - name: versioned
+    match: {{topic: _lk.test.v}}
+    run:
+      command: [/bin/sh, -c, 'echo {word} >> "$LOG"']
+      env: {{LOG: "@DIR@/v.log"}}
+"#
+        )
+    };
+    let stack = Stack::start(&rule("one"));
+    let d = stack.dir.path().display().to_string();
+    let log = stack.path("v.log");
+    stack.publish("_lk.test.v", json!({}));
+    poll_until(WAIT, || read(&log).contains("one").then_some(())).expect("v1 ran");
+
+    // An edit is noticed without a signal.
+    std::thread::sleep(Duration::from_millis(1100)); // distinct mtime on coarse filesystems
+    write_file(
+        &stack.rules,
+        "50-test.yaml",
+        &rule("two").replace("@DIR@", &d),
+    );
+    poll_until(WAIT, || {
+        stack.publish("_lk.test.v", json!({}));
+        poll_until(Duration::from_millis(700), || {
+            read(&log).contains("two").then_some(())
+        })
+    })
+    .expect("the edited rule took effect");
+
+    // A broken edit plus SIGHUP: the last good version keeps running.
+    write_file(
+        &stack.rules,
+        "50-test.yaml",
+        "rules:\n  - name: versioned\n    match: {topic: [unclosed\n",
+    );
+    let pid = stack.trigger.as_ref().unwrap().id();
+    std::process::Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .unwrap();
+    stack
+        .trigger
+        .as_ref()
+        .unwrap()
+        .stderr
+        .wait_for("keeping its last good version", WAIT)
+        .expect("broken file reported");
+    let before = read(&log).matches("two").count();
+    stack.publish("_lk.test.v", json!({}));
+    poll_until(WAIT, || {
+        (read(&log).matches("two").count() > before).then_some(())
+    })
+    .expect("old rule still runs");
+}
