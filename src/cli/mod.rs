@@ -2,6 +2,7 @@
 //! subcommand. Subcommand modules turn flags plus `hark.yaml` into options for the library
 //! and map failures to exit codes; they hold no bus or rule logic of their own.
 
+mod assets;
 mod jobs;
 mod keygen;
 mod publish;
@@ -58,6 +59,14 @@ enum Command {
     Rules(rules::RulesArgs),
     /// List, show, retry and cancel the trigger daemon's jobs.
     Jobs(jobs::JobsArgs),
+    /// Write man pages and shell completions (used when building packages).
+    #[command(hide = true, name = "generate-assets")]
+    GenerateAssets(assets::AssetsArgs),
+}
+
+/// The full clap definition, for man pages and completions.
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
 }
 
 fn init_logging(filter: &str) {
@@ -88,6 +97,7 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Rules(args) => rules::run(args),
         Command::Jobs(args) => jobs::run(args),
+        Command::GenerateAssets(args) => assets::run(args),
     }
 }
 
