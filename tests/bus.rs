@@ -455,3 +455,58 @@ fn keygen_writes_laniakea_keyfiles_and_never_overwrites() {
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("never overwrites"));
 }
+
+#[test]
+fn record_writes_frames_that_read_back_as_the_same_events() {
+    let bus = start_bus();
+    let out = bus._dir.path().join("rec.jsonl");
+    let mut rec = Proc::spawn(
+        "record",
+        hark()
+            .args([
+                "record",
+                "--connect",
+                &bus.publish,
+                "--count",
+                "2",
+                "--timeout",
+                "30s",
+            ])
+            .arg("--trusted")
+            .arg(&bus.keys)
+            .arg("--out")
+            .arg(&out),
+    );
+    rec.stderr
+        .wait_for("connected to", Duration::from_secs(20))
+        .expect("record connected");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut sent = Vec::new();
+    while rec.try_status().is_none() && Instant::now() < deadline {
+        let ev = signed(
+            &bus.archive,
+            "_lk.archive.recorded",
+            json!({"n": sent.len()}),
+        );
+        assert_eq!(
+            submit_raw(&bus.submit, &[&bytes(&ev)])["status"],
+            "accepted"
+        );
+        sent.push(ev["uuid"].as_str().unwrap().to_string());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    rec.wait_success(Duration::from_secs(10))
+        .expect("record stops after --count 2");
+    let file = std::fs::File::open(&out).unwrap();
+    let events: Vec<_> = hark::record::read_events(std::io::BufReader::new(file))
+        .map(|(line, ev)| ev.unwrap_or_else(|e| panic!("line {line}: {e}")))
+        .collect();
+    assert_eq!(events.len(), 2);
+    for ev in &events {
+        assert!(sent.contains(&ev.uuid));
+        assert_eq!(ev.signers, vec!["archive", "relay"]);
+        // The frame is kept byte for byte: it is still canonical and still verifies.
+        let body: Value = serde_json::from_slice(&ev.frames[1]).unwrap();
+        assert_eq!(canonical::to_vec(&body).unwrap(), ev.frames[1]);
+    }
+}

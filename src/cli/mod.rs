@@ -6,6 +6,7 @@ mod assets;
 mod jobs;
 mod keygen;
 mod publish;
+mod record;
 mod relay;
 pub mod rules;
 mod serve;
@@ -51,6 +52,8 @@ enum Command {
     Publish(publish::PublishArgs),
     /// Print events from one or more relays, verified, as they arrive.
     Tail(tail::TailArgs),
+    /// Write events as they arrive to a JSON-lines recording (frames byte for byte).
+    Record(record::RecordArgs),
     /// Run the trigger daemon: match events against rules and run commands.
     Trigger(trigger::TriggerArgs),
     /// Relay and trigger daemon in one process, for trying hark out (no config needed).
@@ -93,6 +96,7 @@ pub fn main() -> ExitCode {
         Command::Relay(args) => relay::run(args),
         Command::Publish(args) => publish::run(args),
         Command::Tail(args) => tail::run(args),
+        Command::Record(args) => record::run(args),
         Command::Trigger(args) => trigger::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Rules(args) => rules::run(args),

@@ -17,7 +17,7 @@ use crate::event::keys::Keyring;
 use crate::event::{sign, Event};
 use crate::topic::TopicPattern;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Style {
     /// One line per event: time, topic, signers, compact data.
     Line,
@@ -29,15 +29,9 @@ enum Style {
     Terse,
 }
 
+/// What to watch: shared by `hark tail` and `hark record`.
 #[derive(Debug, clap::Args)]
-#[command(
-    after_help = "Connect to several relays at once to watch a redundant bus; each event is \
-shown once (deduplicated by uuid).\n\n\
---json prints one object per line with the keys topic, uuid, time, format, signers (verified), \
-untrusted_signers, bad_signatures, origin, author, relay and data.\n\n\
-Example:\n  hark tail --connect tcp://master:5572 --topic '_lk.archive.**' --trusted /etc/hark/keys/trusted"
-)]
-pub struct TailArgs {
+pub struct WatchArgs {
     /// Relay PUB (or fedmsg) endpoint to connect to (repeatable) [default: tcp://127.0.0.1:5572].
     #[arg(long, value_name = "EP")]
     connect: Vec<String>,
@@ -47,15 +41,6 @@ pub struct TailArgs {
     /// Directory of trusted public keyfiles [default: trust.trusted_dir from hark.yaml].
     #[arg(long, value_name = "DIR")]
     trusted: Option<PathBuf>,
-    #[arg(long, conflicts_with_all = ["pretty", "terse"])]
-    /// Same as --format json.
-    json: bool,
-    /// Same as --format pretty.
-    #[arg(long, conflicts_with = "terse")]
-    pretty: bool,
-    /// Same as --format terse.
-    #[arg(long)]
-    terse: bool,
     /// Exit after N events.
     #[arg(long, value_name = "N")]
     count: Option<u64>,
@@ -67,11 +52,29 @@ pub struct TailArgs {
     config: Option<PathBuf>,
 }
 
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Connect to several relays at once to watch a redundant bus; each event is \
+shown once (deduplicated by uuid).\n\n\
+--json prints one object per line with the keys topic, uuid, time, format, signers (verified), \
+untrusted_signers, bad_signatures, origin, author, relay and data.\n\n\
+Example:\n  hark tail --connect tcp://master:5572 --topic '_lk.archive.**' --trusted /etc/hark/keys/trusted"
+)]
+pub struct TailArgs {
+    #[command(flatten)]
+    watch: WatchArgs,
+    #[arg(long, conflicts_with_all = ["pretty", "terse"])]
+    /// One JSON object per line (stable, for scripts).
+    json: bool,
+    /// A header line and indented data.
+    #[arg(long, conflicts_with = "terse")]
+    pretty: bool,
+    /// Topic and uuid only.
+    #[arg(long)]
+    terse: bool,
+}
+
 pub fn run(args: TailArgs) -> ExitCode {
-    let config = match Config::load(args.config.as_deref()) {
-        Ok(c) => c,
-        Err(e) => return super::fail(e, super::EXIT_USAGE),
-    };
     let style = if args.json {
         Style::Json
     } else if args.pretty {
@@ -81,7 +84,35 @@ pub fn run(args: TailArgs) -> ExitCode {
     } else {
         Style::Line
     };
-    let trusted_dir = args.trusted.unwrap_or(config.trust.trusted_dir.clone());
+    let stdout = std::io::stdout();
+    watch(&args.watch, |event, report| {
+        let text = render(style, event, report);
+        let mut out = stdout.lock();
+        writeln!(out, "{text}").and_then(|_| out.flush())
+    })
+}
+
+impl WatchArgs {
+    /// The endpoints given on the command line (empty means the configured default).
+    pub fn endpoints(&self) -> &[String] {
+        &self.connect
+    }
+}
+
+/// Subscribe, verify and dedupe, calling `on_event` for each event shown, until --count,
+/// --timeout, SIGTERM/SIGINT, or `on_event` fails (a closed pipe ends quietly).
+pub fn watch(
+    args: &WatchArgs,
+    mut on_event: impl FnMut(&Event, &sign::SignatureReport) -> std::io::Result<()>,
+) -> ExitCode {
+    let config = match Config::load(args.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => return super::fail(e, super::EXIT_USAGE),
+    };
+    let trusted_dir = args
+        .trusted
+        .clone()
+        .unwrap_or(config.trust.trusted_dir.clone());
     let keyring = if trusted_dir.is_dir() {
         match Keyring::load_dir(&trusted_dir) {
             Ok((ring, errors)) => {
@@ -98,7 +129,7 @@ pub fn run(args: TailArgs) -> ExitCode {
     let endpoints = if args.connect.is_empty() {
         config.relay.publish.clone()
     } else {
-        args.connect
+        args.connect.clone()
     };
     let sub = match Subscriber::connect(&endpoints, &args.topic, &config.zmq) {
         Ok(s) => s,
@@ -113,7 +144,6 @@ pub fn run(args: TailArgs) -> ExitCode {
     let started = Instant::now();
     let mut dedupe = Dedupe::new(Duration::from_secs(600), 100_000);
     let mut shown = 0u64;
-    let stdout = std::io::stdout();
     while !shutdown.load(Ordering::Relaxed) {
         if args.count.is_some_and(|n| shown >= n) {
             return ExitCode::SUCCESS;
@@ -142,11 +172,12 @@ pub fn run(args: TailArgs) -> ExitCode {
             continue;
         }
         let report = sign::check(&event.body, &keyring);
-        let text = render(style, &event, &report);
-        let mut out = stdout.lock();
-        if writeln!(out, "{text}").and_then(|_| out.flush()).is_err() {
-            // The reader went away (e.g. `| head`); that is a normal way to stop.
-            return ExitCode::SUCCESS;
+        if let Err(e) = on_event(&event, &report) {
+            // A reader that went away (`| head`) is a normal way to stop; anything else is not.
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                return ExitCode::SUCCESS;
+            }
+            return super::fail(format!("writing: {e}"), 1);
         }
         shown += 1;
     }
