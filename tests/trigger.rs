@@ -24,6 +24,7 @@ struct Stack {
     _relay: Proc,
     trigger: Option<Proc>,
     trusted: PathBuf,
+    metrics: String,
 }
 
 fn keypair(dir: &Path, id: &str) -> SigningKey {
@@ -101,6 +102,7 @@ impl Stack {
             _relay: relay,
             trigger: None,
             trusted,
+            metrics: format!("127.0.0.1:{}", common::free_port()),
         };
         stack.start_trigger();
         stack
@@ -122,7 +124,8 @@ impl Stack {
                 .arg("--state")
                 .arg(&self.state)
                 .arg("--trusted")
-                .arg(&self.trusted),
+                .arg(&self.trusted)
+                .args(["--metrics", &self.metrics]),
         );
         trigger
             .stderr
@@ -602,4 +605,126 @@ rules:
         (read(&log).matches("two").count() > before).then_some(())
     })
     .expect("old rule still runs");
+}
+
+fn http_get(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut sock = std::net::TcpStream::connect(addr).expect("metrics endpoint listens");
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    sock.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut body = String::new();
+    let _ = sock.read_to_string(&mut body);
+    body
+}
+
+fn hark_jobs(stack: &Stack, args: &[&str]) -> String {
+    let out = hark_command()
+        .arg("jobs")
+        .args(args)
+        .arg("--state")
+        .arg(&stack.state)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn jobs_cancel_and_retry_reach_the_running_daemon_and_metrics_count_them() {
+    let stack = Stack::start(
+        r#"
+rules:
+  - name: long
+    match: {topic: _lk.test.long}
+    run:
+      command: [/bin/sh, -c, 'echo started >> "$LOG"; exec sleep 60']
+      env: {LOG: "@DIR@/long.log"}
+      grace: 1s
+"#,
+    );
+    stack.publish("_lk.test.long", json!({}));
+    let running = poll_until(WAIT, || {
+        stack
+            .jobs_of("long")
+            .into_iter()
+            .find(|j| j["state"] == "running")
+    })
+    .expect("the job runs");
+    let id = running["id"].to_string();
+    assert!(hark_jobs(&stack, &["cancel", &id]).contains("the daemon will stop it"));
+    let cancelled = poll_until(WAIT, || {
+        stack
+            .jobs_of("long")
+            .into_iter()
+            .find(|j| j["id"] == running["id"] && j["state"] == "cancelled")
+    });
+    assert!(
+        cancelled.is_some(),
+        "cancel reached the daemon: {:?}",
+        stack.jobs_of("long")
+    );
+
+    let retried = hark_jobs(&stack, &["retry", &id]);
+    assert!(retried.contains("will run again"), "{retried}");
+    poll_until(WAIT, || {
+        (read(&stack.path("long.log")).lines().count() == 2).then_some(())
+    })
+    .expect("the retried job ran");
+    let show = hark_jobs(&stack, &["show", &id]);
+    assert!(
+        show.contains("state:    cancelled") && show.contains("_lk.test.long"),
+        "{show}"
+    );
+
+    let metrics = http_get(&stack.metrics);
+    assert!(
+        metrics.contains("hark_jobs_total{rule=\"long\",outcome=\"cancelled\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("hark_rule_matches_total{rule=\"long\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("hark_jobs_running 1"), "{metrics}");
+    assert!(metrics.contains("hark_events_admitted_total"), "{metrics}");
+}
+
+#[test]
+fn sigterm_lets_running_jobs_finish_and_starts_nothing_new() {
+    let mut stack = Stack::start(
+        r#"
+rules:
+  - name: short
+    match: {topic: _lk.test.short}
+    run:
+      command: [/bin/sh, -c, 'sleep 1; echo finished >> "$LOG"']
+      env: {LOG: "@DIR@/short.log"}
+"#,
+    );
+    stack.publish("_lk.test.short", json!({}));
+    poll_until(WAIT, || {
+        stack
+            .jobs_of("short")
+            .into_iter()
+            .find(|j| j["state"] == "running")
+    })
+    .expect("the job runs");
+    let status = stack
+        .trigger
+        .as_mut()
+        .unwrap()
+        .terminate(WAIT)
+        .expect("the daemon exits");
+    assert!(status.success(), "{status}");
+    assert_eq!(
+        read(&stack.path("short.log")),
+        "finished\n",
+        "the running job was allowed to finish"
+    );
+    let jobs = stack.jobs_of("short");
+    assert_eq!(jobs[0]["state"], "succeeded");
 }
