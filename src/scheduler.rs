@@ -76,12 +76,33 @@ pub struct Scheduler {
     open: HashMap<(String, String), i64>,
     running: HashMap<i64, Running>,
     draining: bool,
+    /// Job lifecycle notices for `_hark.job.*` events, when the daemon publishes them.
+    notices: Option<Vec<Notice>>,
+}
+
+/// A job lifecycle change, published as `_hark.job.<kind>` when configured.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Notice {
+    #[serde(skip)]
+    pub kind: &'static str,
+    pub job: i64,
+    pub rule: String,
+    pub key: String,
+    pub attempt: u32,
+    pub state: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_seconds: Option<f64>,
+    pub events: Vec<String>,
 }
 
 pub struct SchedulerOptions {
     pub config_pools: BTreeMap<String, u32>,
     pub log_limit: usize,
     pub tail_limit: usize,
+    /// Collect [`Notice`]s for publishing.
+    pub notices: bool,
 }
 
 impl Scheduler {
@@ -107,9 +128,24 @@ impl Scheduler {
             open: HashMap::new(),
             running: HashMap::new(),
             draining: false,
+            notices: opts.notices.then(Vec::new),
         };
         s.sync_store()?;
         Ok(s)
+    }
+
+    /// Notices collected since the last call.
+    pub fn take_notices(&mut self) -> Vec<Notice> {
+        self.notices
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    fn notice(&mut self, notice: impl FnOnce() -> Notice) {
+        if let Some(list) = self.notices.as_mut() {
+            list.push(notice());
+        }
     }
 
     pub fn set_rules(&mut self, rules: Arc<RuleSet>) {
@@ -510,6 +546,17 @@ impl Scheduler {
             ("HARK_EVENT_COUNT".to_string(), p.events.len().to_string()),
         ]);
         info!(job = id, rule = %rule.name, key = %p.conc_key, events = p.events.len(), attempt = p.attempt, argv = ?rendered.argv, "starting");
+        self.notice(|| Notice {
+            kind: "started",
+            job: id,
+            rule: rule.name.clone(),
+            key: p.conc_key.clone(),
+            attempt: p.attempt,
+            state: "running".into(),
+            exit_code: None,
+            duration_seconds: None,
+            events: p.events.iter().map(|e| e.uuid.clone()).collect(),
+        });
         let (tx, rx) = watch::channel(false);
         self.running.insert(
             id,
@@ -631,6 +678,28 @@ impl Scheduler {
                 &[("rule", &run.rule)],
                 now_ms() as f64 / 1000.0,
             );
+        }
+        if self.notices.is_some() {
+            let events = self
+                .store
+                .get(id)?
+                .map(|j| j.events.into_iter().map(|e| e.uuid).collect())
+                .unwrap_or_default();
+            self.notice(|| Notice {
+                kind: if state == State::Succeeded {
+                    "succeeded"
+                } else {
+                    "failed"
+                },
+                job: id,
+                rule: run.rule.clone(),
+                key: run.conc_key.clone(),
+                attempt: run.attempt,
+                state: state.as_str().into(),
+                exit_code,
+                duration_seconds: Some(secs),
+                events,
+            });
         }
         Ok(())
     }

@@ -25,6 +25,7 @@ struct Stack {
     trigger: Option<Proc>,
     trusted: PathBuf,
     metrics: String,
+    config: PathBuf,
 }
 
 fn keypair(dir: &Path, id: &str) -> SigningKey {
@@ -55,6 +56,11 @@ rules:
 impl Stack {
     /// A relay and a trigger daemon with `rules` (plus the warm-up rule) loaded.
     fn start(rules_yaml: &str) -> Stack {
+        Self::start_with(rules_yaml, "")
+    }
+
+    /// Like `start`, with `config_yaml` (`@DIR@` expanded) as the daemon's hark.yaml.
+    fn start_with(rules_yaml: &str, config_yaml: &str) -> Stack {
         let dir = temp_dir();
         let trusted = dir.path().join("trusted");
         std::fs::create_dir_all(&trusted).unwrap();
@@ -92,6 +98,7 @@ impl Stack {
             .wait_for("relay ready", WAIT)
             .expect("relay ready");
         let state = dir.path().join("state.db");
+        let config = write_file(dir.path(), "hark.yaml", &config_yaml.replace("@DIR@", &d));
         let mut stack = Stack {
             dir,
             rules,
@@ -103,6 +110,7 @@ impl Stack {
             trigger: None,
             trusted,
             metrics: format!("127.0.0.1:{}", common::free_port()),
+            config,
         };
         stack.start_trigger();
         stack
@@ -125,7 +133,9 @@ impl Stack {
                 .arg(&self.state)
                 .arg("--trusted")
                 .arg(&self.trusted)
-                .args(["--metrics", &self.metrics]),
+                .args(["--metrics", &self.metrics])
+                .arg("--config")
+                .arg(&self.config),
         );
         trigger
             .stderr
@@ -727,4 +737,45 @@ rules:
     );
     let jobs = stack.jobs_of("short");
     assert_eq!(jobs[0]["state"], "succeeded");
+}
+
+#[test]
+fn job_results_go_back_on_the_bus_so_rules_can_chain() {
+    let dir_marker = "@DIR@";
+    let stack = Stack::start_with(
+        r#"
+rules:
+  - name: first
+    match: {topic: _lk.test.first}
+    run: {command: [/bin/true]}
+  - name: then
+    match:
+      topic: _hark.job.succeeded
+      signed_by: [archive]
+      where: {data.rule: first}
+    run:
+      command: [/bin/sh, -c, 'cat > "$OUT"']
+      env: {OUT: "@DIR@/chained.json"}
+"#,
+        &format!("trigger:\n  results_key: {dir_marker}/trusted/archive.key_secret\n  results_relay: SUBMIT\n"),
+    );
+    let _ = &stack;
+    // The config needs the relay's submit endpoint, known only after start: restart with it.
+    let config = read(&stack.config).replace("SUBMIT", &stack.submit);
+    std::fs::write(&stack.config, config).unwrap();
+    let mut stack = stack;
+    stack.trigger.as_mut().unwrap().kill();
+    stack.trigger = None;
+    stack.start_trigger();
+    let ev = stack.publish("_lk.test.first", json!({}));
+    let chained = poll_until(WAIT, || {
+        serde_json::from_str::<Value>(&read(&stack.path("chained.json"))).ok()
+    })
+    .expect("the result event fired the chained rule");
+    assert_eq!(chained["tag"], "_hark.job.succeeded");
+    assert_eq!(chained["data"]["rule"], "first");
+    assert_eq!(chained["data"]["state"], "succeeded");
+    assert_eq!(chained["data"]["exit_code"], 0);
+    assert_eq!(chained["data"]["events"], json!([ev["uuid"]]));
+    assert!(chained["signatures"]["archive"].is_object());
 }

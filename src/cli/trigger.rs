@@ -105,6 +105,13 @@ pub fn options(args: TriggerArgs) -> anyhow::Result<TriggerOptions> {
         warn!("skipping trusted key: {e}");
     }
     let t = config.trigger;
+    let results = match (&t.results_relay, &t.results_key) {
+        (Some(ep), Some(path)) => Some((ep.clone(), crate::event::keys::read_signing_key(path)?)),
+        (None, None) => None,
+        _ => anyhow::bail!(
+            "trigger.results_relay and trigger.results_key go together: set both or neither"
+        ),
+    };
     Ok(TriggerOptions {
         connect: t.connect,
         fedmsg: t.fedmsg,
@@ -119,9 +126,11 @@ pub fn options(args: TriggerArgs) -> anyhow::Result<TriggerOptions> {
             config_pools: t.pools,
             log_limit: t.log_limit,
             tail_limit: t.tail_limit,
+            notices: results.is_some(),
         },
         shutdown_grace: t.shutdown_grace,
         reload_interval: t.reload_interval,
         zmq: config.zmq,
+        results,
     })
 }

@@ -22,10 +22,11 @@ use tracing::{error, info, warn};
 use crate::bus::subscribe::Subscriber;
 use crate::bus::trust::{Dedupe, Refusal, RefusalLog, TrustPolicy};
 use crate::config::ZmqConfig;
+use crate::event::keys::SigningKey;
 use crate::event::{EnvelopeError, Event, Format};
 use crate::metrics::Registry;
 use crate::runner::{self, Finished};
-use crate::scheduler::{Scheduler, SchedulerOptions, Start};
+use crate::scheduler::{Notice, Scheduler, SchedulerOptions, Start};
 use crate::store::{now_ms, Store};
 use reload::RuleCache;
 
@@ -43,6 +44,8 @@ pub struct TriggerOptions {
     pub shutdown_grace: Duration,
     pub reload_interval: Duration,
     pub zmq: ZmqConfig,
+    /// Publish `_hark.job.*` events to this relay submit endpoint, signed with this key.
+    pub results: Option<(String, SigningKey)>,
 }
 
 /// Admission of received frames: parse, trust, dedupe, relay sequence gaps.
@@ -141,6 +144,44 @@ fn spawn_subscriber(
         .context("starting the subscriber thread")
 }
 
+/// Publish job notices from a thread of their own: a slow or absent relay must never stall
+/// the event loop. Each notice gets the publisher's usual resends within a short timeout.
+fn spawn_results_publisher(
+    endpoint: String,
+    key: SigningKey,
+    zmq: ZmqConfig,
+) -> std::sync::mpsc::Sender<Notice> {
+    let (tx, rx) = std::sync::mpsc::channel::<Notice>();
+    let spawned = std::thread::Builder::new()
+        .name("results".into())
+        .spawn(move || {
+            let origin = crate::bus::relay::hostname();
+            for notice in rx {
+                let topic = format!("_hark.job.{}", notice.kind);
+                let data = serde_json::to_value(&notice).unwrap_or_default();
+                let published =
+                    crate::bus::publish::build_event(&topic, data, &key, Some(&origin), None)
+                        .map_err(|e| e.to_string())
+                        .and_then(|ev| {
+                            crate::bus::publish::submit(
+                                &endpoint,
+                                &ev,
+                                Duration::from_secs(5),
+                                &zmq,
+                            )
+                            .map_err(|e| e.to_string())
+                        });
+                if let Err(e) = published {
+                    warn!(job = notice.job, "cannot publish {topic}: {e}");
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        error!("cannot start the results publisher: {e}");
+    }
+    tx
+}
+
 fn notify(states: &[sd_notify::NotifyState]) {
     if let Err(e) = sd_notify::notify(states) {
         warn!("cannot notify systemd: {e}");
@@ -205,6 +246,9 @@ async fn run_loop(
         metrics: metrics.clone(),
         last_seq: Default::default(),
     };
+    let results = opts
+        .results
+        .map(|(ep, key)| spawn_results_publisher(ep, key, opts.zmq.clone()));
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(i64, Finished)>();
     let start_all = |starts: Vec<Start>| {
         for s in starts {
@@ -240,6 +284,11 @@ async fn run_loop(
     }
 
     loop {
+        if let Some(tx) = &results {
+            for notice in sched.take_notices() {
+                let _ = tx.send(notice);
+            }
+        }
         let until_due = sched
             .next_due()
             .map(|due| Duration::from_millis(u64::try_from(due - now_ms()).unwrap_or(0)))
