@@ -134,6 +134,17 @@ impl Scheduler {
         Ok(s)
     }
 
+    /// Group the following `on_match` calls into one commit (see [`Store::begin`]).
+    pub fn begin_batch(&mut self) -> rusqlite::Result<()> {
+        self.store.begin()
+    }
+
+    /// Make the batch durable. Call before `dispatch`, so that no job starts before it is
+    /// on disk.
+    pub fn commit_batch(&mut self) -> rusqlite::Result<()> {
+        self.store.commit()
+    }
+
     /// Notices collected since the last call.
     pub fn take_notices(&mut self) -> Vec<Notice> {
         self.notices

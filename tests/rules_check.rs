@@ -33,7 +33,7 @@ fn shipped_rules_pass_check() {
         "shipped rules are lint-clean"
     );
     assert!(report.tests_passed >= 10, "{}", report.summary());
-    assert_eq!(report.load.set.len(), 4);
+    assert_eq!(report.load.set.len(), 5);
     let (code, text) = run_check(vec![data("rules.d")]);
     assert_eq!(code, 0, "{text}");
     assert!(

@@ -71,10 +71,16 @@ fn recording_in_json_mode() {
     assert_eq!(accepted["fires"][0]["env"]["UPLOAD_REPO"], "master");
     assert_eq!(
         accepted["misses"],
-        serde_json::json!([{
-            "rule": "mirror-sync",
-            "reason": "topic \"_lk.archive.package-upload-accepted\" does not match _lk.archive.*.published"
-        }])
+        serde_json::json!([
+            {
+                "rule": "hello",
+                "reason": "topic \"_lk.archive.package-upload-accepted\" does not match _hark.example.hello"
+            },
+            {
+                "rule": "mirror-sync",
+                "reason": "topic \"_lk.archive.package-upload-accepted\" does not match _lk.archive.*.published"
+            }
+        ])
     );
 
     let published = &reports[1];
@@ -89,7 +95,13 @@ fn recording_in_json_mode() {
     // The bare event line carries no verified signer, so signed_by stops every rule.
     let unsigned = &reports[2];
     assert_eq!(unsigned["fires"], serde_json::json!([]));
-    let reason = unsigned["misses"][1]["reason"].as_str().unwrap();
+    let reason = unsigned["misses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["rule"] == "lintian")
+        .and_then(|m| m["reason"].as_str())
+        .unwrap();
     assert_eq!(
         reason,
         "signed_by: not signed by any of [archive-master] (verified signers: none)"

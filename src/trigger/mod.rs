@@ -30,6 +30,9 @@ use crate::scheduler::{Notice, Scheduler, SchedulerOptions, Start};
 use crate::store::{now_ms, Store};
 use reload::RuleCache;
 
+/// Most events filed in one transaction.
+const INTAKE_BATCH: usize = 512;
+
 pub struct TriggerOptions {
     pub connect: Vec<String>,
     pub fedmsg: Vec<String>,
@@ -296,16 +299,35 @@ async fn run_loop(
         let draining = drain_deadline.is_some();
         tokio::select! {
             Some(frames) = frames_rx.recv(), if !draining => {
-                if let Some(event) = intake.admit(frames) {
-                    let set = cache.set();
+                // Everything already queued is filed in one transaction: one fsync per
+                // burst rather than per event.
+                let mut batch = vec![frames];
+                while batch.len() < INTAKE_BATCH {
+                    match frames_rx.try_recv() {
+                        Ok(f) => batch.push(f),
+                        Err(_) => break,
+                    }
+                }
+                if let Err(e) = sched.begin_batch() {
+                    log_store_error("starting a batch", e, &metrics);
+                }
+                let set = cache.set();
+                for frames in batch {
+                    let Some(event) = intake.admit(frames) else { continue };
                     for rule in set.matching(&event) {
                         metrics.inc("hark_rule_matches_total", &[("rule", &rule.name)]);
                         if let Err(e) = sched.on_match(rule, &event) {
                             log_store_error(&format!("filing event {} for rule {}", event.uuid, rule.name), e, &metrics);
                         }
                     }
-                    match sched.dispatch() { Ok(s) => start_all(s), Err(e) => log_store_error("dispatch", e, &metrics) }
                 }
+                if let Err(e) = sched.commit_batch() {
+                    log_store_error("committing received events (they are lost; replay them from a recording)", e, &metrics);
+                    if let Err(e) = sched.sync_store() {
+                        log_store_error("re-reading jobs", e, &metrics);
+                    }
+                }
+                match sched.dispatch() { Ok(s) => start_all(s), Err(e) => log_store_error("dispatch", e, &metrics) }
             }
             Some((job, finished)) = done_rx.recv() => {
                 if let Err(e) = sched.on_finished(job, finished) {
