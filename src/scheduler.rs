@@ -145,6 +145,16 @@ impl Scheduler {
         self.store.commit()
     }
 
+    /// Persist the last relay sequence number seen (inside the current batch).
+    pub fn note_relay_seq(&mut self, relay: &str, epoch: &str, seq: u64) -> rusqlite::Result<()> {
+        self.store.save_relay_seq(relay, epoch, seq)
+    }
+
+    /// Last sequence numbers from before this start, for gap detection across restarts.
+    pub fn relay_seqs(&self) -> rusqlite::Result<Vec<((String, String), u64)>> {
+        self.store.relay_seqs()
+    }
+
     /// Notices collected since the last call.
     pub fn take_notices(&mut self) -> Vec<Notice> {
         self.notices

@@ -420,6 +420,18 @@ impl Store {
         )
     }
 
+    /// The last sequence number seen per (relay, epoch).
+    pub fn relay_seqs(&self) -> Result<Vec<((String, String), u64)>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT relay, epoch, seq FROM relay_seq")?;
+        let rows = stmt.query_map([], |r| {
+            let seq: i64 = r.get(2)?;
+            Ok(((r.get(0)?, r.get(1)?), u64::try_from(seq).unwrap_or(0)))
+        })?;
+        rows.collect()
+    }
+
     /// Remember the last relay sequence number seen, per relay epoch.
     pub fn save_relay_seq(&mut self, relay: &str, epoch: &str, seq: u64) -> Result<()> {
         self.conn.execute(

@@ -779,3 +779,32 @@ rules:
     assert_eq!(chained["data"]["events"], json!([ev["uuid"]]));
     assert!(chained["signatures"]["archive"].is_object());
 }
+
+#[test]
+fn events_published_while_the_daemon_was_down_are_reported_as_missed() {
+    let mut stack = Stack::start("rules: []\n");
+    stack
+        .trigger
+        .as_mut()
+        .unwrap()
+        .terminate(WAIT)
+        .expect("stops");
+    stack.trigger = None;
+    for _ in 0..3 {
+        stack.publish("_lk.test.unheard", json!({}));
+    }
+    stack.start_trigger();
+    let line = stack
+        .trigger
+        .as_ref()
+        .unwrap()
+        .stderr
+        .wait_for("missed", WAIT)
+        .expect("the gap is reported");
+    assert!(line.contains("from relay r1"), "{line}");
+    let metrics = http_get(&stack.metrics);
+    assert!(
+        metrics.contains("hark_relay_gap_events_total{relay=\"r1\"}"),
+        "{metrics}"
+    );
+}

@@ -103,7 +103,7 @@ impl Intake {
             let key = (stamp.relay.clone(), stamp.epoch.clone());
             if let Some(last) = self.last_seq.get(&key) {
                 if stamp.seq > last + 1 {
-                    warn!(relay = %stamp.relay, "missed {} event(s) from relay {} (seq {} after {})", stamp.seq - last - 1, stamp.relay, stamp.seq, last);
+                    warn!(relay = %stamp.relay, "missed {} event(s) from relay {} (seq {} after {}; lost on the network, or published while this daemon was down)", stamp.seq - last - 1, stamp.relay, stamp.seq, last);
                     self.metrics.add(
                         "hark_relay_gap_events_total",
                         &[("relay", &stamp.relay)],
@@ -247,7 +247,7 @@ async fn run_loop(
         dedupe: Dedupe::new(opts.dedupe_window, opts.dedupe_capacity),
         log: RefusalLog::new(),
         metrics: metrics.clone(),
-        last_seq: Default::default(),
+        last_seq: sched.relay_seqs().unwrap_or_default().into_iter().collect(),
     };
     let results = opts
         .results
@@ -314,6 +314,11 @@ async fn run_loop(
                 let set = cache.set();
                 for frames in batch {
                     let Some(event) = intake.admit(frames) else { continue };
+                    if let Some(stamp) = &event.relay {
+                        if let Err(e) = sched.note_relay_seq(&stamp.relay, &stamp.epoch, stamp.seq) {
+                            log_store_error("saving the relay sequence", e, &metrics);
+                        }
+                    }
                     for rule in set.matching(&event) {
                         metrics.inc("hark_rule_matches_total", &[("rule", &rule.name)]);
                         if let Err(e) = sched.on_match(rule, &event) {
