@@ -271,73 +271,31 @@ impl Scheduler {
                     return self.record(&rule.name, "", &stored, State::Failed, &e.to_string())
                 }
             };
-            let quiet = ms(coalesce.quiet);
             let open_key = (rule.name.clone(), format!("coalesce:{key}"));
-            if let Some(&id) = self.open.get(&open_key) {
-                if let Some(p) = self.pending.get_mut(&id) {
-                    let mut due = now + quiet;
-                    if let Some(max) = coalesce.max_delay {
-                        due = due.min(p.first_ms + ms(max));
-                    }
-                    p.due_ms = due;
-                    p.events.push(stored.clone());
-                    self.store.append_event(id, &stored, due)?;
-                    self.metrics
-                        .inc("hark_coalesced_events_total", &[("rule", &rule.name)]);
-                    return Ok(());
-                }
+            let max_delay = coalesce.max_delay.map(ms).unwrap_or(i64::MAX);
+            let quiet = ms(coalesce.quiet);
+            if self.merge(&open_key, &stored, |p| {
+                (now + quiet).min(p.first_ms.saturating_add(max_delay))
+            })? {
+                return Ok(());
             }
-            let due = now + quiet.min(coalesce.max_delay.map(ms).unwrap_or(i64::MAX));
-            let id =
-                self.store
-                    .insert_pending(&rule.name, &key, due, std::slice::from_ref(&stored))?;
-            self.open.insert(open_key.clone(), id);
-            self.pending.insert(
-                id,
-                Pending {
-                    rule: rule.name.clone(),
-                    conc_key,
-                    open_key: Some(open_key),
-                    first_ms: now,
-                    due_ms: due,
-                    attempt: 1,
-                    events: vec![stored],
-                },
-            );
-            return Ok(());
+            let due = now + quiet.min(max_delay);
+            return self.file_new(rule, &key, conc_key, Some(open_key), due, stored);
         }
         match rule.concurrency.on_busy {
             OnBusy::Coalesce => {
                 let open_key = (rule.name.clone(), format!("busy:{conc_key}"));
-                if let Some(&id) = self.open.get(&open_key) {
-                    if let Some(p) = self.pending.get_mut(&id) {
-                        p.events.push(stored.clone());
-                        let due = p.due_ms;
-                        self.store.append_event(id, &stored, due)?;
-                        self.metrics
-                            .inc("hark_coalesced_events_total", &[("rule", &rule.name)]);
-                        return Ok(());
-                    }
+                if self.merge(&open_key, &stored, |p| p.due_ms)? {
+                    return Ok(());
                 }
-                let id = self.store.insert_pending(
-                    &rule.name,
-                    &conc_key,
+                self.file_new(
+                    rule,
+                    &conc_key.clone(),
+                    conc_key,
+                    Some(open_key),
                     now,
-                    std::slice::from_ref(&stored),
-                )?;
-                self.open.insert(open_key.clone(), id);
-                self.pending.insert(
-                    id,
-                    Pending {
-                        rule: rule.name.clone(),
-                        conc_key,
-                        open_key: Some(open_key),
-                        first_ms: now,
-                        due_ms: now,
-                        attempt: 1,
-                        events: vec![stored],
-                    },
-                );
+                    stored,
+                )
             }
             OnBusy::Skip if self.busy(rule, &conc_key) => {
                 info!(rule = %rule.name, uuid = %event.uuid, "skipped: the rule is at its concurrency limit (on_busy: skip)");
@@ -347,7 +305,7 @@ impl Scheduler {
                     &stored,
                     State::Skipped,
                     "on_busy: skip while the concurrency limit was reached",
-                )?;
+                )
             }
             OnBusy::Supersede => {
                 for r in self
@@ -378,46 +336,67 @@ impl Scheduler {
                         &[("rule", &rule.name), ("outcome", "superseded")],
                     );
                 }
-                let id = self.store.insert_pending(
-                    &rule.name,
-                    &conc_key,
-                    now,
-                    std::slice::from_ref(&stored),
-                )?;
-                self.pending.insert(
-                    id,
-                    Pending {
-                        rule: rule.name.clone(),
-                        conc_key,
-                        open_key: None,
-                        first_ms: now,
-                        due_ms: now,
-                        attempt: 1,
-                        events: vec![stored],
-                    },
-                );
+                self.file_new(rule, &conc_key.clone(), conc_key, None, now, stored)
             }
             OnBusy::Queue | OnBusy::Skip => {
-                let id = self.store.insert_pending(
-                    &rule.name,
-                    &conc_key,
-                    now,
-                    std::slice::from_ref(&stored),
-                )?;
-                self.pending.insert(
-                    id,
-                    Pending {
-                        rule: rule.name.clone(),
-                        conc_key,
-                        open_key: None,
-                        first_ms: now,
-                        due_ms: now,
-                        attempt: 1,
-                        events: vec![stored],
-                    },
-                );
+                self.file_new(rule, &conc_key.clone(), conc_key, None, now, stored)
             }
         }
+    }
+
+    /// Add `stored` to the pending job open under `open_key`, if there is one; `due` gives
+    /// its new due time.
+    fn merge(
+        &mut self,
+        open_key: &(String, String),
+        stored: &StoredEvent,
+        due: impl FnOnce(&Pending) -> i64,
+    ) -> rusqlite::Result<bool> {
+        let Some(&id) = self.open.get(open_key) else {
+            return Ok(false);
+        };
+        let Some(p) = self.pending.get_mut(&id) else {
+            return Ok(false);
+        };
+        p.due_ms = due(p);
+        p.events.push(stored.clone());
+        let due = p.due_ms;
+        self.store.append_event(id, stored, due)?;
+        self.metrics
+            .inc("hark_coalesced_events_total", &[("rule", &open_key.0)]);
+        Ok(true)
+    }
+
+    /// A new pending job for one event, in the store and in memory; `open_key` lets later
+    /// events merge into it until it starts.
+    fn file_new(
+        &mut self,
+        rule: &Rule,
+        key: &str,
+        conc_key: String,
+        open_key: Option<(String, String)>,
+        due: i64,
+        stored: StoredEvent,
+    ) -> rusqlite::Result<()> {
+        let id = self
+            .store
+            .insert_pending(&rule.name, key, due, std::slice::from_ref(&stored))?;
+        if let Some(k) = &open_key {
+            self.open.insert(k.clone(), id);
+        }
+        let now = now_ms();
+        self.pending.insert(
+            id,
+            Pending {
+                rule: rule.name.clone(),
+                conc_key,
+                open_key,
+                first_ms: now,
+                due_ms: due,
+                attempt: 1,
+                events: vec![stored],
+            },
+        );
         Ok(())
     }
 

@@ -121,3 +121,66 @@ pub(crate) fn shutdown_flag() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
     }
     flag
 }
+
+/// `--trusted`, `--grant` and `--allow-unsigned`, shared by every command that admits events.
+#[derive(Debug, Default, clap::Args)]
+pub struct TrustArgs {
+    /// Directory of trusted public keyfiles [default: /etc/hark/keys/trusted].
+    #[arg(long, value_name = "DIR")]
+    pub trusted: Option<std::path::PathBuf>,
+    /// Allow SIGNER to publish topics matching GLOB (repeatable; `*=**` allows everything).
+    #[arg(long, value_name = "SIGNER=GLOB[,GLOB]")]
+    pub grant: Vec<String>,
+    /// Accept events that carry no trusted signature.
+    #[arg(long)]
+    pub allow_unsigned: bool,
+}
+
+impl TrustArgs {
+    /// Apply the flags over `config.trust` and build the policy, warning about key files
+    /// that cannot be read, an empty keyring, and trusted signers without a grant (except
+    /// `own_key`, the process's own signing key).
+    pub fn policy(
+        &self,
+        config: &mut crate::config::Config,
+        own_key: Option<&str>,
+    ) -> anyhow::Result<crate::bus::trust::TrustPolicy> {
+        use tracing::warn;
+        if let Some(dir) = &self.trusted {
+            if !dir.is_dir() {
+                anyhow::bail!("--trusted {}: not a directory", dir.display());
+            }
+            config.trust.trusted_dir = dir.clone();
+        }
+        config.trust.allow_unsigned |= self.allow_unsigned;
+        let grants = self
+            .grant
+            .iter()
+            .map(|g| crate::bus::trust::parse_grant(g))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(anyhow::Error::msg)?;
+        let (policy, key_errors) =
+            crate::bus::trust::TrustPolicy::from_config(&config.trust, &grants)
+                .map_err(anyhow::Error::msg)?;
+        for e in key_errors {
+            warn!("skipping trusted key: {e}");
+        }
+        if policy.keyring().is_empty() && !policy.allow_unsigned() {
+            warn!(
+                "no trusted keys in {} and unsigned events are refused: every signed event will be refused",
+                config.trust.trusted_dir.display()
+            );
+        }
+        let granted = |name: &str| {
+            grants.iter().any(|(s, _)| s == name || s == "*")
+                || config.trust.grants.contains_key(name)
+                || config.trust.grants.contains_key("*")
+        };
+        for name in policy.keyring().names().filter(|n| Some(*n) != own_key) {
+            if !granted(name) {
+                warn!("trusted signer {name:?} has no topic grant; its events will be refused (add --grant '{name}=GLOB')");
+            }
+        }
+        Ok(policy)
+    }
+}

@@ -6,7 +6,6 @@ use std::process::ExitCode;
 use tracing::warn;
 
 use crate::bus::relay::{self, RelayOptions};
-use crate::bus::trust::{parse_grant, TrustPolicy};
 use crate::config::Config;
 use crate::event::keys::read_signing_key;
 use crate::metrics::Registry;
@@ -37,15 +36,8 @@ pub struct RelayArgs {
     /// The relay's secret keyfile, used to countersign what it publishes.
     #[arg(long, value_name = "SECRETFILE")]
     key: Option<PathBuf>,
-    /// Directory of trusted public keyfiles [default: /etc/hark/keys/trusted].
-    #[arg(long, value_name = "DIR")]
-    trusted: Option<PathBuf>,
-    /// Allow SIGNER to publish topics matching GLOB (repeatable; `*=**` allows everything).
-    #[arg(long, value_name = "SIGNER=GLOB[,GLOB]")]
-    grant: Vec<String>,
-    /// Accept events that carry no trusted signature.
-    #[arg(long)]
-    allow_unsigned: bool,
+    #[command(flatten)]
+    trust: super::TrustArgs,
     /// Name stamped into unsigned.relay [default: host name].
     #[arg(long)]
     name: Option<String>,
@@ -78,20 +70,6 @@ fn run_inner(args: RelayArgs) -> anyhow::Result<()> {
     if let Some(size) = args.max_message_size {
         relay_cfg.max_message_size = size;
     }
-    if let Some(dir) = args.trusted {
-        if !dir.is_dir() {
-            anyhow::bail!("--trusted {}: not a directory", dir.display());
-        }
-        config.trust.trusted_dir = dir;
-    }
-    config.trust.allow_unsigned |= args.allow_unsigned;
-    let grants = args
-        .grant
-        .iter()
-        .map(|g| parse_grant(g))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(anyhow::Error::msg)?;
-
     let key = match &config.relay.key {
         Some(path) => Some(read_signing_key(path)?),
         None => {
@@ -99,29 +77,9 @@ fn run_inner(args: RelayArgs) -> anyhow::Result<()> {
             None
         }
     };
-    let (policy, key_errors) =
-        TrustPolicy::from_config(&config.trust, &grants).map_err(anyhow::Error::msg)?;
-    for e in key_errors {
-        warn!("skipping trusted key: {e}");
-    }
-    if policy.keyring().is_empty() && !policy.allow_unsigned() {
-        warn!(
-            "no trusted keys in {} and unsigned events are refused: every submission will be refused",
-            config.trust.trusted_dir.display()
-        );
-    }
-    let own_name = key.as_ref().map(|k| k.name.clone());
-    for name in policy.keyring().names() {
-        if Some(name) == own_name.as_deref() {
-            continue;
-        }
-        if !grants.iter().any(|(s, _)| s == name || s == "*")
-            && !config.trust.grants.contains_key(name)
-            && !config.trust.grants.contains_key("*")
-        {
-            warn!("trusted signer {name:?} has no topic grant; its events will be refused (add --grant '{name}=GLOB')");
-        }
-    }
+    let policy = args
+        .trust
+        .policy(&mut config, key.as_ref().map(|k| k.name.as_str()))?;
     let opts = RelayOptions::new(&config.relay, &config.trust, &config.zmq, policy, key);
     relay::run(opts, Registry::default(), super::shutdown_flag(), || {})
 }

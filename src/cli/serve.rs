@@ -128,9 +128,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         fedmsg: Vec::new(),
         rules: vec![args.rules.clone()],
         state: Some(state.join("state.db")),
-        trusted: Some(trusted),
-        grant: vec![format!("{KEY_ID}=**")],
-        allow_unsigned: false,
+        trust: super::TrustArgs {
+            trusted: Some(trusted),
+            grant: vec![format!("{KEY_ID}=**")],
+            allow_unsigned: false,
+        },
         metrics: args.metrics,
     };
     let opts = super::trigger::options(trigger_args)?;

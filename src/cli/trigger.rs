@@ -5,9 +5,6 @@ use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use tracing::warn;
-
-use crate::bus::trust::{parse_grant, TrustPolicy};
 use crate::config::Config;
 use crate::metrics::Registry;
 use crate::scheduler::SchedulerOptions;
@@ -38,15 +35,8 @@ pub struct TriggerArgs {
     /// SQLite state file [default: /var/lib/hark/state.db].
     #[arg(long, value_name = "FILE")]
     pub state: Option<PathBuf>,
-    /// Directory of trusted public keyfiles [default: /etc/hark/keys/trusted].
-    #[arg(long, value_name = "DIR")]
-    pub trusted: Option<PathBuf>,
-    /// Allow SIGNER to publish topics matching GLOB (repeatable; `*=**` allows everything).
-    #[arg(long, value_name = "SIGNER=GLOB[,GLOB]")]
-    pub grant: Vec<String>,
-    /// Accept events that carry no trusted signature.
-    #[arg(long)]
-    pub allow_unsigned: bool,
+    #[command(flatten)]
+    pub trust: super::TrustArgs,
     /// Serve Prometheus metrics on ADDR:PORT.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<String>,
@@ -86,27 +76,16 @@ pub fn options(args: TriggerArgs) -> anyhow::Result<TriggerOptions> {
     if args.metrics.is_some() {
         t.metrics = args.metrics;
     }
-    if let Some(dir) = args.trusted {
-        if !dir.is_dir() {
-            anyhow::bail!("--trusted {}: not a directory", dir.display());
-        }
-        config.trust.trusted_dir = dir;
-    }
-    config.trust.allow_unsigned |= args.allow_unsigned;
-    let grants = args
-        .grant
-        .iter()
-        .map(|g| parse_grant(g))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(anyhow::Error::msg)?;
-    let (policy, key_errors) =
-        TrustPolicy::from_config(&config.trust, &grants).map_err(anyhow::Error::msg)?;
-    for e in key_errors {
-        warn!("skipping trusted key: {e}");
-    }
+    let results_key = match &t.results_key {
+        Some(path) => Some(crate::event::keys::read_signing_key(path)?),
+        None => None,
+    };
+    let policy = args
+        .trust
+        .policy(&mut config, results_key.as_ref().map(|k| k.name.as_str()))?;
     let t = config.trigger;
-    let results = match (&t.results_relay, &t.results_key) {
-        (Some(ep), Some(path)) => Some((ep.clone(), crate::event::keys::read_signing_key(path)?)),
+    let results = match (t.results_relay.clone(), results_key) {
+        (Some(ep), Some(key)) => Some((ep, key)),
         (None, None) => None,
         _ => anyhow::bail!(
             "trigger.results_relay and trigger.results_key go together: set both or neither"
