@@ -5,11 +5,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{free_port, hark_command as hark, temp_dir as tempdir, Proc};
+use common::{free_port, hark_command as hark, keypair, temp_dir as tempdir, Proc};
 use hark::bus::publish::build_event;
 use hark::bus::subscribe::Subscriber;
 use hark::config::ZmqConfig;
-use hark::event::keys::{write_keypair, KeyMetadata, SigningKey};
+use hark::event::keys::SigningKey;
 use hark::event::{canonical, sign};
 use serde_json::{json, Value};
 
@@ -21,20 +21,6 @@ struct Bus {
     fedmsg: String,
     archive: SigningKey,
     _relay: Proc,
-}
-
-fn keypair(dir: &std::path::Path, id: &str) -> SigningKey {
-    let key = SigningKey::generate(id);
-    write_keypair(
-        dir,
-        &KeyMetadata {
-            id: id.into(),
-            ..Default::default()
-        },
-        &key,
-    )
-    .expect("write keypair");
-    key
 }
 
 /// A relay trusting `archive` (granted `_lk.archive.**`) and `stranger` (no grant), with a

@@ -6,10 +6,12 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{free_endpoint, hark_command, poll_until, temp_dir, write_file, Proc, TempDir};
+use common::{
+    free_endpoint, hark_command, keypair, poll_until, temp_dir, write_file, Proc, TempDir,
+};
 use hark::bus::publish::build_event;
 use hark::event::canonical;
-use hark::event::keys::{write_keypair, KeyMetadata, SigningKey};
+use hark::event::keys::SigningKey;
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -26,20 +28,6 @@ struct Stack {
     trusted: PathBuf,
     metrics: String,
     config: PathBuf,
-}
-
-fn keypair(dir: &Path, id: &str) -> SigningKey {
-    let key = SigningKey::generate(id);
-    write_keypair(
-        dir,
-        &KeyMetadata {
-            id: id.into(),
-            ..Default::default()
-        },
-        &key,
-    )
-    .expect("keypair");
-    key
 }
 
 /// A warm-up rule every stack has: proves the daemon's subscription is live.
@@ -143,6 +131,14 @@ impl Stack {
             .expect("trigger ready");
         self.trigger = Some(trigger);
         self.warm_up();
+    }
+
+    /// kill -9 the daemon and start it again on the same state and rules.
+    fn kill_and_restart_trigger(&mut self) {
+        if let Some(mut t) = self.trigger.take() {
+            t.kill();
+        }
+        self.start_trigger();
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -529,9 +525,7 @@ rules:
     stack.publish("_lk.test.slow", json!({}));
     let log = stack.path("slow.log");
     poll_until(WAIT, || read(&log).contains("run").then_some(())).expect("the job started");
-    stack.trigger.as_mut().unwrap().kill();
-    stack.trigger = None;
-    stack.start_trigger();
+    stack.kill_and_restart_trigger();
     let jobs = stack.wait_finished("slow", 1);
     assert_eq!(jobs.len(), 1, "{jobs:?}");
     assert_eq!(jobs[0]["state"], "succeeded");
@@ -549,9 +543,7 @@ rules:
         "interrupted, then run again: {text:?}"
     );
     // And never again for the same event.
-    stack.trigger.as_mut().unwrap().kill();
-    stack.trigger = None;
-    stack.start_trigger();
+    stack.kill_and_restart_trigger();
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(read(&log).matches("done").count(), 1);
 }
@@ -764,9 +756,7 @@ rules:
     let config = read(&stack.config).replace("SUBMIT", &stack.submit);
     std::fs::write(&stack.config, config).unwrap();
     let mut stack = stack;
-    stack.trigger.as_mut().unwrap().kill();
-    stack.trigger = None;
-    stack.start_trigger();
+    stack.kill_and_restart_trigger();
     let ev = stack.publish("_lk.test.first", json!({}));
     let chained = poll_until(WAIT, || {
         serde_json::from_str::<Value>(&read(&stack.path("chained.json"))).ok()

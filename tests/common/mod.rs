@@ -345,3 +345,15 @@ pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
     std::fs::write(&path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
     path
 }
+
+/// A new Ed25519 key pair named `id`, written to `dir` as `id.key` and `id.key_secret`.
+pub fn keypair(dir: &Path, id: &str) -> hark::event::keys::SigningKey {
+    use hark::event::keys::{write_keypair, KeyMetadata, SigningKey};
+    let key = SigningKey::generate(id);
+    let meta = KeyMetadata {
+        id: id.into(),
+        ..Default::default()
+    };
+    write_keypair(dir, &meta, &key).expect("write keypair");
+    key
+}
