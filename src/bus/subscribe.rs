@@ -9,6 +9,9 @@ use super::socket::{connect_all, new_socket};
 use crate::config::ZmqConfig;
 use crate::topic::TopicPattern;
 
+/// Largest message a subscriber accepts (64 MiB), far above any real event.
+const MAX_MESSAGE: i64 = 64 * 1024 * 1024;
+
 pub struct Subscriber {
     socket: zmq::Socket,
     _ctx: zmq::Context,
@@ -23,6 +26,9 @@ impl Subscriber {
     ) -> anyhow::Result<Self> {
         let ctx = zmq::Context::new();
         let socket = new_socket(&ctx, zmq::SUB, zmq_cfg)?;
+        // Relays enforce their own limit; this guards against a misbehaving direct (fedmsg)
+        // publisher: libzmq drops the connection rather than buffering a giant message.
+        socket.set_maxmsgsize(MAX_MESSAGE)?;
         let mut prefixes: Vec<String> = patterns.iter().map(TopicPattern::literal_prefix).collect();
         if prefixes.is_empty() || prefixes.iter().any(String::is_empty) {
             prefixes = vec![String::new()];
