@@ -75,6 +75,9 @@ pub struct Scheduler {
     pending: BTreeMap<i64, Pending>,
     open: HashMap<(String, String), i64>,
     running: HashMap<i64, Running>,
+    /// Running jobs per (rule, concurrency key) and per pool, kept with `running`.
+    running_keys: HashMap<(String, String), usize>,
+    running_pools: HashMap<String, usize>,
     draining: bool,
     /// Job lifecycle notices for `_hark.job.*` events, when the daemon publishes them.
     notices: Option<Vec<Notice>>,
@@ -127,6 +130,8 @@ impl Scheduler {
             pending: BTreeMap::new(),
             open: HashMap::new(),
             running: HashMap::new(),
+            running_keys: HashMap::new(),
+            running_pools: HashMap::new(),
             draining: false,
             notices: opts.notices.then(Vec::new),
         };
@@ -213,11 +218,12 @@ impl Scheduler {
     }
 
     fn busy(&self, rule: &Rule, conc_key: &str) -> bool {
+        // Keyed lookups: this runs for every pending job on every dispatch.
         let n = self
-            .running
-            .values()
-            .filter(|r| r.rule == rule.name && r.conc_key == conc_key)
-            .count();
+            .running_keys
+            .get(&(rule.name.clone(), conc_key.to_string()))
+            .copied()
+            .unwrap_or(0);
         n >= rule.concurrency.limit as usize
     }
 
@@ -418,11 +424,7 @@ impl Scheduler {
     }
 
     fn pool_free(&self, pool: &str) -> bool {
-        let used = self
-            .running
-            .values()
-            .filter(|r| r.pool.as_deref() == Some(pool))
-            .count();
+        let used = self.running_pools.get(pool).copied().unwrap_or(0);
         used < self.pool_limit(pool) as usize
     }
 
@@ -558,6 +560,13 @@ impl Scheduler {
             events: p.events.iter().map(|e| e.uuid.clone()).collect(),
         });
         let (tx, rx) = watch::channel(false);
+        *self
+            .running_keys
+            .entry((rule.name.clone(), p.conc_key.clone()))
+            .or_insert(0) += 1;
+        if let Some(pool) = &rule.concurrency.pool {
+            *self.running_pools.entry(pool.clone()).or_insert(0) += 1;
+        }
         self.running.insert(
             id,
             Running {
@@ -595,6 +604,13 @@ impl Scheduler {
         let Some(run) = self.running.remove(&id) else {
             return Ok(());
         };
+        release(
+            &mut self.running_keys,
+            (run.rule.clone(), run.conc_key.clone()),
+        );
+        if let Some(pool) = &run.pool {
+            release(&mut self.running_pools, pool.clone());
+        }
         self.metrics
             .set("hark_jobs_running", &[], self.running.len() as f64);
         let secs = finished.duration.as_secs_f64();
@@ -759,4 +775,14 @@ impl Scheduler {
 
 fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// One fewer running job under `key`; the entry goes when it reaches zero.
+fn release<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, usize>, key: K) {
+    if let std::collections::hash_map::Entry::Occupied(mut e) = counts.entry(key) {
+        *e.get_mut() -= 1;
+        if *e.get() == 0 {
+            e.remove();
+        }
+    }
 }

@@ -194,10 +194,10 @@ impl Store {
         events: &[StoredEvent],
     ) -> Result<i64> {
         let tx = self.conn.savepoint()?;
-        tx.execute(
+        tx.prepare_cached(
             "INSERT INTO jobs (rule, key, state, created, due) VALUES (?1, ?2, 'pending', ?3, ?4)",
-            params![rule, key, now_ms(), due],
-        )?;
+        )?
+        .execute(params![rule, key, now_ms(), due])?;
         let id = tx.last_insert_rowid();
         for (pos, ev) in events.iter().enumerate() {
             insert_event(&tx, id, pos, ev)?;
@@ -215,16 +215,16 @@ impl Store {
             |r| r.get(0),
         )?;
         insert_event(&tx, job, usize::try_from(pos).unwrap_or(0), event)?;
-        tx.execute("UPDATE jobs SET due = ?2 WHERE id = ?1", params![job, due])?;
+        tx.prepare_cached("UPDATE jobs SET due = ?2 WHERE id = ?1")?
+            .execute(params![job, due])?;
         tx.commit()
     }
 
     /// pending → running, only if still pending (a `hark jobs cancel` may have won).
     pub fn mark_running(&mut self, job: i64, argv: &[String]) -> Result<bool> {
         let argv = serde_json::to_string(argv).unwrap_or_else(|_| "[]".into());
-        let n = self.conn.execute(
-            "UPDATE jobs SET state = 'running', started = ?2, argv = ?3, finished = NULL, exit_code = NULL, error = NULL
-             WHERE id = ?1 AND state = 'pending'",
+        let n = self.conn.prepare_cached("UPDATE jobs SET state = 'running', started = ?2, argv = ?3, finished = NULL, exit_code = NULL, error = NULL
+             WHERE id = ?1 AND state = 'pending'")?.execute(
             params![job, now_ms(), argv],
         )?;
         Ok(n == 1)
@@ -240,14 +240,12 @@ impl Store {
         output_tail: Option<&str>,
     ) -> Result<()> {
         let tx = self.conn.savepoint()?;
-        tx.execute(
-            "UPDATE jobs SET state = ?2, finished = ?3, exit_code = ?4, error = ?5, output_tail = ?6, cancel_requested = 0 WHERE id = ?1",
+        tx.prepare_cached("UPDATE jobs SET state = ?2, finished = ?3, exit_code = ?4, error = ?5, output_tail = ?6, cancel_requested = 0 WHERE id = ?1")?.execute(
             params![job, state.as_str(), now_ms(), exit_code, error, output_tail],
         )?;
         if state == State::Succeeded {
-            tx.execute(
-                "INSERT OR IGNORE INTO done (rule, uuid, job, at)
-                 SELECT j.rule, e.uuid, j.id, ?2 FROM jobs j JOIN job_events e ON e.job = j.id WHERE j.id = ?1",
+            tx.prepare_cached("INSERT OR IGNORE INTO done (rule, uuid, job, at)
+                 SELECT j.rule, e.uuid, j.id, ?2 FROM jobs j JOIN job_events e ON e.job = j.id WHERE j.id = ?1")?.execute(
                 params![job, now_ms()],
             )?;
         }
@@ -263,9 +261,8 @@ impl Store {
         exit_code: Option<i32>,
         output_tail: Option<&str>,
     ) -> Result<()> {
-        self.conn.execute(
-            "UPDATE jobs SET state = 'pending', attempt = attempt + 1, due = ?2, finished = ?3, error = ?4, exit_code = ?5, output_tail = ?6
-             WHERE id = ?1",
+        self.conn.prepare_cached("UPDATE jobs SET state = 'pending', attempt = attempt + 1, due = ?2, finished = ?3, error = ?4, exit_code = ?5, output_tail = ?6
+             WHERE id = ?1")?.execute(
             params![job, due, now_ms(), error, exit_code, output_tail],
         )?;
         Ok(())
@@ -273,8 +270,7 @@ impl Store {
 
     /// After a restart: jobs that were running were interrupted; they run again.
     pub fn recover_interrupted(&mut self) -> Result<usize> {
-        self.conn.execute(
-            "UPDATE jobs SET state = 'pending', error = 'interrupted: the daemon stopped while this job ran', due = ?1 WHERE state = 'running'",
+        self.conn.prepare_cached("UPDATE jobs SET state = 'pending', error = 'interrupted: the daemon stopped while this job ran', due = ?1 WHERE state = 'running'")?.execute(
             [now_ms()],
         )
     }
@@ -282,11 +278,8 @@ impl Store {
     /// Did `rule` already succeed for event `uuid`?
     pub fn succeeded(&self, rule: &str, uuid: &str) -> Result<bool> {
         self.conn
-            .query_row(
-                "SELECT 1 FROM done WHERE rule = ?1 AND uuid = ?2",
-                params![rule, uuid],
-                |_| Ok(()),
-            )
+            .prepare_cached("SELECT 1 FROM done WHERE rule = ?1 AND uuid = ?2")?
+            .query_row(params![rule, uuid], |_| Ok(()))
             .optional()
             .map(|r| r.is_some())
     }
@@ -388,8 +381,7 @@ impl Store {
         };
         match job.state {
             State::Pending => {
-                self.conn.execute(
-                    "UPDATE jobs SET state = 'cancelled', finished = ?2, error = 'cancelled by hark jobs cancel', cancel_requested = 1 WHERE id = ?1 AND state = 'pending'",
+                self.conn.prepare_cached("UPDATE jobs SET state = 'cancelled', finished = ?2, error = 'cancelled by hark jobs cancel', cancel_requested = 1 WHERE id = ?1 AND state = 'pending'")?.execute(
                     params![id, now_ms()],
                 )?;
             }
@@ -434,11 +426,16 @@ impl Store {
 
     /// Remember the last relay sequence number seen, per relay epoch.
     pub fn save_relay_seq(&mut self, relay: &str, epoch: &str, seq: u64) -> Result<()> {
-        self.conn.execute(
-            "INSERT INTO relay_seq (relay, epoch, seq) VALUES (?1, ?2, ?3)
+        self.conn
+            .prepare_cached(
+                "INSERT INTO relay_seq (relay, epoch, seq) VALUES (?1, ?2, ?3)
              ON CONFLICT(relay, epoch) DO UPDATE SET seq = MAX(seq, excluded.seq)",
-            params![relay, epoch, i64::try_from(seq).unwrap_or(i64::MAX)],
-        )?;
+            )?
+            .execute(params![
+                relay,
+                epoch,
+                i64::try_from(seq).unwrap_or(i64::MAX)
+            ])?;
         Ok(())
     }
 }
@@ -473,8 +470,7 @@ fn insert_event(
     pos: usize,
     ev: &StoredEvent,
 ) -> Result<()> {
-    tx.execute(
-        "INSERT INTO job_events (job, pos, uuid, topic, signers, json) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    tx.prepare_cached("INSERT INTO job_events (job, pos, uuid, topic, signers, json) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?.execute(
         params![
             job,
             i64::try_from(pos).unwrap_or(i64::MAX),
