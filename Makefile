@@ -1,6 +1,6 @@
 # hark developer entry points. CI runs .ci/run, which runs `make lint` then `make test`.
 .DEFAULT_GOAL := test
-.PHONY: venv test bench fmt lint corpus corpus-check
+.PHONY: venv test bench fmt lint corpus corpus-check deb package-check
 
 CARGO ?= cargo
 VENV_PYTHON := $(CURDIR)/.venv/bin/python
@@ -31,3 +31,30 @@ corpus: venv
 
 corpus-check: venv
 	$(VENV_PYTHON) tests/data/canonical/generate.py --check
+
+# Debian package: target/debian/hark_<version>_<arch>.deb (docs/packaging.md). The C parts
+# (vendored libzmq, SQLite) get Debian's hardening flags. Man pages, completions and
+# hark.yaml come from the freshly built binary (hark generate-assets); SOURCE_DATE_EPOCH
+# from packaging/changelog keeps dates reproducible. cargo-deb writes no md5sums; the
+# last step adds them.
+CARGO_DEB_VERSION := 3.8.0
+# --strip: the release profile keeps line tables, which cargo-deb would otherwise ship.
+# `make deb CARGO_DEB_FLAGS=--dbgsym` puts them in a hark-dbgsym .ddeb instead.
+CARGO_DEB_FLAGS ?= --strip
+deb:
+	@$(CARGO) deb --version 2>/dev/null | grep -qx 'cargo-deb $(CARGO_DEB_VERSION)' \
+		|| $(CARGO) install cargo-deb --version $(CARGO_DEB_VERSION) --locked
+	CFLAGS="$$(dpkg-buildflags --get CFLAGS) $$(dpkg-buildflags --get CPPFLAGS)" \
+	CXXFLAGS="$$(dpkg-buildflags --get CXXFLAGS) $$(dpkg-buildflags --get CPPFLAGS)" \
+		$(CARGO) build --release
+	rm -rf target/assets target/debian
+	SOURCE_DATE_EPOCH=$$(dpkg-parsechangelog -l packaging/changelog -S Timestamp) \
+		target/release/hark generate-assets target/assets >/dev/null
+	$(CARGO) deb --no-build $(CARGO_DEB_FLAGS) --output target/debian/
+	SOURCE_DATE_EPOCH=$$(dpkg-parsechangelog -l packaging/changelog -S Timestamp) \
+		sh packaging/add-md5sums.sh target/debian/hark_*.deb
+
+# Build the package, lint it, install it on this machine, run both daemons from it, fire
+# the shipped hello rule end to end, and purge it again. Root only; CI runs it.
+package-check:
+	bash packaging/ci-check.sh

@@ -11,7 +11,7 @@
 //! - [`store`]: the daemon's SQLite state;
 //! - [`trigger`]: the daemon that ties subscription, rules, scheduler and runner together;
 //! - [`record`]: the JSON-lines recording format;
-//! - [`config`], [`metrics`], [`duration`]: shared plumbing;
+//! - [`config`], [`metrics`], [`duration`], [`systemd`]: shared plumbing;
 //! - [`cli`]: the `hark` command.
 pub mod bus;
 pub mod cli;
@@ -24,5 +24,6 @@ pub mod rules;
 pub mod runner;
 pub mod scheduler;
 pub mod store;
+pub mod systemd;
 pub mod topic;
 pub mod trigger;

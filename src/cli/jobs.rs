@@ -12,7 +12,7 @@ use crate::store::{Job, State, Store};
 #[derive(Debug, clap::Args)]
 #[command(
     after_help = "Examples:\n  hark jobs                      # the 30 newest jobs\n  \
-hark jobs list --state failed  # what needs attention\n  hark jobs show 42               # argv, events, exit code, output tail\n  \
+hark jobs list --state-is failed  # what needs attention\n  hark jobs show 42               # argv, events, exit code, output tail\n  \
 hark jobs retry 42              # run it again (a new job with the same events)\n  hark jobs cancel 43             # stop it (TERM, grace, KILL) or drop it if pending"
 )]
 pub struct JobsArgs {

@@ -81,5 +81,9 @@ fn run_inner(args: RelayArgs) -> anyhow::Result<()> {
         .trust
         .policy(&mut config, key.as_ref().map(|k| k.name.as_str()))?;
     let opts = RelayOptions::new(&config.relay, &config.trust, &config.zmq, policy, key);
-    relay::run(opts, Registry::default(), super::shutdown_flag(), || {})
+    let result = relay::run(opts, Registry::default(), super::shutdown_flag(), || {
+        crate::systemd::notify(&[crate::systemd::NotifyState::Ready]);
+    });
+    crate::systemd::notify(&[crate::systemd::NotifyState::Stopping]);
+    result
 }

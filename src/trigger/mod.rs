@@ -28,6 +28,7 @@ use crate::metrics::Registry;
 use crate::runner::{self, Finished};
 use crate::scheduler::{Notice, Scheduler, SchedulerOptions, Start};
 use crate::store::{now_ms, Store};
+use crate::systemd::notify;
 use reload::RuleCache;
 
 /// Most events filed in one transaction.
@@ -185,12 +186,6 @@ fn spawn_results_publisher(
     tx
 }
 
-fn notify(states: &[sd_notify::NotifyState]) {
-    if let Err(e) = sd_notify::notify(states) {
-        warn!("cannot notify systemd: {e}");
-    }
-}
-
 fn log_store_error(what: &str, e: rusqlite::Error, metrics: &Registry) {
     metrics.inc("hark_store_errors_total", &[]);
     error!("state store: {what}: {e} (is the disk full or the state file unwritable?)");
@@ -279,7 +274,7 @@ async fn run_loop(
         pending = sched.pending_count(),
         "trigger ready"
     );
-    notify(&[sd_notify::NotifyState::Ready]);
+    notify(&[crate::systemd::NotifyState::Ready]);
     ready();
     match sched.dispatch() {
         Ok(starts) => start_all(starts),
@@ -358,15 +353,15 @@ async fn run_loop(
                 }
             }
             _ = hup.recv() => {
-                let mut states = vec![sd_notify::NotifyState::Reloading];
-                if let Ok(now) = sd_notify::NotifyState::monotonic_usec_now() {
+                let mut states = vec![crate::systemd::NotifyState::Reloading];
+                if let Ok(now) = crate::systemd::NotifyState::monotonic_usec_now() {
                     states.push(now);
                 }
                 notify(&states);
                 info!("SIGHUP: reloading rules");
                 cache.reload(true);
                 sched.set_rules(cache.set());
-                notify(&[sd_notify::NotifyState::Ready]);
+                notify(&[crate::systemd::NotifyState::Ready]);
             }
             _ = term.recv() => { drain_deadline = Some(begin_drain(&mut sched, opts.shutdown_grace)); if sched.running_count() == 0 { break } }
             _ = int.recv() => { drain_deadline = Some(begin_drain(&mut sched, opts.shutdown_grace)); if sched.running_count() == 0 { break } }
@@ -391,7 +386,7 @@ async fn run_loop(
 }
 
 fn begin_drain(sched: &mut Scheduler, grace: Duration) -> tokio::time::Instant {
-    notify(&[sd_notify::NotifyState::Stopping]);
+    notify(&[crate::systemd::NotifyState::Stopping]);
     info!(
         "stopping: no new jobs start; {} running job(s) get {:?} to finish",
         sched.running_count(),
