@@ -80,9 +80,10 @@ impl RelayOptions {
 
 /// This machine's host name, for relay and origin names.
 pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
+    // gethostname(2), not /proc: hardened units may hide /proc/sys.
+    nix::unistd::gethostname()
         .ok()
+        .and_then(|h| h.into_string().ok())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "localhost".to_string())
 }
