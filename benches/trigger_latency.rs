@@ -36,11 +36,14 @@
 //! Positional arguments select cases by key or key prefix: `lat`, `burst`, `lat-direct`,
 //! `burst-fedmsg`, ... (see `Case::key`).
 
+#[path = "support/mod.rs"]
+mod support;
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use support::{command_output, endpoint, env_num, machine_ticks, median};
 
 use hark::bus::publish::build_event;
 use hark::event::canonical;
@@ -79,16 +82,6 @@ struct Settings {
     cases: Vec<Case>,
     hark_bin: PathBuf,
     root: PathBuf,
-}
-
-fn env_num(name: &str, default: usize) -> usize {
-    match std::env::var(name) {
-        Ok(v) => v.trim().parse().unwrap_or_else(|_| {
-            eprintln!("warning: {name}={v:?} is not a number, using {default}");
-            default
-        }),
-        Err(_) => default,
-    }
 }
 
 impl Settings {
@@ -337,48 +330,6 @@ impl Drop for ChildGuard {
     }
 }
 
-/// Run a short command and return its stdout, or `None` if it failed or took too long.
-fn command_output(mut cmd: Command, limit: Duration) -> Option<String> {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok()?;
-    let deadline = Instant::now() + limit;
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => {
-                let mut out = String::new();
-                if let Some(stdout) = child.stdout.take() {
-                    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                        out.push_str(&line);
-                        out.push('\n');
-                    }
-                }
-                return status.success().then_some(out);
-            }
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return None;
-            }
-        }
-    }
-}
-
-fn free_port() -> Result<u16, String> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| format!("no free port on 127.0.0.1: {e}"))
-}
-
-fn endpoint() -> Result<String, String> {
-    Ok(format!("tcp://127.0.0.1:{}", free_port()?))
-}
-
 // ---------------------------------------------------------------------------------------
 // Clocks and CPU accounting from /proc
 
@@ -401,23 +352,6 @@ fn proc_cpu(pid: u32) -> Option<(f64, f64)> {
     // rest[0] is field 3 (state); utime, stime, cutime, cstime are fields 14–17.
     let tick = |i: usize| rest.get(i).copied().unwrap_or(0) as f64 / 100.0;
     Some((tick(11) + tick(12), tick(13) + tick(14)))
-}
-
-/// (busy, total) jiffies of the whole machine, from the first line of /proc/stat.
-fn machine_ticks() -> (u64, u64) {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let fields: Vec<u64> = stat
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .skip(1)
-        .take(8)
-        .filter_map(|f| f.parse().ok())
-        .collect();
-    let total: u64 = fields.iter().sum();
-    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
-    (total.saturating_sub(idle), total)
 }
 
 fn load_average() -> f64 {
@@ -1551,19 +1485,6 @@ fn anchor_versions(venv: &Path) -> Option<String> {
          ['fedmsg', 'pyzmq']), 'libzmq', zmq.zmq_version())",
     ]);
     command_output(cmd, Duration::from_secs(20)).map(|s| s.trim().to_string())
-}
-
-fn median(mut xs: Vec<f64>) -> Option<f64> {
-    if xs.is_empty() {
-        return None;
-    }
-    xs.sort_by(|a, b| a.total_cmp(b));
-    let n = xs.len();
-    Some(if n % 2 == 1 {
-        xs[n / 2]
-    } else {
-        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
-    })
 }
 
 fn fmt_int(r: f64) -> String {
