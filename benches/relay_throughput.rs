@@ -1218,6 +1218,8 @@ fn main() {
         for b in &bad {
             println!("  {b}");
         }
+        // process::exit skips destructors: remove the run directory first.
+        drop(rig);
         std::process::exit(i32::from(!bad.is_empty()));
     }
     let calibration = calibrate(&rig);
