@@ -25,6 +25,7 @@ pub enum Refusal {
     Oversized { size: usize, limit: usize },
     BadSignature { signer: String, reason: String },
     Unsigned,
+    FedmsgNotAllowed,
     UntrustedSigners(Vec<String>),
     NotGranted { topic: String, signers: Vec<String> },
     Duplicate { uuid: String },
@@ -41,6 +42,7 @@ impl Refusal {
             Refusal::Oversized { .. } => "oversized",
             Refusal::BadSignature { .. } => "bad-signature",
             Refusal::Unsigned => "unsigned",
+            Refusal::FedmsgNotAllowed => "fedmsg-not-allowed",
             Refusal::UntrustedSigners(_) => "untrusted-signer",
             Refusal::NotGranted { .. } => "topic-not-granted",
             Refusal::Duplicate { .. } => "duplicate",
@@ -66,6 +68,10 @@ impl fmt::Display for Refusal {
             Refusal::Unsigned => write!(
                 f,
                 "event carries no signature (sign it, or set trust.allow_unsigned / --allow-unsigned)"
+            ),
+            Refusal::FedmsgNotAllowed => write!(
+                f,
+                "fedmsg events are refused here (set trust.allow_fedmsg: true to admit them, unsigned)"
             ),
             Refusal::UntrustedSigners(names) => write!(
                 f,

@@ -23,7 +23,7 @@ use crate::bus::subscribe::Subscriber;
 use crate::bus::trust::{Dedupe, Refusal, RefusalLog, TrustPolicy};
 use crate::config::ZmqConfig;
 use crate::event::keys::SigningKey;
-use crate::event::{EnvelopeError, Event, Format};
+use crate::event::{Event, Format};
 use crate::metrics::Registry;
 use crate::runner::{self, Finished};
 use crate::scheduler::{Notice, Scheduler, SchedulerOptions, Start};
@@ -87,10 +87,7 @@ impl Intake {
                 }
             }
             Format::Fedmsg if !self.allow_fedmsg => {
-                self.refuse(
-                    Some(&event.uuid),
-                    &Refusal::Envelope(EnvelopeError::UnknownEnvelope),
-                );
+                self.refuse(Some(&event.uuid), &Refusal::FedmsgNotAllowed);
                 return None;
             }
             Format::Fedmsg => {}
