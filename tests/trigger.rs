@@ -798,3 +798,77 @@ fn events_published_while_the_daemon_was_down_are_reported_as_missed() {
         "{metrics}"
     );
 }
+
+#[test]
+fn fedmsg_endpoints_are_subscribed_directly_and_never_satisfy_signed_by() {
+    let dir = temp_dir();
+    let d = dir.path().display().to_string();
+    let rules = dir.path().join("rules.d");
+    write_file(
+        &rules,
+        "50-fedmsg.yaml",
+        &r#"
+rules:
+  - name: koji
+    match:
+      topic: "org.fedoraproject.*.buildsys.build.state.change"
+      where: {data.new: 1}
+    run:
+      command: [/bin/sh, -c, 'cat > "$OUT/$HARK_UUID.json"']
+      env: {OUT: "@DIR@"}
+  - name: needs-signature
+    match:
+      topic: "org.fedoraproject.**"
+      signed_by: [anyone]
+    run: {command: [/bin/true]}
+"#
+        .replace("@DIR@", &d),
+    );
+    let ep = free_endpoint();
+    let ctx = zmq::Context::new();
+    let publisher = ctx.socket(zmq::PUB).unwrap();
+    publisher.bind(&ep).unwrap();
+    let trigger = Proc::spawn(
+        "trigger",
+        hark_command()
+            .args(["trigger", "--fedmsg", &ep, "--connect", &free_endpoint()])
+            .arg("--rules")
+            .arg(&rules)
+            .arg("--state")
+            .arg(dir.path().join("state.db"))
+            .arg("--trusted")
+            .arg(dir.path()),
+    );
+    trigger
+        .stderr
+        .wait_for("trigger ready", WAIT)
+        .expect("trigger ready");
+    let topic = "org.fedoraproject.prod.buildsys.build.state.change";
+    let mut n = 0;
+    let fired = poll_until(WAIT, || {
+        n += 1;
+        let id = format!("2026-{n}");
+        let body = format!(r#"{{"i": 1, "msg": {{"build_id": {n}, "new": 1}}, "msg_id": "{id}", "timestamp": 1700000000, "topic": "{topic}", "username": "apache"}}"#);
+        publisher.send_multipart([topic.as_bytes(), body.as_bytes()], 0).unwrap();
+        let path = dir.path().join(format!("{id}.json"));
+        poll_until(Duration::from_millis(300), || std::fs::read(&path).ok().map(|b| (b, body.clone())))
+    })
+    .expect("the fedmsg event fired the rule");
+    assert_eq!(
+        fired.0,
+        fired.1.as_bytes(),
+        "stdin is the fedmsg body as received"
+    );
+    let out = hark_command()
+        .args(["jobs", "list", "--json"])
+        .arg("--state")
+        .arg(dir.path().join("state.db"))
+        .output()
+        .unwrap();
+    let jobs = String::from_utf8_lossy(&out.stdout);
+    assert!(jobs.contains("\"rule\":\"koji\""), "{jobs}");
+    assert!(
+        !jobs.contains("needs-signature"),
+        "fedmsg events carry no verified signer: {jobs}"
+    );
+}
