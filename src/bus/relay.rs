@@ -112,12 +112,13 @@ struct Verdict {
 fn verify(
     policy: &TrustPolicy,
     key: Option<&SigningKey>,
-    sub: &Submission,
+    frame: Vec<u8>,
+    received: DateTime<Utc>,
 ) -> Result<Event, (Option<String>, Refusal)> {
-    let mut event = Event::from_submission(sub.frame.clone()).map_err(|e| (None, e.into()))?;
+    let mut event = Event::from_submission(frame).map_err(|e| (None, e.into()))?;
     let uuid = Some(event.uuid.clone());
     policy
-        .admit(&mut event, sub.received)
+        .admit(&mut event, received)
         .map_err(|r| (uuid.clone(), r))?;
     if let Some(key) = key {
         sign::sign(&mut event.body, key).map_err(|e| {
@@ -148,7 +149,7 @@ fn worker(
         }
     };
     for sub in jobs {
-        let outcome = verify(&policy, key.as_ref(), &sub);
+        let outcome = verify(&policy, key.as_ref(), sub.frame, sub.received);
         let verdict = Verdict {
             ticket: sub.ticket,
             origin: sub.origin,

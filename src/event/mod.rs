@@ -127,16 +127,18 @@ impl Event {
     /// Normalize an already-parsed envelope. `frames` is left empty.
     pub fn from_value(body: Value) -> Result<Self, EnvelopeError> {
         let obj = body.as_object().ok_or(EnvelopeError::NotAnObject)?;
-        if obj.contains_key("tag") {
-            Self::from_laniakea(obj, &body)
+        let mut event = if obj.contains_key("tag") {
+            Self::from_laniakea(obj)?
         } else if obj.contains_key("topic") && obj.contains_key("msg") {
-            Self::from_fedmsg(obj, &body)
+            Self::from_fedmsg(obj)?
         } else {
-            Err(EnvelopeError::UnknownEnvelope)
-        }
+            return Err(EnvelopeError::UnknownEnvelope);
+        };
+        event.body = body;
+        Ok(event)
     }
 
-    fn from_laniakea(obj: &Map<String, Value>, body: &Value) -> Result<Self, EnvelopeError> {
+    fn from_laniakea(obj: &Map<String, Value>) -> Result<Self, EnvelopeError> {
         let format = str_field(obj, "format")?;
         if format != "1.0" {
             return Err(EnvelopeError::UnsupportedFormat(format.to_string()));
@@ -163,12 +165,13 @@ impl Event {
             signers: Vec::new(),
             format: Format::Laniakea,
             relay,
-            body: body.clone(),
+            // Filled in by `from_value`, which owns the body: no deep copy per event.
+            body: Value::Null,
             frames: Vec::new(),
         })
     }
 
-    fn from_fedmsg(obj: &Map<String, Value>, body: &Value) -> Result<Self, EnvelopeError> {
+    fn from_fedmsg(obj: &Map<String, Value>) -> Result<Self, EnvelopeError> {
         let time = obj
             .get("timestamp")
             .and_then(Value::as_f64)
@@ -186,7 +189,8 @@ impl Event {
             signers: Vec::new(),
             format: Format::Fedmsg,
             relay: None,
-            body: body.clone(),
+            // Filled in by `from_value`, which owns the body: no deep copy per event.
+            body: Value::Null,
             frames: Vec::new(),
         })
     }
