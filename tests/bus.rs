@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{free_port, hark_command as hark, keypair, temp_dir as tempdir, Proc};
+use common::{free_port, hark_command as hark, keypair, spawn_ready, temp_dir as tempdir, Proc};
 use hark::bus::publish::build_event;
 use hark::bus::subscribe::Subscriber;
 use hark::config::ZmqConfig;
@@ -40,7 +40,7 @@ fn start_bus() -> Bus {
         format!("tcp://127.0.0.1:{}", free_port()),
         format!("tcp://127.0.0.1:{}", free_port()),
     );
-    let relay = Proc::spawn(
+    let relay = spawn_ready(
         "relay",
         hark()
             .args([
@@ -64,11 +64,8 @@ fn start_bus() -> Bus {
                 "--name",
                 "test-relay",
             ]),
+        "relay ready",
     );
-    relay
-        .stderr
-        .wait_for("relay ready", Duration::from_secs(20))
-        .expect("relay ready");
     Bus {
         _dir: dir,
         keys,

@@ -18,7 +18,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use base64::Engine;
-use common::{free_endpoint, hark_command, peer_command, run_ok, temp_dir, Lines, Proc, TempDir};
+use common::{
+    free_endpoint, hark_command, peer_command, run_ok, spawn_ready, temp_dir, Lines, Proc, TempDir,
+};
 use hark::event::keys::{encode_base64, read_verify_key};
 use serde_json::Value;
 
@@ -103,7 +105,7 @@ fn start_relay() -> Relay {
     );
 
     let (submit, publish, fedmsg_inbound) = (free_endpoint(), free_endpoint(), free_endpoint());
-    let proc = Proc::spawn(
+    let proc = spawn_ready(
         "relay",
         hark_command()
             .arg("relay")
@@ -116,10 +118,8 @@ fn start_relay() -> Relay {
             .args(["--grant", &format!("{TEST_SIGNER}=_lk.**")])
             .args(["--grant", &format!("{MODULE_NAME}=_lk.**")])
             .args(["--name", RELAY_NAME]),
+        "relay ready",
     );
-    proc.stderr
-        .wait_for("ready", STARTUP)
-        .unwrap_or_else(|e| panic!("relay did not start: {e}"));
     Relay {
         proc,
         submit,

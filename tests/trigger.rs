@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{
-    free_endpoint, hark_command, keypair, poll_until, temp_dir, write_file, Proc, TempDir,
+    free_endpoint, hark_command, keypair, poll_until, spawn_ready, temp_dir, write_file, Proc,
+    TempDir,
 };
 use hark::bus::publish::build_event;
 use hark::event::canonical;
@@ -62,7 +63,7 @@ impl Stack {
         write_file(&rules, "00-warmup.yaml", &WARMUP_RULE.replace("@DIR@", &d));
         write_file(&rules, "50-test.yaml", &rules_yaml.replace("@DIR@", &d));
         let (submit, publish) = (free_endpoint(), free_endpoint());
-        let relay = Proc::spawn(
+        let relay = spawn_ready(
             "relay",
             hark_command()
                 .args([
@@ -80,11 +81,8 @@ impl Stack {
                 .arg(relay_keys.join("relay.key_secret"))
                 .arg("--trusted")
                 .arg(&trusted),
+            "relay ready",
         );
-        relay
-            .stderr
-            .wait_for("relay ready", WAIT)
-            .expect("relay ready");
         let state = dir.path().join("state.db");
         let config = write_file(dir.path(), "hark.yaml", &config_yaml.replace("@DIR@", &d));
         let mut stack = Stack {
@@ -105,7 +103,7 @@ impl Stack {
     }
 
     fn start_trigger(&mut self) {
-        let trigger = Proc::spawn(
+        let trigger = spawn_ready(
             "trigger",
             hark_command()
                 .args([
@@ -124,11 +122,8 @@ impl Stack {
                 .args(["--metrics", &self.metrics])
                 .arg("--config")
                 .arg(&self.config),
+            "trigger ready",
         );
-        trigger
-            .stderr
-            .wait_for("trigger ready", WAIT)
-            .expect("trigger ready");
         self.trigger = Some(trigger);
         self.warm_up();
     }
@@ -707,14 +702,18 @@ rules:
       env: {LOG: "@DIR@/short.log"}
 "#,
     );
+    // Two events; the default concurrency limit of 1 keeps the second waiting.
+    stack.publish("_lk.test.short", json!({}));
     stack.publish("_lk.test.short", json!({}));
     poll_until(WAIT, || {
-        stack
+        let states: Vec<Value> = stack
             .jobs_of("short")
             .into_iter()
-            .find(|j| j["state"] == "running")
+            .map(|j| j["state"].clone())
+            .collect();
+        (states.contains(&json!("running")) && states.contains(&json!("pending"))).then_some(())
     })
-    .expect("the job runs");
+    .expect("one job runs while the other waits");
     let status = stack
         .trigger
         .as_mut()
@@ -727,8 +726,15 @@ rules:
         "finished\n",
         "the running job was allowed to finish"
     );
-    let jobs = stack.jobs_of("short");
-    assert_eq!(jobs[0]["state"], "succeeded");
+    // The running job finished and succeeded; the waiting one never started (it runs after
+    // the next start).
+    let mut states: Vec<String> = stack
+        .jobs_of("short")
+        .into_iter()
+        .map(|j| j["state"].as_str().unwrap_or_default().to_string())
+        .collect();
+    states.sort();
+    assert_eq!(states, vec!["pending", "succeeded"]);
 }
 
 #[test]
@@ -828,7 +834,7 @@ rules:
     let ctx = zmq::Context::new();
     let publisher = ctx.socket(zmq::PUB).unwrap();
     publisher.bind(&ep).unwrap();
-    let trigger = Proc::spawn(
+    let _trigger = spawn_ready(
         "trigger",
         hark_command()
             .args(["trigger", "--fedmsg", &ep, "--connect", &free_endpoint()])
@@ -838,11 +844,8 @@ rules:
             .arg(dir.path().join("state.db"))
             .arg("--trusted")
             .arg(dir.path()),
+        "trigger ready",
     );
-    trigger
-        .stderr
-        .wait_for("trigger ready", WAIT)
-        .expect("trigger ready");
     let topic = "org.fedoraproject.prod.buildsys.build.state.change";
     let mut n = 0;
     let fired = poll_until(WAIT, || {

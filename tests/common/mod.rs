@@ -315,6 +315,15 @@ impl Drop for Proc {
     }
 }
 
+/// Spawn `cmd` and wait (at most 30 s) until its stderr shows `ready`, e.g. `relay ready`.
+pub fn spawn_ready(name: &str, cmd: &mut Command, ready: &str) -> Proc {
+    let proc = Proc::spawn(name, cmd);
+    proc.stderr
+        .wait_for(ready, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{name} did not start: {e}"));
+    proc
+}
+
 /// Run `cmd` to completion within `timeout`; return its stdout lines. Errors include stderr.
 pub fn run_ok(name: &str, cmd: &mut Command, timeout: Duration) -> Result<Vec<String>, String> {
     let mut proc = Proc::spawn(name, cmd);
