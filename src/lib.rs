@@ -4,7 +4,9 @@
 //! Modules follow the data flow (see docs/architecture.md):
 //! - [`event`]: envelopes, canonical JSON, keys and signatures;
 //! - [`topic`]: dotted topic patterns shared by trust grants, tail and rules;
-//! - [`bus`]: ZeroMQ sockets, the trust policy, relay, publisher and subscriber;
+//! - [`sources`]: where received messages come from (ZeroMQ SUB today), one interface;
+//! - [`admit`]: admission of every received message (envelope, trust, dedupe, sequence);
+//! - [`bus`]: ZeroMQ sockets, relay, publisher and subscriber;
 //! - [`rules`]: rule files: parsing, the compiled rule set, matching and rendering;
 //! - [`scheduler`]: matches into jobs (coalescing, concurrency, retries);
 //! - [`runner`]: one job's process (process group, timeout, output);
@@ -13,6 +15,7 @@
 //! - [`record`]: the JSON-lines recording format;
 //! - [`config`], [`metrics`], [`duration`], [`systemd`]: shared plumbing;
 //! - [`cli`]: the `hark` command.
+pub mod admit;
 pub mod bus;
 pub mod cli;
 pub mod config;
@@ -23,6 +26,7 @@ pub mod record;
 pub mod rules;
 pub mod runner;
 pub mod scheduler;
+pub mod sources;
 pub mod store;
 pub mod systemd;
 pub mod topic;

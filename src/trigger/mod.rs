@@ -11,19 +11,18 @@ pub mod reload;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context as _;
-use chrono::Utc;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
+use crate::admit::{Admission, Dedupe, Gate, Mode, Sequences, TrustPolicy};
 use crate::bus::subscribe::Subscriber;
-use crate::bus::trust::{Dedupe, Refusal, RefusalLog, TrustPolicy};
 use crate::config::ZmqConfig;
 use crate::event::keys::SigningKey;
-use crate::event::{Event, Format};
+
 use crate::metrics::Registry;
 use crate::runner::{self, Finished};
 use crate::scheduler::{Notice, Scheduler, SchedulerOptions, Start};
@@ -50,71 +49,6 @@ pub struct TriggerOptions {
     pub zmq: ZmqConfig,
     /// Publish `_hark.job.*` events to this relay submit endpoint, signed with this key.
     pub results: Option<(String, SigningKey)>,
-}
-
-/// Admission of received frames: parse, trust, dedupe, relay sequence gaps.
-struct Intake {
-    policy: TrustPolicy,
-    allow_fedmsg: bool,
-    dedupe: Dedupe,
-    log: RefusalLog,
-    metrics: Registry,
-    last_seq: std::collections::HashMap<(String, String), u64>,
-}
-
-impl Intake {
-    fn refuse(&mut self, uuid: Option<&str>, refusal: &Refusal) {
-        self.metrics
-            .inc("hark_events_refused_total", &[("reason", refusal.reason())]);
-        self.log.refused("received", uuid, refusal);
-    }
-
-    fn admit(&mut self, frames: Vec<Vec<u8>>) -> Option<Event> {
-        self.metrics.inc("hark_events_received_total", &[]);
-        let mut event = match Event::from_frames(frames) {
-            Ok(e) => e,
-            Err(e) => {
-                self.refuse(None, &Refusal::Envelope(e));
-                return None;
-            }
-        };
-        // Trust before dedupe: a forged event must not be able to burn a real event's uuid.
-        match event.format {
-            Format::Laniakea => {
-                if let Err(r) = self.policy.admit(&mut event, Utc::now()) {
-                    self.refuse(Some(&event.uuid), &r);
-                    return None;
-                }
-            }
-            Format::Fedmsg if !self.allow_fedmsg => {
-                self.refuse(Some(&event.uuid), &Refusal::FedmsgNotAllowed);
-                return None;
-            }
-            Format::Fedmsg => {}
-        }
-        if !self.dedupe.first_seen(&event.uuid, Instant::now()) {
-            // The same event through a second relay: expected, so only counted.
-            self.metrics.inc("hark_events_duplicate_total", &[]);
-            return None;
-        }
-        if let Some(stamp) = &event.relay {
-            let key = (stamp.relay.clone(), stamp.epoch.clone());
-            if let Some(last) = self.last_seq.get(&key) {
-                if stamp.seq > last + 1 {
-                    warn!(relay = %stamp.relay, "missed {} event(s) from relay {} (seq {} after {}; lost on the network, or published while this daemon was down)", stamp.seq - last - 1, stamp.relay, stamp.seq, last);
-                    self.metrics.add(
-                        "hark_relay_gap_events_total",
-                        &[("relay", &stamp.relay)],
-                        (stamp.seq - last - 1) as f64,
-                    );
-                }
-            }
-            let entry = self.last_seq.entry(key).or_insert(0);
-            *entry = (*entry).max(stamp.seq);
-        }
-        self.metrics.inc("hark_events_admitted_total", &[]);
-        Some(event)
-    }
 }
 
 fn spawn_subscriber(
@@ -233,14 +167,13 @@ async fn run_loop(
         frames_tx,
         sub_stop.clone(),
     )?;
-    let mut intake = Intake {
-        policy: opts.policy,
-        allow_fedmsg: opts.allow_fedmsg,
-        dedupe: Dedupe::new(opts.dedupe_window, opts.dedupe_capacity),
-        log: RefusalLog::new(),
-        metrics: metrics.clone(),
-        last_seq: sched.relay_seqs().unwrap_or_default().into_iter().collect(),
-    };
+    let mut intake = Admission::new(
+        Gate::new(opts.policy, opts.allow_fedmsg, usize::MAX),
+        Mode::Enforce,
+        Dedupe::new(opts.dedupe_window, opts.dedupe_capacity),
+        Sequences::new(sched.relay_seqs().unwrap_or_default()),
+        metrics.clone(),
+    );
     let results = opts
         .results
         .map(|(ep, key)| spawn_results_publisher(ep, key, opts.zmq.clone()));
@@ -305,7 +238,8 @@ async fn run_loop(
                 }
                 let set = cache.set();
                 for frames in batch {
-                    let Some(event) = intake.admit(frames) else { continue };
+                    let Some(admitted) = intake.admit(frames, "relay") else { continue };
+                    let event = admitted.event;
                     if let Some(stamp) = &event.relay {
                         if let Err(e) = sched.note_relay_seq(&stamp.relay, &stamp.epoch, stamp.seq) {
                             log_store_error("saving the relay sequence", e, &metrics);
