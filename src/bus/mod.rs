@@ -3,7 +3,8 @@
 //! - [`socket`] creates libzmq sockets with every option set explicitly;
 //! - [`relay`] is `hark relay`: submit ROUTER + fedmsg SUB in, verified and countersigned
 //!   events out on PUB;
-//! - [`publish`] is the submitting client that waits for the relay's ack;
+//! - [`publish`] is the submitting client that waits for the relays' acks, and [`spool`]
+//!   keeps what no relay took in time;
 //! - [`subscribe`] receives published events from one or more relays.
 //!
 //! Whether an event may pass is decided by [`crate::admit`], never here.
@@ -15,4 +16,5 @@ pub mod ack;
 pub mod publish;
 pub mod relay;
 pub mod socket;
+pub mod spool;
 pub mod subscribe;
