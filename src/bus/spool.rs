@@ -24,6 +24,12 @@ pub struct Spool {
     dir: PathBuf,
 }
 
+/// What [`Spool::list`] finds: the events in order, and files it had to set aside (with why).
+pub struct Listing {
+    pub events: Vec<Spooled>,
+    pub set_aside: Vec<(PathBuf, String)>,
+}
+
 /// Orders two files spooled in the same millisecond by the same process.
 static SPOOLED_HERE: AtomicU32 = AtomicU32::new(0);
 
@@ -78,7 +84,7 @@ impl Spool {
 
     /// Spooled events in delivery order. A file that cannot be read or parsed is moved to
     /// `rejected/` (and reported), since no flush could ever send it.
-    pub fn list(&self) -> std::io::Result<(Vec<Spooled>, Vec<(PathBuf, String)>)> {
+    pub fn list(&self) -> std::io::Result<Listing> {
         let mut names: Vec<PathBuf> = match fs::read_dir(&self.dir) {
             Ok(entries) => entries
                 .filter_map(Result::ok)
@@ -111,7 +117,10 @@ impl Spool {
                 }
             }
         }
-        Ok((events, broken))
+        Ok(Listing {
+            events,
+            set_aside: broken,
+        })
     }
 
     /// Delivered: forget it.
@@ -164,7 +173,10 @@ mod tests {
             .to_str()
             .unwrap()
             .ends_with("-a_1.json"));
-        let (events, broken) = spool.list().unwrap();
+        let Listing {
+            events,
+            set_aside: broken,
+        } = spool.list().unwrap();
         assert_eq!(
             events
                 .iter()
@@ -178,6 +190,6 @@ mod tests {
             .join("rejected/0000000000000-0000-zzz.reason")
             .exists());
         spool.done(&events[0]).unwrap();
-        assert_eq!(spool.list().unwrap().0.len(), 1);
+        assert_eq!(spool.list().unwrap().events.len(), 1);
     }
 }

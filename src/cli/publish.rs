@@ -257,7 +257,7 @@ fn flush(args: &PublishArgs, config: &Config) -> ExitCode {
         },
     };
     let (events, broken) = match spool.list() {
-        Ok(l) => l,
+        Ok(l) => (l.events, l.set_aside),
         Err(e) => {
             return super::fail(
                 format!("cannot read the spool {}: {e}", spool.dir().display()),
