@@ -26,6 +26,7 @@ pub use refusal::{Refusal, RefusalLog};
 pub use sequence::{Gap, Sequences};
 pub use trust::{load_keyring, parse_event_time, parse_grant, TrustPolicy};
 
+use crate::bus::heartbeat::Heartbeat;
 use crate::event::sign::{self, SignatureReport};
 use crate::event::{EnvelopeError, Event, Format};
 use crate::metrics::Registry;
@@ -195,8 +196,6 @@ pub struct Admitted {
     pub event: Event,
     /// What every signature says, against the trusted keyring (Observe mode only).
     pub report: Option<SignatureReport>,
-    /// Events of this relay epoch that this subscriber never saw, just before this one.
-    pub gap: Option<Gap>,
 }
 
 /// The subscriber side of admission, owned by one thread.
@@ -207,6 +206,7 @@ pub struct Admission {
     sequences: Sequences,
     refusals: Refusals,
     metrics: Registry,
+    gaps: Vec<Gap>,
 }
 
 impl Admission {
@@ -224,11 +224,28 @@ impl Admission {
             sequences,
             refusals: Refusals::new(metrics.clone(), Counters::SUBSCRIBER),
             metrics,
+            gaps: Vec::new(),
         }
     }
 
     /// Admit frames received from `source` (for log lines), or count and log why not.
     pub fn admit(&mut self, frames: Vec<Vec<u8>>, source: &str) -> Option<Admitted> {
+        if let Some(beat) = Heartbeat::from_frames(&frames) {
+            match beat {
+                Ok(beat) => {
+                    let gap = self
+                        .sequences
+                        .heartbeat(&beat.relay, &beat.epoch, beat.head);
+                    self.gap(gap);
+                }
+                Err(e) => self.refusals.refuse(
+                    source,
+                    None,
+                    &Refusal::Envelope(EnvelopeError::MalformedJson(format!("heartbeat: {e}"))),
+                ),
+            }
+            return None;
+        }
         self.metrics.inc("hark_events_received_total", &[]);
         let now = Utc::now();
         let checked = match self.mode {
@@ -251,20 +268,28 @@ impl Admission {
             self.metrics.inc("hark_events_duplicate_total", &[]);
             return None;
         }
-        let gap = event
-            .relay
-            .as_ref()
-            .and_then(|stamp| self.sequences.observe(stamp));
-        if let Some(gap) = &gap {
-            warn!(relay = %gap.relay, "missed {} event(s) from relay {} (seq {} after {}; lost on the network, or published while this subscriber was down)", gap.missing(), gap.relay, gap.before, gap.after);
-            self.metrics.add(
-                "hark_relay_gap_events_total",
-                &[("relay", &gap.relay)],
-                gap.missing() as f64,
-            );
+        if let Some(stamp) = &event.relay {
+            let gap = self.sequences.observe(stamp);
+            self.gap(gap);
         }
         self.metrics.inc("hark_events_admitted_total", &[]);
-        Some(Admitted { event, report, gap })
+        Some(Admitted { event, report })
+    }
+
+    fn gap(&mut self, gap: Option<Gap>) {
+        let Some(gap) = gap else { return };
+        warn!(relay = %gap.relay, epoch = %gap.epoch, "missed {} event(s) from relay {} (seq {}..={}; lost on the network, or published while this subscriber was down)", gap.missing(), gap.relay, gap.after + 1, gap.before - 1);
+        self.metrics.add(
+            "hark_relay_gap_events_total",
+            &[("relay", &gap.relay)],
+            gap.missing() as f64,
+        );
+        self.gaps.push(gap);
+    }
+
+    /// Gaps found since the last call, for a source that can fetch them again (replay).
+    pub fn take_gaps(&mut self) -> Vec<Gap> {
+        std::mem::take(&mut self.gaps)
     }
 
     pub fn sequences(&self) -> &Sequences {

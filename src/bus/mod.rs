@@ -5,6 +5,7 @@
 //!   events out on PUB;
 //! - [`publish`] is the submitting client that waits for the relays' acks, and [`spool`]
 //!   keeps what no relay took in time;
+//! - [`heartbeat`] is the relay's periodic `{relay, epoch, head}` frame;
 //! - [`subscribe`] receives published events from one or more relays.
 //!
 //! Whether an event may pass is decided by [`crate::admit`], never here.
@@ -13,6 +14,7 @@
 //! other threads talk to it through channels.
 
 pub mod ack;
+pub mod heartbeat;
 pub mod publish;
 pub mod relay;
 pub mod socket;

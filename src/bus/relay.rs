@@ -22,6 +22,7 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use super::ack::{Ack, AckStatus};
+use super::heartbeat::Heartbeat;
 use super::socket::{bind_all, new_socket};
 use crate::admit::{Counters, Dedupe, Gate, Refusal, Refusals, Refused, TrustPolicy};
 use crate::config::{RelayConfig, TrustConfig, ZmqConfig};
@@ -46,7 +47,13 @@ pub struct RelayOptions {
     pub dedupe_window: Duration,
     pub dedupe_capacity: usize,
     pub zmq: ZmqConfig,
+    /// How often to publish a heartbeat; zero turns them off.
+    pub heartbeat: Duration,
 }
+
+/// Default heartbeat interval: often enough that a subscriber notices a lost tail of a
+/// stream within seconds, rare enough to cost nothing.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 
 impl RelayOptions {
     pub fn new(
@@ -74,6 +81,7 @@ impl RelayOptions {
             dedupe_window: trust.dedupe_window,
             dedupe_capacity: trust.dedupe_capacity,
             zmq: zmq.clone(),
+            heartbeat: HEARTBEAT_INTERVAL,
         }
     }
 }
@@ -255,7 +263,12 @@ pub fn run(
         pending: BTreeMap::new(),
     };
     let mut last_stats = Instant::now();
+    let mut last_heartbeat = Instant::now();
     while !shutdown.load(Ordering::Relaxed) {
+        if !relay.opts.heartbeat.is_zero() && last_heartbeat.elapsed() >= relay.opts.heartbeat {
+            relay.heartbeat(&publisher);
+            last_heartbeat = Instant::now();
+        }
         let mut items = vec![
             router.as_poll_item(if job_tx.len() < QUEUE_DEPTH {
                 zmq::POLLIN
@@ -302,6 +315,13 @@ pub fn run(
 }
 
 impl Relay {
+    fn heartbeat(&self, publisher: &zmq::Socket) {
+        let beat = Heartbeat::new(&self.opts.name, &self.epoch, self.seq);
+        if let Err(e) = publisher.send_multipart(beat.to_frames(), zmq::DONTWAIT) {
+            warn!("cannot publish a heartbeat: {e}");
+        }
+    }
+
     /// Read what the ROUTER has queued (bounded, so publishing never starves).
     fn read_submissions(&mut self, router: &zmq::Socket, jobs: &Sender<Submission>) {
         for _ in 0..1024 {
