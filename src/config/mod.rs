@@ -70,6 +70,8 @@ fn strip_location_suffix(message: &str) -> String {
     m
 }
 
+/// The whole file. Field docs here are reminders; the text admins read (hark.yaml
+/// comments, hark(1)) is in [`settings::SETTINGS`].
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -155,8 +157,7 @@ pub struct TrustConfig {
     pub trusted_dir: PathBuf,
     /// Admit events that carry no trusted signature.
     pub allow_unsigned: bool,
-    /// Admit fedmsg-format events (their X.509 signatures are not checked, so they carry no
-    /// verified signer and never satisfy a rule's `signed_by`).
+    /// Admit fedmsg-format events (unverified: they never satisfy `signed_by`).
     pub allow_fedmsg: bool,
     /// Signer name to the topic patterns it may publish. `"*"` applies to every signer.
     pub grants: BTreeMap<String, Vec<String>>,

@@ -212,3 +212,48 @@ fn see_also(path: &[String], cmd: &clap::Command, all_names: &[String]) -> Strin
         .collect();
     format!(".SH SEE ALSO\n{}\n", refs.join(",\n"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hark_1_lists_every_setting_with_its_default() {
+        let text = configuration_section();
+        assert!(text.starts_with(".SH CONFIGURATION\n"), "{text}");
+        for section in SECTIONS {
+            assert!(
+                text.contains(&format!(".SS {}\n", section.name)),
+                "{}",
+                section.name
+            );
+        }
+        for setting in settings::SETTINGS {
+            assert!(
+                text.contains(&format!("\\fB{}\\fR (", roff_text(&setting.path()))),
+                "{} missing from hark(1)",
+                setting.path()
+            );
+        }
+        assert!(
+            text.contains("\\fBtrust.max_age\\fR (\\fIduration\\fR; default: 1h)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\\fBrelay.name\\fR (\\fItext\\fR; default: unset)"),
+            "{text}"
+        );
+        // The grants example keeps its layout.
+        assert!(
+            text.contains(".nf\n  grants:\n    archive\\-master: [\"_lk.archive.**\"]\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn roff_prose_keeps_indented_lines_unfilled() {
+        assert_eq!(roff_prose("a\nb"), "a\nb");
+        assert_eq!(roff_prose("a\n  x: 1\nb"), "a\n.nf\n  x: 1\n.fi\nb");
+        assert_eq!(roff_prose("a\n  x"), "a\n.nf\n  x\n.fi");
+    }
+}

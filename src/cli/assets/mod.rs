@@ -30,8 +30,13 @@ pub struct AssetsArgs {
 pub fn run(args: AssetsArgs) -> ExitCode {
     match generate(&args.out) {
         Ok(files) => {
+            use std::io::Write as _;
+            let mut stdout = io::stdout().lock();
             for f in files {
-                println!("{}", f.display());
+                // A closed pipe (`| head`) ends the listing quietly; the files are written.
+                if writeln!(stdout, "{}", f.display()).is_err() {
+                    break;
+                }
             }
             ExitCode::SUCCESS
         }
