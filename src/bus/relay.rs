@@ -51,10 +51,6 @@ pub struct RelayOptions {
     pub heartbeat: Duration,
 }
 
-/// Default heartbeat interval: often enough that a subscriber notices a lost tail of a
-/// stream within seconds, rare enough to cost nothing.
-pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
-
 impl RelayOptions {
     pub fn new(
         relay: &RelayConfig,
@@ -81,7 +77,7 @@ impl RelayOptions {
             dedupe_window: trust.dedupe_window,
             dedupe_capacity: trust.dedupe_capacity,
             zmq: zmq.clone(),
-            heartbeat: HEARTBEAT_INTERVAL,
+            heartbeat: relay.heartbeat,
         }
     }
 }

@@ -41,7 +41,8 @@ pub struct PublishArgs {
     /// Topic (Laniakea `tag`), e.g. `_lk.archive.package-upload-accepted`.
     #[arg(required_unless_present = "flush_spool")]
     tag: Option<String>,
-    /// A relay's submit endpoint (repeatable) [default: tcp://127.0.0.1:5571].
+    /// A relay's submit endpoint (repeatable) [default: publish.relays from hark.yaml,
+    /// tcp://127.0.0.1:5571].
     #[arg(long, value_name = "EP")]
     relay: Vec<String>,
     /// A relay that never acks, such as Laniakea's Lighthouse, as SUBMIT,PUBLISH endpoints
@@ -61,10 +62,12 @@ pub struct PublishArgs {
     /// Who caused the event, stored (signed) as `author`.
     #[arg(long)]
     author: Option<String>,
-    /// How long to wait for each relay's ack, resending meanwhile.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = crate::duration::parse)]
-    timeout: Duration,
-    /// Spool directory [default: /var/spool/hark for root, else $XDG_STATE_HOME/hark/spool].
+    /// How long to wait for each relay's ack, resending meanwhile [default: publish.timeout,
+    /// 10s].
+    #[arg(long, value_name = "DURATION", value_parser = crate::duration::parse)]
+    timeout: Option<Duration>,
+    /// Spool directory [default: publish.spool; unset: /var/spool/hark for root, else
+    /// $XDG_STATE_HOME/hark/spool].
     #[arg(long, value_name = "DIR")]
     spool: Option<PathBuf>,
     /// Fail with status 75 instead of spooling when no relay answers.
@@ -123,19 +126,37 @@ fn deliver(targets: &[Target], event: &Value, timeout: Duration, config: &Config
     }
 }
 
-fn targets(args: &PublishArgs) -> Vec<Target> {
-    let mut targets: Vec<Target> = args
-        .relay
-        .iter()
-        .map(|ep| Target::Acking { submit: ep.clone() })
+/// The flags' relays, or else hark.yaml's.
+fn targets(args: &PublishArgs, config: &Config) -> Result<Vec<Target>, String> {
+    let (relays, lighthouses) = if args.relay.is_empty() && args.lighthouse.is_empty() {
+        let lighthouses = config
+            .publish
+            .lighthouses
+            .iter()
+            .map(|l| Target::parse_watched(l).map_err(|e| format!("publish.lighthouses: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        (config.publish.relays.clone(), lighthouses)
+    } else {
+        (args.relay.clone(), args.lighthouse.clone())
+    };
+    let mut targets: Vec<Target> = relays
+        .into_iter()
+        .map(|submit| Target::Acking { submit })
         .collect();
-    targets.extend(args.lighthouse.iter().cloned());
+    targets.extend(lighthouses);
     if targets.is_empty() {
-        targets.push(Target::Acking {
-            submit: "tcp://127.0.0.1:5571".into(),
-        });
+        return Err("no relay to publish to: give --relay or set publish.relays".into());
     }
-    targets
+    Ok(targets)
+}
+
+fn spool(args: &PublishArgs, config: &Config) -> Spool {
+    Spool::new(
+        args.spool
+            .clone()
+            .or_else(|| config.publish.spool.clone())
+            .unwrap_or_else(Spool::default_dir),
+    )
 }
 
 fn fail_all(errors: &[PublishError], code: u8) -> ExitCode {
@@ -206,7 +227,12 @@ pub fn run(args: PublishArgs) -> ExitCode {
         Ok(e) => e,
         Err(e) => return super::fail(e, 1),
     };
-    match deliver(&targets(&args), &event, args.timeout, &config) {
+    let targets = match targets(&args, &config) {
+        Ok(t) => t,
+        Err(e) => return super::fail(e, super::EXIT_USAGE),
+    };
+    let timeout = args.timeout.unwrap_or(config.publish.timeout);
+    match deliver(&targets, &event, timeout, &config) {
         Delivery::Published { uuid, seqs } => {
             println!("{uuid}");
             for (relay, seq) in seqs {
@@ -220,7 +246,7 @@ pub fn run(args: PublishArgs) -> ExitCode {
             for e in &errors {
                 eprintln!("hark: {e}");
             }
-            let spool = Spool::new(args.spool.clone().unwrap_or_else(Spool::default_dir));
+            let spool = spool(&args, &config);
             match spool.put(&event) {
                 Ok(path) => {
                     println!("{}", event["uuid"].as_str().unwrap_or_default());
@@ -248,7 +274,12 @@ pub fn run(args: PublishArgs) -> ExitCode {
 /// re-stamping (when --key is the event's signer); any other refusal sets the event aside in
 /// `rejected/`; the first event no relay answers for stops the flush, to keep the order.
 fn flush(args: &PublishArgs, config: &Config) -> ExitCode {
-    let spool = Spool::new(args.spool.clone().unwrap_or_else(Spool::default_dir));
+    let spool = spool(args, config);
+    let targets = match targets(args, config) {
+        Ok(t) => t,
+        Err(e) => return super::fail(e, super::EXIT_USAGE),
+    };
+    let timeout = args.timeout.unwrap_or(config.publish.timeout);
     let key: Option<SigningKey> = match &args.key {
         None => None,
         Some(path) => match read_signing_key(path) {
@@ -268,7 +299,6 @@ fn flush(args: &PublishArgs, config: &Config) -> ExitCode {
     for (path, reason) in &broken {
         tracing::warn!("set aside {}: {reason}", path.display());
     }
-    let targets = targets(args);
     let total = events.len();
     let mut delivered = 0;
     let mut rejected = broken.len();
@@ -279,7 +309,7 @@ fn flush(args: &PublishArgs, config: &Config) -> ExitCode {
             .to_string();
         let mut restamped = false;
         loop {
-            match deliver(&targets, &spooled.event, args.timeout, config) {
+            match deliver(&targets, &spooled.event, timeout, config) {
                 Delivery::Published { .. } => {
                     if let Err(e) = spool.done(&spooled) {
                         return super::fail(

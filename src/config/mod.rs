@@ -78,6 +78,7 @@ pub struct Config {
     pub relay: RelayConfig,
     pub trust: TrustConfig,
     pub trigger: TriggerConfig,
+    pub publish: PublishConfig,
     pub zmq: ZmqConfig,
 }
 
@@ -134,6 +135,9 @@ pub struct RelayConfig {
     pub max_message_size: usize,
     /// Verification threads; 0 means one per CPU.
     pub workers: usize,
+    /// How often a heartbeat `{relay, epoch, head}` is published; 0s turns them off.
+    #[serde(with = "serde_text")]
+    pub heartbeat: Duration,
 }
 
 impl Default for RelayConfig {
@@ -146,6 +150,33 @@ impl Default for RelayConfig {
             key: None,
             max_message_size: 1024 * 1024,
             workers: 0,
+            heartbeat: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What `hark publish` submits to, and where it spools.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PublishConfig {
+    /// Submit endpoints of hark relays; all get every event.
+    pub relays: Vec<String>,
+    /// Relays that never ack (Laniakea's Lighthouse), as `SUBMIT,PUBLISH`.
+    pub lighthouses: Vec<String>,
+    /// Spool directory; unset: /var/spool/hark for root, else $XDG_STATE_HOME/hark/spool.
+    pub spool: Option<PathBuf>,
+    /// How long to wait for each relay's ack.
+    #[serde(with = "serde_text")]
+    pub timeout: Duration,
+}
+
+impl Default for PublishConfig {
+    fn default() -> Self {
+        PublishConfig {
+            relays: vec!["tcp://127.0.0.1:5571".into()],
+            lighthouses: Vec::new(),
+            spool: None,
+            timeout: Duration::from_secs(10),
         }
     }
 }

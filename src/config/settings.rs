@@ -122,6 +122,10 @@ pub const SECTIONS: &[Section] = &[
               matches admitted events against the rules and runs their commands.",
     },
     Section {
+        name: "publish",
+        doc: "hark publish: where events are submitted, and where they wait when no relay answers.",
+    },
+    Section {
         name: "zmq",
         doc: "libzmq socket options, set explicitly on every socket of every command.",
     },
@@ -182,6 +186,13 @@ pub const SETTINGS: &[Setting] = &[
         "workers",
         Kind::Integer,
         "Verification threads; 0 means one per CPU.",
+    ),
+    s(
+        "relay",
+        "heartbeat",
+        Kind::Duration,
+        "How often the relay publishes a heartbeat [_hark.heartbeat, {relay, epoch, head}],\n\
+         from which subscribers learn what they missed; 0s turns heartbeats off.",
     ),
     // --- trust ---
     s(
@@ -311,6 +322,37 @@ pub const SETTINGS: &[Setting] = &[
         "results_key",
         Kind::Path,
         "Secret key that signs job result events (readable by user hark).",
+    ),
+    // --- publish ---
+    s(
+        "publish",
+        "relays",
+        Kind::Endpoints,
+        "Submit endpoints of hark relays. Each event goes to all of them at once\n\
+         (subscribers drop the copies by uuid); hark publish succeeds once one acks.\n\
+         --relay replaces this list.",
+    ),
+    s(
+        "publish",
+        "lighthouses",
+        Kind::Endpoints,
+        "Relays that never ack, such as Laniakea's Lighthouse, as \"SUBMIT,PUBLISH\"\n\
+         endpoint pairs: each gets the event once, confirmed on its publish socket.",
+    ),
+    s(
+        "publish",
+        "spool",
+        Kind::Path,
+        "Where an event waits when no relay answers in time, until\n\
+         hark publish --flush-spool delivers it (hark-spool-flush.timer does so\n\
+         every minute). Unset: /var/spool/hark for root, else\n\
+         $XDG_STATE_HOME/hark/spool.",
+    ),
+    s(
+        "publish",
+        "timeout",
+        Kind::Duration,
+        "How long hark publish waits for each relay's ack, resending meanwhile.",
     ),
     // --- zmq ---
     s(

@@ -160,7 +160,7 @@ mod tests {
             .lines()
             .filter(|l| regex::Regex::new(r"^  [a-z_]+:").unwrap().is_match(l))
             .count();
-        assert_eq!(live, 7 + 8 + 12 + 8, "{text}");
+        assert_eq!(live, crate::config::settings::SETTINGS.len(), "{text}");
         let c: Config = crate::config::parse_yaml(Path::new("hark.yaml"), &text)
             .unwrap_or_else(|e| panic!("{e}\n{text}"));
         assert_eq!(c, packaged_defaults());
