@@ -32,34 +32,21 @@ pub fn env_num(name: &str, default: usize) -> usize {
 }
 
 /// Run a short command and return its stdout, or `None` if it failed or took too long.
+/// Its output must fit the pipe: it is read once the command has exited.
 pub fn command_output(mut cmd: Command, limit: Duration) -> Option<String> {
-    let mut child = cmd
-        .stdin(Stdio::null())
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok()?;
-    let deadline = Instant::now() + limit;
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => {
-                let mut out = String::new();
-                if let Some(stdout) = child.stdout.take() {
-                    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                        out.push_str(&line);
-                        out.push('\n');
-                    }
-                }
-                return status.success().then_some(out);
-            }
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return None;
-            }
+        .stderr(Stdio::null());
+    let mut guard = ChildGuard::spawn("command", &mut cmd).ok()?;
+    let status = guard.wait_exit(limit).ok()?;
+    let mut out = String::new();
+    if let Some(stdout) = guard.take_stdout() {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            out.push_str(&line);
+            out.push('\n');
         }
     }
+    status.success().then_some(out)
 }
 
 /// (busy, total) jiffies of the whole machine, from the first line of /proc/stat.

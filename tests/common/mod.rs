@@ -6,8 +6,8 @@
 //! captured stderr as `[name] line`, so a failing test shows the whole conversation.
 //!
 //! The process guard, the anchor finder, free ports and the message builders live in
-//! `tests/support/`, shared with the benches; this file re-exports them and adds the
-//! panicking forms tests want.
+//! `tests/support/`, shared with the benches; this file includes them and adds the panicking
+//! forms tests want.
 #![allow(dead_code)]
 
 #[path = "../support/anchor.rs"]
@@ -18,6 +18,8 @@ pub mod child;
 pub mod messages;
 #[path = "../support/net.rs"]
 pub mod net;
+
+pub use child::ChildGuard;
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -34,8 +36,6 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-pub use child::ChildGuard;
-
 /// A TCP port that was free a moment ago on 127.0.0.1; panics if there is none.
 pub fn free_port() -> u16 {
     net::try_free_port().unwrap_or_else(|e| panic!("{e}"))
@@ -46,7 +46,7 @@ pub fn free_endpoint() -> String {
     net::try_free_endpoint().unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// A signed Laniakea event with `data`, as `hark publish` builds it (no origin host).
+/// A signed Laniakea event with `data` and no origin host; panics if signing fails.
 pub fn signed(
     key: &hark::event::keys::SigningKey,
     tag: &str,
@@ -271,9 +271,7 @@ impl Proc {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut guard = ChildGuard::spawn(name, cmd).unwrap_or_else(|e| panic!("{e}"));
-        let child = guard.child_mut();
-        let (out, err) = (child.stdout.take(), child.stderr.take());
-        let (Some(out), Some(err)) = (out, err) else {
+        let (Some(out), Some(err)) = (guard.take_stdout(), guard.take_stderr()) else {
             panic!("{name}: stdout and stderr were piped but are missing");
         };
         Proc {

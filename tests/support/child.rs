@@ -6,7 +6,7 @@
 //! Included with `#[path]` from `tests/common/mod.rs` and `benches/support/mod.rs`.
 #![allow(dead_code)]
 
-use std::process::{Child, Command, ExitStatus};
+use std::process::{Child, ChildStderr, ChildStdout, Command, ExitStatus};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -43,9 +43,14 @@ impl ChildGuard {
         self.child.id()
     }
 
-    /// The child's stdout/stderr pipes, for the caller to read.
-    pub fn child_mut(&mut self) -> &mut Child {
-        &mut self.child
+    /// The child's stdout pipe, if it was piped and not taken yet.
+    pub fn take_stdout(&mut self) -> Option<ChildStdout> {
+        self.child.stdout.take()
+    }
+
+    /// The child's stderr pipe, if it was piped and not taken yet.
+    pub fn take_stderr(&mut self) -> Option<ChildStderr> {
+        self.child.stderr.take()
     }
 
     /// Exit status if the child has exited (and is reaped), `Ok(None)` while it runs.
