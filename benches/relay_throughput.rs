@@ -36,7 +36,8 @@ use support::anchor::{bench_venvs, find_anchor};
 use support::messages::{fedmsg_load, signed_load, Frames};
 use support::net::try_free_endpoint;
 use support::{
-    anchor_versions, bench_keys, env_num, machine_lines, machine_ticks, median, LoggedChild,
+    anchor_versions, bench_keys, env_num, exit_with, machine_lines, machine_ticks, median,
+    thousands, BenchKeys, LoggedChild, PUBLISHER, RELAY_NAME,
 };
 
 use hark::event::canonical;
@@ -47,8 +48,6 @@ const PASS_TOPIC: &str = "org.fedoraproject.dev.bench.load";
 const PASS_WARM: &str = "org.fedoraproject.dev.bench.warmup.";
 const SIGNED_TAG: &str = "_lk.bench.load";
 const SIGNED_WARM: &str = "_lk.bench.warmup.";
-const PUBLISHER: &str = "bench";
-const RELAY_NAME: &str = "bench-relay";
 /// How long a relay may take to start and pass a first warm-up message.
 const WARMUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Sends that block this long are an error, not a hang.
@@ -77,9 +76,7 @@ struct Settings {
 impl Settings {
     fn from_env() -> Settings {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-        let hark_bin = std::env::var_os("HARK_BIN")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_hark")));
+        let hark_bin = support::hark_bin();
         let mut cases: Vec<Case> = std::env::args()
             .skip(1)
             .filter(|a| !a.starts_with('-'))
@@ -503,9 +500,7 @@ struct Rig {
     settings: Settings,
     tmp: tempfile::TempDir,
     config: PathBuf,
-    trusted: PathBuf,
-    relay_key: PathBuf,
-    publisher: SigningKey,
+    keys: BenchKeys,
     pass_load: Arc<Vec<Frames>>,
     signed_load: Arc<Vec<Frames>>,
     anchor: Result<PathBuf, String>,
@@ -558,26 +553,10 @@ impl Rig {
         publish: &str,
         inbound: &str,
     ) -> Result<LoggedChild, String> {
-        let mut cmd = Command::new(&self.settings.hark_bin);
-        cmd.arg("relay")
-            .arg("--config")
-            .arg(&self.config)
-            .args([
-                "--submit",
-                submit,
-                "--publish",
-                publish,
-                "--fedmsg-inbound",
-                inbound,
-            ])
-            .arg("--key")
-            .arg(&self.relay_key)
-            .arg("--trusted")
-            .arg(&self.trusted)
-            .args(["--grant", &format!("{PUBLISHER}=_lk.bench.**")])
-            .args(["--name", RELAY_NAME])
-            .env("HARK_LOG", "warn")
-            .env_remove("JOURNAL_STREAM");
+        let mut cmd =
+            self.keys
+                .relay_command(&self.settings.hark_bin, &self.config, submit, publish);
+        cmd.args(["--fedmsg-inbound", inbound]);
         LoggedChild::spawn(cmd, self.tmp.path().join("hark-relay.log"), "hark relay")
     }
 
@@ -681,7 +660,7 @@ impl Rig {
             let range = (id * chunk).min(load.len())..((id + 1) * chunk).min(load.len());
             let (tx, rx) = mpsc::channel();
             let (load, shared) = (load.clone(), shared.clone());
-            let key = self.publisher.clone();
+            let key = self.keys.publisher.clone();
             let size = s.size;
             let handle = std::thread::Builder::new()
                 .name(format!("bench-gen-{id}"))
@@ -865,19 +844,6 @@ fn machine() -> Vec<String> {
     lines
 }
 
-fn fmt_rate(r: f64) -> String {
-    let r = r.round() as u64;
-    let s = r.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
 /// What each step of the relay's per-message work costs on one thread of this machine,
 /// without sockets: the floor under the relay rows. Median of five passes, CPU µs per
 /// message.
@@ -889,7 +855,7 @@ fn calibrate(rig: &Rig) -> Vec<(&'static str, f64)> {
 
     let n = 2_000;
     let mut ring = Keyring::default();
-    ring.insert(rig.publisher.verify_key());
+    ring.insert(rig.keys.publisher.verify_key());
     let grants = vec![(PUBLISHER.to_string(), vec!["_lk.bench.**".to_string()])];
     let Ok(policy) = TrustPolicy::new(ring, &grants, &TrustConfig::default()) else {
         return Vec::new();
@@ -962,8 +928,7 @@ fn setup(settings: Settings) -> Result<Rig, String> {
         .prefix("hark-bench-")
         .tempdir()
         .map_err(|e| e.to_string())?;
-    let keys = bench_keys(tmp.path(), PUBLISHER, RELAY_NAME)?;
-    let (trusted, relay_key, publisher) = (keys.trusted, keys.relay_key, keys.publisher);
+    let keys = bench_keys(tmp.path())?;
     let config = tmp.path().join("hark.yaml");
     std::fs::write(&config, "").map_err(|e| e.to_string())?;
 
@@ -973,7 +938,7 @@ fn setup(settings: Settings) -> Result<Rig, String> {
         .collect();
     let signed_load: Vec<Frames> = if settings.cases.contains(&Case::HarkSigned) {
         (0..settings.signed_count)
-            .map(|i| signed_load(SIGNED_TAG, i, settings.size, &publisher).map(|m| m.frames))
+            .map(|i| signed_load(SIGNED_TAG, i, settings.size, &keys.publisher).map(|m| m.frames))
             .collect::<Result<_, _>>()?
     } else {
         Vec::new()
@@ -989,9 +954,7 @@ fn setup(settings: Settings) -> Result<Rig, String> {
         settings,
         tmp,
         config,
-        trusted,
-        relay_key,
-        publisher,
+        keys,
         pass_load: Arc::new(pass_load),
         signed_load: Arc::new(signed_load),
         anchor,
@@ -999,21 +962,8 @@ fn setup(settings: Settings) -> Result<Rig, String> {
 }
 
 fn main() {
-    let settings = Settings::from_env();
-    if !settings.hark_bin.is_file() {
-        eprintln!(
-            "error: {} does not exist (cargo builds it for `cargo bench`; or set HARK_BIN)",
-            settings.hark_bin.display()
-        );
-        std::process::exit(1);
-    }
-    let rig = match setup(settings) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot set up the benchmark: {e}");
-            std::process::exit(1);
-        }
-    };
+    let rig = setup(Settings::from_env())
+        .unwrap_or_else(|e| exit_with(&format!("cannot set up the benchmark: {e}")));
     let s = &rig.settings;
     let cases: Vec<Case> = s
         .cases
@@ -1030,7 +980,7 @@ fn main() {
                 Ok(r) => eprintln!(
                     "round {round} {:<7} {:>9} msg/s  loss {:.2}%  ({} / {} in {:.2}s) {}",
                     case.key(),
-                    fmt_rate(r.rate()),
+                    thousands(r.rate()),
                     r.loss(),
                     r.received,
                     r.sent,
@@ -1115,7 +1065,7 @@ fn report(
         if rates.is_empty() {
             "—".to_string()
         } else {
-            format!("{}–{}", fmt_rate(lo), fmt_rate(hi))
+            format!("{}–{}", thousands(lo), thousands(hi))
         }
     };
     println!("| case | msg/s (median) | range | loss (median) | relay CPU µs/msg | msg/s vs fedmsg-relay | CPU/msg vs fedmsg-relay |");
@@ -1150,7 +1100,7 @@ fn report(
             } else {
                 String::new()
             },
-            rate.map_or("—".into(), fmt_rate),
+            rate.map_or("—".into(), thousands),
             range(case),
             med_loss(case).map_or("—".into(), |l| format!("{l:.2} %")),
             cpu.map_or("—".into(), |c| format!("{c:.1}")),
@@ -1232,8 +1182,8 @@ fn report(
                     r.received,
                     r.loss(),
                     r.secs,
-                    fmt_rate(r.rate()),
-                    fmt_rate(r.offered),
+                    thousands(r.rate()),
+                    thousands(r.offered),
                     if cpu.is_empty() { "—".into() } else { cpu },
                     r.rig_cpu as f64 / 1e9,
                     r.machine_busy,

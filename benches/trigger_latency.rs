@@ -47,16 +47,12 @@ use support::anchor::{bench_venvs, find_anchor};
 use support::messages::{epoch_secs, fedmsg_load, signed_load, Frames, Message};
 use support::net::try_free_endpoint;
 use support::{
-    anchor_versions, bench_keys, command_output, env_num, machine_lines, machine_ticks, median,
-    LoggedChild,
+    anchor_versions, bench_keys, command_output, env_num, exit_with, machine_lines, machine_ticks,
+    median, thousands, BenchKeys, LoggedChild, PUBLISHER,
 };
-
-use hark::event::keys::SigningKey;
 
 const FEDMSG_PREFIX: &str = "org.fedoraproject.dev.bench.";
 const LK_PREFIX: &str = "_lk.bench.";
-const PUBLISHER: &str = "bench";
-const RELAY_NAME: &str = "bench-relay";
 /// How long a daemon may take to start and run a first warm-up command.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// Sends that block this long are an error, not a hang.
@@ -87,9 +83,7 @@ struct Settings {
 impl Settings {
     fn from_env() -> Settings {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-        let hark_bin = std::env::var_os("HARK_BIN")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_hark")));
+        let hark_bin = support::hark_bin();
         // `cargo bench` passes --bench; `cargo test --all-targets` does not, and then this
         // is a smoke test: a short run of the hark cases, failing only if a command did not
         // run for an event (never on speed).
@@ -496,9 +490,7 @@ struct Rig {
     settings: Settings,
     tmp: tempfile::TempDir,
     config: PathBuf,
-    trusted: PathBuf,
-    relay_key: PathBuf,
-    publisher: SigningKey,
+    keys: BenchKeys,
     stamp: PathBuf,
     anchor: Result<PathBuf, String>,
 }
@@ -591,19 +583,9 @@ fn shell_quote(p: &Path) -> String {
 
 impl Rig {
     fn start_relay(&self, dir: &Path, submit: &str, publish: &str) -> Result<LoggedChild, String> {
-        let mut cmd = Command::new(&self.settings.hark_bin);
-        cmd.arg("relay")
-            .arg("--config")
-            .arg(&self.config)
-            .args(["--submit", submit, "--publish", publish])
-            .arg("--key")
-            .arg(&self.relay_key)
-            .arg("--trusted")
-            .arg(&self.trusted)
-            .args(["--grant", &format!("{PUBLISHER}=_lk.bench.**")])
-            .args(["--name", RELAY_NAME])
-            .env("HARK_LOG", "warn")
-            .env_remove("JOURNAL_STREAM");
+        let cmd = self
+            .keys
+            .relay_command(&self.settings.hark_bin, &self.config, submit, publish);
         LoggedChild::spawn(cmd, dir.join("hark-relay.log"), "hark relay")
     }
 
@@ -671,7 +653,7 @@ impl Rig {
             .arg("--state")
             .arg(dir.join("state.db"))
             .arg("--trusted")
-            .arg(&self.trusted)
+            .arg(&self.keys.trusted)
             .args(["--grant", &format!("{PUBLISHER}=**")])
             // hark's default log level: two lines per job, as in production.
             .env("HARK_LOG", "info")
@@ -719,7 +701,7 @@ impl Rig {
     ) -> Result<Message, String> {
         let t = topic(route, what);
         match route {
-            Route::Relay => signed_load(&t, i, self.settings.size, &self.publisher),
+            Route::Relay => signed_load(&t, i, self.settings.size, &self.keys.publisher),
             Route::Direct | Route::Fedmsg => Ok(fedmsg_load(&t, i, self.settings.size, id_prefix)),
         }
     }
@@ -1301,19 +1283,6 @@ fn machine() -> Vec<String> {
     lines
 }
 
-fn fmt_int(r: f64) -> String {
-    let r = r.round() as u64;
-    let s = r.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
 fn opt(v: Option<f64>, f: impl Fn(f64) -> String) -> String {
     v.map_or_else(|| "—".to_string(), f)
 }
@@ -1327,8 +1296,7 @@ fn setup(settings: Settings) -> Result<Rig, String> {
         .prefix("hark-trigger-bench-")
         .tempdir()
         .map_err(|e| e.to_string())?;
-    let keys = bench_keys(tmp.path(), PUBLISHER, RELAY_NAME)?;
-    let (trusted, relay_key, publisher) = (keys.trusted, keys.relay_key, keys.publisher);
+    let keys = bench_keys(tmp.path())?;
     // Only the endpoints given on the command line: no default relay connection.
     let config = tmp.path().join("hark.yaml");
     std::fs::write(&config, "trigger:\n  connect: []\n").map_err(|e| e.to_string())?;
@@ -1341,9 +1309,7 @@ fn setup(settings: Settings) -> Result<Rig, String> {
         settings,
         tmp,
         config,
-        trusted,
-        relay_key,
-        publisher,
+        keys,
         stamp,
         anchor,
     })
@@ -1355,21 +1321,8 @@ type Results = Vec<(Case, usize, Result<RunOut, String>)>;
 type Metric = dyn Fn(&RunOut) -> Option<f64>;
 
 fn main() {
-    let settings = Settings::from_env();
-    if !settings.hark_bin.is_file() {
-        eprintln!(
-            "error: {} does not exist (cargo builds it for `cargo bench`; or set HARK_BIN)",
-            settings.hark_bin.display()
-        );
-        std::process::exit(1);
-    }
-    let rig = match setup(settings) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot set up the benchmark: {e}");
-            std::process::exit(1);
-        }
-    };
+    let rig = setup(Settings::from_env())
+        .unwrap_or_else(|e| exit_with(&format!("cannot set up the benchmark: {e}")));
     let s = &rig.settings;
     if let Err(why) = &rig.anchor {
         if !s.smoke {
@@ -1401,8 +1354,8 @@ fn main() {
                 Ok(r) => eprintln!(
                     "round {round} {:<15} {:>6} commands/s done, {:>6} started/s  ran {}/{}  load {:.1} {}",
                     case.key(),
-                    opt(r.done_rate(), fmt_int),
-                    opt(r.start_rate(), fmt_int),
+                    opt(r.done_rate(), thousands),
+                    opt(r.start_rate(), thousands),
                     r.ran,
                     r.sent,
                     r.load1,
@@ -1541,11 +1494,11 @@ fn report(rig: &Rig, cases: &[Case], results: &Results, calibration: &[(String, 
             "| {name} | {} | {} | {} | {} |",
             cell(l, &p50, &ms),
             cell(l, &p99, &ms),
-            cell(burst(route, false), &done, &fmt_int),
+            cell(burst(route, false), &done, &thousands),
             if route == Route::Fedmsg {
                 "— (serial)".into()
             } else {
-                cell(burst(route, true), &done, &fmt_int)
+                cell(burst(route, true), &done, &thousands)
             }
         );
     };
@@ -1696,11 +1649,11 @@ fn report(rig: &Rig, cases: &[Case], results: &Results, calibration: &[(String, 
             opt(
                 med(case, &|r: &RunOut| r
                     .cpu_per_event_us(r.cpu.daemon + r.cpu.relay.unwrap_or(0.0))),
-                fmt_int
+                thousands
             ),
             opt(
                 med(case, &|r: &RunOut| r.cpu_per_event_us(r.cpu.children)),
-                fmt_int
+                thousands
             ),
         );
     }
@@ -1729,20 +1682,20 @@ fn report(rig: &Rig, cases: &[Case], results: &Results, calibration: &[(String, 
             } else {
                 String::new()
             },
-            opt(med(case, &done), fmt_int),
-            range(case, &done, &fmt_int),
-            opt(med(case, &|r: &RunOut| r.start_rate()), fmt_int),
+            opt(med(case, &done), thousands),
+            range(case, &done, &thousands),
+            opt(med(case, &|r: &RunOut| r.start_rate()), thousands),
             opt(b(&|b| Some(b.first_cmd)), |v| format!("{v:.3}")),
             opt(b(&|b| Some(b.last_done)), |v| format!("{v:.2}")),
             opt(b(&|b| Some(b.send_secs)), |v| format!("{v:.3}")),
             opt(
                 med(case, &|r: &RunOut| r
                     .cpu_per_event_us(r.cpu.daemon + r.cpu.relay.unwrap_or(0.0))),
-                fmt_int
+                thousands
             ),
             opt(
                 med(case, &|r: &RunOut| r.cpu_per_event_us(r.cpu.children)),
-                fmt_int
+                thousands
             ),
         );
     }
@@ -1778,8 +1731,8 @@ fn report(rig: &Rig, cases: &[Case], results: &Results, calibration: &[(String, 
                     opt(r.pct(99.0), ms1),
                     opt(r.max_ms(), ms1),
                     opt(mean, ms1),
-                    opt(r.done_rate(), fmt_int),
-                    opt(r.start_rate(), fmt_int),
+                    opt(r.done_rate(), thousands),
+                    opt(r.start_rate(), thousands),
                     r.cpu.daemon,
                     r.cpu.children,
                     opt(r.cpu.relay, |v| format!("{v:.2}")),

@@ -21,6 +21,45 @@ use std::time::{Duration, Instant};
 use child::ChildGuard;
 use hark::event::keys::{write_keypair, KeyMetadata, SigningKey};
 
+/// Key id of the benches' publisher, trusted by their relay and daemons.
+pub const PUBLISHER: &str = "bench";
+/// Key id and name of the benches' `hark relay`.
+pub const RELAY_NAME: &str = "bench-relay";
+
+/// The hark binary under test: `$HARK_BIN`, else the one cargo built for this bench. Exits
+/// the bench with advice when it does not exist.
+pub fn hark_bin() -> PathBuf {
+    let bin = std::env::var_os("HARK_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_hark")));
+    if !bin.is_file() {
+        exit_with(&format!(
+            "{} does not exist (cargo builds it for `cargo bench`; or set HARK_BIN)",
+            bin.display()
+        ));
+    }
+    bin
+}
+
+/// End the bench with an error: set-up problems are reported, never a panic.
+pub fn exit_with(why: &str) -> ! {
+    eprintln!("error: {why}");
+    std::process::exit(1);
+}
+
+/// `r` rounded, with thousands separators: `12,345`.
+pub fn thousands(r: f64) -> String {
+    let s = (r.round() as u64).to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 pub fn env_num(name: &str, default: usize) -> usize {
     match std::env::var(name) {
         Ok(v) => v.trim().parse().unwrap_or_else(|_| {
@@ -197,7 +236,7 @@ pub fn machine_lines() -> Vec<String> {
     ]
 }
 
-/// Keys of a bench run, written below a run directory.
+/// Keys of a bench run, written below a run directory: [`PUBLISHER`]'s and [`RELAY_NAME`]'s.
 pub struct BenchKeys {
     /// Directory of trusted public keys: the publisher's.
     pub trusted: PathBuf,
@@ -207,9 +246,10 @@ pub struct BenchKeys {
     pub publisher: SigningKey,
 }
 
-/// Make a publisher key named `publisher` (trusted) and a relay key named `relay` in
-/// `publisher/`, `trusted/` and `relay/` below `dir`.
-pub fn bench_keys(dir: &Path, publisher: &str, relay: &str) -> Result<BenchKeys, String> {
+/// Make the publisher's key (trusted) and the relay's in `publisher/`, `trusted/` and
+/// `relay/` below `dir`.
+pub fn bench_keys(dir: &Path) -> Result<BenchKeys, String> {
+    let (publisher, relay) = (PUBLISHER, RELAY_NAME);
     let sub = |name: &str| -> Result<PathBuf, String> {
         let d = dir.join(name);
         std::fs::create_dir_all(&d).map_err(|e| format!("{}: {e}", d.display()))?;
@@ -232,4 +272,31 @@ pub fn bench_keys(dir: &Path, publisher: &str, relay: &str) -> Result<BenchKeys,
         relay_key,
         publisher: publisher_key,
     })
+}
+
+impl BenchKeys {
+    /// `hark relay` with these keys, `config`, and the publisher granted `_lk.bench.**`,
+    /// logging warnings only.
+    pub fn relay_command(
+        &self,
+        hark_bin: &Path,
+        config: &Path,
+        submit: &str,
+        publish: &str,
+    ) -> Command {
+        let mut cmd = Command::new(hark_bin);
+        cmd.arg("relay")
+            .arg("--config")
+            .arg(config)
+            .args(["--submit", submit, "--publish", publish])
+            .arg("--key")
+            .arg(&self.relay_key)
+            .arg("--trusted")
+            .arg(&self.trusted)
+            .args(["--grant", &format!("{PUBLISHER}=_lk.bench.**")])
+            .args(["--name", RELAY_NAME])
+            .env("HARK_LOG", "warn")
+            .env_remove("JOURNAL_STREAM");
+        cmd
+    }
 }
