@@ -76,7 +76,7 @@ struct Settings {
 impl Settings {
     fn from_env() -> Settings {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-        let hark_bin = support::hark_bin();
+        let hark_bin = support::bench_hark_bin();
         let mut cases: Vec<Case> = std::env::args()
             .skip(1)
             .filter(|a| !a.starts_with('-'))

@@ -83,7 +83,7 @@ struct Settings {
 impl Settings {
     fn from_env() -> Settings {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-        let hark_bin = support::hark_bin();
+        let hark_bin = support::bench_hark_bin();
         // `cargo bench` passes --bench; `cargo test --all-targets` does not, and then this
         // is a smoke test: a short run of the hark cases, failing only if a command did not
         // run for an event (never on speed).

@@ -28,7 +28,7 @@ pub const RELAY_NAME: &str = "bench-relay";
 
 /// The hark binary under test: `$HARK_BIN`, else the one cargo built for this bench. Exits
 /// the bench with advice when it does not exist.
-pub fn hark_bin() -> PathBuf {
+pub fn bench_hark_bin() -> PathBuf {
     let bin = std::env::var_os("HARK_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_hark")));
