@@ -26,28 +26,28 @@
 
 #[path = "support/mod.rs"]
 mod support;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use support::{command_output, endpoint, env_num, machine_ticks, median};
+use support::anchor::{bench_venvs, find_anchor};
+use support::messages::{fedmsg_load, signed_load, Frames};
+use support::net::try_free_endpoint;
+use support::{
+    anchor_versions, bench_keys, env_num, exit_with, machine_lines, machine_ticks, median,
+    thousands, BenchKeys, LoggedChild, PUBLISHER, RELAY_NAME,
+};
 
-use hark::bus::publish::build_event;
 use hark::event::canonical;
-use hark::event::keys::{write_keypair, KeyMetadata, SigningKey};
-use serde_json::{json, Value};
-
-/// One multipart message.
-type Frames = Vec<Vec<u8>>;
+use hark::event::keys::SigningKey;
+use serde_json::Value;
 
 const PASS_TOPIC: &str = "org.fedoraproject.dev.bench.load";
 const PASS_WARM: &str = "org.fedoraproject.dev.bench.warmup.";
 const SIGNED_TAG: &str = "_lk.bench.load";
 const SIGNED_WARM: &str = "_lk.bench.warmup.";
-const PUBLISHER: &str = "bench";
-const RELAY_NAME: &str = "bench-relay";
 /// How long a relay may take to start and pass a first warm-up message.
 const WARMUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Sends that block this long are an error, not a hang.
@@ -76,9 +76,7 @@ struct Settings {
 impl Settings {
     fn from_env() -> Settings {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-        let hark_bin = std::env::var_os("HARK_BIN")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_hark")));
+        let hark_bin = support::bench_hark_bin();
         let mut cases: Vec<Case> = std::env::args()
             .skip(1)
             .filter(|a| !a.starts_with('-'))
@@ -160,70 +158,6 @@ impl Case {
             Case::FedmsgPass => "fedmsg-relay (Python anchor), pass-through",
             Case::HarkSigned => "hark relay, verify + countersign",
         }
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// Child processes
-
-/// A child process that is killed (SIGKILL) and reaped when the guard drops.
-struct ChildGuard {
-    child: Child,
-    log: PathBuf,
-    what: String,
-}
-
-impl ChildGuard {
-    fn spawn(mut cmd: Command, log: PathBuf, what: &str) -> Result<ChildGuard, String> {
-        let file = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
-        let err = file
-            .try_clone()
-            .map_err(|e| format!("{}: {e}", log.display()))?;
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(file)
-            .stderr(err)
-            .spawn()
-            .map_err(|e| format!("cannot start {what}: {e}"))?;
-        Ok(ChildGuard {
-            child,
-            log,
-            what: what.to_string(),
-        })
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// `None` while running, else why it is not.
-    fn exited(&mut self) -> Option<String> {
-        match self.child.try_wait() {
-            Ok(None) => None,
-            Ok(Some(status)) => Some(format!(
-                "{} exited ({status}); its output ends with:\n{}",
-                self.what,
-                self.log_tail(15)
-            )),
-            Err(e) => Some(format!("{}: {e}", self.what)),
-        }
-    }
-
-    fn log_tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..]
-            .iter()
-            .map(|l| format!("    {l}"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -329,43 +263,6 @@ fn cpu_diff(before: &[(String, u64)], after: &[(String, u64)]) -> Vec<(String, u
 }
 
 // ---------------------------------------------------------------------------------------
-// Messages
-
-/// fedmsg bodies of exactly `size` bytes (ensure_ascii JSON, sorted keys like fedmsg's).
-fn fedmsg_message(topic: &str, i: usize, size: usize) -> Frames {
-    let msg_id = format!("2026-{}", uuid::Uuid::new_v4());
-    let build = |pad: &str| {
-        format!(
-            concat!(
-                r#"{{"i":{i},"msg":{{"build_id":{b},"epoch":null,"instance":"primary","name":"hark-bench","#,
-                r#""new":1,"old":0,"owner":"bench","release":"1.fc41","text":"{pad}","version":"0.1.0"}},"#,
-                r#""msg_id":"{id}","timestamp":1763766000.0,"topic":"{t}","username":"bench"}}"#
-            ),
-            i = i,
-            b = 2_600_000 + i,
-            pad = pad,
-            id = msg_id,
-            t = topic
-        )
-    };
-    let bare = build("").len();
-    let body = build(&"x".repeat(size.saturating_sub(bare)));
-    vec![topic.as_bytes().to_vec(), body.into_bytes()]
-}
-
-/// A signed Laniakea event of about `size` bytes, submitted as one canonical JSON frame.
-fn signed_message(tag: &str, i: usize, size: usize, key: &SigningKey) -> Frames {
-    let build = |pad: &str| {
-        let data = json!({"id": format!("{i:010}"), "package": "hark-bench", "version": "0.1.0", "text": pad});
-        let event = build_event(tag, data, key, Some("bench-host"), None).expect("sign");
-        canonical::to_vec(&event).expect("canonical JSON")
-    };
-    // Signature, uuid and time have fixed lengths, so one probe sizes the padding.
-    let bare = build("").len();
-    vec![build(&"x".repeat(size.saturating_sub(bare)))]
-}
-
-// ---------------------------------------------------------------------------------------
 // Load generator and sink
 
 /// State shared by the sink, the generator threads and the orchestrator.
@@ -444,7 +341,7 @@ fn generator(
     id: usize,
     load: Arc<Vec<Frames>>,
     range: std::ops::Range<usize>,
-    mut warm: impl FnMut(usize, u64) -> Frames,
+    mut warm: impl FnMut(usize, u64) -> Result<Frames, String>,
     dealer: bool,
     shared: Arc<Shared>,
     go: mpsc::Receiver<bool>,
@@ -465,7 +362,7 @@ fn generator(
                 "generator {id}: no warm-up message reached the sink within {WARMUP_TIMEOUT:?}"
             ));
         }
-        send(&warm(id, k))?;
+        send(&warm(id, k)?)?;
         k += 1;
         if dealer {
             acks.drain(&sock, true);
@@ -603,9 +500,7 @@ struct Rig {
     settings: Settings,
     tmp: tempfile::TempDir,
     config: PathBuf,
-    trusted: PathBuf,
-    relay_key: PathBuf,
-    publisher: SigningKey,
+    keys: BenchKeys,
     pass_load: Arc<Vec<Frames>>,
     signed_load: Arc<Vec<Frames>>,
     anchor: Result<PathBuf, String>,
@@ -652,31 +547,20 @@ impl RunOut {
 }
 
 impl Rig {
-    fn start_hark(&self, submit: &str, publish: &str, inbound: &str) -> Result<ChildGuard, String> {
-        let mut cmd = Command::new(&self.settings.hark_bin);
-        cmd.arg("relay")
-            .arg("--config")
-            .arg(&self.config)
-            .args([
-                "--submit",
-                submit,
-                "--publish",
-                publish,
-                "--fedmsg-inbound",
-                inbound,
-            ])
-            .arg("--key")
-            .arg(&self.relay_key)
-            .arg("--trusted")
-            .arg(&self.trusted)
-            .args(["--grant", &format!("{PUBLISHER}=_lk.bench.**")])
-            .args(["--name", RELAY_NAME])
-            .env("HARK_LOG", "warn")
-            .env_remove("JOURNAL_STREAM");
-        ChildGuard::spawn(cmd, self.tmp.path().join("hark-relay.log"), "hark relay")
+    fn start_hark(
+        &self,
+        submit: &str,
+        publish: &str,
+        inbound: &str,
+    ) -> Result<LoggedChild, String> {
+        let mut cmd =
+            self.keys
+                .relay_command(&self.settings.hark_bin, &self.config, submit, publish);
+        cmd.args(["--fedmsg-inbound", inbound]);
+        LoggedChild::spawn(cmd, self.tmp.path().join("hark-relay.log"), "hark relay")
     }
 
-    fn start_fedmsg(&self, inbound: &str, outbound: &str) -> Result<ChildGuard, String> {
+    fn start_fedmsg(&self, inbound: &str, outbound: &str) -> Result<LoggedChild, String> {
         let venv = self.anchor.as_ref().map_err(Clone::clone)?;
         let home = self.tmp.path().join("home");
         std::fs::create_dir_all(&home).map_err(|e| e.to_string())?;
@@ -688,7 +572,7 @@ impl Rig {
             .env("HOME", &home)
             .env("HARK_BENCH_RELAY_INBOUND", inbound)
             .env("HARK_BENCH_RELAY_OUTBOUND", outbound);
-        ChildGuard::spawn(
+        LoggedChild::spawn(
             cmd,
             self.tmp.path().join("fedmsg-relay.log"),
             "fedmsg-relay",
@@ -697,7 +581,11 @@ impl Rig {
 
     fn run(&self, case: Case) -> Result<RunOut, String> {
         let s = &self.settings;
-        let (in_ep, out_ep, submit_ep) = (endpoint()?, endpoint()?, endpoint()?);
+        let (in_ep, out_ep, submit_ep) = (
+            try_free_endpoint()?,
+            try_free_endpoint()?,
+            try_free_endpoint()?,
+        );
         let mut relay = match case {
             Case::Ceiling => None,
             Case::HarkPass | Case::HarkSigned => {
@@ -772,17 +660,18 @@ impl Rig {
             let range = (id * chunk).min(load.len())..((id + 1) * chunk).min(load.len());
             let (tx, rx) = mpsc::channel();
             let (load, shared) = (load.clone(), shared.clone());
-            let key = self.publisher.clone();
+            let key = self.keys.publisher.clone();
             let size = s.size;
             let handle = std::thread::Builder::new()
                 .name(format!("bench-gen-{id}"))
                 .spawn(move || {
                     let warm = move |id: usize, k: u64| {
-                        if signed {
-                            signed_message(&format!("{SIGNED_WARM}{id}"), k as usize, size, &key)
+                        let message = if signed {
+                            signed_load(&format!("{SIGNED_WARM}{id}"), k as usize, size, &key)?
                         } else {
-                            fedmsg_message(&format!("{PASS_WARM}{id}"), k as usize, size)
-                        }
+                            fedmsg_load(&format!("{PASS_WARM}{id}"), k as usize, size, "")
+                        };
+                        Ok(message.frames)
                     };
                     generator(sock, id, load, range, warm, signed, shared, rx)
                 })
@@ -794,7 +683,7 @@ impl Rig {
         let warm_start = Instant::now();
         let mut failure = None;
         while !shared.warmed.iter().all(|w| w.load(Ordering::Acquire)) {
-            if let Some(why) = relay.as_mut().and_then(ChildGuard::exited) {
+            if let Some(why) = relay.as_mut().and_then(LoggedChild::exited) {
                 failure = Some(why);
                 break;
             }
@@ -810,7 +699,7 @@ impl Rig {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        let pid = relay.as_ref().map(ChildGuard::pid);
+        let pid = relay.as_ref().map(LoggedChild::pid);
         let cpu_before = pid.map(thread_cpu).unwrap_or_default();
         let rig_before = own_cpu();
         let machine_before = machine_ticks();
@@ -868,7 +757,7 @@ impl Rig {
         if let Some(why) = failure.or(gen_error) {
             return Err(why);
         }
-        let exited = relay.as_mut().and_then(ChildGuard::exited);
+        let exited = relay.as_mut().and_then(LoggedChild::exited);
         drop(relay);
         let secs = sink_out
             .last
@@ -948,76 +837,11 @@ impl Rig {
 // ---------------------------------------------------------------------------------------
 // Set-up and report
 
-/// The Python environment that holds fedmsg-relay, or why there is none.
-fn find_anchor(root: &Path) -> Result<PathBuf, String> {
-    let candidates: Vec<PathBuf> = match std::env::var_os("HARK_BENCH_PYTHON_VENV") {
-        Some(v) => vec![PathBuf::from(v)],
-        None => vec![root.join(".venv"), root.join("bench/.venv-anchor")],
-    };
-    candidates
-        .iter()
-        .find(|v| v.join("bin/fedmsg-relay").is_file())
-        .cloned()
-        .ok_or_else(|| {
-            format!(
-                "no fedmsg-relay in {} (run `make test` or create bench/.venv-anchor: see docs/benchmarks.md)",
-                candidates
-                    .iter()
-                    .map(|c| c.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(" or ")
-            )
-        })
-}
-
 fn machine() -> Vec<String> {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split(':').nth(1))
-        .map(str::trim)
-        .unwrap_or("unknown");
-    let read = |p: &str| {
-        std::fs::read_to_string(p)
-            .unwrap_or_default()
-            .trim()
-            .to_string()
-    };
     let (maj, min, pat) = zmq::version();
-    vec![
-        format!(
-            "CPUs: {} × {model}",
-            std::thread::available_parallelism().map_or(0, |n| n.get())
-        ),
-        format!("kernel: {}", read("/proc/sys/kernel/osrelease")),
-        format!("load average at start: {}", read("/proc/loadavg")),
-        format!("libzmq (bench side): {maj}.{min}.{pat}"),
-    ]
-}
-
-fn anchor_versions(venv: &Path) -> Option<String> {
-    let mut cmd = Command::new(venv.join("bin/python"));
-    cmd.args([
-        "-c",
-        "import importlib.metadata as m, sys, zmq\n\
-         print('Python', sys.version.split()[0], *(p + ' ' + m.version(p) for p in \
-         ['fedmsg', 'moksha.hub', 'Twisted', 'pyzmq']), 'libzmq', zmq.zmq_version())",
-    ]);
-    command_output(cmd, Duration::from_secs(20)).map(|s| s.trim().to_string())
-}
-
-fn fmt_rate(r: f64) -> String {
-    let r = r.round() as u64;
-    let s = r.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
+    let mut lines = machine_lines();
+    lines.push(format!("libzmq (bench side): {maj}.{min}.{pat}"));
+    lines
 }
 
 /// What each step of the relay's per-message work costs on one thread of this machine,
@@ -1031,7 +855,7 @@ fn calibrate(rig: &Rig) -> Vec<(&'static str, f64)> {
 
     let n = 2_000;
     let mut ring = Keyring::default();
-    ring.insert(rig.publisher.verify_key());
+    ring.insert(rig.keys.publisher.verify_key());
     let grants = vec![(PUBLISHER.to_string(), vec!["_lk.bench.**".to_string()])];
     let Ok(policy) = TrustPolicy::new(ring, &grants, &TrustConfig::default()) else {
         return Vec::new();
@@ -1104,34 +928,18 @@ fn setup(settings: Settings) -> Result<Rig, String> {
         .prefix("hark-bench-")
         .tempdir()
         .map_err(|e| e.to_string())?;
-    let dir = |name: &str| -> Result<PathBuf, String> {
-        let d = tmp.path().join(name);
-        std::fs::create_dir_all(&d).map_err(|e| format!("{}: {e}", d.display()))?;
-        Ok(d)
-    };
-    let (pubdir, trusted, relaydir) = (dir("publisher")?, dir("trusted")?, dir("relay")?);
-    let publisher = SigningKey::generate(PUBLISHER);
-    let meta = |id: &str| KeyMetadata {
-        id: id.into(),
-        ..KeyMetadata::default()
-    };
-    let (public, _) =
-        write_keypair(&pubdir, &meta(PUBLISHER), &publisher).map_err(|e| e.to_string())?;
-    std::fs::copy(&public, trusted.join(format!("{PUBLISHER}.key"))).map_err(|e| e.to_string())?;
-    let relay = SigningKey::generate(RELAY_NAME);
-    let (_, relay_key) =
-        write_keypair(&relaydir, &meta(RELAY_NAME), &relay).map_err(|e| e.to_string())?;
+    let keys = bench_keys(tmp.path())?;
     let config = tmp.path().join("hark.yaml");
     std::fs::write(&config, "").map_err(|e| e.to_string())?;
 
     let t = Instant::now();
     let pass_load: Vec<Frames> = (0..settings.pass_count)
-        .map(|i| fedmsg_message(PASS_TOPIC, i, settings.size))
+        .map(|i| fedmsg_load(PASS_TOPIC, i, settings.size, "").frames)
         .collect();
     let signed_load: Vec<Frames> = if settings.cases.contains(&Case::HarkSigned) {
         (0..settings.signed_count)
-            .map(|i| signed_message(SIGNED_TAG, i, settings.size, &publisher))
-            .collect()
+            .map(|i| signed_load(SIGNED_TAG, i, settings.size, &keys.publisher).map(|m| m.frames))
+            .collect::<Result<_, _>>()?
     } else {
         Vec::new()
     };
@@ -1141,14 +949,12 @@ fn setup(settings: Settings) -> Result<Rig, String> {
         signed_load.len(),
         t.elapsed()
     );
-    let anchor = find_anchor(&settings.root);
+    let anchor = find_anchor(&bench_venvs(&settings.root), "fedmsg-relay");
     Ok(Rig {
         settings,
         tmp,
         config,
-        trusted,
-        relay_key,
-        publisher,
+        keys,
         pass_load: Arc::new(pass_load),
         signed_load: Arc::new(signed_load),
         anchor,
@@ -1156,21 +962,8 @@ fn setup(settings: Settings) -> Result<Rig, String> {
 }
 
 fn main() {
-    let settings = Settings::from_env();
-    if !settings.hark_bin.is_file() {
-        eprintln!(
-            "error: {} does not exist (cargo builds it for `cargo bench`; or set HARK_BIN)",
-            settings.hark_bin.display()
-        );
-        std::process::exit(1);
-    }
-    let rig = match setup(settings) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot set up the benchmark: {e}");
-            std::process::exit(1);
-        }
-    };
+    let rig = setup(Settings::from_env())
+        .unwrap_or_else(|e| exit_with(&format!("cannot set up the benchmark: {e}")));
     let s = &rig.settings;
     let cases: Vec<Case> = s
         .cases
@@ -1187,7 +980,7 @@ fn main() {
                 Ok(r) => eprintln!(
                     "round {round} {:<7} {:>9} msg/s  loss {:.2}%  ({} / {} in {:.2}s) {}",
                     case.key(),
-                    fmt_rate(r.rate()),
+                    thousands(r.rate()),
                     r.loss(),
                     r.received,
                     r.sent,
@@ -1254,7 +1047,8 @@ fn report(
         Ok(venv) => println!(
             "- anchor: {} ({})",
             venv.join("bin/fedmsg-relay").display(),
-            anchor_versions(venv).unwrap_or_else(|| "versions unknown".into())
+            anchor_versions(venv, &["fedmsg", "moksha.hub", "Twisted", "pyzmq"])
+                .unwrap_or_else(|| "versions unknown".into())
         ),
         Err(why) => println!("- anchor: **not measured**: {why}"),
     }
@@ -1271,7 +1065,7 @@ fn report(
         if rates.is_empty() {
             "—".to_string()
         } else {
-            format!("{}–{}", fmt_rate(lo), fmt_rate(hi))
+            format!("{}–{}", thousands(lo), thousands(hi))
         }
     };
     println!("| case | msg/s (median) | range | loss (median) | relay CPU µs/msg | msg/s vs fedmsg-relay | CPU/msg vs fedmsg-relay |");
@@ -1306,7 +1100,7 @@ fn report(
             } else {
                 String::new()
             },
-            rate.map_or("—".into(), fmt_rate),
+            rate.map_or("—".into(), thousands),
             range(case),
             med_loss(case).map_or("—".into(), |l| format!("{l:.2} %")),
             cpu.map_or("—".into(), |c| format!("{c:.1}")),
@@ -1388,8 +1182,8 @@ fn report(
                     r.received,
                     r.loss(),
                     r.secs,
-                    fmt_rate(r.rate()),
-                    fmt_rate(r.offered),
+                    thousands(r.rate()),
+                    thousands(r.offered),
                     if cpu.is_empty() { "—".into() } else { cpu },
                     r.rig_cpu as f64 / 1e9,
                     r.machine_busy,

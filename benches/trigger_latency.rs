@@ -41,22 +41,18 @@ mod support;
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use support::{command_output, endpoint, env_num, machine_ticks, median};
-
-use hark::bus::publish::build_event;
-use hark::event::canonical;
-use hark::event::keys::{write_keypair, KeyMetadata, SigningKey};
-use serde_json::json;
-
-/// One multipart message.
-type Frames = Vec<Vec<u8>>;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use support::anchor::{bench_venvs, find_anchor};
+use support::messages::{epoch_secs, fedmsg_load, signed_load, Frames, Message};
+use support::net::try_free_endpoint;
+use support::{
+    anchor_versions, bench_keys, command_output, env_num, exit_with, machine_lines, machine_ticks,
+    median, thousands, BenchKeys, LoggedChild, PUBLISHER,
+};
 
 const FEDMSG_PREFIX: &str = "org.fedoraproject.dev.bench.";
 const LK_PREFIX: &str = "_lk.bench.";
-const PUBLISHER: &str = "bench";
-const RELAY_NAME: &str = "bench-relay";
 /// How long a daemon may take to start and run a first warm-up command.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// Sends that block this long are an error, not a hang.
@@ -87,9 +83,7 @@ struct Settings {
 impl Settings {
     fn from_env() -> Settings {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-        let hark_bin = std::env::var_os("HARK_BIN")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_hark")));
+        let hark_bin = support::bench_hark_bin();
         // `cargo bench` passes --bench; `cargo test --all-targets` does not, and then this
         // is a smoke test: a short run of the hark cases, failing only if a command did not
         // run for an event (never on speed).
@@ -245,101 +239,7 @@ fn topic(route: Route, what: &str) -> String {
 }
 
 // ---------------------------------------------------------------------------------------
-// Child processes
-
-/// A child process that is killed (SIGKILL) and reaped when the guard drops.
-struct ChildGuard {
-    child: Child,
-    log: PathBuf,
-    what: String,
-}
-
-impl ChildGuard {
-    fn spawn(mut cmd: Command, log: PathBuf, what: &str) -> Result<ChildGuard, String> {
-        let file = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
-        let err = file
-            .try_clone()
-            .map_err(|e| format!("{}: {e}", log.display()))?;
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(file)
-            .stderr(err)
-            .spawn()
-            .map_err(|e| format!("cannot start {what}: {e}"))?;
-        Ok(ChildGuard {
-            child,
-            log,
-            what: what.to_string(),
-        })
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// `None` while running, else why it is not.
-    fn exited(&mut self) -> Option<String> {
-        match self.child.try_wait() {
-            Ok(None) => None,
-            Ok(Some(status)) => Some(format!(
-                "{} exited ({status}); its output ends with:\n{}",
-                self.what,
-                self.log_tail(15)
-            )),
-            Err(e) => Some(format!("{}: {e}", self.what)),
-        }
-    }
-
-    fn log_tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..]
-            .iter()
-            .map(|l| format!("    {l}"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-
-    /// Bounded wait for a line of the child's output that contains `needle`.
-    fn wait_for_output(&mut self, needle: &str, limit: Duration) -> Result<(), String> {
-        let start = Instant::now();
-        loop {
-            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-            if text.contains(needle) {
-                return Ok(());
-            }
-            if let Some(why) = self.exited() {
-                return Err(why);
-            }
-            if start.elapsed() > limit {
-                return Err(format!(
-                    "{} did not print {needle:?} within {limit:?}; its output ends with:\n{}",
-                    self.what,
-                    self.log_tail(15)
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-// ---------------------------------------------------------------------------------------
 // Clocks and CPU accounting from /proc
-
-/// Wall clock, seconds since the epoch: the same clock as bash's `$EPOCHREALTIME` and
-/// hark's job store (milliseconds).
-fn epoch_secs() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
 
 /// (own, reaped children) CPU seconds of a process so far: utime+stime and cutime+cstime
 /// from `/proc/PID/stat` (10 ms ticks; includes threads that have exited).
@@ -412,56 +312,6 @@ fn cpu_use(before: &CpuMark, after: &CpuMark) -> CpuUse {
 
 // ---------------------------------------------------------------------------------------
 // Messages and the load generator
-
-struct Msg {
-    /// fedmsg `msg_id` or Laniakea `uuid`: what the stamp script records.
-    id: String,
-    frames: Frames,
-}
-
-/// A fedmsg message of about `size` bytes (sorted keys, compact, like fedmsg's encoder).
-fn fedmsg_msg(topic: &str, i: usize, size: usize, id_prefix: &str) -> Msg {
-    let id = format!("{id_prefix}2026-{}", uuid::Uuid::new_v4());
-    let build = |pad: &str| {
-        json!({
-            "i": i,
-            "msg": {"build_id": 2_600_000 + i, "name": "hark-bench", "owner": "bench",
-                    "release": "1.fc41", "text": pad, "version": "0.1.0"},
-            "msg_id": id,
-            "timestamp": epoch_secs(),
-            "topic": topic,
-            "username": "bench",
-        })
-        .to_string()
-    };
-    let bare = build("").len();
-    let body = build(&"x".repeat(size.saturating_sub(bare)));
-    Msg {
-        id,
-        frames: vec![topic.as_bytes().to_vec(), body.into_bytes()],
-    }
-}
-
-/// A signed Laniakea event of about `size` bytes, submitted as one canonical JSON frame.
-fn signed_msg(tag: &str, i: usize, size: usize, key: &SigningKey) -> Result<Msg, String> {
-    let build = |pad: &str| -> Result<(String, Vec<u8>), String> {
-        let data = json!({"id": format!("{i:010}"), "package": "hark-bench", "version": "0.1.0", "text": pad});
-        let event = build_event(tag, data, key, Some("bench-host"), None)
-            .map_err(|e| format!("signing: {e}"))?;
-        let uuid = event
-            .get("uuid")
-            .and_then(|u| u.as_str())
-            .unwrap_or_default()
-            .to_string();
-        Ok((uuid, canonical::to_vec(&event).map_err(|e| e.to_string())?))
-    };
-    let bare = build("")?.1.len();
-    let (id, bytes) = build(&"x".repeat(size.saturating_sub(bare)))?;
-    Ok(Msg {
-        id,
-        frames: vec![bytes],
-    })
-}
 
 #[derive(Default, Clone, Debug)]
 struct Acks {
@@ -640,9 +490,7 @@ struct Rig {
     settings: Settings,
     tmp: tempfile::TempDir,
     config: PathBuf,
-    trusted: PathBuf,
-    relay_key: PathBuf,
-    publisher: SigningKey,
+    keys: BenchKeys,
     stamp: PathBuf,
     anchor: Result<PathBuf, String>,
 }
@@ -734,21 +582,11 @@ fn shell_quote(p: &Path) -> String {
 }
 
 impl Rig {
-    fn start_relay(&self, dir: &Path, submit: &str, publish: &str) -> Result<ChildGuard, String> {
-        let mut cmd = Command::new(&self.settings.hark_bin);
-        cmd.arg("relay")
-            .arg("--config")
-            .arg(&self.config)
-            .args(["--submit", submit, "--publish", publish])
-            .arg("--key")
-            .arg(&self.relay_key)
-            .arg("--trusted")
-            .arg(&self.trusted)
-            .args(["--grant", &format!("{PUBLISHER}=_lk.bench.**")])
-            .args(["--name", RELAY_NAME])
-            .env("HARK_LOG", "warn")
-            .env_remove("JOURNAL_STREAM");
-        ChildGuard::spawn(cmd, dir.join("hark-relay.log"), "hark relay")
+    fn start_relay(&self, dir: &Path, submit: &str, publish: &str) -> Result<LoggedChild, String> {
+        let cmd = self
+            .keys
+            .relay_command(&self.settings.hark_bin, &self.config, submit, publish);
+        LoggedChild::spawn(cmd, dir.join("hark-relay.log"), "hark relay")
     }
 
     /// Rule files for a case: the latency rule runs the stamp script; the burst rule runs
@@ -799,7 +637,7 @@ impl Rig {
         std::fs::write(rules.join("bench.yaml"), text).map_err(|e| e.to_string())
     }
 
-    fn start_hark_trigger(&self, case: Case, dir: &Path, ep: &str) -> Result<ChildGuard, String> {
+    fn start_hark_trigger(&self, case: Case, dir: &Path, ep: &str) -> Result<LoggedChild, String> {
         let mut cmd = Command::new(&self.settings.hark_bin);
         cmd.arg("trigger")
             .arg("--config")
@@ -815,12 +653,12 @@ impl Rig {
             .arg("--state")
             .arg(dir.join("state.db"))
             .arg("--trusted")
-            .arg(&self.trusted)
+            .arg(&self.keys.trusted)
             .args(["--grant", &format!("{PUBLISHER}=**")])
             // hark's default log level: two lines per job, as in production.
             .env("HARK_LOG", "info")
             .env_remove("JOURNAL_STREAM");
-        ChildGuard::spawn(cmd, dir.join("hark-trigger.log"), "hark trigger")
+        LoggedChild::spawn(cmd, dir.join("hark-trigger.log"), "hark trigger")
     }
 
     fn start_fedmsg_trigger(
@@ -829,7 +667,7 @@ impl Rig {
         dir: &Path,
         ep: &str,
         stamps: &Path,
-    ) -> Result<ChildGuard, String> {
+    ) -> Result<LoggedChild, String> {
         let venv = self.anchor.as_ref().map_err(Clone::clone)?;
         let home = dir.join("home");
         std::fs::create_dir_all(&home).map_err(|e| e.to_string())?;
@@ -851,14 +689,20 @@ impl Rig {
             .env_remove("VIRTUAL_ENV")
             .env("HOME", &home)
             .env("HARK_BENCH_TRIGGER_ENDPOINT", ep);
-        ChildGuard::spawn(cmd, dir.join("fedmsg-trigger.log"), "fedmsg-trigger")
+        LoggedChild::spawn(cmd, dir.join("fedmsg-trigger.log"), "fedmsg-trigger")
     }
 
-    fn message(&self, route: Route, what: &str, i: usize, id_prefix: &str) -> Result<Msg, String> {
+    fn message(
+        &self,
+        route: Route,
+        what: &str,
+        i: usize,
+        id_prefix: &str,
+    ) -> Result<Message, String> {
         let t = topic(route, what);
         match route {
-            Route::Relay => signed_msg(&t, i, self.settings.size, &self.publisher),
-            Route::Direct | Route::Fedmsg => Ok(fedmsg_msg(&t, i, self.settings.size, id_prefix)),
+            Route::Relay => signed_load(&t, i, self.settings.size, &self.keys.publisher),
+            Route::Direct | Route::Fedmsg => Ok(fedmsg_load(&t, i, self.settings.size, id_prefix)),
         }
     }
 
@@ -871,7 +715,11 @@ impl Rig {
         let load1 = load_average();
 
         // The generator binds first (direct, fedmsg) so that subscribers connect at once.
-        let (gen_ep, submit_ep, publish_ep) = (endpoint()?, endpoint()?, endpoint()?);
+        let (gen_ep, submit_ep, publish_ep) = (
+            try_free_endpoint()?,
+            try_free_endpoint()?,
+            try_free_endpoint()?,
+        );
         let mut gen = Generator::new(
             case.route,
             if case.route == Route::Relay {
@@ -918,7 +766,7 @@ impl Rig {
             if started.elapsed() > START_TIMEOUT {
                 return Err(format!(
                     "no warm-up event made {} run a command within {START_TIMEOUT:?}; its output ends with:\n{}",
-                    daemon.what,
+                    daemon.what(),
                     daemon.log_tail(15)
                 ));
             }
@@ -944,7 +792,7 @@ impl Rig {
         gen.acks = Acks::default();
 
         let pid = daemon.pid();
-        let relay_pid = relay.as_ref().map(ChildGuard::pid);
+        let relay_pid = relay.as_ref().map(LoggedChild::pid);
         let mut out = match case.kind {
             Kind::Latency => {
                 self.latency(case, &mut gen, &mut daemon, &stamps, &state, pid, relay_pid)?
@@ -995,7 +843,7 @@ impl Rig {
         &self,
         case: Case,
         gen: &mut Generator,
-        daemon: &mut ChildGuard,
+        daemon: &mut LoggedChild,
         stamps: &Path,
         state: &Path,
         pid: u32,
@@ -1003,7 +851,7 @@ impl Rig {
     ) -> Result<RunOut, String> {
         let s = &self.settings;
         // Signed events are built (and signed) before timing; fedmsg messages too.
-        let msgs: Vec<Msg> = (0..s.latency_count)
+        let msgs: Vec<Message> = (0..s.latency_count)
             .map(|i| self.message(case.route, "latency", i, ""))
             .collect::<Result<_, _>>()?;
         let mut sent: HashMap<String, f64> = HashMap::with_capacity(msgs.len());
@@ -1170,14 +1018,14 @@ impl Rig {
         &self,
         case: Case,
         gen: &mut Generator,
-        daemon: &mut ChildGuard,
+        daemon: &mut LoggedChild,
         fedmsg_lines: &mut LineTail,
         state: &Path,
         pid: u32,
         relay_pid: Option<u32>,
     ) -> Result<RunOut, String> {
         let s = &self.settings;
-        let msgs: Vec<Msg> = (0..s.burst)
+        let msgs: Vec<Message> = (0..s.burst)
             .map(|i| self.message(case.route, "burst", i, ""))
             .collect::<Result<_, _>>()?;
         let cpu_before = CpuMark::take(pid, relay_pid);
@@ -1350,7 +1198,7 @@ fn calibrate(rig: &Rig) -> Vec<(String, Vec<f64>)> {
         "spawn and reap `/bin/true` from the benchmark process (200 runs)".into(),
         times,
     ));
-    let body = fedmsg_msg(&topic(Route::Direct, "latency"), 0, rig.settings.size, "")
+    let body = fedmsg_load(&topic(Route::Direct, "latency"), 0, rig.settings.size, "")
         .frames
         .pop()
         .unwrap_or_default();
@@ -1420,42 +1268,7 @@ fn calibrate(rig: &Rig) -> Vec<(String, Vec<f64>)> {
 // ---------------------------------------------------------------------------------------
 // Set-up and report
 
-/// The Python environment that holds fedmsg-trigger, or why there is none.
-fn find_anchor(root: &Path) -> Result<PathBuf, String> {
-    let candidates: Vec<PathBuf> = match std::env::var_os("HARK_BENCH_PYTHON_VENV") {
-        Some(v) => vec![PathBuf::from(v)],
-        None => vec![root.join(".venv"), root.join("bench/.venv-anchor")],
-    };
-    candidates
-        .iter()
-        .find(|v| v.join("bin/fedmsg-trigger").is_file())
-        .cloned()
-        .ok_or_else(|| {
-            format!(
-                "no fedmsg-trigger in {} (run `make venv` or create bench/.venv-anchor: see docs/benchmarks.md)",
-                candidates
-                    .iter()
-                    .map(|c| c.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(" or ")
-            )
-        })
-}
-
 fn machine() -> Vec<String> {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split(':').nth(1))
-        .map(str::trim)
-        .unwrap_or("unknown");
-    let read = |p: &str| {
-        std::fs::read_to_string(p)
-            .unwrap_or_default()
-            .trim()
-            .to_string()
-    };
     let bash = command_output(
         {
             let mut c = Command::new("/bin/bash");
@@ -1465,39 +1278,9 @@ fn machine() -> Vec<String> {
         Duration::from_secs(5),
     )
     .unwrap_or_default();
-    vec![
-        format!(
-            "CPUs: {} × {model}",
-            std::thread::available_parallelism().map_or(0, |n| n.get())
-        ),
-        format!("kernel: {}", read("/proc/sys/kernel/osrelease")),
-        format!("load average at start: {}", read("/proc/loadavg")),
-        format!("bash {}", bash.trim()),
-    ]
-}
-
-fn anchor_versions(venv: &Path) -> Option<String> {
-    let mut cmd = Command::new(venv.join("bin/python"));
-    cmd.args([
-        "-c",
-        "import importlib.metadata as m, sys, zmq\n\
-         print('Python', sys.version.split()[0], *(p + ' ' + m.version(p) for p in \
-         ['fedmsg', 'pyzmq']), 'libzmq', zmq.zmq_version())",
-    ]);
-    command_output(cmd, Duration::from_secs(20)).map(|s| s.trim().to_string())
-}
-
-fn fmt_int(r: f64) -> String {
-    let r = r.round() as u64;
-    let s = r.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
+    let mut lines = machine_lines();
+    lines.push(format!("bash {}", bash.trim()));
+    lines
 }
 
 fn opt(v: Option<f64>, f: impl Fn(f64) -> String) -> String {
@@ -1513,23 +1296,7 @@ fn setup(settings: Settings) -> Result<Rig, String> {
         .prefix("hark-trigger-bench-")
         .tempdir()
         .map_err(|e| e.to_string())?;
-    let dir = |name: &str| -> Result<PathBuf, String> {
-        let d = tmp.path().join(name);
-        std::fs::create_dir_all(&d).map_err(|e| format!("{}: {e}", d.display()))?;
-        Ok(d)
-    };
-    let (pubdir, trusted, relaydir) = (dir("publisher")?, dir("trusted")?, dir("relay")?);
-    let publisher = SigningKey::generate(PUBLISHER);
-    let meta = |id: &str| KeyMetadata {
-        id: id.into(),
-        ..KeyMetadata::default()
-    };
-    let (public, _) =
-        write_keypair(&pubdir, &meta(PUBLISHER), &publisher).map_err(|e| e.to_string())?;
-    std::fs::copy(&public, trusted.join(format!("{PUBLISHER}.key"))).map_err(|e| e.to_string())?;
-    let relay = SigningKey::generate(RELAY_NAME);
-    let (_, relay_key) =
-        write_keypair(&relaydir, &meta(RELAY_NAME), &relay).map_err(|e| e.to_string())?;
+    let keys = bench_keys(tmp.path())?;
     // Only the endpoints given on the command line: no default relay connection.
     let config = tmp.path().join("hark.yaml");
     std::fs::write(&config, "trigger:\n  connect: []\n").map_err(|e| e.to_string())?;
@@ -1537,14 +1304,12 @@ fn setup(settings: Settings) -> Result<Rig, String> {
     if !stamp.is_file() {
         return Err(format!("{} is missing", stamp.display()));
     }
-    let anchor = find_anchor(&settings.root);
+    let anchor = find_anchor(&bench_venvs(&settings.root), "fedmsg-trigger");
     Ok(Rig {
         settings,
         tmp,
         config,
-        trusted,
-        relay_key,
-        publisher,
+        keys,
         stamp,
         anchor,
     })
@@ -1556,21 +1321,8 @@ type Results = Vec<(Case, usize, Result<RunOut, String>)>;
 type Metric = dyn Fn(&RunOut) -> Option<f64>;
 
 fn main() {
-    let settings = Settings::from_env();
-    if !settings.hark_bin.is_file() {
-        eprintln!(
-            "error: {} does not exist (cargo builds it for `cargo bench`; or set HARK_BIN)",
-            settings.hark_bin.display()
-        );
-        std::process::exit(1);
-    }
-    let rig = match setup(settings) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot set up the benchmark: {e}");
-            std::process::exit(1);
-        }
-    };
+    let rig = setup(Settings::from_env())
+        .unwrap_or_else(|e| exit_with(&format!("cannot set up the benchmark: {e}")));
     let s = &rig.settings;
     if let Err(why) = &rig.anchor {
         if !s.smoke {
@@ -1602,8 +1354,8 @@ fn main() {
                 Ok(r) => eprintln!(
                     "round {round} {:<15} {:>6} commands/s done, {:>6} started/s  ran {}/{}  load {:.1} {}",
                     case.key(),
-                    opt(r.done_rate(), fmt_int),
-                    opt(r.start_rate(), fmt_int),
+                    opt(r.done_rate(), thousands),
+                    opt(r.start_rate(), thousands),
                     r.ran,
                     r.sent,
                     r.load1,
@@ -1693,7 +1445,8 @@ fn report(rig: &Rig, cases: &[Case], results: &Results, calibration: &[(String, 
         Ok(venv) => println!(
             "- anchor: {} ({})",
             venv.join("bin/fedmsg-trigger").display(),
-            anchor_versions(venv).unwrap_or_else(|| "versions unknown".into())
+            anchor_versions(venv, &["fedmsg", "pyzmq"])
+                .unwrap_or_else(|| "versions unknown".into())
         ),
         Err(why) => println!("- anchor: **not measured**: {why}"),
     }
@@ -1741,11 +1494,11 @@ fn report(rig: &Rig, cases: &[Case], results: &Results, calibration: &[(String, 
             "| {name} | {} | {} | {} | {} |",
             cell(l, &p50, &ms),
             cell(l, &p99, &ms),
-            cell(burst(route, false), &done, &fmt_int),
+            cell(burst(route, false), &done, &thousands),
             if route == Route::Fedmsg {
                 "— (serial)".into()
             } else {
-                cell(burst(route, true), &done, &fmt_int)
+                cell(burst(route, true), &done, &thousands)
             }
         );
     };
@@ -1896,11 +1649,11 @@ fn report(rig: &Rig, cases: &[Case], results: &Results, calibration: &[(String, 
             opt(
                 med(case, &|r: &RunOut| r
                     .cpu_per_event_us(r.cpu.daemon + r.cpu.relay.unwrap_or(0.0))),
-                fmt_int
+                thousands
             ),
             opt(
                 med(case, &|r: &RunOut| r.cpu_per_event_us(r.cpu.children)),
-                fmt_int
+                thousands
             ),
         );
     }
@@ -1929,20 +1682,20 @@ fn report(rig: &Rig, cases: &[Case], results: &Results, calibration: &[(String, 
             } else {
                 String::new()
             },
-            opt(med(case, &done), fmt_int),
-            range(case, &done, &fmt_int),
-            opt(med(case, &|r: &RunOut| r.start_rate()), fmt_int),
+            opt(med(case, &done), thousands),
+            range(case, &done, &thousands),
+            opt(med(case, &|r: &RunOut| r.start_rate()), thousands),
             opt(b(&|b| Some(b.first_cmd)), |v| format!("{v:.3}")),
             opt(b(&|b| Some(b.last_done)), |v| format!("{v:.2}")),
             opt(b(&|b| Some(b.send_secs)), |v| format!("{v:.3}")),
             opt(
                 med(case, &|r: &RunOut| r
                     .cpu_per_event_us(r.cpu.daemon + r.cpu.relay.unwrap_or(0.0))),
-                fmt_int
+                thousands
             ),
             opt(
                 med(case, &|r: &RunOut| r.cpu_per_event_us(r.cpu.children)),
-                fmt_int
+                thousands
             ),
         );
     }
@@ -1978,8 +1731,8 @@ fn report(rig: &Rig, cases: &[Case], results: &Results, calibration: &[(String, 
                     opt(r.pct(99.0), ms1),
                     opt(r.max_ms(), ms1),
                     opt(mean, ms1),
-                    opt(r.done_rate(), fmt_int),
-                    opt(r.start_rate(), fmt_int),
+                    opt(r.done_rate(), thousands),
+                    opt(r.start_rate(), thousands),
                     r.cpu.daemon,
                     r.cpu.children,
                     opt(r.cpu.relay, |v| format!("{v:.2}")),

@@ -5,8 +5,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{free_port, hark_command as hark, keypair, spawn_ready, temp_dir as tempdir, Proc};
-use hark::bus::publish::build_event;
+use common::messages::python_fedmsg_body;
+use common::{
+    event_bytes, free_endpoint, hark_command as hark, keypair, signed, spawn_ready,
+    temp_dir as tempdir, Proc,
+};
 use hark::bus::subscribe::Subscriber;
 use hark::config::ZmqConfig;
 use hark::event::keys::SigningKey;
@@ -35,11 +38,7 @@ fn start_bus() -> Bus {
     std::fs::create_dir(&relay_dir).unwrap();
     keypair(&relay_dir, "relay");
     std::fs::copy(relay_dir.join("relay.key"), keys.join("relay.key")).unwrap();
-    let (submit, publish, fedmsg) = (
-        format!("tcp://127.0.0.1:{}", free_port()),
-        format!("tcp://127.0.0.1:{}", free_port()),
-        format!("tcp://127.0.0.1:{}", free_port()),
-    );
+    let (submit, publish, fedmsg) = (free_endpoint(), free_endpoint(), free_endpoint());
     let relay = spawn_ready(
         "relay",
         hark()
@@ -91,14 +90,6 @@ fn submit_raw(endpoint: &str, frames: &[&[u8]]) -> Value {
     serde_json::from_slice(&s.recv_bytes(0).unwrap()).expect("ack is JSON")
 }
 
-fn signed(key: &SigningKey, tag: &str, data: Value) -> Value {
-    build_event(tag, data, key, None, None).unwrap()
-}
-
-fn bytes(v: &Value) -> Vec<u8> {
-    canonical::to_vec(v).unwrap()
-}
-
 /// Subscribe and publish warm-up events until the subscriber demonstrably receives.
 fn joined_subscriber(bus: &Bus) -> Subscriber {
     let sub = Subscriber::connect(
@@ -111,7 +102,7 @@ fn joined_subscriber(bus: &Bus) -> Subscriber {
     while Instant::now() < deadline {
         let ack = submit_raw(
             &bus.submit,
-            &[&bytes(&signed(
+            &[&event_bytes(&signed(
                 &bus.archive,
                 "_lk.archive.warmup",
                 json!({}),
@@ -230,27 +221,31 @@ fn every_refusal_is_refused_and_the_relay_keeps_serving() {
         (
             vec![
                 b"_lk.archive.x".to_vec(),
-                bytes(&signed(archive, "_lk.archive.x", json!({}))),
+                event_bytes(&signed(archive, "_lk.archive.x", json!({}))),
             ],
             "frame-count",
         ),
-        (vec![bytes(&big)], "oversized"),
-        (vec![bytes(&tampered)], "bad-signature"),
-        (vec![bytes(&unsigned)], "unsigned"),
+        (vec![event_bytes(&big)], "oversized"),
+        (vec![event_bytes(&tampered)], "bad-signature"),
+        (vec![event_bytes(&unsigned)], "unsigned"),
         (
-            vec![bytes(&signed(&outsider, "_lk.archive.x", json!({})))],
+            vec![event_bytes(&signed(&outsider, "_lk.archive.x", json!({})))],
             "untrusted-signer",
         ),
         // Trusted, but holds no grant at all.
         (
-            vec![bytes(&signed(&stranger, "_lk.archive.x", json!({})))],
+            vec![event_bytes(&signed(&stranger, "_lk.archive.x", json!({})))],
             "topic-not-granted",
         ),
         (
-            vec![bytes(&signed(archive, "_lk.jobs.job-finished", json!({})))],
+            vec![event_bytes(&signed(
+                archive,
+                "_lk.jobs.job-finished",
+                json!({}),
+            ))],
             "topic-not-granted",
         ),
-        (vec![bytes(&stale)], "stale"),
+        (vec![event_bytes(&stale)], "stale"),
         (
             vec![br#"{"tag":"_lk.archive.x","format":"1.0"}"#.to_vec()],
             "bad-field",
@@ -267,7 +262,7 @@ fn every_refusal_is_refused_and_the_relay_keeps_serving() {
         }
     }
     // Duplicates: the second submission of the same event is acked as such, not republished.
-    let once = bytes(&signed(archive, "_lk.archive.once", json!({})));
+    let once = event_bytes(&signed(archive, "_lk.archive.once", json!({})));
     assert_eq!(submit_raw(&bus.submit, &[&once])["status"], "accepted");
     assert_eq!(submit_raw(&bus.submit, &[&once])["status"], "duplicate");
 
@@ -276,8 +271,11 @@ fn every_refusal_is_refused_and_the_relay_keeps_serving() {
     let req = ctx.socket(zmq::REQ).unwrap();
     req.set_linger(0).unwrap();
     req.connect(&bus.submit).unwrap();
-    req.send(bytes(&signed(archive, "_lk.archive.req", json!({}))), 0)
-        .unwrap();
+    req.send(
+        event_bytes(&signed(archive, "_lk.archive.req", json!({}))),
+        0,
+    )
+    .unwrap();
     assert!(req.poll(zmq::POLLIN, 10_000).unwrap() > 0);
     let ack: Value = serde_json::from_slice(&req.recv_bytes(0).unwrap()).unwrap();
     assert_eq!(ack["status"], "accepted");
@@ -285,7 +283,7 @@ fn every_refusal_is_refused_and_the_relay_keeps_serving() {
     // Still serving: a final event arrives, and nothing refused was ever published.
     let sentinel = signed(archive, "_lk.archive.sentinel", json!({}));
     assert_eq!(
-        submit_raw(&bus.submit, &[&bytes(&sentinel)])["status"],
+        submit_raw(&bus.submit, &[&event_bytes(&sentinel)])["status"],
         "accepted"
     );
     let seen = receive_until(&sub, sentinel["uuid"].as_str().unwrap());
@@ -317,11 +315,8 @@ fn fedmsg_frames_pass_byte_for_byte_and_bad_ones_do_not() {
     let publisher = ctx.socket(zmq::PUB).unwrap();
     publisher.connect(&bus.fedmsg).unwrap();
     // Python's fedmsg writes ensure_ascii JSON with its own key order; keep it untouched.
-    let body = |id: &str, topic: &str| {
-        format!(
-            r#"{{"i": 1, "msg": {{"text": "caf\u00e9 'quote'"}}, "msg_id": "{id}", "timestamp": 1700000000, "topic": "{topic}", "username": "apache"}}"#
-        )
-    };
+    let body =
+        |id: &str, topic: &str| python_fedmsg_body(topic, id, r#"{"text": "caf\u00e9 'quote'"}"#);
     let topic = "org.fedoraproject.prod.buildsys.build.state.change";
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut received = None;
@@ -381,7 +376,7 @@ fn publish_without_a_relay_times_out_with_advice() {
         .args([
             "publish",
             "--relay",
-            &format!("tcp://127.0.0.1:{}", free_port()),
+            &free_endpoint(),
             "--timeout",
             "1s",
             "--no-spool",
@@ -473,7 +468,7 @@ fn record_writes_frames_that_read_back_as_the_same_events() {
             json!({"n": sent.len()}),
         );
         assert_eq!(
-            submit_raw(&bus.submit, &[&bytes(&ev)])["status"],
+            submit_raw(&bus.submit, &[&event_bytes(&ev)])["status"],
             "accepted"
         );
         sent.push(ev["uuid"].as_str().unwrap().to_string());

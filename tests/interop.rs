@@ -445,7 +445,7 @@ fn venv_fedmsg_relay_starts_and_relays() {
              validate_signatures=False,\n    active=False,\n    zmq_enabled=True,\n)\n"
         ),
     );
-    let fedmsg_relay = common::python().with_file_name("fedmsg-relay");
+    let fedmsg_relay = common::test_anchor("fedmsg-relay");
     let mut relay = Proc::spawn(
         "fedmsg-relay",
         std::process::Command::new(&fedmsg_relay)

@@ -7,8 +7,10 @@ use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use common::{free_endpoint, hark_command as hark, keypair, peer_command, spawn_ready, Proc};
-use hark::bus::publish::{build_event, submit};
+use common::{
+    free_endpoint, hark_command as hark, keypair, peer_command, signed, spawn_ready, Proc,
+};
+use hark::bus::publish::submit;
 use hark::bus::subscribe::Subscriber;
 use hark::config::ZmqConfig;
 use hark::event::keys::SigningKey;
@@ -100,7 +102,7 @@ fn joined(relay: &Relay, key: &SigningKey) -> Subscriber {
     .unwrap();
     let deadline = Instant::now() + Duration::from_secs(15);
     while Instant::now() < deadline {
-        let warm = build_event("_hark.test.warmup", json!({}), key, None, None).unwrap();
+        let warm = signed(key, "_hark.test.warmup", json!({}));
         submit(
             &relay.submit,
             &warm,

@@ -6,12 +6,11 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use common::messages::python_fedmsg_body;
 use common::{
-    free_endpoint, hark_command, keypair, poll_until, spawn_ready, temp_dir, write_file, Proc,
-    TempDir,
+    event_bytes, free_endpoint, hark_command, keypair, poll_until, signed, spawn_ready, temp_dir,
+    write_file, Proc, TempDir,
 };
-use hark::bus::publish::build_event;
-use hark::event::canonical;
 use hark::event::keys::SigningKey;
 use serde_json::{json, Value};
 
@@ -142,7 +141,7 @@ impl Stack {
 
     /// Submit a signed event to the relay; returns it as built.
     fn publish(&self, tag: &str, data: Value) -> Value {
-        let event = build_event(tag, data, &self.key, None, None).unwrap();
+        let event = signed(&self.key, tag, data);
         let ack = hark::bus::publish::submit(&self.submit, &event, WAIT, &Default::default())
             .expect("relay acks");
         assert_eq!(ack.status, hark::bus::ack::AckStatus::Accepted);
@@ -320,15 +319,8 @@ rules:
     dealer.connect(&stack.submit).unwrap();
     let n = 1000;
     for i in 0..n {
-        let ev = build_event(
-            "_lk.archive.master.published",
-            json!({"i": i}),
-            &stack.key,
-            None,
-            None,
-        )
-        .unwrap();
-        dealer.send(canonical::to_vec(&ev).unwrap(), 0).unwrap();
+        let ev = signed(&stack.key, "_lk.archive.master.published", json!({"i": i}));
+        dealer.send(event_bytes(&ev), 0).unwrap();
     }
     // Every submission acked, so all 1000 are on the bus.
     for _ in 0..n {
@@ -852,10 +844,14 @@ rules:
     let fired = poll_until(WAIT, || {
         n += 1;
         let id = format!("2026-{n}");
-        let body = format!(r#"{{"i": 1, "msg": {{"build_id": {n}, "new": 1}}, "msg_id": "{id}", "timestamp": 1700000000, "topic": "{topic}", "username": "apache"}}"#);
-        publisher.send_multipart([topic.as_bytes(), body.as_bytes()], 0).unwrap();
+        let body = python_fedmsg_body(topic, &id, &format!(r#"{{"build_id": {n}, "new": 1}}"#));
+        publisher
+            .send_multipart([topic.as_bytes(), body.as_bytes()], 0)
+            .unwrap();
         let path = dir.path().join(format!("{id}.json"));
-        poll_until(Duration::from_millis(300), || std::fs::read(&path).ok().map(|b| (b, body.clone())))
+        poll_until(Duration::from_millis(300), || {
+            std::fs::read(&path).ok().map(|b| (b, body.clone()))
+        })
     })
     .expect("the fedmsg event fired the rule");
     assert_eq!(

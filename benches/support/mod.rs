@@ -1,11 +1,64 @@
-//! Pieces shared by the benchmarks: environment knobs, free ports, child output,
-//! machine CPU ticks, medians. Included with `#[path]`, so cargo does not build it as a
-//! bench of its own.
+//! Pieces shared by the benchmarks: environment knobs, bench daemons with a log file, machine
+//! CPU ticks, medians. The process guard, the anchor finder, free ports and the message
+//! builders are the tests' (`tests/support/`), included here so both use one of each.
+//! Included with `#[path]`, so cargo does not build it as a bench of its own.
 #![allow(dead_code)]
 
+#[path = "../../tests/support/anchor.rs"]
+pub mod anchor;
+#[path = "../../tests/support/child.rs"]
+pub mod child;
+#[path = "../../tests/support/messages.rs"]
+pub mod messages;
+#[path = "../../tests/support/net.rs"]
+pub mod net;
+
 use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use child::ChildGuard;
+use hark::event::keys::{write_keypair, KeyMetadata, SigningKey};
+
+/// Key id of the benches' publisher, trusted by their relay and daemons.
+pub const PUBLISHER: &str = "bench";
+/// Key id and name of the benches' `hark relay`.
+pub const RELAY_NAME: &str = "bench-relay";
+
+/// The hark binary under test: `$HARK_BIN`, else the one cargo built for this bench. Exits
+/// the bench with advice when it does not exist.
+pub fn bench_hark_bin() -> PathBuf {
+    let bin = std::env::var_os("HARK_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_hark")));
+    if !bin.is_file() {
+        exit_with(&format!(
+            "{} does not exist (cargo builds it for `cargo bench`; or set HARK_BIN)",
+            bin.display()
+        ));
+    }
+    bin
+}
+
+/// End the bench with an error: set-up problems are reported, never a panic.
+pub fn exit_with(why: &str) -> ! {
+    eprintln!("error: {why}");
+    std::process::exit(1);
+}
+
+/// `r` rounded, with thousands separators: `12,345`.
+pub fn thousands(r: f64) -> String {
+    let s = (r.round() as u64).to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
 
 pub fn env_num(name: &str, default: usize) -> usize {
     match std::env::var(name) {
@@ -18,45 +71,21 @@ pub fn env_num(name: &str, default: usize) -> usize {
 }
 
 /// Run a short command and return its stdout, or `None` if it failed or took too long.
+/// Its output must fit the pipe: it is read once the command has exited.
 pub fn command_output(mut cmd: Command, limit: Duration) -> Option<String> {
-    let mut child = cmd
-        .stdin(Stdio::null())
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok()?;
-    let deadline = Instant::now() + limit;
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => {
-                let mut out = String::new();
-                if let Some(stdout) = child.stdout.take() {
-                    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                        out.push_str(&line);
-                        out.push('\n');
-                    }
-                }
-                return status.success().then_some(out);
-            }
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return None;
-            }
+        .stderr(Stdio::null());
+    let mut guard = ChildGuard::spawn("command", &mut cmd).ok()?;
+    let status = guard.wait_exit(limit).ok()?;
+    let mut out = String::new();
+    if let Some(stdout) = guard.take_stdout() {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            out.push_str(&line);
+            out.push('\n');
         }
     }
-}
-
-pub fn free_port() -> Result<u16, String> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| format!("no free port on 127.0.0.1: {e}"))
-}
-
-pub fn endpoint() -> Result<String, String> {
-    Ok(format!("tcp://127.0.0.1:{}", free_port()?))
+    status.success().then_some(out)
 }
 
 /// (busy, total) jiffies of the whole machine, from the first line of /proc/stat.
@@ -87,4 +116,187 @@ pub fn median(mut xs: Vec<f64>) -> Option<f64> {
     } else {
         (xs[n / 2 - 1] + xs[n / 2]) / 2.0
     })
+}
+
+/// A bench daemon whose stdout and stderr go to one log file, stopped by its [`ChildGuard`]
+/// when dropped.
+pub struct LoggedChild {
+    guard: ChildGuard,
+    log: PathBuf,
+}
+
+impl LoggedChild {
+    pub fn spawn(mut cmd: Command, log: PathBuf, what: &str) -> Result<LoggedChild, String> {
+        let file = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
+        let err = file
+            .try_clone()
+            .map_err(|e| format!("{}: {e}", log.display()))?;
+        cmd.stdin(Stdio::null()).stdout(file).stderr(err);
+        let guard = ChildGuard::spawn(what, &mut cmd)?;
+        Ok(LoggedChild { guard, log })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.guard.id()
+    }
+
+    /// What the child is, as the reports name it.
+    pub fn what(&self) -> &str {
+        self.guard.name()
+    }
+
+    /// `None` while running, else why it is not.
+    pub fn exited(&mut self) -> Option<String> {
+        match self.guard.try_wait() {
+            Ok(None) => None,
+            Ok(Some(status)) => Some(format!(
+                "{} exited ({status}); its output ends with:\n{}",
+                self.what(),
+                self.log_tail(15)
+            )),
+            Err(e) => Some(format!("{}: {e}", self.guard.name())),
+        }
+    }
+
+    /// The last `lines` lines of the log, indented for a report.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..]
+            .iter()
+            .map(|l| format!("    {l}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Bounded wait for a line of the child's output that contains `needle`.
+    pub fn wait_for_output(&mut self, needle: &str, limit: Duration) -> Result<(), String> {
+        let start = Instant::now();
+        loop {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            if text.contains(needle) {
+                return Ok(());
+            }
+            if let Some(why) = self.exited() {
+                return Err(why);
+            }
+            if start.elapsed() > limit {
+                return Err(format!(
+                    "{} did not print {needle:?} within {limit:?}; its output ends with:\n{}",
+                    self.what(),
+                    self.log_tail(15)
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// `venv`'s Python and the versions of `packages` (and libzmq) in it, for the report.
+pub fn anchor_versions(venv: &Path, packages: &[&str]) -> Option<String> {
+    let list = packages
+        .iter()
+        .map(|p| format!("{p:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut cmd = Command::new(venv.join("bin/python"));
+    cmd.args([
+        "-c",
+        &format!(
+            "import importlib.metadata as m, sys, zmq\n\
+             print('Python', sys.version.split()[0], *(p + ' ' + m.version(p) for p in \
+             [{list}]), 'libzmq', zmq.zmq_version())"
+        ),
+    ]);
+    command_output(cmd, Duration::from_secs(20)).map(|s| s.trim().to_string())
+}
+
+/// The lines of the report's machine section that every bench has: CPUs, kernel, load.
+pub fn machine_lines() -> Vec<String> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map(str::trim)
+        .unwrap_or("unknown");
+    let read = |p: &str| {
+        std::fs::read_to_string(p)
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
+    vec![
+        format!(
+            "CPUs: {} × {model}",
+            std::thread::available_parallelism().map_or(0, |n| n.get())
+        ),
+        format!("kernel: {}", read("/proc/sys/kernel/osrelease")),
+        format!("load average at start: {}", read("/proc/loadavg")),
+    ]
+}
+
+/// Keys of a bench run, written below a run directory: [`PUBLISHER`]'s and [`RELAY_NAME`]'s.
+pub struct BenchKeys {
+    /// Directory of trusted public keys: the publisher's.
+    pub trusted: PathBuf,
+    /// The relay's secret key file.
+    pub relay_key: PathBuf,
+    /// The publisher's signing key, for building signed load.
+    pub publisher: SigningKey,
+}
+
+/// Make the publisher's key (trusted) and the relay's in `publisher/`, `trusted/` and
+/// `relay/` below `dir`.
+pub fn bench_keys(dir: &Path) -> Result<BenchKeys, String> {
+    let (publisher, relay) = (PUBLISHER, RELAY_NAME);
+    let sub = |name: &str| -> Result<PathBuf, String> {
+        let d = dir.join(name);
+        std::fs::create_dir_all(&d).map_err(|e| format!("{}: {e}", d.display()))?;
+        Ok(d)
+    };
+    let (pubdir, trusted, relaydir) = (sub("publisher")?, sub("trusted")?, sub("relay")?);
+    let meta = |id: &str| KeyMetadata {
+        id: id.into(),
+        ..KeyMetadata::default()
+    };
+    let publisher_key = SigningKey::generate(publisher);
+    let (public, _) =
+        write_keypair(&pubdir, &meta(publisher), &publisher_key).map_err(|e| e.to_string())?;
+    std::fs::copy(&public, trusted.join(format!("{publisher}.key"))).map_err(|e| e.to_string())?;
+    let relay_signing = SigningKey::generate(relay);
+    let (_, relay_key) =
+        write_keypair(&relaydir, &meta(relay), &relay_signing).map_err(|e| e.to_string())?;
+    Ok(BenchKeys {
+        trusted,
+        relay_key,
+        publisher: publisher_key,
+    })
+}
+
+impl BenchKeys {
+    /// `hark relay` with these keys, `config`, and the publisher granted `_lk.bench.**`,
+    /// logging warnings only.
+    pub fn relay_command(
+        &self,
+        hark_bin: &Path,
+        config: &Path,
+        submit: &str,
+        publish: &str,
+    ) -> Command {
+        let mut cmd = Command::new(hark_bin);
+        cmd.arg("relay")
+            .arg("--config")
+            .arg(config)
+            .args(["--submit", submit, "--publish", publish])
+            .arg("--key")
+            .arg(&self.relay_key)
+            .arg("--trusted")
+            .arg(&self.trusted)
+            .args(["--grant", &format!("{PUBLISHER}=_lk.bench.**")])
+            .args(["--name", RELAY_NAME])
+            .env("HARK_LOG", "warn")
+            .env_remove("JOURNAL_STREAM");
+        cmd
+    }
 }

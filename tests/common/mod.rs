@@ -4,12 +4,26 @@
 //!
 //! Use from a test file with `mod common;`. Every line a child prints is echoed to the test's
 //! captured stderr as `[name] line`, so a failing test shows the whole conversation.
+//!
+//! The process guard, the anchor finder, free ports and the message builders live in
+//! `tests/support/`, shared with the benches; this file includes them and adds the panicking
+//! forms tests want.
 #![allow(dead_code)]
 
+#[path = "../support/anchor.rs"]
+pub mod anchor;
+#[path = "../support/child.rs"]
+pub mod child;
+#[path = "../support/messages.rs"]
+pub mod messages;
+#[path = "../support/net.rs"]
+pub mod net;
+
+pub use child::ChildGuard;
+
 use std::io::{BufRead, BufReader, Read};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -22,17 +36,28 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// A TCP port that was free a moment ago on 127.0.0.1 (bind to port 0, read, release).
+/// A TCP port that was free a moment ago on 127.0.0.1; panics if there is none.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
+    net::try_free_port().unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// `tcp://127.0.0.1:<free port>`.
+/// `tcp://127.0.0.1:<free port>`; panics if there is none.
 pub fn free_endpoint() -> String {
-    format!("tcp://127.0.0.1:{}", free_port())
+    net::try_free_endpoint().unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A signed Laniakea event with `data` and no origin host; panics if signing fails.
+pub fn signed(
+    key: &hark::event::keys::SigningKey,
+    tag: &str,
+    data: serde_json::Value,
+) -> serde_json::Value {
+    messages::signed_event(tag, data, key, None).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// `event` as the canonical JSON frame a DEALER submits.
+pub fn event_bytes(event: &serde_json::Value) -> Vec<u8> {
+    messages::event_frame(event).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The `hark` binary cargo built for this test run.
@@ -63,6 +88,20 @@ pub fn python() -> PathBuf {
         );
     }
     candidate
+}
+
+/// The Python anchor `program` (e.g. `fedmsg-relay`) in the venv of [`python`]. Panics with
+/// advice when it is not installed there.
+pub fn test_anchor(program: &str) -> PathBuf {
+    let python = python();
+    let venv = python
+        .parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    anchor::find_anchor(&[venv], program)
+        .map(|venv| venv.join("bin").join(program))
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Path of a peer script in `tests/peers/`.
@@ -216,10 +255,11 @@ pub fn wait_for_line<R: Read + Send + 'static>(
     Ok((line, lines))
 }
 
-/// A child process with line readers on stdout and stderr, killed when dropped.
+/// A child process with line readers on stdout and stderr, killed when dropped (by its
+/// [`ChildGuard`]).
 pub struct Proc {
     pub name: String,
-    child: Child,
+    guard: ChildGuard,
     pub stdout: Lines,
     pub stderr: Lines,
 }
@@ -230,45 +270,32 @@ impl Proc {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {name} ({cmd:?}): {e}"));
-        let stdout = Lines::spawn(&format!("{name}:out"), child.stdout.take().unwrap());
-        let stderr = Lines::spawn(&format!("{name}:err"), child.stderr.take().unwrap());
+        let mut guard = ChildGuard::spawn(name, cmd).unwrap_or_else(|e| panic!("{e}"));
+        let (Some(out), Some(err)) = (guard.take_stdout(), guard.take_stderr()) else {
+            panic!("{name}: stdout and stderr were piped but are missing");
+        };
         Proc {
             name: name.to_string(),
-            child,
-            stdout,
-            stderr,
+            stdout: Lines::spawn(&format!("{name}:out"), out),
+            stderr: Lines::spawn(&format!("{name}:err"), err),
+            guard,
         }
     }
 
     pub fn id(&self) -> u32 {
-        self.child.id()
+        self.guard.id()
     }
 
     /// Exit status if the child has exited.
     pub fn try_status(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait().ok().flatten()
+        self.guard.try_status()
     }
 
     /// Wait for the child to exit, at most `timeout` (polling); kill it on timeout.
     pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus, String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.try_status() {
-                return Ok(status);
-            }
-            if Instant::now() >= deadline {
-                self.kill();
-                return Err(format!(
-                    "{} did not exit within {timeout:?}; stderr:\n{}",
-                    self.name,
-                    self.stderr.history().join("\n")
-                ));
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
+        self.guard
+            .wait_exit(timeout)
+            .map_err(|e| format!("{e}; stderr:\n{}", self.stderr.history().join("\n")))
     }
 
     /// Wait for a successful exit within `timeout`; error (with stderr) otherwise.
@@ -289,29 +316,12 @@ impl Proc {
 
     /// Kill the child (SIGKILL) and reap it.
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.guard.kill();
     }
 
     /// Ask the child to stop with SIGTERM, then wait up to `timeout` before killing it.
     pub fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        if self.try_status().is_none() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(self.child.id().to_string())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-        }
-        self.wait_exit(timeout).ok()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if self.try_status().is_none() {
-            self.kill();
-        }
+        self.guard.terminate(timeout)
     }
 }
 
