@@ -220,6 +220,8 @@ expect_in_deb -rw-r--r-- /usr/share/hark/rules.d/10-hello.yaml
 expect_in_deb -rwxr-xr-x /usr/share/hark/scripts/matrix-notify
 expect_in_deb -rw-r--r-- /usr/lib/systemd/system/hark-relay.service
 expect_in_deb -rw-r--r-- /usr/lib/systemd/system/hark-trigger.service
+expect_in_deb -rw-r--r-- /usr/lib/systemd/system/hark-spool-flush.service
+expect_in_deb -rw-r--r-- /usr/lib/systemd/system/hark-spool-flush.timer
 expect_in_deb -rw-r--r-- /usr/lib/sysusers.d/hark.conf
 expect_in_deb -rw-r--r-- /usr/share/man/man1/hark.1.gz
 expect_in_deb -rw-r--r-- /usr/share/man/man1/hark-relay.1.gz
@@ -254,7 +256,7 @@ echo "lintian: $(grep -c '^E:' "$tmp/lintian.out" || true) error(s), $(grep -c '
 # ---------------------------------------------------------------------------------------
 phase "install"
 snapshot() { # what a package may leave behind: every path under these trees
-    find /etc /usr /var/lib /srv /opt -xdev \
+    find /etc /usr /var/lib /var/spool /srv /opt -xdev \
         -path /var/lib/dpkg -prune -o -path /var/lib/apt -prune -o -path /var/cache -prune \
         -o -path /var/lib/systemd/deb-systemd-helper-enabled -prune \
         -o -path "$MARKER" -prune -o -print 2>/dev/null | LC_ALL=C sort
@@ -288,6 +290,7 @@ check_stat /etc/hark/keys/secret root:hark 750
 check_stat /etc/hark/keys/secret/relay.key_secret root:hark 640
 check_stat /etc/hark/keys/secret/relay.key root:root 644
 check_stat /var/lib/hark hark:hark 750
+check_stat /var/spool/hark root:hark 2770
 check_stat /usr/share/hark/scripts/matrix-notify root:root 755
 relay_signer="$(sed -n 's/^ *id = "\(.*\)"$/\1/p' /etc/hark/keys/secret/relay.key | head -1)"
 [[ $relay_signer == "$(uname -n | cut -d. -f1)-relay" ]] || fail "relay key id is '$relay_signer'"
@@ -312,7 +315,8 @@ bash -c 'source /usr/share/bash-completion/completions/hark && complete -p hark'
 # The installed rules load and pass their own tests (the daemons load hark.yaml below).
 (cd / && runuser -u hark -- hark rules check) || fail "hark rules check on the installed rules"
 # Units: systemd-analyze verify must be silent; print the sandbox exposure for the log.
-verify_out="$(systemd-analyze verify "$UNITS/hark-relay.service" "$UNITS/hark-trigger.service" 2>&1)" ||
+verify_out="$(systemd-analyze verify "$UNITS/hark-relay.service" "$UNITS/hark-trigger.service" \
+    "$UNITS/hark-spool-flush.service" "$UNITS/hark-spool-flush.timer" 2>&1)" ||
     fail "systemd-analyze verify: $verify_out"
 [[ -z $verify_out ]] || fail "systemd-analyze verify: $verify_out"
 for unit in hark-relay hark-trigger; do
@@ -321,6 +325,7 @@ for unit in hark-relay hark-trigger; do
 done
 [[ -L /etc/systemd/system/multi-user.target.wants/hark-relay.service ]] || fail "hark-relay.service is not enabled"
 [[ -L /etc/systemd/system/multi-user.target.wants/hark-trigger.service ]] || fail "hark-trigger.service is not enabled"
+[[ -L /etc/systemd/system/timers.target.wants/hark-spool-flush.timer ]] || fail "hark-spool-flush.timer is not enabled"
 
 # ---------------------------------------------------------------------------------------
 phase "daemons as under systemd (runuser -u hark, unit command lines, sd_notify)"
@@ -542,7 +547,7 @@ snapshot >"$tmp/after"
 leftovers="$(comm -13 "$tmp/before" "$tmp/after" | grep -vxE '/etc/(passwd|group|shadow|gshadow)-|/etc/\.pwd\.lock' || true)"
 [[ -z $leftovers ]] || fail "left behind after purge:
 $leftovers"
-for unit in hark-relay hark-trigger; do
+for unit in hark-relay hark-trigger hark-spool-flush; do
     if find /var/lib/systemd/deb-systemd-helper-enabled -name "*$unit*" 2>/dev/null | grep -q .; then
         fail "$unit is still recorded as enabled"
     fi
