@@ -6,9 +6,8 @@
 //! - [`topic`]: dotted topic patterns shared by trust grants, tail and rules;
 //! - [`bus`]: ZeroMQ sockets, the trust policy, relay, publisher and subscriber;
 //! - [`rules`]: rule files: parsing, the compiled rule set, matching and rendering;
-//! - [`scheduler`]: matches into jobs (coalescing, concurrency, retries);
-//! - [`runner`]: one job's process (process group, timeout, output);
-//! - [`store`]: the daemon's SQLite state;
+//! - [`jobs`]: matches into jobs: the pure scheduler (coalescing, concurrency, retries),
+//!   the launch and runner of one command, the SQLite state, and reporting;
 //! - [`trigger`]: the daemon that ties subscription, rules, scheduler and runner together;
 //! - [`record`]: the JSON-lines recording format;
 //! - [`config`], [`metrics`], [`duration`], [`systemd`]: shared plumbing;
@@ -18,12 +17,10 @@ pub mod cli;
 pub mod config;
 pub mod duration;
 pub mod event;
+pub mod jobs;
 pub mod metrics;
 pub mod record;
 pub mod rules;
-pub mod runner;
-pub mod scheduler;
-pub mod store;
 pub mod systemd;
 pub mod topic;
 pub mod trigger;
