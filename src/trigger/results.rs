@@ -162,6 +162,8 @@ fn publish_loop(
     // The event being delivered, kept across resends so its uuid stays the same and the
     // relay's dedupe absorbs a resend after a lost ack.
     let mut current: Option<(i64, &'static str, Value)> = None;
+    // One warning per outage, not one per attempt.
+    let mut down = false;
     while let Some(notice) = queue.front() {
         let topic = format!("_hark.job.{}", notice.kind);
         let same = current
@@ -185,6 +187,7 @@ fn publish_loop(
             Sent::Acked => {
                 queue.pop(notice.job, notice.kind);
                 current = None;
+                down = false;
                 let dropped = queue.take_dropped();
                 if dropped > 0 {
                     info!("results relay {endpoint} answers again; {dropped} notice(s) were dropped meanwhile");
@@ -198,7 +201,10 @@ fn publish_loop(
             Sent::NoAnswer if queue.closed() => return,
             Sent::NoAnswer => {
                 // Kept at the head: libzmq reconnects by itself and the next round resends.
-                warn!(job = notice.job, "no ack from results relay {endpoint} within {ACK_TIMEOUT:?} for {topic}; retrying");
+                if !down {
+                    down = true;
+                    warn!(job = notice.job, "no ack from results relay {endpoint} within {ACK_TIMEOUT:?} for {topic}; retrying until it answers");
+                }
             }
             Sent::Failed(e) => {
                 warn!(
