@@ -131,3 +131,71 @@ pub fn prepare(
         job: id,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::compile::parse_str;
+    use crate::rules::events::from_loose;
+    use serde_json::json;
+
+    fn rule(run: &str) -> Arc<Rule> {
+        let yaml = format!(
+            "rules:\n  - name: r\n    match: {{topic: t}}\n    run: {run}\n    coalesce: {{quiet: 1s}}\n"
+        );
+        let file =
+            parse_str(std::path::Path::new("t.yaml"), &yaml).unwrap_or_else(|e| panic!("{e}"));
+        file.rules[0].clone()
+    }
+
+    fn event(uuid: &str) -> Arc<Event> {
+        Arc::new(from_loose(json!({"tag": "t", "uuid": uuid, "data": {"n": 1}})).unwrap())
+    }
+
+    const LIMITS: OutputLimits = OutputLimits {
+        log_limit: 1,
+        tail_limit: 1,
+    };
+
+    #[test]
+    fn the_latest_event_renders_the_command_and_batch_stdin_carries_all_bytes_as_received() {
+        let r = rule("{command: [/bin/echo, '${uuid}'], stdin: batch}");
+        let events = [event("a"), event("b")];
+        let spec = prepare(&r, 7, 2, &events, LIMITS).unwrap();
+        assert_eq!(spec.argv, ["/bin/echo", "b"]);
+        let mut expected = b"[".to_vec();
+        expected.extend_from_slice(&events[0].json_bytes());
+        expected.push(b',');
+        expected.extend_from_slice(&events[1].json_bytes());
+        expected.push(b']');
+        assert_eq!(spec.stdin.bytes().as_ref(), expected.as_slice());
+        let env: std::collections::BTreeMap<_, _> = spec.env.into_iter().collect();
+        assert_eq!(env["HARK_JOB"], "7");
+        assert_eq!(env["HARK_ATTEMPT"], "2");
+        assert_eq!(env["HARK_EVENT_COUNT"], "2");
+        assert_eq!(env["HARK_UUID"], "b");
+    }
+
+    #[test]
+    fn event_stdin_is_the_shared_event_and_none_is_dev_null() {
+        let ev = event("a");
+        let spec = prepare(
+            &rule("{command: [/bin/cat]}"),
+            1,
+            1,
+            std::slice::from_ref(&ev),
+            LIMITS,
+        )
+        .unwrap();
+        assert!(matches!(&spec.stdin, Stdin::Event(e) if Arc::ptr_eq(e, &ev)));
+        let spec = prepare(
+            &rule("{command: [/bin/true], stdin: none}"),
+            1,
+            1,
+            &[ev],
+            LIMITS,
+        )
+        .unwrap();
+        assert!(spec.stdin.is_null());
+    }
+}

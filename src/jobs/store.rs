@@ -75,12 +75,13 @@ pub struct StoredEvent {
 }
 
 impl StoredEvent {
-    /// Parse the stored JSON back into the event it was (once, when a job is loaded).
-    pub fn to_event(&self) -> std::result::Result<Event, String> {
+    /// Parse the stored JSON back into the event it was (once, when a job is loaded); the
+    /// text becomes the event's received bytes without a copy.
+    pub fn into_event(self) -> std::result::Result<Event, String> {
         let value = crate::event::parse_json(self.json.as_bytes()).map_err(|e| e.to_string())?;
         let mut event = Event::from_value(value).map_err(|e| e.to_string())?;
-        event.signers = self.signers.clone();
-        event.frames = vec![self.json.clone().into_bytes()];
+        event.signers = self.signers;
+        event.frames = vec![self.json.into_bytes()];
         Ok(event)
     }
 }
@@ -152,8 +153,8 @@ impl Job {
     pub fn into_recovered(self) -> std::result::Result<Recovered, String> {
         let events = self
             .events
-            .iter()
-            .map(|e| e.to_event().map(Arc::new))
+            .into_iter()
+            .map(|e| e.into_event().map(Arc::new))
             .collect::<std::result::Result<Vec<_>, String>>()?;
         Ok(Recovered {
             id: self.id,
