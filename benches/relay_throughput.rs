@@ -1024,7 +1024,7 @@ fn fmt_rate(r: f64) -> String {
 /// without sockets: the floor under the relay rows. Median of five passes, CPU µs per
 /// message.
 fn calibrate(rig: &Rig) -> Vec<(&'static str, f64)> {
-    use hark::bus::trust::TrustPolicy;
+    use hark::admit::TrustPolicy;
     use hark::config::TrustConfig;
     use hark::event::keys::Keyring;
     use hark::event::{sign, Event};

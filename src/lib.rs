@@ -4,7 +4,9 @@
 //! Modules follow the data flow (see docs/architecture.md):
 //! - [`event`]: envelopes, canonical JSON, keys and signatures;
 //! - [`topic`]: dotted topic patterns shared by trust grants, tail and rules;
-//! - [`bus`]: ZeroMQ sockets, the trust policy, relay, publisher and subscriber;
+//! - [`sources`]: where received messages come from (ZeroMQ SUB today), one interface;
+//! - [`admit`]: admission of every received message (envelope, trust, dedupe, sequence);
+//! - [`bus`]: ZeroMQ sockets, relay, publisher and subscriber;
 //! - [`rules`]: rule files: parsing, the compiled rule set, matching and rendering;
 //! - [`jobs`]: matches into jobs: the pure scheduler (coalescing, concurrency, retries),
 //!   the launch and runner of one command, the SQLite state, and reporting;
@@ -12,6 +14,7 @@
 //! - [`record`]: the JSON-lines recording format;
 //! - [`config`], [`metrics`], [`duration`], [`systemd`]: shared plumbing;
 //! - [`cli`]: the `hark` command.
+pub mod admit;
 pub mod bus;
 pub mod cli;
 pub mod config;
@@ -21,6 +24,7 @@ pub mod jobs;
 pub mod metrics;
 pub mod record;
 pub mod rules;
+pub mod sources;
 pub mod systemd;
 pub mod topic;
 pub mod trigger;

@@ -384,6 +384,7 @@ fn publish_without_a_relay_times_out_with_advice() {
             &format!("tcp://127.0.0.1:{}", free_port()),
             "--timeout",
             "1s",
+            "--no-spool",
             "--key",
         ])
         .arg(dir.path().join("me.key_secret"))

@@ -6,8 +6,8 @@ use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 
+use hark::cli::rules::{check_command, CheckArgs};
 use hark::rules::check::check;
-use hark::rules::cli::{check_command, CheckArgs};
 use hark::rules::{load_dirs, FileStatus, Severity};
 
 fn data(sub: &str) -> PathBuf {

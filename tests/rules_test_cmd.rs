@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use clap::Parser;
-use hark::rules::cli::{test_command, RulesArgs, RulesCommand, TestArgs};
+use hark::cli::rules::{test_command, RulesArgs, RulesCommand, TestArgs};
 use serde_json::Value;
 
 fn root(sub: &str) -> PathBuf {

@@ -820,7 +820,8 @@ rules:
       topic: "org.fedoraproject.*.buildsys.build.state.change"
       where: {data.new: 1}
     run:
-      command: [/bin/sh, -c, 'cat > "$OUT/$HARK_UUID.json"']
+      # Written aside and renamed, so the test never reads a half-written file.
+      command: [/bin/sh, -c, 'cat > "$OUT/.$HARK_UUID.part" && mv "$OUT/.$HARK_UUID.part" "$OUT/$HARK_UUID.json"']
       env: {OUT: "@DIR@"}
   - name: needs-signature
     match:

@@ -1,7 +1,13 @@
 //! The submitting side: build a Laniakea event, sign it, send it to a relay's submit socket
 //! and wait for the ack. Resends the same event (same uuid) until acked or out of time; the
 //! relay's dedupe turns a resend after a lost ack into a harmless `duplicate`.
+//!
+//! Several relays are submitted to at once (subscribers drop the copies by uuid), so no
+//! single relay is a point of failure. A Laniakea Lighthouse never acks and never dedupes,
+//! so it gets the event exactly once, and publication is confirmed by watching its PUB
+//! socket for the uuid instead.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{SecondsFormat, Utc};
@@ -12,6 +18,11 @@ use super::socket::new_socket;
 use crate::config::ZmqConfig;
 use crate::event::keys::SigningKey;
 use crate::event::{canonical, sign};
+
+/// The time format of events this publisher signs.
+fn now_text() -> String {
+    Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true)
+}
 
 /// A new, signed Laniakea event 1.0.
 pub fn build_event(
@@ -25,7 +36,7 @@ pub fn build_event(
         "tag": tag,
         "uuid": uuid::Uuid::now_v7().to_string(),
         "format": "1.0",
-        "time": Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true),
+        "time": now_text(),
         "data": data,
     });
     if let Some(obj) = event.as_object_mut() {
@@ -38,6 +49,211 @@ pub fn build_event(
     }
     sign::sign(&mut event, key)?;
     Ok(event)
+}
+
+/// Re-stamp a spooled event that is older than the relays' freshness window: the same
+/// uuid, tag, data, origin and author, a fresh `time`, the first time kept (signed) under
+/// `spooled_time`, and a new signature by `key`. Replay protection stays as it is for
+/// everyone else: only the key's holder can re-stamp, and the unchanged uuid lets relays and
+/// subscribers drop a copy that did get through before.
+pub fn restamp(event: &Value, key: &SigningKey) -> Result<Value, sign::SignError> {
+    let mut fresh = event.clone();
+    if let Some(obj) = fresh.as_object_mut() {
+        obj.remove("signatures");
+        obj.remove("unsigned");
+        if !obj.contains_key("spooled_time") {
+            if let Some(first) = obj.get("time").cloned() {
+                obj.insert("spooled_time".into(), first);
+            }
+        }
+        obj.insert("time".into(), now_text().into());
+    }
+    sign::sign(&mut fresh, key)?;
+    Ok(fresh)
+}
+
+/// Where an event is submitted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A hark relay: resend until it acks.
+    Acking { submit: String },
+    /// A relay that never acks (Laniakea's Lighthouse): send once, confirm on its PUB.
+    Watched { submit: String, publish: String },
+}
+
+impl Target {
+    pub fn submit(&self) -> &str {
+        match self {
+            Target::Acking { submit } | Target::Watched { submit, .. } => submit,
+        }
+    }
+
+    /// `SUBMIT,PUBLISH` endpoints of a relay that never acks.
+    pub fn parse_watched(text: &str) -> Result<Target, String> {
+        match text.split_once(',') {
+            Some((submit, publish)) if !submit.is_empty() && !publish.is_empty() => {
+                Ok(Target::Watched {
+                    submit: submit.to_string(),
+                    publish: publish.to_string(),
+                })
+            }
+            _ => Err(format!(
+                "{text:?}: give the submit and the publish endpoint, e.g. tcp://lighthouse:5571,tcp://lighthouse:5572"
+            )),
+        }
+    }
+}
+
+/// Once one relay has the event, how long the others still get to answer.
+const OTHERS_GRACE: Duration = Duration::from_millis(500);
+
+/// Submit `event` to every target at once and collect each answer. Returns soon after the
+/// first relay has it (the others get [`OTHERS_GRACE`]), so a relay that is down costs a
+/// publisher nothing while another one answers.
+pub fn submit_all(
+    targets: &[Target],
+    event: &Value,
+    timeout: Duration,
+    zmq_cfg: &ZmqConfig,
+) -> Vec<(Target, Result<Ack, PublishError>)> {
+    let give_up = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        for (i, target) in targets.iter().enumerate() {
+            let (tx, give_up) = (tx.clone(), &give_up);
+            scope.spawn(move || {
+                let result = match target {
+                    Target::Acking { submit: ep } => {
+                        submit_until(ep, event, timeout, zmq_cfg, give_up)
+                    }
+                    Target::Watched {
+                        submit: ep,
+                        publish,
+                    } => submit_watched(ep, publish, event, timeout, zmq_cfg, give_up),
+                };
+                let _ = tx.send((i, result));
+            });
+        }
+        drop(tx);
+        let mut results: Vec<Option<Result<Ack, PublishError>>> =
+            targets.iter().map(|_| None).collect();
+        let mut grace_until: Option<Instant> = None;
+        loop {
+            let next = match grace_until {
+                None => rx.recv().ok(),
+                Some(until) => rx
+                    .recv_timeout(until.saturating_duration_since(Instant::now()))
+                    .ok(),
+            };
+            let Some((i, result)) = next else { break };
+            if result.is_ok() && grace_until.is_none() {
+                grace_until = Some(Instant::now() + OTHERS_GRACE);
+            }
+            results[i] = Some(result);
+        }
+        // Whoever has not answered by now stops within a poll interval.
+        give_up.store(true, Ordering::Relaxed);
+        for (i, result) in rx.iter() {
+            results[i].get_or_insert(result);
+        }
+        targets
+            .iter()
+            .cloned()
+            .zip(results)
+            .map(|(target, result)| {
+                let result = result.unwrap_or_else(|| {
+                    Err(PublishError::Timeout {
+                        endpoint: target.submit().to_string(),
+                        waited: timeout,
+                    })
+                });
+                (target, result)
+            })
+            .collect()
+    })
+}
+
+/// Send `event` once to a relay that never acks, and wait until it appears on the relay's
+/// PUB socket. The SUB is connected (handshake done) before the event is sent, so the
+/// event cannot pass by unseen; a relay that drops it, or is down, ends in a timeout.
+pub fn submit_watched(
+    submit_ep: &str,
+    publish_ep: &str,
+    event: &Value,
+    timeout: Duration,
+    zmq_cfg: &ZmqConfig,
+    give_up: &AtomicBool,
+) -> Result<Ack, PublishError> {
+    let err = |endpoint: &str| {
+        let endpoint = endpoint.to_string();
+        move |source| PublishError::Zmq { endpoint, source }
+    };
+    let uuid = event
+        .get("uuid")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let tag = event.get("tag").and_then(Value::as_str).unwrap_or_default();
+    let started = Instant::now();
+    let ctx = zmq::Context::new();
+    let sub = new_socket(&ctx, zmq::SUB, zmq_cfg).map_err(err(publish_ep))?;
+    sub.set_linger(0).map_err(err(publish_ep))?;
+    sub.set_subscribe(tag.as_bytes()).map_err(err(publish_ep))?;
+    let monitor = "inproc://hark-publish-watch";
+    sub.monitor(monitor, zmq::SocketEvent::HANDSHAKE_SUCCEEDED as i32)
+        .map_err(err(publish_ep))?;
+    let events = ctx.socket(zmq::PAIR).map_err(err(publish_ep))?;
+    events.connect(monitor).map_err(err(publish_ep))?;
+    sub.connect(publish_ep).map_err(err(publish_ep))?;
+    let timed_out = || PublishError::Timeout {
+        endpoint: submit_ep.to_string(),
+        waited: timeout,
+    };
+    let left = |started: Instant| {
+        i64::try_from(timeout.saturating_sub(started.elapsed()).as_millis()).unwrap_or(0)
+    };
+    if events
+        .poll(zmq::POLLIN, left(started))
+        .map_err(err(publish_ep))?
+        == 0
+    {
+        return Err(timed_out());
+    }
+    // libzmq sends the subscription right after the handshake but gives no receipt; a
+    // moment lets the publisher apply it before our event reaches it.
+    std::thread::sleep(Duration::from_millis(100));
+    let body = canonical::to_vec(event).unwrap_or_else(|_| event.to_string().into_bytes());
+    let dealer = new_socket(&ctx, zmq::DEALER, zmq_cfg).map_err(err(submit_ep))?;
+    dealer.set_linger(1000).map_err(err(submit_ep))?;
+    dealer.connect(submit_ep).map_err(err(submit_ep))?;
+    // Once only: this relay does not dedupe, so a resend would be a second event.
+    dealer.send(body.as_slice(), 0).map_err(err(submit_ep))?;
+    loop {
+        let wait = left(started);
+        if wait <= 0 || give_up.load(Ordering::Relaxed) {
+            return Err(timed_out());
+        }
+        if sub
+            .poll(zmq::POLLIN, wait.min(POLL_MS))
+            .map_err(err(publish_ep))?
+            == 0
+        {
+            continue;
+        }
+        let frames = sub.recv_multipart(0).map_err(err(publish_ep))?;
+        let seen = frames
+            .last()
+            .and_then(|f| serde_json::from_slice::<Value>(f).ok())
+            .is_some_and(|v| v.get("uuid").and_then(Value::as_str) == Some(uuid));
+        if seen {
+            return Ok(Ack {
+                uuid: Some(uuid.to_string()),
+                status: AckStatus::Accepted,
+                seq: None,
+                reason: None,
+                message: None,
+            });
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -57,12 +273,26 @@ pub enum PublishError {
     },
 }
 
+/// How often a waiting publisher looks at its give-up flag.
+const POLL_MS: i64 = 100;
+
 /// Submit `event` and wait for its ack.
 pub fn submit(
     endpoint: &str,
     event: &Value,
     timeout: Duration,
     zmq_cfg: &ZmqConfig,
+) -> Result<Ack, PublishError> {
+    submit_until(endpoint, event, timeout, zmq_cfg, &AtomicBool::new(false))
+}
+
+/// [`submit`], ending early (as a timeout) once `give_up` is set.
+pub fn submit_until(
+    endpoint: &str,
+    event: &Value,
+    timeout: Duration,
+    zmq_cfg: &ZmqConfig,
+    give_up: &AtomicBool,
 ) -> Result<Ack, PublishError> {
     let zmq_err = |source| PublishError::Zmq {
         endpoint: endpoint.to_string(),
@@ -93,13 +323,13 @@ pub fn submit(
             last_send = Some(Instant::now());
         }
         let remaining = timeout.saturating_sub(started.elapsed());
-        if remaining.is_zero() {
+        if remaining.is_zero() || give_up.load(Ordering::Relaxed) {
             return Err(PublishError::Timeout {
                 endpoint: endpoint.to_string(),
                 waited: timeout,
             });
         }
-        let wait = remaining.min(resend_every);
+        let wait = remaining.min(Duration::from_millis(POLL_MS as u64));
         if socket
             .poll(zmq::POLLIN, i64::try_from(wait.as_millis()).unwrap_or(1000))
             .map_err(zmq_err)?

@@ -22,8 +22,9 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use super::ack::{Ack, AckStatus};
+use super::heartbeat::Heartbeat;
 use super::socket::{bind_all, new_socket};
-use super::trust::{Dedupe, Refusal, RefusalLog, TrustPolicy};
+use crate::admit::{Counters, Dedupe, Gate, Refusal, Refusals, Refused, TrustPolicy};
 use crate::config::{RelayConfig, TrustConfig, ZmqConfig};
 use crate::event::keys::SigningKey;
 use crate::event::{canonical, sign, Event};
@@ -46,6 +47,8 @@ pub struct RelayOptions {
     pub dedupe_window: Duration,
     pub dedupe_capacity: usize,
     pub zmq: ZmqConfig,
+    /// How often to publish a heartbeat; zero turns them off.
+    pub heartbeat: Duration,
 }
 
 impl RelayOptions {
@@ -74,6 +77,7 @@ impl RelayOptions {
             dedupe_window: trust.dedupe_window,
             dedupe_capacity: trust.dedupe_capacity,
             zmq: zmq.clone(),
+            heartbeat: relay.heartbeat,
         }
     }
 }
@@ -106,26 +110,21 @@ struct Verdict {
     ticket: u64,
     origin: Origin,
     received: DateTime<Utc>,
-    outcome: Result<Event, (Option<String>, Refusal)>,
+    outcome: Result<Event, Refused>,
 }
 
+/// Admission, then the countersignature: the CPU-heavy part, on a worker thread.
 fn verify(
-    policy: &TrustPolicy,
+    gate: &Gate,
     key: Option<&SigningKey>,
     frame: Vec<u8>,
     received: DateTime<Utc>,
-) -> Result<Event, (Option<String>, Refusal)> {
-    let mut event = Event::from_submission(frame).map_err(|e| (None, e.into()))?;
-    let uuid = Some(event.uuid.clone());
-    policy
-        .admit(&mut event, received)
-        .map_err(|r| (uuid.clone(), r))?;
+) -> Result<Event, Refused> {
+    let mut event = gate.check_submission(frame, received)?;
     if let Some(key) = key {
-        sign::sign(&mut event.body, key).map_err(|e| {
-            (
-                uuid,
-                Refusal::Envelope(crate::event::EnvelopeError::MalformedJson(e.to_string())),
-            )
+        sign::sign(&mut event.body, key).map_err(|e| Refused {
+            uuid: Some(event.uuid.clone()),
+            refusal: Refusal::Envelope(crate::event::EnvelopeError::MalformedJson(e.to_string())),
         })?;
     }
     Ok(event)
@@ -133,7 +132,7 @@ fn verify(
 
 fn worker(
     ctx: zmq::Context,
-    policy: TrustPolicy,
+    gate: Gate,
     key: Option<SigningKey>,
     jobs: Receiver<Submission>,
     results: Sender<Verdict>,
@@ -149,7 +148,7 @@ fn worker(
         }
     };
     for sub in jobs {
-        let outcome = verify(&policy, key.as_ref(), sub.frame, sub.received);
+        let outcome = verify(&gate, key.as_ref(), sub.frame, sub.received);
         let verdict = Verdict {
             ticket: sub.ticket,
             origin: sub.origin,
@@ -170,8 +169,9 @@ struct Relay {
     metrics: Registry,
     epoch: String,
     seq: u64,
+    gate: Gate,
     dedupe: Dedupe,
-    log: RefusalLog,
+    refusals: Refusals,
     next_ticket: u64,
     next_release: u64,
     pending: BTreeMap<u64, Verdict>,
@@ -212,13 +212,15 @@ pub fn run(
         .bind(DOORBELL)
         .context("binding the relay doorbell")?;
 
+    // Submissions are native events; fedmsg reaches the relay only on the inbound SUB.
+    let gate = Gate::new(opts.policy.clone(), false, opts.max_message_size);
     let (job_tx, job_rx) = bounded::<Submission>(QUEUE_DEPTH);
     let (result_tx, result_rx) = unbounded::<Verdict>();
     let mut handles = Vec::new();
     for i in 0..opts.workers.max(1) {
-        let (ctx, policy, key, jobs, results) = (
+        let (ctx, gate, key, jobs, results) = (
             ctx.clone(),
-            opts.policy.clone(),
+            gate.clone(),
             opts.key.clone(),
             job_rx.clone(),
             result_tx.clone(),
@@ -226,7 +228,7 @@ pub fn run(
         handles.push(
             std::thread::Builder::new()
                 .name(format!("relay-verify-{i}"))
-                .spawn(move || worker(ctx, policy, key, jobs, results))
+                .spawn(move || worker(ctx, gate, key, jobs, results))
                 .context("starting a relay worker")?,
         );
     }
@@ -246,17 +248,23 @@ pub fn run(
 
     let mut relay = Relay {
         dedupe: Dedupe::new(opts.dedupe_window, opts.dedupe_capacity),
+        refusals: Refusals::new(metrics.clone(), Counters::RELAY),
+        gate,
         opts,
         metrics,
         epoch: uuid::Uuid::new_v4().to_string(),
         seq: 0,
-        log: RefusalLog::new(),
         next_ticket: 0,
         next_release: 0,
         pending: BTreeMap::new(),
     };
     let mut last_stats = Instant::now();
+    let mut last_heartbeat = Instant::now();
     while !shutdown.load(Ordering::Relaxed) {
+        if !relay.opts.heartbeat.is_zero() && last_heartbeat.elapsed() >= relay.opts.heartbeat {
+            relay.heartbeat(&publisher);
+            last_heartbeat = Instant::now();
+        }
         let mut items = vec![
             router.as_poll_item(if job_tx.len() < QUEUE_DEPTH {
                 zmq::POLLIN
@@ -290,7 +298,7 @@ pub fn run(
             relay.read_fedmsg(sub, &publisher);
         }
         if last_stats.elapsed() > Duration::from_secs(60) {
-            relay.log.roll();
+            relay.refusals.roll();
             last_stats = Instant::now();
         }
     }
@@ -303,6 +311,13 @@ pub fn run(
 }
 
 impl Relay {
+    fn heartbeat(&self, publisher: &zmq::Socket) {
+        let beat = Heartbeat::new(&self.opts.name, &self.epoch, self.seq);
+        if let Err(e) = publisher.send_multipart(beat.to_frames(), zmq::DONTWAIT) {
+            warn!("cannot publish a heartbeat: {e}");
+        }
+    }
+
     /// Read what the ROUTER has queued (bounded, so publishing never starves).
     fn read_submissions(&mut self, router: &zmq::Socket, jobs: &Sender<Submission>) {
         for _ in 0..1024 {
@@ -320,25 +335,17 @@ impl Relay {
                 identity,
                 delimited,
             };
-            let refusal = match frames.len() {
-                1 if frames[0].len() > self.opts.max_message_size => Some(Refusal::Oversized {
-                    size: frames[0].len(),
-                    limit: self.opts.max_message_size,
-                }),
-                1 => None,
-                n => Some(Refusal::Envelope(crate::event::EnvelopeError::FrameCount {
-                    expected: "1 (one JSON frame per submission)",
-                    got: n,
-                })),
+            let frame = match self.gate.submission_frame(frames) {
+                Ok(frame) => frame,
+                Err(refusal) => {
+                    self.refuse(router, "submitted", &origin, None, &refusal);
+                    continue;
+                }
             };
-            if let Some(refusal) = refusal {
-                self.refuse(router, "submitted", &origin, None, &refusal);
-                continue;
-            }
             let sub = Submission {
                 ticket: self.next_ticket,
                 origin,
-                frame: frames.pop().unwrap_or_default(),
+                frame,
                 received: Utc::now(),
             };
             self.next_ticket += 1;
@@ -362,12 +369,12 @@ impl Relay {
         while let Some(verdict) = self.pending.remove(&self.next_release) {
             self.next_release += 1;
             match verdict.outcome {
-                Err((uuid, refusal)) => self.refuse(
+                Err(refused) => self.refuse(
                     router,
                     "submitted",
                     &verdict.origin,
-                    uuid.as_deref(),
-                    &refusal,
+                    refused.uuid.as_deref(),
+                    &refused.refusal,
                 ),
                 Ok(event) => {
                     self.publish_native(router, publisher, verdict.origin, verdict.received, event)
@@ -388,8 +395,9 @@ impl Relay {
             let refusal = Refusal::Duplicate {
                 uuid: event.uuid.clone(),
             };
+            // Counted, not logged: a publisher resending after a lost ack is normal.
             self.metrics
-                .inc("hark_relay_refused_total", &[("reason", refusal.reason())]);
+                .inc(Counters::RELAY.refused, &[("reason", refusal.reason())]);
             self.reply(
                 router,
                 &origin,
@@ -449,27 +457,15 @@ impl Relay {
             };
             self.metrics
                 .inc("hark_relay_received_total", &[("source", "fedmsg")]);
-            let size: usize = frames.iter().map(Vec::len).sum();
-            if size > self.opts.max_message_size {
-                self.count_refusal(
-                    "fedmsg",
-                    None,
-                    &Refusal::Oversized {
-                        size,
-                        limit: self.opts.max_message_size,
-                    },
-                );
-                continue;
-            }
-            let uuid = match fedmsg_id(&frames) {
+            let uuid = match self.gate.check_fedmsg_passthrough(&frames) {
                 Ok(id) => id,
-                Err(refusal) => {
-                    self.count_refusal("fedmsg", None, &refusal);
+                Err(refused) => {
+                    self.refusals.refuse("fedmsg", None, &refused.refusal);
                     continue;
                 }
             };
             if !self.dedupe.first_seen(&uuid, Instant::now()) {
-                self.count_refusal(
+                self.refusals.refuse(
                     "fedmsg",
                     Some(&uuid),
                     &Refusal::Duplicate { uuid: uuid.clone() },
@@ -484,12 +480,6 @@ impl Relay {
         }
     }
 
-    fn count_refusal(&mut self, source: &str, uuid: Option<&str>, refusal: &Refusal) {
-        self.metrics
-            .inc("hark_relay_refused_total", &[("reason", refusal.reason())]);
-        self.log.refused(source, uuid, refusal);
-    }
-
     fn refuse(
         &mut self,
         router: &zmq::Socket,
@@ -498,7 +488,7 @@ impl Relay {
         uuid: Option<&str>,
         refusal: &Refusal,
     ) {
-        self.count_refusal(source, uuid, refusal);
+        self.refusals.refuse(source, uuid, refusal);
         self.reply(
             router,
             origin,
@@ -524,94 +514,5 @@ impl Relay {
         };
         // Laniakea emitters never read acks and may be gone already; that is fine.
         let _ = result;
-    }
-}
-
-/// The fields of a fedmsg envelope the relay needs, borrowed from the frame; `msg` is
-/// parsed (so the whole body must be valid JSON) but not kept.
-#[derive(serde::Deserialize)]
-struct FedmsgHead<'a> {
-    #[serde(borrow)]
-    topic: std::borrow::Cow<'a, str>,
-    #[serde(borrow)]
-    msg_id: std::borrow::Cow<'a, str>,
-    #[allow(dead_code)]
-    msg: serde::de::IgnoredAny,
-}
-
-/// Check a fedmsg publication and return its msg_id (the dedupe key). This is the hot path
-/// of pass-through, so it validates without building an `Event`: two frames, UTF-8, a JSON
-/// object with `topic`, `msg_id` and `msg`, and frame 0 equal to the body's topic.
-fn fedmsg_id(frames: &[Vec<u8>]) -> Result<String, Refusal> {
-    use crate::event::EnvelopeError;
-    let [topic, body] = frames else {
-        return Err(EnvelopeError::FrameCount {
-            expected: "2",
-            got: frames.len(),
-        }
-        .into());
-    };
-    let topic = std::str::from_utf8(topic).map_err(|_| EnvelopeError::NotUtf8)?;
-    let text = std::str::from_utf8(body).map_err(|_| EnvelopeError::NotUtf8)?;
-    let head: FedmsgHead = serde_json::from_str(text).map_err(|e| {
-        if e.is_data() {
-            // Valid JSON, wrong shape: a native event here would bypass signature checks.
-            Refusal::from(EnvelopeError::UnknownEnvelope)
-        } else {
-            EnvelopeError::MalformedJson(e.to_string()).into()
-        }
-    })?;
-    if head.topic != topic {
-        return Err(EnvelopeError::TopicMismatch {
-            frame: topic.to_string(),
-            body: head.topic.into_owned(),
-        }
-        .into());
-    }
-    Ok(head.msg_id.into_owned())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn frames(topic: &str, body: &str) -> Vec<Vec<u8>> {
-        vec![topic.as_bytes().to_vec(), body.as_bytes().to_vec()]
-    }
-
-    #[test]
-    fn fedmsg_check_accepts_real_envelopes_and_refuses_the_rest() {
-        let ok = r#"{"i": 1, "msg": {"a": [1, {"b": "\u00e9"}]}, "msg_id": "2026-x", "timestamp": 1, "topic": "org.x.y", "username": "u"}"#;
-        assert_eq!(fedmsg_id(&frames("org.x.y", ok)).unwrap(), "2026-x");
-        let cases = [
-            (frames("org.other", ok), "topic-mismatch"),
-            (
-                frames("org.x.y", "{\"topic\": \"org.x.y\", \"msg_id\": \"m\""),
-                "malformed-json",
-            ),
-            (
-                frames("org.x.y", r#"{"topic": "org.x.y", "msg_id": "m"}"#),
-                "unknown-envelope",
-            ),
-            (
-                frames(
-                    "org.x.y",
-                    r#"{"tag": "org.x.y", "uuid": "u", "format": "1.0", "time": "t", "data": {}}"#,
-                ),
-                "unknown-envelope",
-            ),
-            (
-                frames(
-                    "org.x.y",
-                    r#"{"topic": "org.x.y", "msg_id": "m", "msg": {}} trailing"#,
-                ),
-                "malformed-json",
-            ),
-            (vec![b"org.x.y".to_vec(), vec![0xff]], "not-utf8"),
-            (vec![b"org.x.y".to_vec()], "frame-count"),
-        ];
-        for (f, reason) in cases {
-            assert_eq!(fedmsg_id(&f).unwrap_err().reason(), reason);
-        }
     }
 }

@@ -33,6 +33,8 @@ impl Subscriber {
         if prefixes.is_empty() || prefixes.iter().any(String::is_empty) {
             prefixes = vec![String::new()];
         }
+        // Heartbeats always: they are how a subscriber notices what it missed.
+        prefixes.push(super::heartbeat::TOPIC.to_string());
         prefixes.sort();
         prefixes.dedup();
         for p in &prefixes {

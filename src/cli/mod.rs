@@ -144,7 +144,7 @@ impl TrustArgs {
         &self,
         config: &mut crate::config::Config,
         own_key: Option<&str>,
-    ) -> anyhow::Result<crate::bus::trust::TrustPolicy> {
+    ) -> anyhow::Result<crate::admit::TrustPolicy> {
         use tracing::warn;
         if let Some(dir) = &self.trusted {
             if !dir.is_dir() {
@@ -156,15 +156,11 @@ impl TrustArgs {
         let grants = self
             .grant
             .iter()
-            .map(|g| crate::bus::trust::parse_grant(g))
+            .map(|g| crate::admit::parse_grant(g))
             .collect::<Result<Vec<_>, _>>()
             .map_err(anyhow::Error::msg)?;
-        let (policy, key_errors) =
-            crate::bus::trust::TrustPolicy::from_config(&config.trust, &grants)
-                .map_err(anyhow::Error::msg)?;
-        for e in key_errors {
-            warn!("skipping trusted key: {e}");
-        }
+        let policy = crate::admit::TrustPolicy::from_config(&config.trust, &grants)
+            .map_err(anyhow::Error::msg)?;
         if policy.keyring().is_empty() && !policy.allow_unsigned() {
             warn!(
                 "no trusted keys in {} and unsigned events are refused: every signed event will be refused",

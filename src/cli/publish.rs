@@ -1,4 +1,5 @@
-//! `hark publish`: sign one event and submit it, exiting 0 only once a relay has it.
+//! `hark publish`: sign one event and submit it to every configured relay, exiting 0 once
+//! at least one relay has it; spool it when none answers; deliver the spool later.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -7,29 +8,51 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::bus::publish::{build_event, submit, PublishError};
+use crate::bus::ack::AckStatus;
+use crate::bus::publish::{build_event, restamp, submit_all, PublishError, Target};
 use crate::bus::relay::hostname;
+use crate::bus::spool::Spool;
 use crate::config::Config;
-use crate::event::keys::read_signing_key;
+use crate::event::keys::{read_signing_key, SigningKey};
+
+/// Exit code when no relay answered in time and the event was spooled for later delivery.
+pub const EXIT_SPOOLED: u8 = 3;
 
 #[derive(Debug, clap::Args)]
 #[command(
     after_help = "The event data (a JSON object) comes from --data, --data-file, or stdin when \
 neither is given. The uuid of the published event is printed on stdout.\n\n\
-Exit status: 0 published (or already published by an earlier attempt), 1 refused by the relay \
-(the reason is printed), 2 bad usage, 75 no relay answered in time (try again later).\n\n\
-Example:\n  hark publish --relay tcp://master:5571 --key /etc/hark/keys/secret/archive.key_secret \\\n    \
-_lk.archive.master.published --data '{\"repo\": \"master\"}'"
+Every --relay and --lighthouse gets the event at once; subscribers drop the copies by uuid, so \
+one relay down is no outage. A Laniakea Lighthouse never acks: it gets the event exactly once, \
+and publication is confirmed by watching its publish socket for the uuid.\n\n\
+When no relay answers in time the signed event is written to the spool (/var/spool/hark for \
+root, $XDG_STATE_HOME/hark/spool otherwise); `hark publish --flush-spool` delivers spooled \
+events in order, keeping their uuid. An event older than the relays' freshness window \
+(trust.max_age) is re-stamped on flush when --key names its signer: same uuid and data, a \
+fresh time, the first one kept as spooled_time.\n\n\
+Exit status: 0 published by at least one relay (or already published by an earlier attempt), \
+1 refused (the reason is printed), 2 bad usage, 3 no relay answered and the event was spooled, \
+75 no relay answered and nothing was spooled (--no-spool, or the spool is unwritable; with \
+--flush-spool: events remain spooled).\n\n\
+Example:\n  hark publish --relay tcp://master:5571 --relay tcp://backup:5571 \\\n    \
+--key /etc/hark/keys/secret/archive.key_secret _lk.archive.master.published --data '{\"repo\": \"master\"}'"
 )]
 pub struct PublishArgs {
     /// Topic (Laniakea `tag`), e.g. `_lk.archive.package-upload-accepted`.
-    tag: String,
-    /// The relay's submit endpoint.
-    #[arg(long, value_name = "EP", default_value = "tcp://127.0.0.1:5571")]
-    relay: String,
-    /// Secret keyfile to sign with (Laniakea keyfile or `ed25519 <ver> <seed>` file).
-    #[arg(long, value_name = "FILE")]
-    key: PathBuf,
+    #[arg(required_unless_present = "flush_spool")]
+    tag: Option<String>,
+    /// A relay's submit endpoint (repeatable) [default: publish.relays from hark.yaml,
+    /// tcp://127.0.0.1:5571].
+    #[arg(long, value_name = "EP")]
+    relay: Vec<String>,
+    /// A relay that never acks, such as Laniakea's Lighthouse, as SUBMIT,PUBLISH endpoints
+    /// (repeatable): sent once, confirmed on its publish socket.
+    #[arg(long, value_name = "SUBMIT,PUBLISH", value_parser = Target::parse_watched)]
+    lighthouse: Vec<Target>,
+    /// Secret keyfile to sign with (Laniakea keyfile or `ed25519 <ver> <seed>` file); with
+    /// --flush-spool, the key that may re-stamp stale events it signed.
+    #[arg(long, value_name = "FILE", required_unless_present = "flush_spool")]
+    key: Option<PathBuf>,
     /// Event data as JSON text.
     #[arg(long, value_name = "JSON", conflicts_with = "data_file")]
     data: Option<String>,
@@ -39,12 +62,111 @@ pub struct PublishArgs {
     /// Who caused the event, stored (signed) as `author`.
     #[arg(long)]
     author: Option<String>,
-    /// How long to wait for the relay's ack, resending meanwhile.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = crate::duration::parse)]
-    timeout: Duration,
+    /// How long to wait for each relay's ack, resending meanwhile [default: publish.timeout,
+    /// 10s].
+    #[arg(long, value_name = "DURATION", value_parser = crate::duration::parse)]
+    timeout: Option<Duration>,
+    /// Spool directory [default: publish.spool; unset: /var/spool/hark for root, else
+    /// $XDG_STATE_HOME/hark/spool].
+    #[arg(long, value_name = "DIR")]
+    spool: Option<PathBuf>,
+    /// Fail with status 75 instead of spooling when no relay answers.
+    #[arg(long, conflicts_with = "flush_spool")]
+    no_spool: bool,
+    /// Deliver the spooled events in order instead of publishing a new one.
+    #[arg(long, conflicts_with_all = ["tag", "data", "data_file", "author"])]
+    flush_spool: bool,
     /// Configuration file (for ZeroMQ options).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+}
+
+/// How one submission to every relay ended.
+enum Delivery {
+    Published {
+        uuid: String,
+        seqs: Vec<(String, u64)>,
+    },
+    Refused(Vec<PublishError>),
+    NoAnswer(Vec<PublishError>),
+}
+
+fn deliver(targets: &[Target], event: &Value, timeout: Duration, config: &Config) -> Delivery {
+    let mut published = None;
+    let mut refused = Vec::new();
+    let mut silent = Vec::new();
+    let mut seqs = Vec::new();
+    for (target, result) in submit_all(targets, event, timeout, &config.zmq) {
+        match result {
+            Ok(ack) => {
+                if let (AckStatus::Accepted, Some(seq)) = (ack.status, ack.seq) {
+                    seqs.push((target.submit().to_string(), seq));
+                }
+                published.get_or_insert(ack.uuid.unwrap_or_default());
+            }
+            Err(e @ PublishError::Refused { .. }) => refused.push(e),
+            Err(e) => silent.push(e),
+        }
+    }
+    match published {
+        Some(uuid) => {
+            // Published is what counts; the others are worth a line for the admin.
+            for e in refused.iter().chain(&silent) {
+                tracing::warn!("{e}");
+            }
+            Delivery::Published { uuid, seqs }
+        }
+        None if !silent.is_empty() => {
+            for e in &refused {
+                tracing::warn!("{e}");
+            }
+            Delivery::NoAnswer(silent)
+        }
+        None => Delivery::Refused(refused),
+    }
+}
+
+/// The flags' relays, or else hark.yaml's.
+fn targets(args: &PublishArgs, config: &Config) -> Result<Vec<Target>, String> {
+    let (relays, lighthouses) = if args.relay.is_empty() && args.lighthouse.is_empty() {
+        let lighthouses = config
+            .publish
+            .lighthouses
+            .iter()
+            .map(|l| Target::parse_watched(l).map_err(|e| format!("publish.lighthouses: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        (config.publish.relays.clone(), lighthouses)
+    } else {
+        (args.relay.clone(), args.lighthouse.clone())
+    };
+    let mut targets: Vec<Target> = relays
+        .into_iter()
+        .map(|submit| Target::Acking { submit })
+        .collect();
+    targets.extend(lighthouses);
+    if targets.is_empty() {
+        return Err("no relay to publish to: give --relay or set publish.relays".into());
+    }
+    Ok(targets)
+}
+
+fn spool(args: &PublishArgs, config: &Config) -> Spool {
+    Spool::new(
+        args.spool
+            .clone()
+            .or_else(|| config.publish.spool.clone())
+            .unwrap_or_else(Spool::default_dir),
+    )
+}
+
+fn fail_all(errors: &[PublishError], code: u8) -> ExitCode {
+    for e in &errors[..errors.len().saturating_sub(1)] {
+        eprintln!("hark: {e}");
+    }
+    match errors.last() {
+        Some(e) => super::fail(e, code),
+        None => ExitCode::from(code),
+    }
 }
 
 pub fn run(args: PublishArgs) -> ExitCode {
@@ -52,6 +174,9 @@ pub fn run(args: PublishArgs) -> ExitCode {
         Ok(c) => c,
         Err(e) => return super::fail(e, super::EXIT_USAGE),
     };
+    if args.flush_spool {
+        return flush(&args, &config);
+    }
     let (text, source) = match (&args.data, &args.data_file) {
         (Some(d), _) => (d.clone(), "--data".to_string()),
         (None, Some(path)) => match std::fs::read_to_string(path) {
@@ -89,24 +214,176 @@ pub fn run(args: PublishArgs) -> ExitCode {
             )
         }
     };
-    let key = match read_signing_key(&args.key) {
+    let Some(key_path) = &args.key else {
+        return super::fail("--key is required", super::EXIT_USAGE);
+    };
+    let key = match read_signing_key(key_path) {
         Ok(k) => k,
         Err(e) => return super::fail(e, super::EXIT_USAGE),
     };
-    let author = args.author.or_else(|| std::env::var("USER").ok());
-    let event = match build_event(&args.tag, data, &key, Some(&hostname()), author.as_deref()) {
+    let tag = args.tag.clone().unwrap_or_default();
+    let author = args.author.clone().or_else(|| std::env::var("USER").ok());
+    let event = match build_event(&tag, data, &key, Some(&hostname()), author.as_deref()) {
         Ok(e) => e,
         Err(e) => return super::fail(e, 1),
     };
-    match submit(&args.relay, &event, args.timeout, &config.zmq) {
-        Ok(ack) => {
-            println!("{}", ack.uuid.unwrap_or_default());
-            if let Some(seq) = ack.seq {
-                tracing::info!("published as seq {seq}");
+    let targets = match targets(&args, &config) {
+        Ok(t) => t,
+        Err(e) => return super::fail(e, super::EXIT_USAGE),
+    };
+    let timeout = args.timeout.unwrap_or(config.publish.timeout);
+    match deliver(&targets, &event, timeout, &config) {
+        Delivery::Published { uuid, seqs } => {
+            println!("{uuid}");
+            for (relay, seq) in seqs {
+                tracing::info!("published by {relay} as seq {seq}");
             }
             ExitCode::SUCCESS
         }
-        Err(e @ PublishError::Timeout { .. }) => super::fail(e, super::EXIT_TEMPFAIL),
-        Err(e) => super::fail(e, 1),
+        Delivery::Refused(errors) => fail_all(&errors, 1),
+        Delivery::NoAnswer(errors) if args.no_spool => fail_all(&errors, super::EXIT_TEMPFAIL),
+        Delivery::NoAnswer(errors) => {
+            for e in &errors {
+                eprintln!("hark: {e}");
+            }
+            let spool = spool(&args, &config);
+            match spool.put(&event) {
+                Ok(path) => {
+                    println!("{}", event["uuid"].as_str().unwrap_or_default());
+                    super::fail(
+                        format!(
+                            "no relay answered; the event is spooled as {} (hark publish --flush-spool delivers it)",
+                            path.display()
+                        ),
+                        EXIT_SPOOLED,
+                    )
+                }
+                Err(e) => super::fail(
+                    format!(
+                        "no relay answered, and the event cannot be spooled in {}: {e}",
+                        spool.dir().display()
+                    ),
+                    super::EXIT_TEMPFAIL,
+                ),
+            }
+        }
     }
+}
+
+/// `--flush-spool`: deliver spooled events in order. A refusal for staleness is answered by
+/// re-stamping (when --key is the event's signer); any other refusal sets the event aside in
+/// `rejected/`; the first event no relay answers for stops the flush, to keep the order.
+fn flush(args: &PublishArgs, config: &Config) -> ExitCode {
+    let spool = spool(args, config);
+    let targets = match targets(args, config) {
+        Ok(t) => t,
+        Err(e) => return super::fail(e, super::EXIT_USAGE),
+    };
+    let timeout = args.timeout.unwrap_or(config.publish.timeout);
+    let key: Option<SigningKey> = match &args.key {
+        None => None,
+        Some(path) => match read_signing_key(path) {
+            Ok(k) => Some(k),
+            Err(e) => return super::fail(e, super::EXIT_USAGE),
+        },
+    };
+    let (events, broken) = match spool.list() {
+        Ok(l) => (l.events, l.set_aside),
+        Err(e) => {
+            return super::fail(
+                format!("cannot read the spool {}: {e}", spool.dir().display()),
+                super::EXIT_TEMPFAIL,
+            )
+        }
+    };
+    for (path, reason) in &broken {
+        tracing::warn!("set aside {}: {reason}", path.display());
+    }
+    let total = events.len();
+    let mut delivered = 0;
+    let mut rejected = broken.len();
+    for mut spooled in events {
+        let uuid = spooled.event["uuid"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let mut restamped = false;
+        loop {
+            match deliver(&targets, &spooled.event, timeout, config) {
+                Delivery::Published { .. } => {
+                    if let Err(e) = spool.done(&spooled) {
+                        return super::fail(
+                            format!(
+                                "delivered {uuid}, but cannot remove {}: {e}",
+                                spooled.path.display()
+                            ),
+                            1,
+                        );
+                    }
+                    println!("{uuid}");
+                    delivered += 1;
+                }
+                Delivery::Refused(errors) => {
+                    let stale = errors.iter().all(
+                        |e| matches!(e, PublishError::Refused { reason, .. } if reason == "stale"),
+                    );
+                    let signer = key
+                        .as_ref()
+                        .filter(|k| spooled.event["signatures"].get(&k.name).is_some());
+                    match signer {
+                        Some(k) if stale && !restamped => match restamp(&spooled.event, k) {
+                            Ok(fresh) => {
+                                if let Err(e) = spool.replace(&mut spooled, fresh) {
+                                    return super::fail(format!("cannot re-stamp {}: {e}", spooled.path.display()), super::EXIT_TEMPFAIL);
+                                }
+                                tracing::info!(uuid = %uuid, "re-stamped: it was older than the relays' freshness window");
+                                restamped = true;
+                                continue;
+                            }
+                            Err(e) => return super::fail(format!("cannot re-sign {uuid}: {e}"), 1),
+                        },
+                        None if stale => {
+                            return super::fail(
+                                format!("{uuid} is older than the relays' freshness window; run the flush with --key set to its signer's secret key to re-stamp it ({} delivered, {} left)", delivered, total - delivered - rejected),
+                                super::EXIT_TEMPFAIL,
+                            )
+                        }
+                        _ => {
+                            let reason = errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+                            match spool.reject(&spooled.path, &reason) {
+                                Ok(to) => tracing::warn!("set aside {uuid} as {}: {reason}", to.display()),
+                                Err(e) => return super::fail(format!("cannot set aside {}: {e}", spooled.path.display()), 1),
+                            }
+                            rejected += 1;
+                        }
+                    }
+                }
+                Delivery::NoAnswer(errors) => {
+                    for e in &errors {
+                        eprintln!("hark: {e}");
+                    }
+                    return super::fail(
+                        format!(
+                            "no relay answered; {delivered} delivered, {} still spooled in {}",
+                            total - delivered - rejected,
+                            spool.dir().display()
+                        ),
+                        super::EXIT_TEMPFAIL,
+                    );
+                }
+            }
+            break;
+        }
+    }
+    tracing::info!("spool flushed: {delivered} delivered, {rejected} set aside");
+    if rejected > 0 {
+        return super::fail(
+            format!(
+                "{rejected} spooled event(s) were refused and set aside in {}",
+                spool.dir().join("rejected").display()
+            ),
+            1,
+        );
+    }
+    ExitCode::SUCCESS
 }

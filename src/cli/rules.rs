@@ -1,6 +1,176 @@
-//! `hark rules check|test`. The implementation lives in the library
-//! ([`crate::rules::cli`]) so that it can be tested without the binary.
+//! `hark rules check|test`: arguments and printing. The work is done by
+//! [`crate::rules::check`], events are read with [`crate::record`]; [`check_command`] and
+//! [`test_command`] take the parsed arguments and writers so they can be tested without a
+//! process.
 
-pub use crate::rules::cli::{
-    check_command, run, test_command, CheckArgs, RulesArgs, RulesCommand, TestArgs,
-};
+use std::io::{BufReader, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use crate::event::Event;
+use crate::record;
+use crate::rules::check::{check, default_dirs, evaluate, format_report};
+use crate::rules::load::load_dirs;
+
+#[derive(Debug, clap::Args)]
+pub struct RulesArgs {
+    #[command(subcommand)]
+    pub command: RulesCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum RulesCommand {
+    /// Parse and compile rule files, lint them, and run their inline tests.
+    Check(CheckArgs),
+    /// Show which rules fire for events, with the rendered commands.
+    Test(TestArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct CheckArgs {
+    /// Rule directories or files (default: ./rules.d if it exists, else
+    /// /usr/share/hark/rules.d then /etc/hark/rules.d).
+    pub dirs: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+#[command(group(clap::ArgGroup::new("input").required(true).args(["event", "events"])))]
+pub struct TestArgs {
+    /// Rule directories or files (same default as `check`).
+    pub dirs: Vec<PathBuf>,
+    /// One JSON event: Laniakea (tag/topic, data, optional uuid/time/signers), fedmsg, or a
+    /// recording line. `-` reads stdin.
+    #[arg(long, value_name = "FILE")]
+    pub event: Option<PathBuf>,
+    /// JSON lines: a `hark record` recording, or one event per line. `-` reads stdin.
+    #[arg(long, value_name = "FILE.jsonl")]
+    pub events: Option<PathBuf>,
+    /// Print one JSON object per event.
+    #[arg(long)]
+    pub json: bool,
+    /// Treat the events as carrying a verified signature by NAME (repeatable).
+    #[arg(long = "signer", value_name = "NAME")]
+    pub signers: Vec<String>,
+}
+
+pub fn run(args: RulesArgs) -> ExitCode {
+    let stdout = std::io::stdout();
+    let stderr = std::io::stderr();
+    let code = match args.command {
+        RulesCommand::Check(a) => check_command(&a, &mut stdout.lock()),
+        RulesCommand::Test(a) => test_command(&a, &mut stdout.lock(), &mut stderr.lock()),
+    };
+    ExitCode::from(code)
+}
+
+fn dirs_or_default(dirs: &[PathBuf]) -> Vec<PathBuf> {
+    if dirs.is_empty() {
+        default_dirs()
+    } else {
+        dirs.to_vec()
+    }
+}
+
+/// `hark rules check`: a line per problem, then a summary. Returns the exit status.
+pub fn check_command(args: &CheckArgs, out: &mut dyn Write) -> u8 {
+    let dirs = dirs_or_default(&args.dirs);
+    let mut missing = false;
+    for d in &args.dirs {
+        if !d.exists() {
+            let _ = writeln!(out, "{}: error: no such file or directory", d.display());
+            missing = true;
+        }
+    }
+    let report = check(&dirs);
+    for d in &report.diagnostics {
+        let _ = writeln!(out, "{d}");
+    }
+    let _ = writeln!(out, "{}", report.summary());
+    if report.ok() && !missing {
+        0
+    } else {
+        1
+    }
+}
+
+/// `hark rules test`: a report per event. Returns the exit status: 1 when a rule file was
+/// refused or an event could not be read, else 0.
+pub fn test_command(args: &TestArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+    let dirs = dirs_or_default(&args.dirs);
+    let load = load_dirs(&dirs);
+    let mut failed = false;
+    for refusal in load.refusals() {
+        let _ = writeln!(err, "{refusal}");
+        failed = true;
+    }
+    let events: Vec<(String, Result<Event, String>)> = match (&args.event, &args.events) {
+        (Some(path), _) => {
+            let label = path.display().to_string();
+            let event = read_input(path).and_then(|text| {
+                let value: serde_json::Value =
+                    serde_json::from_str(&text).map_err(|e| format!("invalid JSON: {e}"))?;
+                record::entry_from_value(value)?.into_event()
+            });
+            vec![(label, event)]
+        }
+        (None, Some(path)) => {
+            let label = path.display().to_string();
+            match open_input(path) {
+                Ok(reader) => record::read_events(reader)
+                    .map(|(line, ev)| (format!("{label}:{line}"), ev))
+                    .collect(),
+                Err(e) => vec![(label, Err(e))],
+            }
+        }
+        (None, None) => vec![(
+            "(no input)".into(),
+            Err("give --event FILE or --events FILE".into()),
+        )],
+    };
+    for (label, event) in events {
+        let mut event = match event {
+            Ok(e) => e,
+            Err(e) => {
+                let _ = writeln!(err, "{label}: error: {e}");
+                failed = true;
+                continue;
+            }
+        };
+        for s in &args.signers {
+            if !event.signers.contains(s) {
+                event.signers.push(s.clone());
+            }
+        }
+        let report = evaluate(&load.set, &event);
+        if args.json {
+            let _ = writeln!(
+                out,
+                "{}",
+                serde_json::to_string(&report).unwrap_or_default()
+            );
+        } else {
+            let stdin = String::from_utf8_lossy(&event.json_bytes()).into_owned();
+            let _ = write!(out, "{}", format_report(&report, &stdin));
+        }
+    }
+    u8::from(failed)
+}
+
+fn read_input(path: &PathBuf) -> Result<String, String> {
+    if path.as_os_str() == "-" {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+            .map_err(|e| format!("cannot read stdin: {e}"))?;
+        return Ok(text);
+    }
+    std::fs::read_to_string(path).map_err(|e| format!("cannot read: {e}"))
+}
+
+fn open_input(path: &PathBuf) -> Result<Box<dyn std::io::BufRead>, String> {
+    if path.as_os_str() == "-" {
+        return Ok(Box::new(BufReader::new(std::io::stdin())));
+    }
+    std::fs::File::open(path)
+        .map(|f| Box::new(BufReader::new(f)) as Box<dyn std::io::BufRead>)
+        .map_err(|e| format!("cannot open: {e}"))
+}

@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 
+use crate::admit::TrustPolicy;
 use crate::bus::relay::{self, RelayOptions};
-use crate::bus::trust::TrustPolicy;
 use crate::config::Config;
 use crate::event::keys::{read_signing_key, write_keypair, KeyMetadata, SigningKey};
 use crate::metrics::Registry;
@@ -92,8 +92,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.relay.name = Some(format!("{}-serve", relay::hostname()));
     config.trust.trusted_dir = trusted.clone();
     let grants = vec![(KEY_ID.to_string(), vec!["**".to_string()])];
-    let (policy, _) =
-        TrustPolicy::from_config(&config.trust, &grants).map_err(anyhow::Error::msg)?;
+    let policy = TrustPolicy::from_config(&config.trust, &grants).map_err(anyhow::Error::msg)?;
     let metrics = Registry::default();
 
     let relay_opts = RelayOptions::new(

@@ -10,11 +10,14 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::bus::subscribe::Subscriber;
-use crate::bus::trust::Dedupe;
+use crossbeam_channel::RecvTimeoutError;
+
+use crate::admit::{load_keyring, Admission, Dedupe, Gate, Mode, Sequences, TrustPolicy};
 use crate::config::Config;
-use crate::event::keys::Keyring;
 use crate::event::{sign, Event};
+use crate::metrics::Registry;
+use crate::sources::zmq::ZmqSource;
+use crate::sources::Sources;
 use crate::topic::TopicPattern;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,33 +108,27 @@ pub fn watch(
     args: &WatchArgs,
     mut on_event: impl FnMut(&Event, &sign::SignatureReport) -> std::io::Result<()>,
 ) -> ExitCode {
-    let config = match Config::load(args.config.as_deref()) {
+    let mut config = match Config::load(args.config.as_deref()) {
         Ok(c) => c,
         Err(e) => return super::fail(e, super::EXIT_USAGE),
     };
-    let trusted_dir = args
-        .trusted
-        .clone()
-        .unwrap_or(config.trust.trusted_dir.clone());
-    let keyring = if trusted_dir.is_dir() {
-        match Keyring::load_dir(&trusted_dir) {
-            Ok((ring, errors)) => {
-                for e in errors {
-                    tracing::warn!("skipping trusted key: {e}");
-                }
-                ring
-            }
-            Err(e) => return super::fail(e, super::EXIT_USAGE),
-        }
-    } else {
-        Keyring::default()
+    if let Some(dir) = &args.trusted {
+        config.trust.trusted_dir = dir.clone();
+    }
+    let keyring = match load_keyring(&config.trust.trusted_dir) {
+        Ok(ring) => ring,
+        Err(e) => return super::fail(e, super::EXIT_USAGE),
     };
     let endpoints = if args.connect.is_empty() {
         config.relay.publish.clone()
     } else {
         args.connect.clone()
     };
-    let sub = match Subscriber::connect(&endpoints, &args.topic, &config.zmq) {
+    let source = match ZmqSource::connect(&endpoints, &args.topic, &config.zmq, "relay") {
+        Ok(s) => s,
+        Err(e) => return super::fail(format!("{e:#}"), 1),
+    };
+    let sources = match Sources::start(vec![Box::new(source)], 1024) {
         Ok(s) => s,
         Err(e) => return super::fail(format!("{e:#}"), 1),
     };
@@ -140,46 +137,61 @@ pub fn watch(
         endpoints.join(" "),
         keyring.len()
     );
+    // Observe mode: everything is shown with what its signatures say, so the grants and
+    // freshness of the policy do not matter here.
+    let policy = match TrustPolicy::new(keyring, &[], &config.trust) {
+        Ok(p) => p,
+        Err(e) => return super::fail(e, super::EXIT_USAGE),
+    };
+    let mut admission = Admission::new(
+        Gate::new(policy, true, usize::MAX),
+        Mode::Observe,
+        Dedupe::new(config.trust.dedupe_window, config.trust.dedupe_capacity),
+        Sequences::default(),
+        Registry::default(),
+    );
     let shutdown = super::shutdown_flag();
     let started = Instant::now();
-    let mut dedupe = Dedupe::new(Duration::from_secs(600), 100_000);
     let mut shown = 0u64;
-    while !shutdown.load(Ordering::Relaxed) {
+    let code = loop {
+        if shutdown.load(Ordering::Relaxed) {
+            break None;
+        }
         if args.count.is_some_and(|n| shown >= n) {
-            return ExitCode::SUCCESS;
+            break Some(ExitCode::SUCCESS);
         }
         let wait = match args.timeout {
-            Some(t) if started.elapsed() >= t => break,
+            Some(t) if started.elapsed() >= t => break None,
             Some(t) => (t - started.elapsed()).min(Duration::from_millis(250)),
             None => Duration::from_millis(250),
         };
-        let frames = match sub.recv(wait) {
-            Ok(Some(f)) => f,
-            Ok(None) => continue,
-            Err(e) => return super::fail(format!("receiving: {e}"), 1),
-        };
-        let event = match Event::from_frames(frames) {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::warn!(reason = e.reason(), "skipping malformed message: {e}");
-                continue;
+        let received = match sources.rx.recv_timeout(wait) {
+            Ok(r) => r,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => {
+                break Some(super::fail("the subscriber stopped", 1))
             }
         };
+        let Some(admitted) = admission.admit(received.frames, received.source) else {
+            continue;
+        };
+        let event = &admitted.event;
         if !args.topic.is_empty() && !args.topic.iter().any(|p| p.matches(&event.topic)) {
             continue;
         }
-        if !dedupe.first_seen(&event.uuid, Instant::now()) {
-            continue;
-        }
-        let report = sign::check(&event.body, &keyring);
-        if let Err(e) = on_event(&event, &report) {
+        let report = admitted.report.unwrap_or_default();
+        if let Err(e) = on_event(event, &report) {
             // A reader that went away (`| head`) is a normal way to stop; anything else is not.
             if e.kind() == std::io::ErrorKind::BrokenPipe {
-                return ExitCode::SUCCESS;
+                break Some(ExitCode::SUCCESS);
             }
-            return super::fail(format!("writing: {e}"), 1);
+            break Some(super::fail(format!("writing: {e}"), 1));
         }
         shown += 1;
+    };
+    sources.stop();
+    if let Some(code) = code {
+        return code;
     }
     match args.count {
         Some(n) if shown < n => {

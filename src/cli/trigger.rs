@@ -84,13 +84,9 @@ pub fn options(args: TriggerArgs) -> anyhow::Result<TriggerOptions> {
         .trust
         .policy(&mut config, results_key.as_ref().map(|k| k.name.as_str()))?;
     let t = config.trigger;
-    let results = match (t.results_relay.clone(), results_key) {
-        (Some(ep), Some(key)) => Some((ep, key)),
-        (None, None) => None,
-        _ => anyhow::bail!(
-            "trigger.results_relay and trigger.results_key go together: set both or neither"
-        ),
-    };
+    // Config::load refuses one of results_relay and results_key without the other, at the
+    // setting's position, so only both or neither get here.
+    let results = t.results_relay.clone().zip(results_key);
     Ok(TriggerOptions {
         connect: t.connect,
         fedmsg: t.fedmsg,

@@ -19,8 +19,8 @@ use super::lint;
 use super::path::{FieldPath, Root};
 use super::predicate::{Cmp, Condition, Lit, Num, Op, Test};
 use super::rule::{
-    Coalesce, Concurrency, OnBusy, Pool, Retry, Rule, RunSpec, SourcePos, StdinMode, DEFAULT_GRACE,
-    DEFAULT_TIMEOUT,
+    Coalesce, Concurrency, Fallback, OnBusy, Pool, Retry, Rule, RunSpec, SourcePos, StdinMode,
+    DEFAULT_GRACE, DEFAULT_TIMEOUT,
 };
 use super::syntax::{
     CondEntry, CondMap, FieldSpec, RawFile, RawOps, RawRule, RawRun, RawTest, StrOrList,
@@ -34,6 +34,8 @@ use crate::topic::TopicPattern;
 pub const DEFAULT_BACKOFF: Duration = Duration::from_secs(30);
 /// Cap on retry delays when `retry` sets no `max_backoff`.
 pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(3600);
+/// The shortest fallback interval: a safety net that fires every few seconds is a loop.
+pub const MIN_FALLBACK: Duration = Duration::from_secs(60);
 
 /// One compiled rule file. Cheap to clone; the daemon keeps the last good one per file.
 #[derive(Debug, Clone)]
@@ -557,6 +559,19 @@ impl<'a> Ctx<'a> {
                 );
             }
         }
+        let fallback = raw.fallback.as_ref().and_then(|f| {
+            let every = self.duration(&f.value.every, "fallback.every")?;
+            if every < MIN_FALLBACK {
+                self.error(
+                    &f.value.every.referenced,
+                    format!(
+                        "fallback.every must be at least {} (it is a safety net, not a loop)",
+                        crate::duration::format(MIN_FALLBACK)
+                    ),
+                );
+            }
+            Some((Fallback { every }, f.referenced))
+        });
         let rule = Rule {
             name: name.value.clone(),
             description: raw.description.clone(),
@@ -569,7 +584,20 @@ impl<'a> Ctx<'a> {
             coalesce,
             concurrency,
             retry,
+            fallback: fallback.as_ref().map(|(f, _)| f.clone()),
         };
+        if let Some((_, at)) = &fallback {
+            if let Err(e) = rule.render(&rule.fallback_event("check")) {
+                self.error(
+                    at,
+                    format!(
+                        "a fallback run has no event, so the command must render without one: {}: {} \
+                         (give the var a default, or drop the fallback)",
+                        e.field, e.reason
+                    ),
+                );
+            }
+        }
         if let Some(reason) = lint::never_fires(&rule) {
             self.warn(
                 &name.referenced,
@@ -1160,6 +1188,38 @@ mod tests {
             one_error(env).starts_with("t.yaml:6:19: error: unterminated"),
             "{}",
             one_error(env)
+        );
+    }
+
+    #[test]
+    fn fallback_needs_a_sane_interval_and_a_command_that_renders_without_an_event() {
+        let base = "rules:\n  - name: a\n    match: {topic: a}\n";
+        let ok = rule(&format!(
+            "{base}    vars: {{repo: {{from: data.repo, default: main}}}}\n    run: {{command: [/usr/bin/sync, '${{repo}}']}}\n    fallback: {{every: 6h}}\n"
+        ));
+        assert_eq!(
+            ok.fallback.as_ref().map(|f| f.every),
+            Some(Duration::from_secs(6 * 3600))
+        );
+        let argv = ok.render(&ok.fallback_event("u")).unwrap().argv;
+        assert_eq!(
+            argv,
+            ["/usr/bin/sync", "main"],
+            "the var default stands in for the event"
+        );
+        let short = one_error(&format!(
+            "{base}    run: {{command: [/bin/true]}}\n    fallback: {{every: 10s}}\n"
+        ));
+        assert!(
+            short.starts_with("t.yaml:5:") && short.contains("at least 1m"),
+            "{short}"
+        );
+        let needs_event = one_error(&format!(
+            "{base}    run: {{command: [/usr/bin/sync, '${{data.repo}}']}}\n    fallback: {{every: 1h}}\n"
+        ));
+        assert!(
+            needs_event.starts_with("t.yaml:5:") && needs_event.contains("render without one"),
+            "{needs_event}"
         );
     }
 

@@ -14,7 +14,6 @@
 //! event [`RuleSet::matching`] and [`Rule::render`].
 
 pub mod check;
-pub mod cli;
 pub mod compile;
 pub mod dpkg;
 pub mod events;

@@ -85,6 +85,16 @@ pub struct Coalesce {
     pub max_delay: Option<Duration>,
 }
 
+/// The safety net under an event-driven rule: when it has not started a job for `every`,
+/// it runs anyway (with `HARK_REASON=fallback`), so the old cron cadence stays a floor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fallback {
+    pub every: Duration,
+}
+
+/// The topic of the stand-in event a fallback run renders its command against.
+pub const FALLBACK_TOPIC: &str = "_hark.fallback";
+
 /// What happens to a new run when `limit` runs with its key are already going.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -199,6 +209,7 @@ pub struct Rule {
     pub coalesce: Option<Coalesce>,
     pub concurrency: Concurrency,
     pub retry: Option<Retry>,
+    pub fallback: Option<Fallback>,
 }
 
 /// A rule rendered against one event: ready to spawn.
@@ -272,6 +283,21 @@ impl Rule {
     }
 
     /// Render argv, env and workdir for the event, or refuse.
+    /// The stand-in event of a fallback run: no data, so only vars with a default and
+    /// `${topic}`/`${uuid}` can render (the compiler checks this).
+    pub fn fallback_event(&self, uuid: &str) -> Event {
+        let mut event = Event::from_value(serde_json::json!({
+            "tag": FALLBACK_TOPIC,
+            "uuid": uuid,
+            "format": "1.0",
+            "time": chrono::Utc::now().to_rfc3339(),
+            "data": {},
+        }))
+        .unwrap_or_else(|_| unreachable!("a literal Laniakea envelope parses"));
+        event.frames = vec![Vec::new()];
+        event
+    }
+
     pub fn render(&self, event: &Event) -> Result<Rendered, RenderError> {
         let mut argv = Vec::new();
         if self.run.shell {

@@ -68,6 +68,14 @@ pub struct RawRule {
     pub concurrency: Option<Spanned<RawConcurrency>>,
     #[serde(default)]
     pub retry: Option<Spanned<RawRetry>>,
+    #[serde(default)]
+    pub fallback: Option<Spanned<RawFallback>>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFallback {
+    pub every: Spanned<String>,
 }
 
 #[derive(Debug, serde::Deserialize)]

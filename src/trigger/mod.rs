@@ -2,16 +2,15 @@
 //!
 //! ```text
 //! SUB thread ──frames──► admission thread ──events──► jobs thread ──starts──► tokio tasks
-//! (owns socket)          (Intake: parse,   (bounded)  (Store, Scheduler,       (runner:
-//!                         trust, dedupe,               rules, reload; one      commands)
-//!                         gaps)                        txn per burst)  ◄──finished──┘
+//! (owns socket)          (Admission: parse,  (bounded) (Store, Scheduler,     (runner:
+//!                         trust, dedupe,                rules, reload; one    commands)
+//!                         gaps)                         txn per burst) ◄──finished──┘
 //! ```
 //!
 //! The tokio event loop does no blocking work: it runs the commands, the metrics endpoint
 //! and the signal handlers, and turns signals into messages for the jobs thread. The
 //! results publisher has a thread and a socket of its own.
 
-mod intake;
 mod jobs_thread;
 pub mod reload;
 pub mod results;
@@ -26,8 +25,8 @@ use crossbeam_channel::{Receiver, Sender};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info};
 
+use crate::admit::{Admission, Dedupe, Gate, Mode, Sequences, TrustPolicy};
 use crate::bus::subscribe::Subscriber;
-use crate::bus::trust::{Dedupe, RefusalLog, TrustPolicy};
 use crate::config::ZmqConfig;
 use crate::event::keys::SigningKey;
 use crate::event::Event;
@@ -35,7 +34,6 @@ use crate::jobs::report::Reporter;
 use crate::jobs::{Scheduler, SchedulerOptions, Store};
 use crate::metrics::Registry;
 use crate::systemd::notify;
-use intake::Intake;
 use jobs_thread::{Control, JobsThread};
 use reload::RuleCache;
 
@@ -95,7 +93,7 @@ fn spawn_subscriber(
 /// Admission on a thread of its own: signature checks are CPU work. Whatever is already
 /// queued goes on as one burst, so the jobs thread files it in one transaction.
 fn spawn_admission(
-    mut intake: Intake,
+    mut intake: Admission,
     frames: Receiver<Vec<Vec<u8>>>,
     events: Sender<Vec<Arc<Event>>>,
 ) -> anyhow::Result<std::thread::JoinHandle<()>> {
@@ -106,8 +104,8 @@ fn spawn_admission(
                 let mut burst = Vec::new();
                 let mut next = Some(first);
                 while let Some(f) = next.take() {
-                    if let Some(event) = intake.admit(f) {
-                        burst.push(Arc::new(event));
+                    if let Some(admitted) = intake.admit(f, "relay") {
+                        burst.push(Arc::new(admitted.event));
                     }
                     if burst.len() >= INTAKE_BATCH {
                         break;
@@ -144,9 +142,7 @@ pub fn run(
     jobs_thread::recover(&mut store, &mut sched).context("loading jobs from the state file")?;
     let last_seq = store
         .relay_seqs()
-        .context("reading relay sequence numbers")?
-        .into_iter()
-        .collect();
+        .context("reading relay sequence numbers")?;
 
     let mut endpoints = opts.connect.clone();
     endpoints.extend(opts.fedmsg.iter().cloned());
@@ -160,14 +156,13 @@ pub fn run(
         frames_tx,
         sub_stop.clone(),
     )?;
-    let intake = Intake {
-        policy: opts.policy,
-        allow_fedmsg: opts.allow_fedmsg,
-        dedupe: Dedupe::new(opts.dedupe_window, opts.dedupe_capacity),
-        log: RefusalLog::new(),
-        metrics: metrics.clone(),
-        last_seq,
-    };
+    let intake = Admission::new(
+        Gate::new(opts.policy, opts.allow_fedmsg, usize::MAX),
+        Mode::Enforce,
+        Dedupe::new(opts.dedupe_window, opts.dedupe_capacity),
+        Sequences::new(last_seq),
+        metrics.clone(),
+    );
     let admission = spawn_admission(intake, frames_rx, events_tx)?;
     let results = match opts.results {
         Some((ep, key)) => match results::spawn(ep, key, opts.zmq.clone(), metrics.clone()) {

@@ -1,12 +1,20 @@
 //! `hark.yaml`: every setting with its built-in default, so that hark runs with no file at
 //! all. This module owns loading and validating the file; each component receives only its
 //! own section. Errors name the file, line and column.
+//!
+//! - here: the structs (one per section), their defaults, parsing and [`Config::load`];
+//! - [`settings`]: the one table of settings and their documentation, from which the
+//!   packaged hark.yaml and hark(1) are written (field doc comments here stay one-liners);
+//! - [`validate`]: checks across settings, reported at the offending key's position.
+
+pub mod settings;
+pub mod validate;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::duration::serde_text;
 
@@ -62,12 +70,15 @@ fn strip_location_suffix(message: &str) -> String {
     m
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+/// The whole file. Field docs here are reminders; the text admins read (hark.yaml
+/// comments, hark(1)) is in [`settings::SETTINGS`].
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub relay: RelayConfig,
     pub trust: TrustConfig,
     pub trigger: TriggerConfig,
+    pub publish: PublishConfig,
     pub zmq: ZmqConfig,
 }
 
@@ -85,14 +96,29 @@ impl Config {
             location: None,
             message: e.to_string(),
         })?;
+        Config::from_yaml(&path, &text)
+    }
+
+    /// Parse and validate the text of a hark.yaml read from `path`: syntax, types and
+    /// unknown keys (serde), then [`validate::check`]. The first problem found is the
+    /// error, at the position of the key it is about.
+    pub fn from_yaml(path: &Path, text: &str) -> Result<Config, FileError> {
         if text.trim().is_empty() {
             return Ok(Config::default());
         }
-        parse_yaml(&path, &text)
+        let config: Config = parse_yaml(path, text)?;
+        match validate::check(&config).into_iter().next() {
+            None => Ok(config),
+            Some(problem) => Err(FileError {
+                path: path.to_path_buf(),
+                location: validate::Positions::of(text).find(&problem.path),
+                message: problem.message,
+            }),
+        }
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RelayConfig {
     /// Name under `unsigned.relay`; defaults to the host name.
@@ -109,6 +135,9 @@ pub struct RelayConfig {
     pub max_message_size: usize,
     /// Verification threads; 0 means one per CPU.
     pub workers: usize,
+    /// How often a heartbeat `{relay, epoch, head}` is published; 0s turns them off.
+    #[serde(with = "serde_text")]
+    pub heartbeat: Duration,
 }
 
 impl Default for RelayConfig {
@@ -121,19 +150,45 @@ impl Default for RelayConfig {
             key: None,
             max_message_size: 1024 * 1024,
             workers: 0,
+            heartbeat: Duration::from_secs(5),
         }
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+/// What `hark publish` submits to, and where it spools.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PublishConfig {
+    /// Submit endpoints of hark relays; all get every event.
+    pub relays: Vec<String>,
+    /// Relays that never ack (Laniakea's Lighthouse), as `SUBMIT,PUBLISH`.
+    pub lighthouses: Vec<String>,
+    /// Spool directory; unset: /var/spool/hark for root, else $XDG_STATE_HOME/hark/spool.
+    pub spool: Option<PathBuf>,
+    /// How long to wait for each relay's ack.
+    #[serde(with = "serde_text")]
+    pub timeout: Duration,
+}
+
+impl Default for PublishConfig {
+    fn default() -> Self {
+        PublishConfig {
+            relays: vec!["tcp://127.0.0.1:5571".into()],
+            lighthouses: Vec::new(),
+            spool: None,
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrustConfig {
     /// Directory of public keyfiles; each file's `metadata.id` is the signer's name.
     pub trusted_dir: PathBuf,
     /// Admit events that carry no trusted signature.
     pub allow_unsigned: bool,
-    /// Admit fedmsg-format events (their X.509 signatures are not checked, so they carry no
-    /// verified signer and never satisfy a rule's `signed_by`).
+    /// Admit fedmsg-format events (unverified: they never satisfy `signed_by`).
     pub allow_fedmsg: bool,
     /// Signer name to the topic patterns it may publish. `"*"` applies to every signer.
     pub grants: BTreeMap<String, Vec<String>>,
@@ -165,7 +220,7 @@ impl Default for TrustConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TriggerConfig {
     /// Relay PUB endpoints to subscribe to (all of them; duplicates are dropped by uuid).
@@ -219,7 +274,7 @@ impl Default for TriggerConfig {
 }
 
 /// libzmq socket options, set explicitly on every socket.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ZmqConfig {
     pub send_hwm: i32,
@@ -283,5 +338,75 @@ mod tests {
         let err = parse_yaml::<Config>(Path::new("h.yaml"), "relay:\n  workers: 1\n  workers: 2\n")
             .unwrap_err();
         assert!(err.to_string().starts_with("h.yaml:3:"), "{err}");
+    }
+
+    fn load_text(text: &str) -> Result<Config, FileError> {
+        Config::from_yaml(Path::new("/etc/hark/hark.yaml"), text)
+    }
+
+    #[test]
+    fn results_relay_without_results_key_is_refused_at_its_line() {
+        let err =
+            load_text("trigger:\n  state: /tmp/s.db\n  results_relay: tcp://r:5571\n").unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("/etc/hark/hark.yaml:3:3: "), "{text}");
+        assert!(text.contains("trigger.results_key"), "{text}");
+        assert!(text.contains("set both or neither"), "{text}");
+    }
+
+    #[test]
+    fn results_key_without_results_relay_is_refused_at_its_line() {
+        let err = load_text("relay:\n  workers: 1\ntrigger:\n    results_key: /k\n").unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("/etc/hark/hark.yaml:4:5: "), "{text}");
+        assert!(text.contains("trigger.results_relay"), "{text}");
+        assert!(text.contains("set both or neither"), "{text}");
+    }
+
+    #[test]
+    fn results_relay_and_key_together_are_accepted() {
+        let c = load_text("trigger:\n  results_relay: tcp://r:5571\n  results_key: /k\n").unwrap();
+        assert_eq!(c.trigger.results_relay.as_deref(), Some("tcp://r:5571"));
+    }
+
+    #[test]
+    fn a_bad_grant_glob_is_refused_at_the_glob() {
+        let err = load_text(
+            "trust:\n  grants:\n    archive-master: [\"_lk.archive.**\"]\n    buildd: [\"_lk.jobs.*\", \"_lk..x\"]\n",
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("/etc/hark/hark.yaml:4:28: "), "{text}");
+        assert!(text.contains("grant for \"buildd\""), "{text}");
+
+        // Block-style lists point at the element too.
+        let err = load_text("trust:\n  grants:\n    \"*\":\n      - \"a.b\"\n      - \"a.{b\"\n")
+            .unwrap_err();
+        assert!(
+            err.to_string().starts_with("/etc/hark/hark.yaml:5:9: "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn good_grants_load() {
+        let c = load_text("trust:\n  grants:\n    \"*\": [\"**\"]\n    b: [\"_lk.{x,y}.*\"]\n")
+            .unwrap();
+        assert_eq!(c.trust.grants.len(), 2);
+    }
+
+    #[test]
+    fn load_reads_and_validates_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("hark.yaml");
+        std::fs::write(&file, "trigger:\n  results_key: /k\n").unwrap();
+        let err = Config::load(Some(&file)).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with(&format!("{}:2:3: ", file.display())),
+            "{err}"
+        );
+        std::fs::write(&file, "  \n").unwrap();
+        assert_eq!(Config::load(Some(&file)).unwrap(), Config::default());
     }
 }

@@ -1,109 +1,19 @@
-//! The trust policy: whether an event may pass, and why not.
-//!
-//! Every check the relay and the trigger daemon make before an event reaches a rule lives
-//! here, in this order: signatures against the trusted keyring, per-signer topic grants,
-//! unsigned events, freshness of `time`; then (by the caller, who owns the state) duplicate
-//! uuids within a window. A refusal carries a stable `reason()` for counters and a message
-//! that tells an admin what to change.
+//! The trust policy: signatures against the trusted keyring, per-signer topic grants,
+//! unsigned events, and freshness of `time`. Stateless and cheap to clone, so the relay's
+//! verification workers and the daemon's intake thread share it. Loading the keyring from
+//! the trusted directory lives here too, for every command that checks signatures.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::fmt;
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
 use chrono::{DateTime, Local, NaiveDateTime, TimeZone, Utc};
 use tracing::warn;
 
+use super::Refusal;
 use crate::config::TrustConfig;
 use crate::event::keys::{KeyError, Keyring};
-use crate::event::{sign, EnvelopeError, Event};
+use crate::event::{sign, Event};
 use crate::topic::TopicPattern;
-
-/// Why an event was refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Refusal {
-    Envelope(EnvelopeError),
-    Oversized { size: usize, limit: usize },
-    BadSignature { signer: String, reason: String },
-    Unsigned,
-    FedmsgNotAllowed,
-    UntrustedSigners(Vec<String>),
-    NotGranted { topic: String, signers: Vec<String> },
-    Duplicate { uuid: String },
-    BadTime(String),
-    Stale { time: String, max_age: Duration },
-    Future { time: String, max_future: Duration },
-}
-
-impl Refusal {
-    /// Stable label for counters and acks.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            Refusal::Envelope(e) => e.reason(),
-            Refusal::Oversized { .. } => "oversized",
-            Refusal::BadSignature { .. } => "bad-signature",
-            Refusal::Unsigned => "unsigned",
-            Refusal::FedmsgNotAllowed => "fedmsg-not-allowed",
-            Refusal::UntrustedSigners(_) => "untrusted-signer",
-            Refusal::NotGranted { .. } => "topic-not-granted",
-            Refusal::Duplicate { .. } => "duplicate",
-            Refusal::BadTime(_) => "bad-time",
-            Refusal::Stale { .. } => "stale",
-            Refusal::Future { .. } => "future",
-        }
-    }
-}
-
-impl fmt::Display for Refusal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Refusal::Envelope(e) => write!(f, "{e}"),
-            Refusal::Oversized { size, limit } => write!(
-                f,
-                "message of {size} bytes exceeds the limit of {limit} bytes (relay.max_message_size)"
-            ),
-            Refusal::BadSignature { signer, reason } => write!(
-                f,
-                "signature by trusted signer {signer:?} is invalid ({reason}); the event was altered or signed with another key"
-            ),
-            Refusal::Unsigned => write!(
-                f,
-                "event carries no signature (sign it, or set trust.allow_unsigned / --allow-unsigned)"
-            ),
-            Refusal::FedmsgNotAllowed => write!(
-                f,
-                "fedmsg events are refused here (set trust.allow_fedmsg: true to admit them, unsigned)"
-            ),
-            Refusal::UntrustedSigners(names) => write!(
-                f,
-                "no trusted signer: signed only by {} (put their public keyfiles in the trusted keys directory)",
-                names.join(", ")
-            ),
-            Refusal::NotGranted { topic, signers } => write!(
-                f,
-                "signer(s) {} may not publish topic {topic:?} (add a grant: trust.grants in hark.yaml or --grant SIGNER=GLOB)",
-                signers.join(", ")
-            ),
-            Refusal::Duplicate { uuid } => write!(f, "uuid {uuid} was already seen within the dedupe window"),
-            Refusal::BadTime(t) => write!(f, "time {t:?} is not an ISO 8601 timestamp"),
-            Refusal::Stale { time, max_age } => write!(
-                f,
-                "time {time} is older than trust.max_age ({})",
-                crate::duration::format(*max_age)
-            ),
-            Refusal::Future { time, max_future } => write!(
-                f,
-                "time {time} is more than trust.max_future ({}) ahead; check the sender's clock",
-                crate::duration::format(*max_future)
-            ),
-        }
-    }
-}
-
-impl From<EnvelopeError> for Refusal {
-    fn from(e: EnvelopeError) -> Self {
-        Refusal::Envelope(e)
-    }
-}
 
 #[derive(Debug, Clone)]
 struct Grant {
@@ -163,25 +73,20 @@ impl TrustPolicy {
         })
     }
 
-    /// Build from config: load the trusted directory (a missing directory means no trusted
-    /// keys) and merge the config grants with `extra_grants`. Returns key files that failed
-    /// to load so the caller can log them.
+    /// Build from config: load the trusted directory (see [`load_keyring`]) and merge the
+    /// config grants with `extra_grants`.
     pub fn from_config(
         cfg: &TrustConfig,
         extra_grants: &[(String, Vec<String>)],
-    ) -> Result<(Self, Vec<KeyError>), String> {
-        let (keyring, errors) = if cfg.trusted_dir.is_dir() {
-            Keyring::load_dir(&cfg.trusted_dir).map_err(|e| e.to_string())?
-        } else {
-            (Keyring::default(), Vec::new())
-        };
+    ) -> Result<Self, String> {
+        let keyring = load_keyring(&cfg.trusted_dir).map_err(|e| e.to_string())?;
         let mut grants: Vec<(String, Vec<String>)> = cfg
             .grants
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         grants.extend(extra_grants.iter().cloned());
-        Ok((Self::new(keyring, &grants, cfg)?, errors))
+        Self::new(keyring, &grants, cfg)
     }
 
     pub fn keyring(&self) -> &Keyring {
@@ -243,6 +148,19 @@ impl TrustPolicy {
     }
 }
 
+/// The trusted keyring from `dir`. A missing directory means no trusted keys; a key file
+/// that cannot be read is logged and skipped, so one bad file never hides the others.
+pub fn load_keyring(dir: &Path) -> Result<Keyring, KeyError> {
+    if !dir.is_dir() {
+        return Ok(Keyring::default());
+    }
+    let (keyring, errors) = Keyring::load_dir(dir)?;
+    for e in errors {
+        warn!("skipping trusted key: {e}");
+    }
+    Ok(keyring)
+}
+
 /// Parse an event time: RFC 3339 with an offset, or Laniakea's naive `isoformat()`, which
 /// is the sender's local time (we assume the same zone as ours).
 pub fn parse_event_time(text: &str) -> Option<DateTime<Utc>> {
@@ -254,111 +172,6 @@ pub fn parse_event_time(text: &str) -> Option<DateTime<Utc>> {
         .find_map(|f| NaiveDateTime::parse_from_str(text, f).ok())
         .and_then(|naive| Local.from_local_datetime(&naive).earliest())
         .map(|t| t.with_timezone(&Utc))
-}
-
-/// Logs refusals (relay and daemon alike) without letting a flood of bad input flood the journal: the first few per
-/// reason in each window are logged in full, the rest are summarized.
-pub struct RefusalLog {
-    window_start: Instant,
-    logged: BTreeMap<&'static str, u32>,
-    suppressed: BTreeMap<&'static str, u64>,
-}
-
-impl RefusalLog {
-    const PER_WINDOW: u32 = 5;
-    const WINDOW: Duration = Duration::from_secs(10);
-
-    pub fn new() -> Self {
-        RefusalLog {
-            window_start: Instant::now(),
-            logged: BTreeMap::new(),
-            suppressed: BTreeMap::new(),
-        }
-    }
-
-    pub fn refused(&mut self, source: &str, uuid: Option<&str>, refusal: &Refusal) {
-        self.roll();
-        let n = self.logged.entry(refusal.reason()).or_insert(0);
-        if *n < Self::PER_WINDOW {
-            *n += 1;
-            warn!(
-                reason = refusal.reason(),
-                uuid = uuid.unwrap_or("-"),
-                "refused {source} message: {refusal}"
-            );
-        } else {
-            *self.suppressed.entry(refusal.reason()).or_insert(0) += 1;
-        }
-    }
-
-    pub fn roll(&mut self) {
-        if self.window_start.elapsed() < Self::WINDOW {
-            return;
-        }
-        for (reason, count) in std::mem::take(&mut self.suppressed) {
-            warn!(
-                reason,
-                "refused {count} more messages for reason {reason} in the last {}s",
-                Self::WINDOW.as_secs()
-            );
-        }
-        self.logged.clear();
-        self.window_start = Instant::now();
-    }
-}
-
-impl Default for RefusalLog {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-/// Remembers uuids for a window, bounded in memory. Owned by one thread.
-#[derive(Debug)]
-pub struct Dedupe {
-    window: Duration,
-    capacity: usize,
-    seen: HashMap<String, Instant>,
-    order: VecDeque<(Instant, String)>,
-}
-
-impl Dedupe {
-    pub fn new(window: Duration, capacity: usize) -> Self {
-        Dedupe {
-            window,
-            capacity: capacity.max(1),
-            seen: HashMap::new(),
-            order: VecDeque::new(),
-        }
-    }
-
-    /// True the first time `uuid` is seen within the window.
-    pub fn first_seen(&mut self, uuid: &str, now: Instant) -> bool {
-        while let Some((at, _)) = self.order.front() {
-            if now.duration_since(*at) <= self.window && self.order.len() < self.capacity {
-                break;
-            }
-            if let Some((at, old)) = self.order.pop_front() {
-                if self.seen.get(&old) == Some(&at) {
-                    self.seen.remove(&old);
-                }
-            }
-        }
-        if self.seen.contains_key(uuid) {
-            return false;
-        }
-        self.seen.insert(uuid.to_string(), now);
-        self.order.push_back((now, uuid.to_string()));
-        true
-    }
-
-    pub fn len(&self) -> usize {
-        self.seen.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.seen.is_empty()
-    }
 }
 
 #[cfg(test)]
@@ -463,18 +276,5 @@ mod tests {
         assert!(parse_event_time("2023-11-30T12:00:00").is_some());
         assert!(parse_event_time("2023-11-30T12:00:00+02:00").is_some());
         assert!(parse_event_time("nope").is_none());
-    }
-
-    #[test]
-    fn dedupe_forgets_after_window_and_bounds_memory() {
-        let mut d = Dedupe::new(Duration::from_secs(10), 3);
-        let t0 = Instant::now();
-        assert!(d.first_seen("a", t0));
-        assert!(!d.first_seen("a", t0));
-        assert!(d.first_seen("a", t0 + Duration::from_secs(11)));
-        for u in ["b", "c", "d", "e"] {
-            d.first_seen(u, t0 + Duration::from_secs(12));
-        }
-        assert!(d.len() <= 3);
     }
 }

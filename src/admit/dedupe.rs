@@ -1,0 +1,71 @@
+//! The uuid dedupe window: the same event arrives once per relay (and again through replay),
+//! and a replayed submission must not run twice.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+/// Remembers uuids for a window, bounded in memory. Owned by one thread.
+#[derive(Debug)]
+pub struct Dedupe {
+    window: Duration,
+    capacity: usize,
+    seen: HashMap<String, Instant>,
+    order: VecDeque<(Instant, String)>,
+}
+
+impl Dedupe {
+    pub fn new(window: Duration, capacity: usize) -> Self {
+        Dedupe {
+            window,
+            capacity: capacity.max(1),
+            seen: HashMap::new(),
+            order: VecDeque::new(),
+        }
+    }
+
+    /// True the first time `uuid` is seen within the window.
+    pub fn first_seen(&mut self, uuid: &str, now: Instant) -> bool {
+        while let Some((at, _)) = self.order.front() {
+            if now.duration_since(*at) <= self.window && self.order.len() < self.capacity {
+                break;
+            }
+            if let Some((at, old)) = self.order.pop_front() {
+                if self.seen.get(&old) == Some(&at) {
+                    self.seen.remove(&old);
+                }
+            }
+        }
+        if self.seen.contains_key(uuid) {
+            return false;
+        }
+        self.seen.insert(uuid.to_string(), now);
+        self.order.push_back((now, uuid.to_string()));
+        true
+    }
+
+    pub fn len(&self) -> usize {
+        self.seen.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.seen.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dedupe_forgets_after_window_and_bounds_memory() {
+        let mut d = Dedupe::new(Duration::from_secs(10), 3);
+        let t0 = Instant::now();
+        assert!(d.first_seen("a", t0));
+        assert!(!d.first_seen("a", t0));
+        assert!(d.first_seen("a", t0 + Duration::from_secs(11)));
+        for u in ["b", "c", "d", "e"] {
+            d.first_seen(u, t0 + Duration::from_secs(12));
+        }
+        assert!(d.len() <= 3);
+    }
+}

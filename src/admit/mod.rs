@@ -1,0 +1,298 @@
+//! Admission: the one stage every received message passes before anything acts on it.
+//! The relay, the trigger daemon, `hark tail` and `hark record` all use it.
+//!
+//! In order: size and frame checks → envelope (Laniakea 1.0 or fedmsg) → the trust policy
+//! for that format (signatures, grants, unsigned, freshness; fedmsg only where allowed) →
+//! uuid dedupe → relay sequence numbers and gaps. Trust runs before dedupe, so a forged or
+//! stale event can never burn a real event's uuid.
+//!
+//! The checks split by what they need: [`Gate`] is stateless and cheap to clone, so the
+//! relay runs it on its verification workers; [`Admission`] adds the state (dedupe window,
+//! sequences, the rate-limited refusal log, counters) for one thread that owns it.
+
+pub mod dedupe;
+pub mod fedmsg;
+pub mod refusal;
+pub mod sequence;
+pub mod trust;
+
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use tracing::warn;
+
+pub use dedupe::Dedupe;
+pub use refusal::{Refusal, RefusalLog};
+pub use sequence::{Gap, Sequences};
+pub use trust::{load_keyring, parse_event_time, parse_grant, TrustPolicy};
+
+use crate::bus::heartbeat::Heartbeat;
+use crate::event::sign::{self, SignatureReport};
+use crate::event::{EnvelopeError, Event, Format};
+use crate::metrics::Registry;
+
+/// A refusal with the uuid, when the envelope got far enough to have one.
+#[derive(Debug, Clone)]
+pub struct Refused {
+    pub uuid: Option<String>,
+    pub refusal: Refusal,
+}
+
+impl From<Refusal> for Refused {
+    fn from(refusal: Refusal) -> Self {
+        Refused {
+            uuid: None,
+            refusal,
+        }
+    }
+}
+
+impl From<EnvelopeError> for Refused {
+    fn from(e: EnvelopeError) -> Self {
+        Refusal::Envelope(e).into()
+    }
+}
+
+/// The stateless checks: size, envelope, and the trust policy by format.
+#[derive(Debug, Clone)]
+pub struct Gate {
+    policy: TrustPolicy,
+    allow_fedmsg: bool,
+    max_message_size: usize,
+}
+
+impl Gate {
+    pub fn new(policy: TrustPolicy, allow_fedmsg: bool, max_message_size: usize) -> Self {
+        Gate {
+            policy,
+            allow_fedmsg,
+            max_message_size,
+        }
+    }
+
+    pub fn policy(&self) -> &TrustPolicy {
+        &self.policy
+    }
+
+    fn fits(&self, size: usize) -> Result<(), Refusal> {
+        if size > self.max_message_size {
+            return Err(Refusal::Oversized {
+                size,
+                limit: self.max_message_size,
+            });
+        }
+        Ok(())
+    }
+
+    /// The one frame of a relay submission, checked for count and size (cheap; the socket
+    /// thread runs it before handing the frame to a worker).
+    pub fn submission_frame(&self, mut frames: Vec<Vec<u8>>) -> Result<Vec<u8>, Refusal> {
+        match frames.pop() {
+            Some(frame) if frames.is_empty() => {
+                self.fits(frame.len())?;
+                Ok(frame)
+            }
+            _ => Err(Refusal::Envelope(EnvelopeError::FrameCount {
+                expected: "1 (one JSON frame per submission)",
+                got: frames.len() + 1,
+            })),
+        }
+    }
+
+    /// A submission: a native event only (fedmsg publishers reach a relay by PUB).
+    pub fn check_submission(&self, frame: Vec<u8>, now: DateTime<Utc>) -> Result<Event, Refused> {
+        let mut event = Event::from_submission(frame)?;
+        self.trust(&mut event, now)?;
+        Ok(event)
+    }
+
+    /// Frames from a PUB socket (a relay, or a fedmsg endpoint).
+    pub fn check_frames(&self, frames: Vec<Vec<u8>>, now: DateTime<Utc>) -> Result<Event, Refused> {
+        self.fits(frames.iter().map(Vec::len).sum())?;
+        let mut event = Event::from_frames(frames)?;
+        self.trust(&mut event, now)?;
+        Ok(event)
+    }
+
+    /// fedmsg pass-through on a relay: envelope checks without building an event, and the
+    /// msg_id for dedupe. The frames are forwarded untouched.
+    pub fn check_fedmsg_passthrough(&self, frames: &[Vec<u8>]) -> Result<String, Refused> {
+        self.fits(frames.iter().map(Vec::len).sum())?;
+        Ok(fedmsg::fedmsg_id(frames)?)
+    }
+
+    fn trust(&self, event: &mut Event, now: DateTime<Utc>) -> Result<(), Refused> {
+        let refusal = match event.format {
+            Format::Laniakea => self.policy.admit(event, now).err(),
+            Format::Fedmsg if !self.allow_fedmsg => Some(Refusal::FedmsgNotAllowed),
+            Format::Fedmsg => None,
+        };
+        match refusal {
+            None => Ok(()),
+            Some(refusal) => Err(Refused {
+                uuid: Some(event.uuid.clone()),
+                refusal,
+            }),
+        }
+    }
+}
+
+/// Metric names, so the relay and the subscribers keep the counters they always had.
+#[derive(Debug, Clone, Copy)]
+pub struct Counters {
+    pub refused: &'static str,
+}
+
+impl Counters {
+    pub const RELAY: Counters = Counters {
+        refused: "hark_relay_refused_total",
+    };
+    pub const SUBSCRIBER: Counters = Counters {
+        refused: "hark_events_refused_total",
+    };
+}
+
+/// Counts refusals by reason and logs them without letting a flood flood the log.
+pub struct Refusals {
+    log: RefusalLog,
+    metrics: Registry,
+    counters: Counters,
+}
+
+impl Refusals {
+    pub fn new(metrics: Registry, counters: Counters) -> Self {
+        Refusals {
+            log: RefusalLog::new(),
+            metrics,
+            counters,
+        }
+    }
+
+    pub fn refuse(&mut self, source: &str, uuid: Option<&str>, refusal: &Refusal) {
+        self.metrics
+            .inc(self.counters.refused, &[("reason", refusal.reason())]);
+        self.log.refused(source, uuid, refusal);
+    }
+
+    /// Flush the summary of suppressed refusals once their window is over.
+    pub fn roll(&mut self) {
+        self.log.roll();
+    }
+}
+
+/// How a subscriber treats signatures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Refuse what the trust policy refuses (the trigger daemon).
+    Enforce,
+    /// Show everything with what its signatures say (`hark tail`, `hark record`: the tools
+    /// an admin reaches for when something does not arrive). Malformed envelopes are still
+    /// refused.
+    Observe,
+}
+
+/// What admission lets through.
+pub struct Admitted {
+    pub event: Event,
+    /// What every signature says, against the trusted keyring (Observe mode only).
+    pub report: Option<SignatureReport>,
+}
+
+/// The subscriber side of admission, owned by one thread.
+pub struct Admission {
+    gate: Gate,
+    mode: Mode,
+    dedupe: Dedupe,
+    sequences: Sequences,
+    refusals: Refusals,
+    metrics: Registry,
+    gaps: Vec<Gap>,
+}
+
+impl Admission {
+    pub fn new(
+        gate: Gate,
+        mode: Mode,
+        dedupe: Dedupe,
+        sequences: Sequences,
+        metrics: Registry,
+    ) -> Self {
+        Admission {
+            gate,
+            mode,
+            dedupe,
+            sequences,
+            refusals: Refusals::new(metrics.clone(), Counters::SUBSCRIBER),
+            metrics,
+            gaps: Vec::new(),
+        }
+    }
+
+    /// Admit frames received from `source` (for log lines), or count and log why not.
+    pub fn admit(&mut self, frames: Vec<Vec<u8>>, source: &str) -> Option<Admitted> {
+        if let Some(beat) = Heartbeat::from_frames(&frames) {
+            match beat {
+                Ok(beat) => {
+                    let gap = self
+                        .sequences
+                        .heartbeat(&beat.relay, &beat.epoch, beat.head);
+                    self.gap(gap);
+                }
+                Err(e) => self.refusals.refuse(
+                    source,
+                    None,
+                    &Refusal::Envelope(EnvelopeError::MalformedJson(format!("heartbeat: {e}"))),
+                ),
+            }
+            return None;
+        }
+        self.metrics.inc("hark_events_received_total", &[]);
+        let now = Utc::now();
+        let checked = match self.mode {
+            Mode::Enforce => self.gate.check_frames(frames, now).map(|e| (e, None)),
+            Mode::Observe => Event::from_frames(frames).map_err(Refused::from).map(|e| {
+                let report = sign::check(&e.body, self.gate.policy().keyring());
+                (e, Some(report))
+            }),
+        };
+        let (event, report) = match checked {
+            Ok(ok) => ok,
+            Err(refused) => {
+                self.refusals
+                    .refuse(source, refused.uuid.as_deref(), &refused.refusal);
+                return None;
+            }
+        };
+        if !self.dedupe.first_seen(&event.uuid, Instant::now()) {
+            // The same event through a second relay: expected, so only counted.
+            self.metrics.inc("hark_events_duplicate_total", &[]);
+            return None;
+        }
+        if let Some(stamp) = &event.relay {
+            let gap = self.sequences.observe(stamp);
+            self.gap(gap);
+        }
+        self.metrics.inc("hark_events_admitted_total", &[]);
+        Some(Admitted { event, report })
+    }
+
+    fn gap(&mut self, gap: Option<Gap>) {
+        let Some(gap) = gap else { return };
+        warn!(relay = %gap.relay, epoch = %gap.epoch, "missed {} event(s) from relay {} (seq {}..={}; lost on the network, or published while this subscriber was down)", gap.missing(), gap.relay, gap.after + 1, gap.before - 1);
+        self.metrics.add(
+            "hark_relay_gap_events_total",
+            &[("relay", &gap.relay)],
+            gap.missing() as f64,
+        );
+        self.gaps.push(gap);
+    }
+
+    /// Gaps found since the last call, for a source that can fetch them again (replay).
+    pub fn take_gaps(&mut self) -> Vec<Gap> {
+        std::mem::take(&mut self.gaps)
+    }
+
+    pub fn sequences(&self) -> &Sequences {
+        &self.sequences
+    }
+}

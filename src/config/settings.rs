@@ -1,0 +1,524 @@
+//! The one table of `hark.yaml` settings: every key path with what an admin needs to know
+//! about it. The packaged, commented `/etc/hark/hark.yaml` and the CONFIGURATION section of
+//! hark(1) are both written from [`SECTIONS`] and [`SETTINGS`]; defaults are not repeated
+//! here but read from [`Config::default`] (serialized), so they have one source too. A unit
+//! test fails when a field of [`Config`] has no entry here, or an entry names no field.
+
+use serde_json::Value;
+
+use super::Config;
+
+/// How a value is written in YAML; everything but durations follows from its JSON form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Text,
+    Path,
+    Bool,
+    Integer,
+    /// Written bare: `30s`, `1h30m`.
+    Duration,
+    Endpoints,
+    Paths,
+    Map,
+}
+
+impl Kind {
+    /// The type as a reader would name it, for the man page.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Kind::Text => "text",
+            Kind::Path => "path",
+            Kind::Bool => "true or false",
+            Kind::Integer => "integer",
+            Kind::Duration => "duration",
+            Kind::Endpoints => "list of endpoints",
+            Kind::Paths => "list of paths",
+            Kind::Map => "mapping",
+        }
+    }
+}
+
+/// A top-level section of `hark.yaml`.
+#[derive(Debug)]
+pub struct Section {
+    pub name: &'static str,
+    pub doc: &'static str,
+}
+
+/// One setting: `section.key`, its kind and its documentation (lines of prose).
+#[derive(Debug)]
+pub struct Setting {
+    pub section: &'static str,
+    pub key: &'static str,
+    pub kind: Kind,
+    pub doc: &'static str,
+}
+
+impl Setting {
+    /// `trust.max_age`.
+    pub fn path(&self) -> String {
+        format!("{}.{}", self.section, self.key)
+    }
+
+    /// This setting's value in `config` as YAML flow text; empty when unset.
+    pub fn yaml_value(&self, config: &Config) -> String {
+        let value = serialized(config)
+            .get(self.section)
+            .and_then(|s| s.get(self.key))
+            .cloned()
+            .unwrap_or(Value::Null);
+        match (self.kind, &value) {
+            (Kind::Duration, Value::String(s)) => s.clone(),
+            _ => flow(&value),
+        }
+    }
+}
+
+/// `config` as JSON: the shape (and key names) serde gives `hark.yaml`.
+pub fn serialized(config: &Config) -> Value {
+    // Config holds only strings, numbers, lists and maps with string keys.
+    serde_json::to_value(config).unwrap_or(Value::Null)
+}
+
+/// YAML flow syntax for a JSON value. JSON strings are valid YAML double-quoted strings;
+/// null is written as nothing, which YAML reads back as null (unset).
+fn flow(value: &Value) -> String {
+    match value {
+        Value::Null => String::new(),
+        Value::Array(items) => {
+            let items: Vec<String> = items.iter().map(flow).collect();
+            format!("[{}]", items.join(", "))
+        }
+        Value::Object(map) => {
+            let items: Vec<String> = map
+                .iter()
+                .map(|(k, v)| format!("{}: {}", flow(&Value::String(k.clone())), flow(v)))
+                .collect();
+            format!("{{{}}}", items.join(", "))
+        }
+        other => other.to_string(),
+    }
+}
+
+/// The settings of one section, in table order.
+pub fn of_section(section: &str) -> impl Iterator<Item = &'static Setting> + '_ {
+    SETTINGS.iter().filter(move |s| s.section == section)
+}
+
+pub const SECTIONS: &[Section] = &[
+    Section {
+        name: "relay",
+        doc: "The relay (hark relay, hark-relay.service): accepts signed events, checks them\n\
+              against `trust`, countersigns them and publishes them to subscribers.",
+    },
+    Section {
+        name: "trust",
+        doc: "Which events the relay and the trigger daemon admit: signatures by trusted\n\
+              keys, per-signer topic grants, freshness, duplicates.",
+    },
+    Section {
+        name: "trigger",
+        doc: "The trigger daemon (hark trigger, hark-trigger.service; also read by hark jobs):\n\
+              matches admitted events against the rules and runs their commands.",
+    },
+    Section {
+        name: "publish",
+        doc: "hark publish: where events are submitted, and where they wait when no relay answers.",
+    },
+    Section {
+        name: "zmq",
+        doc: "libzmq socket options, set explicitly on every socket of every command.",
+    },
+];
+
+const fn s(section: &'static str, key: &'static str, kind: Kind, doc: &'static str) -> Setting {
+    Setting {
+        section,
+        key,
+        kind,
+        doc,
+    }
+}
+
+pub const SETTINGS: &[Setting] = &[
+    // --- relay ---
+    s(
+        "relay",
+        "name",
+        Kind::Text,
+        "Name stamped into unsigned.relay of every event; unset means the host name.",
+    ),
+    s(
+        "relay",
+        "submit",
+        Kind::Endpoints,
+        "ROUTER endpoints that accept submissions (Laniakea's default port is 5571).",
+    ),
+    s(
+        "relay",
+        "publish",
+        Kind::Endpoints,
+        "PUB endpoints that emit [tag, json] (Laniakea's default port is 5572).",
+    ),
+    s(
+        "relay",
+        "fedmsg_inbound",
+        Kind::Endpoints,
+        "SUB endpoints bound for fedmsg active publishers (Fedora used 9941).",
+    ),
+    s(
+        "relay",
+        "key",
+        Kind::Path,
+        "The relay's secret key, used to countersign what it publishes. The package\n\
+         generates it at installation (signer name HOSTNAME-relay; the public half is\n\
+         /etc/hark/keys/secret/relay.key, also copied into trust.trusted_dir).\n\
+         Unset: events are relayed without a countersignature.",
+    ),
+    s(
+        "relay",
+        "max_message_size",
+        Kind::Integer,
+        "Largest accepted message in bytes (all frames together).",
+    ),
+    s(
+        "relay",
+        "workers",
+        Kind::Integer,
+        "Verification threads; 0 means one per CPU.",
+    ),
+    s(
+        "relay",
+        "heartbeat",
+        Kind::Duration,
+        "How often the relay publishes a heartbeat [_hark.heartbeat, {relay, epoch, head}],\n\
+         from which subscribers learn what they missed; 0s turns heartbeats off.",
+    ),
+    // --- trust ---
+    s(
+        "trust",
+        "trusted_dir",
+        Kind::Path,
+        "Directory of trusted public keyfiles; each file's metadata.id is the signer's name.",
+    ),
+    s(
+        "trust",
+        "allow_unsigned",
+        Kind::Bool,
+        "Admit events that carry no trusted signature.",
+    ),
+    s(
+        "trust",
+        "allow_fedmsg",
+        Kind::Bool,
+        "Admit fedmsg-format events (their X.509 signatures are not checked, so they\n\
+         carry no verified signer and never satisfy a rule's signed_by).",
+    ),
+    s(
+        "trust",
+        "grants",
+        Kind::Map,
+        "Signer name to the topic patterns it may publish. A trusted signer without a\n\
+         grant is refused; \"*\" applies to every trusted signer. For example:\n  \
+           grants:\n    \
+             archive-master: [\"_lk.archive.**\"]\n    \
+             buildd: [\"_lk.rubicon.**\", \"_lk.jobs.*\"]",
+    ),
+    s(
+        "trust",
+        "max_age",
+        Kind::Duration,
+        "Refuse events whose `time` is older than this.",
+    ),
+    s(
+        "trust",
+        "max_future",
+        Kind::Duration,
+        "Refuse events whose `time` is further than this in the future (clock skew).",
+    ),
+    s(
+        "trust",
+        "dedupe_window",
+        Kind::Duration,
+        "Drop an event whose uuid was already seen within this window.",
+    ),
+    s(
+        "trust",
+        "dedupe_capacity",
+        Kind::Integer,
+        "Upper bound on remembered uuids, whatever the window.",
+    ),
+    // --- trigger ---
+    s(
+        "trigger",
+        "connect",
+        Kind::Endpoints,
+        "Relay PUB endpoints to subscribe to (all of them; duplicates are dropped by uuid).",
+    ),
+    s(
+        "trigger",
+        "fedmsg",
+        Kind::Endpoints,
+        "fedmsg endpoints (hub, gateway) to subscribe to directly.",
+    ),
+    s(
+        "trigger",
+        "rules",
+        Kind::Paths,
+        "Rule directories, vendor first; a later file with the same name replaces an earlier.",
+    ),
+    s(
+        "trigger",
+        "state",
+        Kind::Path,
+        "SQLite state file: jobs, failed jobs, done markers.",
+    ),
+    s(
+        "trigger",
+        "metrics",
+        Kind::Text,
+        "ADDR:PORT for Prometheus metrics over HTTP, e.g. \"127.0.0.1:9464\"; off when unset.",
+    ),
+    s(
+        "trigger",
+        "pools",
+        Kind::Map,
+        "Named pools shared across rules: name to number of slots, e.g. {archive-io: 2}.",
+    ),
+    s(
+        "trigger",
+        "log_limit",
+        Kind::Integer,
+        "Bytes of a job's output written to the log; the rest is counted only.",
+    ),
+    s(
+        "trigger",
+        "tail_limit",
+        Kind::Integer,
+        "Bytes of a job's output kept with the job.",
+    ),
+    s(
+        "trigger",
+        "shutdown_grace",
+        Kind::Duration,
+        "On SIGTERM, how long running jobs may finish before they are stopped\n\
+         (hark-trigger.service allows 90s to stop: raise TimeoutStopSec with this).",
+    ),
+    s(
+        "trigger",
+        "reload_interval",
+        Kind::Duration,
+        "How often rule directories are checked for changes.",
+    ),
+    s(
+        "trigger",
+        "results_relay",
+        Kind::Text,
+        "Publish _hark.job.started|succeeded|failed to this relay submit endpoint\n\
+         (set together with results_key).",
+    ),
+    s(
+        "trigger",
+        "results_key",
+        Kind::Path,
+        "Secret key that signs job result events (readable by user hark).",
+    ),
+    // --- publish ---
+    s(
+        "publish",
+        "relays",
+        Kind::Endpoints,
+        "Submit endpoints of hark relays. Each event goes to all of them at once\n\
+         (subscribers drop the copies by uuid); hark publish succeeds once one acks.\n\
+         --relay replaces this list.",
+    ),
+    s(
+        "publish",
+        "lighthouses",
+        Kind::Endpoints,
+        "Relays that never ack, such as Laniakea's Lighthouse, as \"SUBMIT,PUBLISH\"\n\
+         endpoint pairs: each gets the event once, confirmed on its publish socket.",
+    ),
+    s(
+        "publish",
+        "spool",
+        Kind::Path,
+        "Where an event waits when no relay answers in time, until\n\
+         hark publish --flush-spool delivers it (hark-spool-flush.timer does so\n\
+         every minute). Unset: /var/spool/hark for root, else\n\
+         $XDG_STATE_HOME/hark/spool.",
+    ),
+    s(
+        "publish",
+        "timeout",
+        Kind::Duration,
+        "How long hark publish waits for each relay's ack, resending meanwhile.",
+    ),
+    // --- zmq ---
+    s(
+        "zmq",
+        "send_hwm",
+        Kind::Integer,
+        "Messages queued per peer before sending blocks or drops (ZMQ_SNDHWM).",
+    ),
+    s(
+        "zmq",
+        "receive_hwm",
+        Kind::Integer,
+        "Messages queued per peer on receipt (ZMQ_RCVHWM).",
+    ),
+    s(
+        "zmq",
+        "linger",
+        Kind::Duration,
+        "How long unsent messages are kept when a socket closes (ZMQ_LINGER).",
+    ),
+    s(
+        "zmq",
+        "tcp_keepalive_idle",
+        Kind::Duration,
+        "Idle time before TCP keepalive probes start (ZMQ_TCP_KEEPALIVE_IDLE).",
+    ),
+    s(
+        "zmq",
+        "heartbeat_interval",
+        Kind::Duration,
+        "ZMTP heartbeat interval (ZMQ_HEARTBEAT_IVL).",
+    ),
+    s(
+        "zmq",
+        "heartbeat_timeout",
+        Kind::Duration,
+        "A peer silent for this long is disconnected (ZMQ_HEARTBEAT_TIMEOUT).",
+    ),
+    s(
+        "zmq",
+        "reconnect_interval",
+        Kind::Duration,
+        "First delay before reconnecting (ZMQ_RECONNECT_IVL).",
+    ),
+    s(
+        "zmq",
+        "reconnect_interval_max",
+        Kind::Duration,
+        "Longest delay between reconnection attempts (ZMQ_RECONNECT_IVL_MAX).",
+    ),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every key of the serialized default Config, as `section.key`.
+    fn config_keys() -> Vec<String> {
+        let Value::Object(sections) = serialized(&Config::default()) else {
+            panic!("Config does not serialize to a mapping");
+        };
+        let mut keys = Vec::new();
+        for (name, section) in &sections {
+            let Value::Object(fields) = section else {
+                panic!("section {name} does not serialize to a mapping");
+            };
+            keys.extend(fields.keys().map(|k| format!("{name}.{k}")));
+        }
+        keys.sort();
+        keys
+    }
+
+    #[test]
+    fn the_table_covers_every_field_and_names_no_other() {
+        let fields = config_keys();
+        let mut table: Vec<String> = SETTINGS.iter().map(Setting::path).collect();
+        table.sort();
+        let missing: Vec<&String> = fields.iter().filter(|f| !table.contains(f)).collect();
+        let unknown: Vec<&String> = table.iter().filter(|t| !fields.contains(t)).collect();
+        assert!(
+            missing.is_empty(),
+            "Config fields with no table entry: {missing:?}"
+        );
+        assert!(
+            unknown.is_empty(),
+            "table entries naming no field: {unknown:?}"
+        );
+        let mut dedup = table.clone();
+        dedup.dedup();
+        assert_eq!(dedup, table, "a setting is listed twice");
+    }
+
+    #[test]
+    fn every_section_is_documented_once_and_every_setting_belongs_to_one() {
+        let Value::Object(sections) = serialized(&Config::default()) else {
+            panic!("Config does not serialize to a mapping");
+        };
+        let mut names: Vec<&str> = SECTIONS.iter().map(|s| s.name).collect();
+        names.sort_unstable();
+        let mut want: Vec<&str> = sections.keys().map(String::as_str).collect();
+        want.sort_unstable();
+        assert_eq!(names, want);
+        for setting in SETTINGS {
+            assert!(
+                SECTIONS.iter().any(|s| s.name == setting.section),
+                "{}",
+                setting.path()
+            );
+            assert!(
+                !setting.doc.trim().is_empty(),
+                "{} has no doc",
+                setting.path()
+            );
+        }
+    }
+
+    #[test]
+    fn kinds_match_the_serialized_values() {
+        let config = serialized(&Config::default());
+        for setting in SETTINGS {
+            let value = &config[setting.section][setting.key];
+            let ok = match setting.kind {
+                Kind::Text | Kind::Path => value.is_string() || value.is_null(),
+                Kind::Bool => value.is_boolean(),
+                Kind::Integer => value.is_u64() || value.is_i64(),
+                Kind::Duration => value
+                    .as_str()
+                    .is_some_and(|t| crate::duration::parse(t).is_ok()),
+                Kind::Endpoints | Kind::Paths => value.is_array(),
+                Kind::Map => value.is_object(),
+            };
+            assert!(
+                ok,
+                "{} is {value} but listed as {:?}",
+                setting.path(),
+                setting.kind
+            );
+        }
+    }
+
+    #[test]
+    fn values_are_written_as_yaml_flow_text() {
+        let mut c = Config::default();
+        c.trust
+            .grants
+            .insert("buildd".into(), vec!["_lk.jobs.*".into(), "a.**".into()]);
+        c.trigger.pools.insert("archive-io".into(), 2);
+        let text = |path: &str| {
+            let setting = SETTINGS.iter().find(|s| s.path() == path).unwrap();
+            setting.yaml_value(&c)
+        };
+        assert_eq!(text("relay.name"), "");
+        assert_eq!(text("relay.submit"), "[\"tcp://127.0.0.1:5571\"]");
+        assert_eq!(text("relay.fedmsg_inbound"), "[]");
+        assert_eq!(text("relay.workers"), "0");
+        assert_eq!(text("trust.allow_fedmsg"), "true");
+        assert_eq!(text("trust.max_age"), "1h");
+        assert_eq!(text("zmq.reconnect_interval"), "100ms");
+        assert_eq!(
+            text("trust.grants"),
+            "{\"buildd\": [\"_lk.jobs.*\", \"a.**\"]}"
+        );
+        assert_eq!(text("trigger.pools"), "{\"archive-io\": 2}");
+        assert_eq!(
+            text("trigger.rules"),
+            "[\"/usr/share/hark/rules.d\", \"/etc/hark/rules.d\"]"
+        );
+    }
+}

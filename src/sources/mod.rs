@@ -1,0 +1,67 @@
+//! Sources: where received messages come from. Each source runs on a thread of its own and
+//! hands [`Received`] frames to admission through one channel; it makes no decision about
+//! them. Today: [`zmq::ZmqSource`] (SUB to relays and fedmsg endpoints). Replay catch-up,
+//! AMQP and HTTP submission are each meant to be one more file here, touching no other
+//! stage.
+
+pub mod zmq;
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use anyhow::Context as _;
+use crossbeam_channel::{Receiver, Sender};
+
+/// Frames as one source received them.
+#[derive(Debug)]
+pub struct Received {
+    pub frames: Vec<Vec<u8>>,
+    /// The kind of source, for log lines and counters: `relay`, `fedmsg`, `replay`...
+    pub source: &'static str,
+}
+
+/// A component that produces messages. `run` returns when `stop` is set or the receiving
+/// side of `out` is gone; it retries transient errors itself.
+pub trait Source: Send + 'static {
+    /// A short name for the thread and for log lines.
+    fn name(&self) -> String;
+    fn run(self: Box<Self>, out: Sender<Received>, stop: Arc<AtomicBool>);
+}
+
+/// Running sources and the one channel they all feed.
+pub struct Sources {
+    pub rx: Receiver<Received>,
+    threads: Vec<JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Sources {
+    /// Start every source on its own thread. `capacity` bounds the channel, so a slow
+    /// consumer pushes back on the sources (libzmq then queues up to its HWM).
+    pub fn start(sources: Vec<Box<dyn Source>>, capacity: usize) -> anyhow::Result<Self> {
+        let (tx, rx) = crossbeam_channel::bounded(capacity);
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        for source in sources {
+            let (tx, stop) = (tx.clone(), stop.clone());
+            let name = source.name();
+            threads.push(
+                std::thread::Builder::new()
+                    .name(name.clone())
+                    .spawn(move || source.run(tx, stop))
+                    .with_context(|| format!("starting source {name}"))?,
+            );
+        }
+        Ok(Sources { rx, threads, stop })
+    }
+
+    /// Stop every source and wait for its thread.
+    pub fn stop(self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        drop(self.rx);
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
