@@ -8,9 +8,8 @@
 //! - [`admit`]: admission of every received message (envelope, trust, dedupe, sequence);
 //! - [`bus`]: ZeroMQ sockets, relay, publisher and subscriber;
 //! - [`rules`]: rule files: parsing, the compiled rule set, matching and rendering;
-//! - [`scheduler`]: matches into jobs (coalescing, concurrency, retries);
-//! - [`runner`]: one job's process (process group, timeout, output);
-//! - [`store`]: the daemon's SQLite state;
+//! - [`jobs`]: matches into jobs: the pure scheduler (coalescing, concurrency, retries),
+//!   the launch and runner of one command, the SQLite state, and reporting;
 //! - [`trigger`]: the daemon that ties subscription, rules, scheduler and runner together;
 //! - [`record`]: the JSON-lines recording format;
 //! - [`config`], [`metrics`], [`duration`], [`systemd`]: shared plumbing;
@@ -21,13 +20,11 @@ pub mod cli;
 pub mod config;
 pub mod duration;
 pub mod event;
+pub mod jobs;
 pub mod metrics;
 pub mod record;
 pub mod rules;
-pub mod runner;
-pub mod scheduler;
 pub mod sources;
-pub mod store;
 pub mod systemd;
 pub mod topic;
 pub mod trigger;

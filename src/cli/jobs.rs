@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use chrono::{Local, TimeZone};
 
-use crate::store::{Job, State, Store};
+use crate::jobs::store::{Job, State, Store};
 
 #[derive(Debug, clap::Args)]
 #[command(

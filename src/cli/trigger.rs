@@ -6,8 +6,8 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use crate::config::Config;
+use crate::jobs::SchedulerOptions;
 use crate::metrics::Registry;
-use crate::scheduler::SchedulerOptions;
 use crate::trigger::{self, TriggerOptions};
 
 #[derive(Debug, clap::Args)]
@@ -101,7 +101,6 @@ pub fn options(args: TriggerArgs) -> anyhow::Result<TriggerOptions> {
             config_pools: t.pools,
             log_limit: t.log_limit,
             tail_limit: t.tail_limit,
-            notices: results.is_some(),
         },
         shutdown_grace: t.shutdown_grace,
         reload_interval: t.reload_interval,

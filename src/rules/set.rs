@@ -2,7 +2,7 @@
 //! they share. Building it is where cross-file problems (a rule name or pool defined twice)
 //! are caught; the later file is refused and the set is built without it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use super::compile::FileRules;
@@ -18,6 +18,8 @@ pub const DEFAULT_POOL_LIMIT: u32 = 1;
 #[derive(Debug, Default)]
 pub struct RuleSet {
     rules: Vec<Arc<Rule>>,
+    /// Rule name to its place in `rules`: the scheduler looks rules up by name per start.
+    by_name: HashMap<String, usize>,
     index: TopicIndex,
     pools: BTreeMap<String, (Pool, SourcePos)>,
 }
@@ -77,6 +79,7 @@ impl RuleSet {
                 for topic in &rule.topics {
                     set.index.insert(topic, id);
                 }
+                set.by_name.insert(rule.name.clone(), set.rules.len());
                 set.rules.push(rule.clone());
             }
         }
@@ -89,7 +92,7 @@ impl RuleSet {
     }
 
     pub fn rule(&self, name: &str) -> Option<&Arc<Rule>> {
-        self.rules.iter().find(|r| r.name == name)
+        self.by_name.get(name).map(|&i| &self.rules[i])
     }
 
     pub fn len(&self) -> usize {

@@ -1,12 +1,19 @@
-//! `hark trigger`: the daemon. Subscribes to every relay (and fedmsg endpoints), admits
-//! events through the same trust policy as the relay, matches them against the rule set,
-//! and hands matches to the scheduler, whose jobs the runner executes.
+//! `hark trigger`: the daemon, as wiring between stages connected by channels:
 //!
-//! Threads and tasks: one OS thread owns the ZeroMQ SUB socket and feeds frames into a
-//! bounded channel; everything else runs on a small tokio runtime in one event loop, so the
-//! scheduler needs no locks. Commands run as tokio tasks that report back over a channel.
+//! ```text
+//! SUB thread ──frames──► admission thread ──events──► jobs thread ──starts──► tokio tasks
+//! (owns socket)          (Admission: parse,  (bounded) (Store, Scheduler,     (runner:
+//!                         trust, dedupe,                rules, reload; one    commands)
+//!                         gaps)                         txn per burst) ◄──finished──┘
+//! ```
+//!
+//! The tokio event loop does no blocking work: it runs the commands, the metrics endpoint
+//! and the signal handlers, and turns signals into messages for the jobs thread. The
+//! results publisher has a thread and a socket of its own.
 
+mod jobs_thread;
 pub mod reload;
+pub mod results;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,24 +21,28 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use crossbeam_channel::{Receiver, Sender};
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::mpsc;
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
 use crate::admit::{Admission, Dedupe, Gate, Mode, Sequences, TrustPolicy};
 use crate::bus::subscribe::Subscriber;
 use crate::config::ZmqConfig;
 use crate::event::keys::SigningKey;
-
+use crate::event::Event;
+use crate::jobs::report::Reporter;
+use crate::jobs::{Scheduler, SchedulerOptions, Store};
 use crate::metrics::Registry;
-use crate::runner::{self, Finished};
-use crate::scheduler::{Notice, Scheduler, SchedulerOptions, Start};
-use crate::store::{now_ms, Store};
 use crate::systemd::notify;
+use jobs_thread::{Control, JobsThread};
 use reload::RuleCache;
 
 /// Most events filed in one transaction.
 const INTAKE_BATCH: usize = 512;
+/// Frames waiting for admission.
+const FRAMES_QUEUE: usize = 10_000;
+/// Admitted bursts waiting for the jobs thread.
+const EVENTS_QUEUE: usize = 64;
 
 pub struct TriggerOptions {
     pub connect: Vec<String>,
@@ -54,7 +65,7 @@ pub struct TriggerOptions {
 fn spawn_subscriber(
     endpoints: Vec<String>,
     zmq: ZmqConfig,
-    tx: mpsc::Sender<Vec<Vec<u8>>>,
+    tx: Sender<Vec<Vec<u8>>>,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<std::thread::JoinHandle<()>> {
     let sub = Subscriber::connect(&endpoints, &[], &zmq)?;
@@ -64,7 +75,7 @@ fn spawn_subscriber(
             while !stop.load(Ordering::Relaxed) {
                 match sub.recv(Duration::from_millis(250)) {
                     Ok(Some(frames)) => {
-                        if tx.blocking_send(frames).is_err() {
+                        if tx.send(frames).is_err() {
                             return;
                         }
                     }
@@ -79,47 +90,34 @@ fn spawn_subscriber(
         .context("starting the subscriber thread")
 }
 
-/// Publish job notices from a thread of their own: a slow or absent relay must never stall
-/// the event loop. Each notice gets the publisher's usual resends within a short timeout.
-fn spawn_results_publisher(
-    endpoint: String,
-    key: SigningKey,
-    zmq: ZmqConfig,
-) -> std::sync::mpsc::Sender<Notice> {
-    let (tx, rx) = std::sync::mpsc::channel::<Notice>();
-    let spawned = std::thread::Builder::new()
-        .name("results".into())
+/// Admission on a thread of its own: signature checks are CPU work. Whatever is already
+/// queued goes on as one burst, so the jobs thread files it in one transaction.
+fn spawn_admission(
+    mut intake: Admission,
+    frames: Receiver<Vec<Vec<u8>>>,
+    events: Sender<Vec<Arc<Event>>>,
+) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("trigger-admission".into())
         .spawn(move || {
-            let origin = crate::bus::relay::hostname();
-            for notice in rx {
-                let topic = format!("_hark.job.{}", notice.kind);
-                let data = serde_json::to_value(&notice).unwrap_or_default();
-                let published =
-                    crate::bus::publish::build_event(&topic, data, &key, Some(&origin), None)
-                        .map_err(|e| e.to_string())
-                        .and_then(|ev| {
-                            crate::bus::publish::submit(
-                                &endpoint,
-                                &ev,
-                                Duration::from_secs(5),
-                                &zmq,
-                            )
-                            .map_err(|e| e.to_string())
-                        });
-                if let Err(e) = published {
-                    warn!(job = notice.job, "cannot publish {topic}: {e}");
+            while let Ok(first) = frames.recv() {
+                let mut burst = Vec::new();
+                let mut next = Some(first);
+                while let Some(f) = next.take() {
+                    if let Some(admitted) = intake.admit(f, "relay") {
+                        burst.push(Arc::new(admitted.event));
+                    }
+                    if burst.len() >= INTAKE_BATCH {
+                        break;
+                    }
+                    next = frames.try_recv().ok();
+                }
+                if !burst.is_empty() && events.send(burst).is_err() {
+                    return;
                 }
             }
-        });
-    if let Err(e) = spawned {
-        error!("cannot start the results publisher: {e}");
-    }
-    tx
-}
-
-fn log_store_error(what: &str, e: rusqlite::Error, metrics: &Registry) {
-    metrics.inc("hark_store_errors_total", &[]);
-    error!("state store: {what}: {e} (is the disk full or the state file unwritable?)");
+        })
+        .context("starting the admission thread")
 }
 
 /// Run the daemon until SIGTERM/SIGINT (or until `stop` is set). `ready` runs once the
@@ -135,31 +133,22 @@ pub fn run(
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(run_loop(opts, metrics, stop, ready))
-}
-
-async fn run_loop(
-    opts: TriggerOptions,
-    metrics: Registry,
-    stop: Arc<AtomicBool>,
-    ready: impl FnOnce(),
-) -> anyhow::Result<()> {
-    let store = Store::open(&opts.state)
+    // Opening the store, recovering jobs and the first rule walk happen here, before the
+    // event loop exists.
+    let mut store = Store::open(&opts.state)
         .with_context(|| format!("opening the state file {}", opts.state.display()))?;
-    let mut cache = RuleCache::new(opts.rule_dirs.clone());
-    let mut sched = Scheduler::new(store, cache.set(), opts.scheduler, metrics.clone())
-        .context("loading jobs from the state file")?;
-    if let Some(addr) = opts.metrics_addr.clone() {
-        let m = metrics.clone();
-        tokio::spawn(async move {
-            if let Err(e) = m.serve(&addr).await {
-                error!("metrics endpoint {addr}: {e}");
-            }
-        });
-    }
+    let cache = RuleCache::new(opts.rule_dirs.clone());
+    let mut sched = Scheduler::new(cache.set(), opts.scheduler);
+    jobs_thread::recover(&mut store, &mut sched).context("loading jobs from the state file")?;
+    let last_seq = store
+        .relay_seqs()
+        .context("reading relay sequence numbers")?;
+
     let mut endpoints = opts.connect.clone();
     endpoints.extend(opts.fedmsg.iter().cloned());
-    let (frames_tx, mut frames_rx) = mpsc::channel::<Vec<Vec<u8>>>(10_000);
+    let (frames_tx, frames_rx) = crossbeam_channel::bounded::<Vec<Vec<u8>>>(FRAMES_QUEUE);
+    let (events_tx, events_rx) = crossbeam_channel::bounded::<Vec<Arc<Event>>>(EVENTS_QUEUE);
+    let (control_tx, control_rx) = crossbeam_channel::unbounded::<Control>();
     let sub_stop = Arc::new(AtomicBool::new(false));
     let subscriber = spawn_subscriber(
         endpoints.clone(),
@@ -167,36 +156,27 @@ async fn run_loop(
         frames_tx,
         sub_stop.clone(),
     )?;
-    let mut intake = Admission::new(
+    let intake = Admission::new(
         Gate::new(opts.policy, opts.allow_fedmsg, usize::MAX),
         Mode::Enforce,
         Dedupe::new(opts.dedupe_window, opts.dedupe_capacity),
-        Sequences::new(sched.relay_seqs().unwrap_or_default()),
+        Sequences::new(last_seq),
         metrics.clone(),
     );
-    let results = opts
-        .results
-        .map(|(ep, key)| spawn_results_publisher(ep, key, opts.zmq.clone()));
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(i64, Finished)>();
-    let start_all = |starts: Vec<Start>| {
-        for s in starts {
-            let tx = done_tx.clone();
-            tokio::spawn(async move {
-                let finished = runner::run(s.spec, s.cancel).await;
-                let _ = tx.send((s.job, finished));
-            });
-        }
+    let admission = spawn_admission(intake, frames_rx, events_tx)?;
+    let results = match opts.results {
+        Some((ep, key)) => match results::spawn(ep, key, opts.zmq.clone(), metrics.clone()) {
+            Ok((queue, _thread)) => Some(queue),
+            Err(e) => {
+                error!("cannot start the results publisher: {e:#}");
+                None
+            }
+        },
+        None => None,
     };
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut store_tick = tokio::time::interval(Duration::from_secs(1));
-    let mut reload_tick =
-        tokio::time::interval(opts.reload_interval.max(Duration::from_millis(100)));
-    let mut stop_tick = tokio::time::interval(Duration::from_millis(200));
-    let mut drain_deadline: Option<tokio::time::Instant> = None;
-    let mut cancelled_all = false;
-
+    let sink = results
+        .clone()
+        .map(|q| -> crate::jobs::report::NoticeSink { Box::new(move |n| q.push(n)) });
     info!(
         connect = %endpoints.join(" "),
         rules = sched.rules().len(),
@@ -204,125 +184,85 @@ async fn run_loop(
         pending = sched.pending_count(),
         "trigger ready"
     );
-    notify(&[crate::systemd::NotifyState::Ready]);
-    ready();
-    match sched.dispatch() {
-        Ok(starts) => start_all(starts),
-        Err(e) => log_store_error("starting recovered jobs", e, &metrics),
-    }
+    let jobs = JobsThread {
+        store,
+        sched,
+        cache,
+        report: Reporter::new(metrics.clone(), sink),
+        metrics: metrics.clone(),
+        runtime: rt.handle().clone(),
+        events: events_rx,
+        control: control_rx,
+        control_tx: control_tx.clone(),
+        reload_interval: opts.reload_interval,
+        shutdown_grace: opts.shutdown_grace,
+    };
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let jobs = std::thread::Builder::new()
+        .name("trigger-jobs".into())
+        .spawn(move || {
+            jobs.run();
+            let _ = done_tx.send(());
+        })
+        .context("starting the jobs thread")?;
 
-    loop {
-        if let Some(tx) = &results {
-            for notice in sched.take_notices() {
-                let _ = tx.send(notice);
-            }
-        }
-        let until_due = sched
-            .next_due()
-            .map(|due| Duration::from_millis(u64::try_from(due - now_ms()).unwrap_or(0)))
-            .unwrap_or(Duration::from_secs(3600));
-        let draining = drain_deadline.is_some();
-        tokio::select! {
-            Some(frames) = frames_rx.recv(), if !draining => {
-                // Everything already queued is filed in one transaction: one fsync per
-                // burst rather than per event.
-                let mut batch = vec![frames];
-                while batch.len() < INTAKE_BATCH {
-                    match frames_rx.try_recv() {
-                        Ok(f) => batch.push(f),
-                        Err(_) => break,
-                    }
-                }
-                if let Err(e) = sched.begin_batch() {
-                    log_store_error("starting a batch", e, &metrics);
-                }
-                let set = cache.set();
-                for frames in batch {
-                    let Some(admitted) = intake.admit(frames, "relay") else { continue };
-                    let event = admitted.event;
-                    if let Some(stamp) = &event.relay {
-                        if let Err(e) = sched.note_relay_seq(&stamp.relay, &stamp.epoch, stamp.seq) {
-                            log_store_error("saving the relay sequence", e, &metrics);
-                        }
-                    }
-                    for rule in set.matching(&event) {
-                        metrics.inc("hark_rule_matches_total", &[("rule", &rule.name)]);
-                        if let Err(e) = sched.on_match(rule, &event) {
-                            log_store_error(&format!("filing event {} for rule {}", event.uuid, rule.name), e, &metrics);
-                        }
-                    }
-                }
-                if let Err(e) = sched.commit_batch() {
-                    log_store_error("committing received events (they are lost; replay them from a recording)", e, &metrics);
-                    if let Err(e) = sched.sync_store() {
-                        log_store_error("re-reading jobs", e, &metrics);
-                    }
-                }
-                match sched.dispatch() { Ok(s) => start_all(s), Err(e) => log_store_error("dispatch", e, &metrics) }
-            }
-            Some((job, finished)) = done_rx.recv() => {
-                if let Err(e) = sched.on_finished(job, finished) {
-                    log_store_error(&format!("recording the end of job {job}"), e, &metrics);
-                }
-                if draining && sched.running_count() == 0 {
-                    break;
-                }
-                match sched.dispatch() { Ok(s) => start_all(s), Err(e) => log_store_error("dispatch", e, &metrics) }
-            }
-            _ = tokio::time::sleep(until_due), if !draining => {
-                match sched.dispatch() { Ok(s) => start_all(s), Err(e) => log_store_error("dispatch", e, &metrics) }
-            }
-            _ = store_tick.tick(), if !draining => {
-                if let Err(e) = sched.sync_store() {
-                    log_store_error("reading hark jobs requests", e, &metrics);
-                }
-                match sched.dispatch() { Ok(s) => start_all(s), Err(e) => log_store_error("dispatch", e, &metrics) }
-            }
-            _ = reload_tick.tick(), if !draining => {
-                if cache.reload(false) {
-                    sched.set_rules(cache.set());
-                }
-            }
-            _ = hup.recv() => {
-                let mut states = vec![crate::systemd::NotifyState::Reloading];
-                if let Ok(now) = crate::systemd::NotifyState::monotonic_usec_now() {
-                    states.push(now);
-                }
-                notify(&states);
-                info!("SIGHUP: reloading rules");
-                cache.reload(true);
-                sched.set_rules(cache.set());
-                notify(&[crate::systemd::NotifyState::Ready]);
-            }
-            _ = term.recv() => { drain_deadline = Some(begin_drain(&mut sched, opts.shutdown_grace)); if sched.running_count() == 0 { break } }
-            _ = int.recv() => { drain_deadline = Some(begin_drain(&mut sched, opts.shutdown_grace)); if sched.running_count() == 0 { break } }
-            _ = stop_tick.tick(), if !draining => {
-                if stop.load(Ordering::Relaxed) {
-                    drain_deadline = Some(begin_drain(&mut sched, opts.shutdown_grace));
-                    if sched.running_count() == 0 { break }
-                }
-            }
-            _ = async { if let Some(d) = drain_deadline { tokio::time::sleep_until(d).await } }, if draining && !cancelled_all => {
-                warn!("shutdown grace period over; stopping {} running job(s); they run again after restart", sched.running_count());
-                sched.cancel_all();
-                cancelled_all = true;
-            }
-        }
+    let result = rt.block_on(event_loop(
+        opts.metrics_addr,
+        metrics,
+        control_tx,
+        stop,
+        done_rx,
+        ready,
+    ));
+    let _ = jobs.join();
+    if let Some(q) = &results {
+        q.close();
     }
     sub_stop.store(true, Ordering::Relaxed);
-    drop(frames_rx);
-    let _ = tokio::task::spawn_blocking(move || subscriber.join()).await;
+    let _ = subscriber.join();
+    let _ = admission.join();
+    // Commands still running are stopped by dropping the runtime (kill_on_drop); a drain
+    // only ends once none is left.
+    drop(rt);
     info!("trigger stopped");
-    Ok(())
+    result
 }
 
-fn begin_drain(sched: &mut Scheduler, grace: Duration) -> tokio::time::Instant {
-    notify(&[crate::systemd::NotifyState::Stopping]);
-    info!(
-        "stopping: no new jobs start; {} running job(s) get {:?} to finish",
-        sched.running_count(),
-        grace
-    );
-    sched.drain();
-    tokio::time::Instant::now() + grace
+/// The tokio side: metrics endpoint and signals; returns once the jobs thread is done.
+async fn event_loop(
+    metrics_addr: Option<String>,
+    metrics: Registry,
+    control: Sender<Control>,
+    stop: Arc<AtomicBool>,
+    mut done: tokio::sync::oneshot::Receiver<()>,
+    ready: impl FnOnce(),
+) -> anyhow::Result<()> {
+    if let Some(addr) = metrics_addr {
+        tokio::spawn(async move {
+            if let Err(e) = metrics.serve(&addr).await {
+                error!("metrics endpoint {addr}: {e}");
+            }
+        });
+    }
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut stop_tick = tokio::time::interval(Duration::from_millis(200));
+    notify(&[crate::systemd::NotifyState::Ready]);
+    ready();
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            _ = &mut done => return Ok(()),
+            _ = hup.recv() => { let _ = control.send(Control::Reload); }
+            _ = term.recv() => { draining = true; let _ = control.send(Control::Drain); }
+            _ = int.recv() => { draining = true; let _ = control.send(Control::Drain); }
+            _ = stop_tick.tick(), if !draining => {
+                if stop.load(Ordering::Relaxed) {
+                    draining = true;
+                    let _ = control.send(Control::Drain);
+                }
+            }
+        }
+    }
 }

@@ -6,11 +6,16 @@
 //! succeeded runs twice. `hark jobs` reads and edits the same file while the daemon runs
 //! (WAL mode); the daemon picks up retries and cancel requests on its next tick.
 
+use std::ops::Range;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
+
+use super::scheduler::{Effect, Recovered};
+use crate::event::Event;
 
 /// Job states. `pending` and `running` are live; the rest are outcomes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,6 +74,55 @@ pub struct StoredEvent {
     pub json: String,
 }
 
+impl StoredEvent {
+    /// Parse the stored JSON back into the event it was (once, when a job is loaded); the
+    /// text becomes the event's received bytes without a copy.
+    pub fn into_event(self) -> std::result::Result<Event, String> {
+        let value = crate::event::parse_json(self.json.as_bytes()).map_err(|e| e.to_string())?;
+        let mut event = Event::from_value(value).map_err(|e| e.to_string())?;
+        event.signers = self.signers;
+        event.frames = vec![self.json.into_bytes()];
+        Ok(event)
+    }
+}
+
+/// The columns of one `job_events` row, borrowed from whichever form the event is in.
+struct EventRow<'a> {
+    uuid: &'a str,
+    topic: &'a str,
+    signers: &'a [String],
+    json: std::borrow::Cow<'a, str>,
+}
+
+impl<'a> From<&'a StoredEvent> for EventRow<'a> {
+    fn from(e: &'a StoredEvent) -> Self {
+        EventRow {
+            uuid: &e.uuid,
+            topic: &e.topic,
+            signers: &e.signers,
+            json: std::borrow::Cow::Borrowed(&e.json),
+        }
+    }
+}
+
+impl<'a> From<&'a Event> for EventRow<'a> {
+    fn from(e: &'a Event) -> Self {
+        // Received frames were checked to be UTF-8 at parse time, so this borrows.
+        let json = match e.json_bytes() {
+            std::borrow::Cow::Borrowed(b) => String::from_utf8_lossy(b),
+            std::borrow::Cow::Owned(b) => {
+                std::borrow::Cow::Owned(String::from_utf8_lossy(&b).into_owned())
+            }
+        };
+        EventRow {
+            uuid: &e.uuid,
+            topic: &e.topic,
+            signers: &e.signers,
+            json,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Job {
     pub id: i64,
@@ -92,6 +146,25 @@ pub struct Job {
 impl Job {
     pub fn last_event(&self) -> Option<&StoredEvent> {
         self.events.last()
+    }
+
+    /// The job as the scheduler holds it, every event parsed once; the error says why a
+    /// stored event is unreadable.
+    pub fn into_recovered(self) -> std::result::Result<Recovered, String> {
+        let events = self
+            .events
+            .into_iter()
+            .map(|e| e.into_event().map(Arc::new))
+            .collect::<std::result::Result<Vec<_>, String>>()?;
+        Ok(Recovered {
+            id: self.id,
+            rule: self.rule,
+            key: self.key,
+            created: self.created,
+            due: self.due,
+            attempt: self.attempt,
+            events,
+        })
     }
 }
 
@@ -200,10 +273,108 @@ impl Store {
         .execute(params![rule, key, now_ms(), due])?;
         let id = tx.last_insert_rowid();
         for (pos, ev) in events.iter().enumerate() {
-            insert_event(&tx, id, pos, ev)?;
+            insert_event(&tx, id, pos, &ev.into())?;
         }
         tx.commit()?;
         Ok(id)
+    }
+
+    /// Reserve `n` job ids for the daemon: later AUTOINCREMENT inserts (`hark jobs retry`)
+    /// get ids after them. Commits at once, so call it outside a group commit: a rolled
+    /// back reservation would hand out ids someone else may take.
+    pub fn reserve_job_ids(&mut self, n: u32) -> Result<Range<i64>> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let seq: i64 = tx.query_row(
+            "SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'jobs'), 0),
+                        COALESCE((SELECT MAX(id) FROM jobs), 0))",
+            [],
+            |r| r.get(0),
+        )?;
+        let end = seq + i64::from(n);
+        let updated = tx.execute(
+            "UPDATE sqlite_sequence SET seq = ?1 WHERE name = 'jobs'",
+            [end],
+        )?;
+        if updated == 0 {
+            tx.execute(
+                "INSERT INTO sqlite_sequence (name, seq) VALUES ('jobs', ?1)",
+                [end],
+            )?;
+        }
+        tx.commit()?;
+        Ok(seq + 1..end + 1)
+    }
+
+    /// A new pending job with an id from [`Store::reserve_job_ids`].
+    pub fn insert_job(
+        &mut self,
+        id: i64,
+        rule: &str,
+        key: &str,
+        created: i64,
+        due: i64,
+        events: &[Arc<Event>],
+    ) -> Result<()> {
+        let tx = self.conn.savepoint()?;
+        tx.prepare_cached(
+            "INSERT INTO jobs (id, rule, key, state, created, due) VALUES (?1, ?2, ?3, 'pending', ?4, ?5)",
+        )?
+        .execute(params![id, rule, key, created, due])?;
+        for (pos, ev) in events.iter().enumerate() {
+            insert_event(&tx, id, pos, &ev.as_ref().into())?;
+        }
+        tx.commit()
+    }
+
+    /// Add an event at `pos` to a pending job (coalescing) and move its due time.
+    pub fn append_event_at(&mut self, job: i64, pos: usize, event: &Event, due: i64) -> Result<()> {
+        let tx = self.conn.savepoint()?;
+        insert_event(&tx, job, pos, &event.into())?;
+        tx.prepare_cached("UPDATE jobs SET due = ?2 WHERE id = ?1")?
+            .execute(params![job, due])?;
+        tx.commit()
+    }
+
+    /// Write one scheduler effect. Returns false only for a [`Effect::Start`] of a job that
+    /// is no longer pending (a `hark jobs cancel` won): it must not run.
+    pub fn apply(&mut self, effect: &Effect) -> Result<bool> {
+        match effect {
+            Effect::Insert {
+                id,
+                rule,
+                key,
+                created,
+                due,
+                events,
+            } => self.insert_job(*id, rule, key, *created, *due, events)?,
+            Effect::Append {
+                id,
+                pos,
+                event,
+                due,
+                ..
+            } => self.append_event_at(*id, *pos, event, *due)?,
+            Effect::Start(launch) => return self.mark_running(launch.id, &launch.spec.argv),
+            Effect::Retry {
+                id,
+                due,
+                error,
+                exit_code,
+                tail,
+                ..
+            } => self.schedule_retry(*id, *due, error.as_deref(), *exit_code, tail.as_deref())?,
+            Effect::Finish(f) => self.finish(
+                f.id,
+                f.state,
+                f.exit_code,
+                f.error.as_deref(),
+                f.tail.as_deref(),
+            )?,
+            Effect::Cancel(_) | Effect::Ended { .. } | Effect::LeftRunning { .. } => {}
+        }
+        Ok(true)
     }
 
     /// Add an event to a pending job (coalescing) and move its due time.
@@ -214,7 +385,7 @@ impl Store {
             [job],
             |r| r.get(0),
         )?;
-        insert_event(&tx, job, usize::try_from(pos).unwrap_or(0), event)?;
+        insert_event(&tx, job, usize::try_from(pos).unwrap_or(0), &event.into())?;
         tx.prepare_cached("UPDATE jobs SET due = ?2 WHERE id = ?1")?
             .execute(params![job, due])?;
         tx.commit()
@@ -468,7 +639,7 @@ fn insert_event(
     tx: &rusqlite::Savepoint<'_>,
     job: i64,
     pos: usize,
-    ev: &StoredEvent,
+    ev: &EventRow<'_>,
 ) -> Result<()> {
     tx.prepare_cached("INSERT INTO job_events (job, pos, uuid, topic, signers, json) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?.execute(
         params![
@@ -476,8 +647,8 @@ fn insert_event(
             i64::try_from(pos).unwrap_or(i64::MAX),
             ev.uuid,
             ev.topic,
-            serde_json::to_string(&ev.signers).unwrap_or_else(|_| "[]".into()),
-            ev.json
+            serde_json::to_string(ev.signers).unwrap_or_else(|_| "[]".into()),
+            ev.json.as_ref()
         ],
     )?;
     Ok(())
@@ -558,5 +729,35 @@ mod tests {
             (State::Pending, "v")
         );
         assert_eq!(s.request_cancel(999).unwrap(), None);
+    }
+
+    #[test]
+    fn reserved_ids_are_never_handed_out_by_autoincrement() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let mut daemon = Store::open(&path).unwrap();
+        let block = daemon.reserve_job_ids(4).unwrap();
+        assert_eq!(block, 1..5, "an empty store starts at 1");
+        let event = Arc::new(
+            crate::rules::events::from_loose(serde_json::json!({"tag": "t", "uuid": "u"})).unwrap(),
+        );
+        daemon
+            .insert_job(block.start, "r", "k", 0, 0, std::slice::from_ref(&event))
+            .unwrap();
+        // `hark jobs retry` in another process, while the daemon still holds ids 2..5.
+        let mut cli = Store::open(&path).unwrap();
+        let retried = cli.retry(block.start).unwrap().unwrap();
+        assert_eq!(retried, 5, "after the reserved block");
+        assert_eq!(daemon.reserve_job_ids(2).unwrap(), 6..8);
+        daemon
+            .insert_job(3, "r", "k", 0, 0, std::slice::from_ref(&event))
+            .unwrap();
+        let job = daemon.get(3).unwrap().unwrap();
+        assert_eq!(
+            job.events[0].json,
+            String::from_utf8_lossy(&event.json_bytes())
+        );
+        let back = job.into_recovered().unwrap();
+        assert_eq!(back.events[0].uuid, "u");
     }
 }

@@ -7,7 +7,6 @@
 //! renderer puts `/bin/sh -c` in front itself.
 
 use std::collections::VecDeque;
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,24 +17,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-/// What to run.
-#[derive(Debug, Clone)]
-pub struct Spec {
-    pub argv: Vec<String>,
-    pub env: Vec<(String, String)>,
-    pub workdir: Option<PathBuf>,
-    pub stdin: Option<Vec<u8>>,
-    pub timeout: Option<Duration>,
-    /// Between SIGTERM and SIGKILL.
-    pub grace: Duration,
-    /// Bytes of output logged per job; the rest is counted, not logged.
-    pub log_limit: usize,
-    /// Bytes of output tail kept with the job.
-    pub tail_limit: usize,
-    /// For log lines.
-    pub rule: String,
-    pub job: i64,
-}
+pub use super::launch::{Spec, Stdin};
 
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -195,10 +177,10 @@ pub async fn run(spec: Spec, mut cancel: watch::Receiver<bool>) -> Finished {
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(args)
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .stdin(if spec.stdin.is_some() {
-            Stdio::piped()
-        } else {
+        .stdin(if spec.stdin.is_null() {
             Stdio::null()
+        } else {
+            Stdio::piped()
         })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -232,10 +214,11 @@ pub async fn run(spec: Spec, mut cancel: watch::Receiver<bool>) -> Finished {
         }
     };
     let pgid = child.id();
-    if let (Some(mut stdin), Some(bytes)) = (child.stdin.take(), spec.stdin.clone()) {
+    if let Some(mut stdin) = child.stdin.take() {
+        let input = spec.stdin.clone();
         tokio::spawn(async move {
             // A command that does not read stdin closes it early; EPIPE is not an error.
-            let _ = stdin.write_all(&bytes).await;
+            let _ = stdin.write_all(&input.bytes()).await;
             let _ = stdin.shutdown().await;
         });
     }
@@ -359,7 +342,7 @@ mod tests {
             argv: argv.iter().map(|s| s.to_string()).collect(),
             env: vec![("HARK_RULE".into(), "r".into())],
             workdir: None,
-            stdin: None,
+            stdin: Stdin::Null,
             timeout: Some(Duration::from_secs(10)),
             grace: Duration::from_millis(300),
             log_limit: 1 << 20,
@@ -378,7 +361,7 @@ mod tests {
     #[tokio::test]
     async fn stdin_env_and_exit_code() {
         let mut s = spec(&["/bin/sh", "-c", "cat; echo \"rule=$HARK_RULE\"; exit 3"]);
-        s.stdin = Some(b"{\"a\":1}\n".to_vec());
+        s.stdin = Stdin::Bytes(b"{\"a\":1}\n".to_vec());
         let f = run(s, no_cancel()).await;
         assert_eq!(
             f.outcome,

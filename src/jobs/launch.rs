@@ -1,0 +1,201 @@
+//! What one start of a job runs: argv, environment, stdin and working directory, rendered
+//! from the rule and the job's events. The scheduler builds a [`Launch`] (pure: templates
+//! over events already in memory); the runner executes its [`Spec`].
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::event::Event;
+use crate::rules::rule::{RenderError, Rule, StdinMode};
+
+/// What a command reads on stdin. Events are shared with the scheduler and the store, so
+/// the bytes received are written as they are, never copied or re-serialized first.
+#[derive(Debug, Clone)]
+pub enum Stdin {
+    /// `/dev/null`.
+    Null,
+    /// One event's JSON exactly as received.
+    Event(Arc<Event>),
+    /// A JSON array of every event's JSON as received, oldest first.
+    Batch(Vec<Arc<Event>>),
+    /// Literal bytes.
+    Bytes(Vec<u8>),
+}
+
+impl Stdin {
+    pub fn is_null(&self) -> bool {
+        matches!(self, Stdin::Null)
+    }
+
+    /// The bytes to write; borrowed for a single event.
+    pub fn bytes(&self) -> std::borrow::Cow<'_, [u8]> {
+        match self {
+            Stdin::Null => std::borrow::Cow::Borrowed(&[]),
+            Stdin::Event(e) => e.json_bytes(),
+            Stdin::Bytes(b) => std::borrow::Cow::Borrowed(b),
+            Stdin::Batch(events) => {
+                let mut batch = b"[".to_vec();
+                for (i, e) in events.iter().enumerate() {
+                    if i > 0 {
+                        batch.push(b',');
+                    }
+                    batch.extend_from_slice(&e.json_bytes());
+                }
+                batch.push(b']');
+                std::borrow::Cow::Owned(batch)
+            }
+        }
+    }
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub workdir: Option<PathBuf>,
+    pub stdin: Stdin,
+    pub timeout: Option<Duration>,
+    /// Between SIGTERM and SIGKILL.
+    pub grace: Duration,
+    /// Bytes of output logged per job; the rest is counted, not logged.
+    pub log_limit: usize,
+    /// Bytes of output tail kept with the job.
+    pub tail_limit: usize,
+    /// For log lines.
+    pub rule: String,
+    pub job: i64,
+}
+
+/// Output caps from hark.yaml, the same for every job.
+#[derive(Debug, Clone, Copy)]
+pub struct OutputLimits {
+    pub log_limit: usize,
+    pub tail_limit: usize,
+}
+
+/// A job the daemon should start now, as the scheduler decided it.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    pub id: i64,
+    pub rule: Arc<Rule>,
+    /// The concurrency key the job counts against.
+    pub key: String,
+    pub attempt: u32,
+    pub events: Vec<Arc<Event>>,
+    pub spec: Spec,
+}
+
+/// Render `rule` for a start of job `id`: the command sees the latest event (or all of
+/// them with `stdin: batch`) and `HARK_*` describing the job.
+pub fn prepare(
+    rule: &Rule,
+    id: i64,
+    attempt: u32,
+    events: &[Arc<Event>],
+    limits: OutputLimits,
+) -> Result<Spec, RenderError> {
+    let Some(last) = events.last() else {
+        return Err(RenderError {
+            rule: rule.name.clone(),
+            field: "events".into(),
+            reason: "internal error: a job without events".into(),
+        });
+    };
+    let rendered = rule.render(last)?;
+    let stdin = match rendered.stdin {
+        StdinMode::Event => Stdin::Event(last.clone()),
+        StdinMode::Batch => Stdin::Batch(events.to_vec()),
+        StdinMode::None => Stdin::Null,
+    };
+    let mut env: Vec<(String, String)> = rendered.env.into_iter().collect();
+    env.extend([
+        ("HARK_TOPIC".to_string(), last.topic.clone()),
+        ("HARK_UUID".to_string(), last.uuid.clone()),
+        ("HARK_RULE".to_string(), rule.name.clone()),
+        ("HARK_JOB".to_string(), id.to_string()),
+        ("HARK_ATTEMPT".to_string(), attempt.to_string()),
+        ("HARK_EVENT_COUNT".to_string(), events.len().to_string()),
+    ]);
+    Ok(Spec {
+        argv: rendered.argv,
+        env,
+        workdir: rendered.workdir,
+        stdin,
+        timeout: Some(rule.run.timeout),
+        grace: rule.run.grace,
+        log_limit: limits.log_limit,
+        tail_limit: limits.tail_limit,
+        rule: rule.name.clone(),
+        job: id,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::compile::parse_str;
+    use crate::rules::events::from_loose;
+    use serde_json::json;
+
+    fn rule(run: &str) -> Arc<Rule> {
+        let yaml = format!(
+            "rules:\n  - name: r\n    match: {{topic: t}}\n    run: {run}\n    coalesce: {{quiet: 1s}}\n"
+        );
+        let file =
+            parse_str(std::path::Path::new("t.yaml"), &yaml).unwrap_or_else(|e| panic!("{e}"));
+        file.rules[0].clone()
+    }
+
+    fn event(uuid: &str) -> Arc<Event> {
+        Arc::new(from_loose(json!({"tag": "t", "uuid": uuid, "data": {"n": 1}})).unwrap())
+    }
+
+    const LIMITS: OutputLimits = OutputLimits {
+        log_limit: 1,
+        tail_limit: 1,
+    };
+
+    #[test]
+    fn the_latest_event_renders_the_command_and_batch_stdin_carries_all_bytes_as_received() {
+        let r = rule("{command: [/bin/echo, '${uuid}'], stdin: batch}");
+        let events = [event("a"), event("b")];
+        let spec = prepare(&r, 7, 2, &events, LIMITS).unwrap();
+        assert_eq!(spec.argv, ["/bin/echo", "b"]);
+        let mut expected = b"[".to_vec();
+        expected.extend_from_slice(&events[0].json_bytes());
+        expected.push(b',');
+        expected.extend_from_slice(&events[1].json_bytes());
+        expected.push(b']');
+        assert_eq!(spec.stdin.bytes().as_ref(), expected.as_slice());
+        let env: std::collections::BTreeMap<_, _> = spec.env.into_iter().collect();
+        assert_eq!(env["HARK_JOB"], "7");
+        assert_eq!(env["HARK_ATTEMPT"], "2");
+        assert_eq!(env["HARK_EVENT_COUNT"], "2");
+        assert_eq!(env["HARK_UUID"], "b");
+    }
+
+    #[test]
+    fn event_stdin_is_the_shared_event_and_none_is_dev_null() {
+        let ev = event("a");
+        let spec = prepare(
+            &rule("{command: [/bin/cat]}"),
+            1,
+            1,
+            std::slice::from_ref(&ev),
+            LIMITS,
+        )
+        .unwrap();
+        assert!(matches!(&spec.stdin, Stdin::Event(e) if Arc::ptr_eq(e, &ev)));
+        let spec = prepare(
+            &rule("{command: [/bin/true], stdin: none}"),
+            1,
+            1,
+            &[ev],
+            LIMITS,
+        )
+        .unwrap();
+        assert!(spec.stdin.is_null());
+    }
+}

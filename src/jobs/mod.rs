@@ -1,0 +1,18 @@
+//! Jobs: what happens to a rule match until its command has ended.
+//!
+//! - [`scheduler`]: the pure state machine (coalescing, limits, pools, `on_busy`,
+//!   retries, drain) that answers every input with [`scheduler::Effect`]s;
+//! - [`launch`]: argv, environment, stdin and working directory of one start;
+//! - [`runner`]: running one command (process group, timeout, output);
+//! - [`store`]: the SQLite state, which applies effects and reserves job ids;
+//! - [`report`]: effects as metrics, log lines and `_hark.job.*` notices.
+
+pub mod launch;
+pub mod report;
+pub mod runner;
+pub mod scheduler;
+pub mod store;
+
+pub use launch::{Launch, Spec, Stdin};
+pub use scheduler::{Cause, Effect, Finish, Recovered, Scheduler, SchedulerOptions};
+pub use store::{now_ms, Job, State, Store, StoredEvent};
