@@ -32,6 +32,9 @@ pub trait Source: Send + 'static {
 /// Running sources and the one channel they all feed.
 pub struct Sources {
     pub rx: Receiver<Received>,
+    /// Keeps the channel open while no source runs (none configured, or all ended), so a
+    /// consumer waits rather than taking an empty channel for the end of the daemon.
+    tx: Sender<Received>,
     threads: Vec<JoinHandle<()>>,
     stop: Arc<AtomicBool>,
 }
@@ -53,13 +56,19 @@ impl Sources {
                     .with_context(|| format!("starting source {name}"))?,
             );
         }
-        Ok(Sources { rx, threads, stop })
+        Ok(Sources {
+            rx,
+            tx,
+            threads,
+            stop,
+        })
     }
 
     /// Stop every source and wait for its thread.
     pub fn stop(self) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         drop(self.rx);
+        drop(self.tx);
         for t in self.threads {
             let _ = t.join();
         }

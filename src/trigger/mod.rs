@@ -1,9 +1,9 @@
 //! `hark trigger`: the daemon, as wiring between stages connected by channels:
 //!
 //! ```text
-//! SUB thread ──frames──► admission thread ──events──► jobs thread ──starts──► tokio tasks
-//! (owns socket)          (Admission: parse,  (bounded) (Store, Scheduler,     (runner:
-//!                         trust, dedupe,                rules, reload; one    commands)
+//! sources   ──frames──► admission thread ──events──► jobs thread ──starts──► tokio tasks
+//! (a thread each,        (Admission: parse,  (bounded) (Store, Scheduler,     (runner:
+//!  owning its socket)     trust, dedupe,                rules, reload; one    commands)
 //!                         gaps)                         txn per burst) ◄──finished──┘
 //! ```
 //!
@@ -26,13 +26,14 @@ use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info};
 
 use crate::admit::{Admission, Dedupe, Gate, Mode, Sequences, TrustPolicy};
-use crate::bus::subscribe::Subscriber;
 use crate::config::ZmqConfig;
 use crate::event::keys::SigningKey;
 use crate::event::Event;
 use crate::jobs::report::Reporter;
 use crate::jobs::{Scheduler, SchedulerOptions, Store};
 use crate::metrics::Registry;
+use crate::sources::zmq::ZmqSource;
+use crate::sources::{Received, Source, Sources};
 use crate::systemd::notify;
 use jobs_thread::{Control, JobsThread};
 use reload::RuleCache;
@@ -62,39 +63,11 @@ pub struct TriggerOptions {
     pub results: Option<(String, SigningKey)>,
 }
 
-fn spawn_subscriber(
-    endpoints: Vec<String>,
-    zmq: ZmqConfig,
-    tx: Sender<Vec<Vec<u8>>>,
-    stop: Arc<AtomicBool>,
-) -> anyhow::Result<std::thread::JoinHandle<()>> {
-    let sub = Subscriber::connect(&endpoints, &[], &zmq)?;
-    std::thread::Builder::new()
-        .name("trigger-subscriber".into())
-        .spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                match sub.recv(Duration::from_millis(250)) {
-                    Ok(Some(frames)) => {
-                        if tx.send(frames).is_err() {
-                            return;
-                        }
-                    }
-                    Ok(None) => {}
-                    Err(e) => {
-                        error!("subscriber: {e}");
-                        std::thread::sleep(Duration::from_millis(250));
-                    }
-                }
-            }
-        })
-        .context("starting the subscriber thread")
-}
-
 /// Admission on a thread of its own: signature checks are CPU work. Whatever is already
 /// queued goes on as one burst, so the jobs thread files it in one transaction.
 fn spawn_admission(
     mut intake: Admission,
-    frames: Receiver<Vec<Vec<u8>>>,
+    frames: Receiver<Received>,
     events: Sender<Vec<Arc<Event>>>,
 ) -> anyhow::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
@@ -104,7 +77,7 @@ fn spawn_admission(
                 let mut burst = Vec::new();
                 let mut next = Some(first);
                 while let Some(f) = next.take() {
-                    if let Some(admitted) = intake.admit(f, "relay") {
+                    if let Some(admitted) = intake.admit(f.frames, f.source) {
                         burst.push(Arc::new(admitted.event));
                     }
                     if burst.len() >= INTAKE_BATCH {
@@ -146,16 +119,15 @@ pub fn run(
 
     let mut endpoints = opts.connect.clone();
     endpoints.extend(opts.fedmsg.iter().cloned());
-    let (frames_tx, frames_rx) = crossbeam_channel::bounded::<Vec<Vec<u8>>>(FRAMES_QUEUE);
+    let mut components: Vec<Box<dyn Source>> = Vec::new();
+    for (kind, eps) in [("relay", &opts.connect), ("fedmsg", &opts.fedmsg)] {
+        if !eps.is_empty() {
+            components.push(Box::new(ZmqSource::connect(eps, &[], &opts.zmq, kind)?));
+        }
+    }
+    let sources = Sources::start(components, FRAMES_QUEUE)?;
     let (events_tx, events_rx) = crossbeam_channel::bounded::<Vec<Arc<Event>>>(EVENTS_QUEUE);
     let (control_tx, control_rx) = crossbeam_channel::unbounded::<Control>();
-    let sub_stop = Arc::new(AtomicBool::new(false));
-    let subscriber = spawn_subscriber(
-        endpoints.clone(),
-        opts.zmq.clone(),
-        frames_tx,
-        sub_stop.clone(),
-    )?;
     let intake = Admission::new(
         Gate::new(opts.policy, opts.allow_fedmsg, usize::MAX),
         Mode::Enforce,
@@ -163,7 +135,7 @@ pub fn run(
         Sequences::new(last_seq),
         metrics.clone(),
     );
-    let admission = spawn_admission(intake, frames_rx, events_tx)?;
+    let admission = spawn_admission(intake, sources.rx.clone(), events_tx)?;
     let results = match opts.results {
         Some((ep, key)) => match results::spawn(ep, key, opts.zmq.clone(), metrics.clone()) {
             Ok((queue, _thread)) => Some(queue),
@@ -218,8 +190,7 @@ pub fn run(
     if let Some(q) = &results {
         q.close();
     }
-    sub_stop.store(true, Ordering::Relaxed);
-    let _ = subscriber.join();
+    sources.stop();
     let _ = admission.join();
     // Commands still running are stopped by dropping the runtime (kill_on_drop); a drain
     // only ends once none is left.
