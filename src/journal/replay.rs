@@ -216,6 +216,37 @@ pub fn answer(journal: &Journal, request: &[u8]) -> Vec<Vec<Vec<u8>>> {
     }
 }
 
+/// [`answer`] for a message as a ROUTER socket receives it: `[identity, request]`, or
+/// `[identity, "", request]` from a peer that uses a REQ-style delimiter, which is then
+/// repeated on every reply. Returns complete messages to send; none for a message without
+/// even an identity.
+pub fn serve(journal: &Journal, incoming: &[Vec<u8>]) -> Vec<Vec<Vec<u8>>> {
+    let Some((identity, rest)) = incoming.split_first() else {
+        return Vec::new();
+    };
+    let (delimited, body) = match rest {
+        [empty, body] if empty.is_empty() => (true, Some(body)),
+        [body] => (false, Some(body)),
+        _ => (false, None),
+    };
+    let replies = match body {
+        Some(body) => answer(journal, body),
+        None => bad_request(format!("a replay request is one frame, not {}", rest.len())),
+    };
+    replies
+        .into_iter()
+        .map(|frames| {
+            let mut message = Vec::with_capacity(frames.len() + 2);
+            message.push(identity.clone());
+            if delimited {
+                message.push(Vec::new());
+            }
+            message.extend(frames);
+            message
+        })
+        .collect()
+}
+
 enum Refused {
     Bad(String),
     Journal(JournalError),

@@ -403,3 +403,117 @@ fn reply_headers_round_trip_and_bad_ones_are_errors() {
         Err(ProtocolError::Frames("bad-request"))
     );
 }
+
+#[test]
+fn serve_keeps_the_router_envelope() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let j = filled(&dir, 2);
+    let request = Request::after(j.epoch(), 0).to_bytes();
+    let plain = serve(&j, &[b"peer".to_vec(), request.clone()]);
+    assert_eq!(plain.len(), 3);
+    assert!(plain.iter().all(|m| m[0] == b"peer"));
+    assert_eq!(
+        parse_reply(plain[0][1..].to_vec()).expect("parse").frames,
+        event_frames("org.ubuntu.build", 1)
+    );
+    let delimited = serve(&j, &[b"peer".to_vec(), Vec::new(), request]);
+    assert_eq!(delimited.len(), 3);
+    assert!(delimited.iter().all(|m| m[0] == b"peer" && m[1].is_empty()));
+    let odd = serve(&j, &[b"peer".to_vec(), b"a".to_vec(), b"b".to_vec()]);
+    assert_eq!(odd.len(), 1);
+    assert!(matches!(
+        parse_reply(odd[0][1..].to_vec()).expect("parse").header,
+        Header::BadRequest { .. }
+    ));
+    assert!(serve(&j, &[]).is_empty());
+}
+
+/// The Python client printed in docs/architecture.md, run as written against a ROUTER
+/// that serves [`serve`]: the documented format is the implemented one.
+#[test]
+fn the_documented_python_client_replays_byte_for_byte() {
+    let python = match std::env::var_os("HARK_TEST_PYTHON") {
+        Some(p) if !p.is_empty() => std::path::PathBuf::from(p),
+        _ => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"),
+    };
+    if !python.exists() {
+        println!("SKIPPED: no Python with pyzmq (set HARK_TEST_PYTHON)");
+        return;
+    }
+    let doc = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/architecture.md"),
+    )
+    .expect("docs/architecture.md");
+    let start = doc
+        .find("A Python client (pyzmq):")
+        .expect("the client is documented");
+    let code = &doc[start..];
+    let code = &code[code.find("```python\n").expect("code block") + 10..];
+    let code = &code[..code.find("```").expect("end of code block")];
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut j = journal(&dir);
+    let mut expected = Vec::new();
+    for i in 1..=700u64 {
+        let frames = vec![
+            format!("org.example.t{}", i % 2).into_bytes(),
+            // Not valid UTF-8 on purpose: replay is bytes, not text.
+            vec![0xff, 0x00, (i % 251) as u8, b'"'],
+        ];
+        let topic = format!("org.example.t{}", i % 2);
+        j.append(&frames, &topic, &format!("u{i}"), 1000)
+            .expect("append");
+        if i % 2 == 1 && i > 100 {
+            expected.push(format!(
+                "{i} {}",
+                frames.iter().map(|f| hex(f)).collect::<Vec<_>>().join(",")
+            ));
+        }
+    }
+    let epoch = j.epoch().to_string();
+
+    let ctx = zmq::Context::new();
+    let router = ctx.socket(zmq::ROUTER).expect("router");
+    router.set_rcvtimeo(100).expect("rcvtimeo");
+    router.set_linger(0).expect("linger");
+    router.bind("tcp://127.0.0.1:*").expect("bind");
+    let endpoint = router
+        .get_last_endpoint()
+        .expect("endpoint")
+        .expect("utf-8 endpoint");
+    let script = format!(
+        "{code}\nimport sys\nfor seq, frames in replay({endpoint:?}, {epoch:?}, 100, [\"org.example.t1\"]):\n    print(seq, \",\".join(f.hex() for f in frames))\n"
+    );
+    let mut child = std::process::Command::new(&python)
+        .arg("-c")
+        .arg(&script)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the Python client did not finish"
+        );
+        if let Ok(incoming) = router.recv_multipart(0) {
+            for message in serve(&j, &incoming) {
+                router.send_multipart(message, 0).expect("send");
+            }
+        }
+    };
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().expect("stdout"), &mut out)
+        .expect("read");
+    assert!(status.success(), "python failed: {status}");
+    let got: Vec<&str> = out.lines().collect();
+    assert_eq!(got.len(), expected.len());
+    assert_eq!(got, expected);
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
