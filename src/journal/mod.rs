@@ -527,7 +527,8 @@ impl Journal {
             }
             sql.push(')');
         }
-        sql.push_str(&format!(" ORDER BY seq LIMIT {}", limit));
+        sql.push_str(&format!(" ORDER BY seq LIMIT ?{}", args.len() + 1));
+        args.push(i64::try_from(limit).unwrap_or(i64::MAX).into());
         let mut stmt = self.conn.prepare_cached(&sql)?;
         let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
         let mut entries = Vec::new();

@@ -313,6 +313,14 @@ fn answer_request(
                 return gap();
             }
             selection.from_seq = from.max(1);
+            // A continuation of a time range: stop at its last seq rather than scanning
+            // on to the head for rows the time filter would drop anyway.
+            if let Some(to_ms) = request.to_ms {
+                let last = journal
+                    .seqs_for_time(request.from_ms.unwrap_or(i64::MIN), to_ms)?
+                    .map_or(0, |(_, last)| last);
+                selection.to_seq = Some(request.to_seq.map_or(last, |t| t.min(last)));
+            }
         }
         None => {
             let from_ms = request.from_ms.unwrap_or(i64::MIN);

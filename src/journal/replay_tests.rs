@@ -517,3 +517,19 @@ fn the_documented_python_client_replays_byte_for_byte() {
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+#[test]
+fn a_time_range_continuation_stops_at_the_ranges_last_seq() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let j = filled(&dir, 20_000);
+    let out = run(
+        &j,
+        Request {
+            max_chunk: Some(5),
+            ..Request::between(1001, 1010)
+        },
+    );
+    assert_eq!(out.events.len(), 10);
+    // Two full chunks and the end, not a scan over the 20,000 rows after the range.
+    assert!(out.requests <= 3, "{} requests", out.requests);
+}
