@@ -556,6 +556,22 @@ impl Journal {
         })
     }
 
+    /// Run `f` on one read snapshot, so that a reader on another connection sees the
+    /// head, the first retained seq and the rows as of one moment, not a prune between.
+    pub fn snapshot<T, E: From<JournalError>>(
+        &self,
+        f: impl FnOnce(&Journal) -> std::result::Result<T, E>,
+    ) -> std::result::Result<T, E> {
+        let tx = self
+            .conn
+            .unchecked_transaction()
+            .map_err(JournalError::from)?;
+        let out = f(self);
+        // Nothing was written; ending the read transaction either way is enough.
+        drop(tx);
+        out
+    }
+
     #[cfg(test)]
     fn connection(&self) -> &Connection {
         &self.conn

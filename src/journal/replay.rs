@@ -206,7 +206,7 @@ pub fn answer(journal: &Journal, request: &[u8]) -> Vec<Vec<Vec<u8>>> {
         Ok(r) => r,
         Err(e) => return bad_request(format!("request is not a replay request: {e}")),
     };
-    match answer_request(journal, &request) {
+    match journal.snapshot(|journal| answer_request(journal, &request)) {
         Ok(messages) => messages,
         Err(Refused::Bad(message)) => bad_request(message),
         Err(Refused::Journal(e)) => vec![vec![Header::JournalUnavailable {

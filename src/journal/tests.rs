@@ -521,3 +521,28 @@ fn append_throughput() {
         }
     }
 }
+
+#[test]
+fn a_snapshot_does_not_see_a_prune_in_the_middle() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("j.sqlite");
+    let mut writer = Journal::open(
+        &path,
+        Retention {
+            max_age: Duration::from_secs(1),
+            max_bytes: u64::MAX,
+        },
+    )
+    .expect("open");
+    append_n(&mut writer, "a", 5, 0);
+    let reader = Journal::open_read_only(&path).expect("reader");
+    let seen = reader
+        .snapshot(|r| {
+            let first = r.first_seq()?;
+            assert_eq!(writer.prune(DAY_MS)?.rows, 5);
+            Ok::<_, JournalError>((first, r.range(first, 10)?.len()))
+        })
+        .expect("snapshot");
+    assert_eq!(seen, (1, 5));
+    assert_eq!(reader.first_seq().expect("first"), 6);
+}
