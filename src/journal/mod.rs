@@ -72,6 +72,8 @@ pub enum JournalError {
     Io(String),
     #[error("the journal was opened read-only")]
     ReadOnly,
+    #[error("{0} is in use by another writer (another relay on the same state directory?)")]
+    InUse(String),
     #[error("{0} is not a hark journal: {1}")]
     NotAJournal(String, String),
     #[error("journal row {seq} is damaged: {why}")]
@@ -186,6 +188,9 @@ pub struct Journal {
     head_seq: u64,
     /// Sum of `entries.bytes`, kept here so appends need not ask SQLite.
     stored_bytes: u64,
+    /// A writer holds an exclusive lock on `<file>.lock` while open: `head_seq` is
+    /// cached here, so a second writer would hand out the same seqs.
+    _lock: Option<std::fs::File>,
 }
 
 impl std::fmt::Debug for Journal {
@@ -209,6 +214,7 @@ impl Journal {
             std::fs::create_dir_all(dir)
                 .map_err(|e| JournalError::Io(format!("{}: {e}", dir.display())))?;
         }
+        let lock = lock_writer(path)?;
         let mut conn = Connection::open(path)?;
         conn.busy_timeout(Duration::from_secs(10))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -242,6 +248,7 @@ impl Journal {
         tx.commit()?;
         let mut journal = Journal::from_conn(conn, path, false)?;
         journal.retention = retention;
+        journal._lock = Some(lock);
         Ok(journal)
     }
 
@@ -272,6 +279,7 @@ impl Journal {
             retention: Retention::default(),
             head_seq,
             stored_bytes: u64::try_from(stored).unwrap_or(0),
+            _lock: None,
         })
     }
 
@@ -575,6 +583,26 @@ impl Journal {
     #[cfg(test)]
     fn connection(&self) -> &Connection {
         &self.conn
+    }
+}
+
+fn lock_writer(path: &Path) -> Result<std::fs::File> {
+    let mut lock_path = path.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let lock_path = std::path::PathBuf::from(lock_path);
+    let io = |e: std::io::Error| JournalError::Io(format!("{}: {e}", lock_path.display()));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(io)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            Err(JournalError::InUse(path.display().to_string()))
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(io(e)),
     }
 }
 

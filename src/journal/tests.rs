@@ -546,3 +546,16 @@ fn a_snapshot_does_not_see_a_prune_in_the_middle() {
     assert_eq!(seen, (1, 5));
     assert_eq!(reader.first_seq().expect("first"), 6);
 }
+
+#[test]
+fn a_second_writer_is_refused_while_the_first_is_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("j.sqlite");
+    let first = Journal::open(&path, big_retention()).expect("open");
+    let err = Journal::open(&path, big_retention()).expect_err("second writer");
+    assert!(matches!(err, JournalError::InUse(_)), "{err}");
+    // Readers are fine beside the writer.
+    assert!(Journal::open_read_only(&path).is_ok());
+    drop(first);
+    assert!(Journal::open(&path, big_retention()).is_ok());
+}
