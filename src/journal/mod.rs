@@ -315,7 +315,8 @@ impl Journal {
         meta_get(&self.conn, "pruned_ms")
     }
 
-    /// Bytes of frames currently stored (what `max_bytes` bounds).
+    /// Bytes of frames currently stored (what `max_bytes` bounds), as the writer counts
+    /// them; a read-only journal gives the figure from when it was opened.
     pub fn stored_bytes(&self) -> u64 {
         self.stored_bytes
     }
@@ -328,13 +329,12 @@ impl Journal {
         uuid: &str,
         received_ms: i64,
     ) -> Result<u64> {
-        let first = self.append_batch(&[NewEntry {
+        self.append_batch(&[NewEntry {
             frames,
             topic,
             uuid,
             received_ms,
-        }])?;
-        Ok(first)
+        }])
     }
 
     /// Append a burst in one transaction (one fsync). The entries get consecutive seqs
