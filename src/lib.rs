@@ -21,6 +21,7 @@ pub mod config;
 pub mod duration;
 pub mod event;
 pub mod jobs;
+pub mod journal;
 pub mod metrics;
 pub mod record;
 pub mod rules;

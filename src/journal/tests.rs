@@ -1,0 +1,561 @@
+use super::*;
+
+const DAY_MS: i64 = 24 * 3600 * 1000;
+
+fn big_retention() -> Retention {
+    Retention {
+        max_age: Duration::from_secs(3650 * 24 * 3600),
+        max_bytes: u64::MAX,
+    }
+}
+
+fn frames(topic: &str, n: u64) -> Vec<Vec<u8>> {
+    vec![
+        topic.as_bytes().to_vec(),
+        format!("{{\"n\":{n},\"topic\":\"{topic}\"}}").into_bytes(),
+    ]
+}
+
+fn append_n(j: &mut Journal, topic: &str, n: u64, received_ms: i64) -> u64 {
+    let mut first = 0;
+    for i in 0..n {
+        let seq = j
+            .append(&frames(topic, i), topic, &format!("uuid-{i}"), received_ms)
+            .expect("append");
+        if i == 0 {
+            first = seq;
+        }
+    }
+    first
+}
+
+#[test]
+fn a_new_journal_has_an_epoch_and_starts_at_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let j = Journal::open(&dir.path().join("j.sqlite"), big_retention()).expect("open");
+    assert!(uuid::Uuid::parse_str(j.epoch()).is_ok(), "{}", j.epoch());
+    assert_eq!(j.head_seq().expect("head"), 0);
+    assert_eq!(j.first_seq().expect("first"), 1);
+    assert_eq!(j.next_seq(), 1);
+    assert!(j.range(1, 10).expect("range").is_empty());
+}
+
+#[test]
+fn frames_come_back_byte_for_byte_in_seq_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut j = Journal::open(&dir.path().join("j.sqlite"), big_retention()).expect("open");
+    let odd: Vec<Vec<u8>> = vec![
+        b"org.example.x".to_vec(),
+        vec![],
+        vec![0, 255, 0xc3, 0x28, b'\n', 0],
+        vec![7; 70_000],
+    ];
+    let s1 = j
+        .append(&frames("a.b", 1), "a.b", "u1", 10)
+        .expect("append");
+    let s2 = j.append(&odd, "org.example.x", "u2", 11).expect("append");
+    assert_eq!((s1, s2), (1, 2));
+    let got = j.range(1, 10).expect("range");
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].frames, frames("a.b", 1));
+    assert_eq!(
+        got[1],
+        Entry {
+            seq: 2,
+            received_ms: 11,
+            topic: "org.example.x".into(),
+            uuid: "u2".into(),
+            frames: odd,
+        }
+    );
+    assert_eq!(j.range(2, 10).expect("range").len(), 1);
+    assert_eq!(j.range(1, 1).expect("range")[0].seq, 1);
+    assert!(j.range(3, 10).expect("range").is_empty());
+}
+
+#[test]
+fn a_batch_takes_consecutive_seqs_in_one_go() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut j = Journal::open(&dir.path().join("j.sqlite"), big_retention()).expect("open");
+    append_n(&mut j, "a", 3, 5);
+    let burst: Vec<Vec<Vec<u8>>> = (0..5).map(|i| frames("b", i)).collect();
+    let uuids: Vec<String> = (0..5).map(|i| format!("b{i}")).collect();
+    let entries: Vec<NewEntry> = burst
+        .iter()
+        .zip(&uuids)
+        .map(|(f, u)| NewEntry {
+            frames: f,
+            topic: "b",
+            uuid: u,
+            received_ms: 6,
+        })
+        .collect();
+    assert_eq!(j.next_seq(), 4);
+    assert_eq!(j.append_batch(&entries).expect("batch"), 4);
+    assert_eq!(j.head_seq().expect("head"), 8);
+    let got = j.range(4, 100).expect("range");
+    assert_eq!(
+        got.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![4, 5, 6, 7, 8]
+    );
+    assert_eq!(got[4].uuid, "b4");
+    assert_eq!(got[4].frames, frames("b", 4));
+    assert_eq!(j.append_batch(&[]).expect("empty batch"), 9);
+    assert_eq!(j.head_seq().expect("head"), 8);
+}
+
+#[test]
+fn seqs_continue_across_reopen_and_a_new_file_is_a_new_epoch() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("state/j.sqlite");
+    let epoch = {
+        let mut j = Journal::open(&path, big_retention()).expect("open");
+        append_n(&mut j, "a", 4, 1);
+        j.epoch().to_string()
+    };
+    let mut j = Journal::open(&path, big_retention()).expect("reopen");
+    assert_eq!(j.epoch(), epoch);
+    assert_eq!(j.head_seq().expect("head"), 4);
+    assert_eq!(j.append(&frames("a", 9), "a", "u", 2).expect("append"), 5);
+    drop(j);
+    let other = Journal::open(&dir.path().join("other.sqlite"), big_retention()).expect("open");
+    assert_ne!(other.epoch(), epoch);
+    assert_eq!(other.next_seq(), 1);
+}
+
+#[test]
+fn pruning_by_age_keeps_a_contiguous_tail_and_reports_the_first_seq() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut j = Journal::open(
+        &dir.path().join("j.sqlite"),
+        Retention {
+            max_age: Duration::from_secs(24 * 3600),
+            max_bytes: u64::MAX,
+        },
+    )
+    .expect("open");
+    let now = 100 * DAY_MS;
+    append_n(&mut j, "old", 3, now - 3 * DAY_MS);
+    append_n(&mut j, "young", 2, now - 1000);
+    // A row stamped old after a young one (a clock step) stays: only a prefix goes.
+    append_n(&mut j, "stepped", 1, now - 5 * DAY_MS);
+    let pruned = j.prune(now).expect("prune");
+    assert_eq!(pruned.rows, 3);
+    assert!(!pruned.more);
+    assert_eq!(j.first_seq().expect("first"), 4);
+    assert_eq!(j.head_seq().expect("head"), 6);
+    assert_eq!(
+        j.pruned_through_ms().expect("horizon"),
+        Some(now - 3 * DAY_MS)
+    );
+    assert_eq!(
+        j.range(1, 10)
+            .expect("range")
+            .iter()
+            .map(|e| e.seq)
+            .collect::<Vec<_>>(),
+        vec![4, 5, 6]
+    );
+    assert_eq!(j.prune(now).expect("prune again"), Pruned::default());
+}
+
+#[test]
+fn pruning_by_size_drops_the_oldest_until_under_the_limit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("j.sqlite");
+    let mut j = Journal::open(
+        &path,
+        Retention {
+            max_age: Duration::from_secs(3600),
+            max_bytes: 2500,
+        },
+    )
+    .expect("open");
+    let kib = vec![vec![b'x'; 1000]];
+    for i in 0..5 {
+        j.append(&kib, "t", &format!("u{i}"), 1000).expect("append");
+    }
+    assert_eq!(j.stored_bytes(), 5000);
+    let pruned = j.prune(1000).expect("prune");
+    assert_eq!((pruned.rows, pruned.bytes), (3, 3000));
+    assert_eq!(j.stored_bytes(), 2000);
+    assert_eq!(j.first_seq().expect("first"), 4);
+    drop(j);
+    let j = Journal::open(&path, Retention::default()).expect("reopen");
+    assert_eq!(j.stored_bytes(), 2000);
+}
+
+#[test]
+fn a_fully_pruned_journal_still_knows_its_head_after_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("j.sqlite");
+    let retention = Retention {
+        max_age: Duration::from_secs(1),
+        max_bytes: u64::MAX,
+    };
+    let mut j = Journal::open(&path, retention).expect("open");
+    append_n(&mut j, "a", 7, 0);
+    assert_eq!(j.prune(DAY_MS).expect("prune").rows, 7);
+    assert_eq!(j.first_seq().expect("first"), 8);
+    drop(j);
+    let mut j = Journal::open(&path, retention).expect("reopen");
+    assert_eq!(j.head_seq().expect("head"), 7);
+    assert_eq!(j.first_seq().expect("first"), 8);
+    assert_eq!(
+        j.append(&frames("a", 1), "a", "u", DAY_MS).expect("append"),
+        8
+    );
+}
+
+#[test]
+fn pruning_is_bounded_per_call() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut j = Journal::open(
+        &dir.path().join("j.sqlite"),
+        Retention {
+            max_age: Duration::from_secs(1),
+            max_bytes: u64::MAX,
+        },
+    )
+    .expect("open");
+    let f = frames("a", 0);
+    let many: Vec<NewEntry> = (0..PRUNE_BATCH + 5)
+        .map(|_| NewEntry {
+            frames: &f,
+            topic: "a",
+            uuid: "u",
+            received_ms: 0,
+        })
+        .collect();
+    j.append_batch(&many).expect("batch");
+    let first = j.prune(DAY_MS).expect("prune");
+    assert_eq!(first.rows, PRUNE_BATCH as u64);
+    assert!(first.more);
+    let second = j.prune(DAY_MS).expect("prune");
+    assert_eq!(second.rows, 5);
+    assert!(!second.more);
+}
+
+#[test]
+fn select_filters_by_topic_prefix_and_time_within_a_bounded_scan() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut j = Journal::open(&dir.path().join("j.sqlite"), big_retention()).expect("open");
+    for i in 0..20u64 {
+        let topic = if i % 5 == 0 {
+            "org.debian.dak.upload"
+        } else {
+            "org.other.thing"
+        };
+        j.append(&frames(topic, i), topic, &format!("u{i}"), 1000 + i as i64)
+            .expect("append");
+    }
+    let wanted = Selection {
+        from_seq: 1,
+        topic_prefixes: vec!["org.debian.".into()],
+        ..Selection::default()
+    };
+    let all = j.select(&wanted, 100, 100).expect("select");
+    assert_eq!(
+        all.entries.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![1, 6, 11, 16]
+    );
+    assert!(all.done);
+    // A small scan window stops early and says where to go on.
+    let part = j.select(&wanted, 100, 8).expect("select");
+    assert_eq!(
+        part.entries.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![1, 6]
+    );
+    assert_eq!(part.next_seq, 9);
+    assert!(!part.done);
+    // Several prefixes, one matching nothing; and an empty prefix is everything.
+    let two = Selection {
+        topic_prefixes: vec!["org.other.thing".into(), "net.".into()],
+        ..wanted.clone()
+    };
+    assert_eq!(j.select(&two, 100, 100).expect("select").entries.len(), 16);
+    let empty = Selection {
+        topic_prefixes: vec![String::new()],
+        ..wanted.clone()
+    };
+    assert_eq!(
+        j.select(&empty, 100, 100).expect("select").entries.len(),
+        20
+    );
+    // The limit stops at the last returned row.
+    let limited = j.select(&wanted, 2, 100).expect("select");
+    assert_eq!(limited.next_seq, 7);
+    assert!(!limited.done);
+    // Time range: rows received in 1005..=1009 are seqs 6..=10.
+    let timed = j.time_range(1005, 1009, 100).expect("time range");
+    assert_eq!(
+        timed.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![6, 7, 8, 9, 10]
+    );
+    assert!(j
+        .time_range(5000, 6000, 100)
+        .expect("time range")
+        .is_empty());
+    assert_eq!(j.time_range(0, 5000, 3).expect("time range").len(), 3);
+}
+
+#[test]
+fn a_reader_beside_the_writer_sees_new_appends() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("j.sqlite");
+    let mut writer = Journal::open(&path, big_retention()).expect("open");
+    append_n(&mut writer, "a", 2, 1);
+    let reader = Journal::open_read_only(&path).expect("reader");
+    assert_eq!(reader.epoch(), writer.epoch());
+    assert_eq!(reader.head_seq().expect("head"), 2);
+    append_n(&mut writer, "a", 3, 2);
+    assert_eq!(reader.head_seq().expect("head"), 5);
+    assert_eq!(reader.range(1, 10).expect("range").len(), 5);
+    let mut reader = reader;
+    assert!(matches!(
+        reader.append(&frames("a", 1), "a", "u", 1),
+        Err(JournalError::ReadOnly)
+    ));
+}
+
+#[test]
+fn a_file_of_another_format_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("j.sqlite");
+    drop(Journal::open(&path, big_retention()).expect("open"));
+    let conn = Connection::open(&path).expect("sqlite");
+    conn.execute("UPDATE meta SET value = 99 WHERE key = 'format'", [])
+        .expect("update");
+    drop(conn);
+    let err = Journal::open(&path, big_retention()).expect_err("format 99");
+    assert!(matches!(err, JournalError::NotAJournal(..)), "{err}");
+}
+
+/// SQLite's `max_page_count` stands in for a full disk: the write fails with the typed
+/// error, nothing is counted or half-written, and appends work again once there is room.
+#[test]
+fn a_full_disk_refuses_appends_and_recovers_when_space_returns() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut j = Journal::open(
+        &dir.path().join("j.sqlite"),
+        Retention {
+            max_age: Duration::from_secs(3600),
+            max_bytes: 5_000,
+        },
+    )
+    .expect("open");
+    let event = vec![b"t".to_vec(), vec![b'x'; 1024]];
+    for i in 0..10 {
+        j.append(&event, "t", &format!("u{i}"), 1000)
+            .expect("append");
+    }
+    let pages: i64 = j
+        .connection()
+        .query_row("PRAGMA page_count", [], |r| r.get(0))
+        .expect("page_count");
+    let cap: i64 = j
+        .connection()
+        .query_row(&format!("PRAGMA max_page_count = {pages}"), [], |r| {
+            r.get(0)
+        })
+        .expect("max_page_count");
+    assert_eq!(cap, pages);
+    let mut full = None;
+    for i in 0..200 {
+        match j.append(&event, "t", &format!("f{i}"), 1000) {
+            Ok(_) => {}
+            Err(e) => {
+                full = Some(e);
+                break;
+            }
+        }
+    }
+    let err = full.expect("the capped file fills up");
+    assert!(matches!(err, JournalError::Full), "{err:?}");
+    assert_eq!(err.reason(), "journal-unavailable");
+    let head = j.head_seq().expect("head");
+    let bytes = j.stored_bytes();
+    // Still full: the same answer, the same head, nothing written.
+    assert!(matches!(
+        j.append(&event, "t", "again", 1000),
+        Err(JournalError::Full)
+    ));
+    assert_eq!(j.head_seq().expect("head"), head);
+    assert_eq!(j.stored_bytes(), bytes);
+    assert_eq!(j.range(1, 1000).expect("range").len() as u64, head);
+    // Pruning frees pages inside the file, so appends go on without it growing.
+    let pruned = j.prune(1000).expect("prune while full");
+    assert!(pruned.rows > 0);
+    assert_eq!(
+        j.append(&event, "t", "after-prune", 1000).expect("append"),
+        head + 1
+    );
+    // Or the disk gets room again.
+    j.connection()
+        .query_row("PRAGMA max_page_count = 1073741823", [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .expect("uncap");
+    for i in 0..50 {
+        j.append(&event, "t", &format!("r{i}"), 1000)
+            .expect("append after room");
+    }
+    assert_eq!(j.head_seq().expect("head"), head + 51);
+    let tail = j.range(head, 100).expect("range");
+    assert_eq!(tail.first().map(|e| e.seq), Some(head));
+    assert!(
+        tail.windows(2).all(|w| w[1].seq == w[0].seq + 1),
+        "seqs stay contiguous across the outage"
+    );
+}
+
+/// The same on a real, tiny tmpfs, which needs root to mount; skipped otherwise.
+#[test]
+fn a_real_full_tmpfs_refuses_appends_and_recovers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mount = Mount::tmpfs(dir.path(), "1m");
+    let Some(_mount) = mount else {
+        println!("SKIPPED: cannot mount a tmpfs here (it needs root)");
+        return;
+    };
+    let path = dir.path().join("j.sqlite");
+    let mut j = Journal::open(&path, big_retention()).expect("open");
+    let event = vec![b"t".to_vec(), vec![b'x'; 1024]];
+    for i in 0..20 {
+        j.append(&event, "t", &format!("u{i}"), 1000)
+            .expect("append");
+    }
+    // Another file takes the rest of the disk, as logs or a build would.
+    let filler = dir.path().join("filler");
+    fill(&filler);
+    let mut failed = None;
+    for i in 0..5000 {
+        if let Err(e) = j.append(&event, "t", &format!("f{i}"), 1000) {
+            failed = Some(e);
+            break;
+        }
+    }
+    let err = failed.expect("a full tmpfs refuses appends");
+    println!("full tmpfs: {err}");
+    assert!(
+        matches!(err, JournalError::Full | JournalError::Io(_)),
+        "{err:?}"
+    );
+    assert_eq!(err.reason(), "journal-unavailable");
+    let head = j.head_seq().expect("head");
+    assert!(j.append(&event, "t", "still-full", 1000).is_err());
+    assert_eq!(j.head_seq().expect("head"), head);
+    std::fs::remove_file(&filler).expect("space returns");
+    for i in 0..20 {
+        j.append(&event, "t", &format!("r{i}"), 1000)
+            .expect("appends work again once there is room");
+    }
+    let all = j.range(1, 10_000).expect("range");
+    assert_eq!(all.len() as u64, head + 20);
+    assert!(all.windows(2).all(|w| w[1].seq == w[0].seq + 1));
+    drop(j);
+    let j = Journal::open(&path, big_retention()).expect("reopen after the outage");
+    assert_eq!(j.head_seq().expect("head"), head + 20);
+}
+
+fn fill(path: &Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).expect("filler");
+    let block = vec![0u8; 4096];
+    while f.write_all(&block).is_ok() {}
+    // Whatever the page cache held is now refused too.
+    let _ = f.sync_all();
+}
+
+struct Mount(std::path::PathBuf);
+
+impl Mount {
+    fn tmpfs(at: &Path, size: &str) -> Option<Mount> {
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .ok()?;
+        status.success().then(|| Mount(at.to_path_buf()))
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// Append throughput at both durability levels, 1 KiB events: single appends against
+/// batches of 100 and 512. `cargo test --release --lib journal::tests::append_throughput
+/// -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn append_throughput() {
+    let event = vec![b"org.example.bench".to_vec(), vec![b'x'; 1024]];
+    for durability in [Durability::Full, Durability::Normal] {
+        for batch in [1usize, 100, 512] {
+            let dir = tempfile::tempdir_in(".").expect("tempdir on the real disk");
+            let mut j =
+                Journal::open_with(&dir.path().join("j.sqlite"), big_retention(), durability)
+                    .expect("open");
+            let total = if batch == 1 { 2_000 } else { 51_200 };
+            let entries: Vec<NewEntry> = (0..batch)
+                .map(|_| NewEntry {
+                    frames: &event,
+                    topic: "org.example.bench",
+                    uuid: "0190c0de-0000-7000-8000-000000000000",
+                    received_ms: 1,
+                })
+                .collect();
+            let start = std::time::Instant::now();
+            for _ in 0..total / batch {
+                j.append_batch(&entries).expect("append");
+            }
+            let secs = start.elapsed().as_secs_f64();
+            println!(
+                "{durability:?} batch {batch:>3}: {total} events in {secs:.2} s = {:.0} events/s",
+                total as f64 / secs
+            );
+        }
+    }
+}
+
+#[test]
+fn a_snapshot_does_not_see_a_prune_in_the_middle() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("j.sqlite");
+    let mut writer = Journal::open(
+        &path,
+        Retention {
+            max_age: Duration::from_secs(1),
+            max_bytes: u64::MAX,
+        },
+    )
+    .expect("open");
+    append_n(&mut writer, "a", 5, 0);
+    let reader = Journal::open_read_only(&path).expect("reader");
+    let seen = reader
+        .snapshot(|r| {
+            let first = r.first_seq()?;
+            assert_eq!(writer.prune(DAY_MS)?.rows, 5);
+            Ok::<_, JournalError>((first, r.range(first, 10)?.len()))
+        })
+        .expect("snapshot");
+    assert_eq!(seen, (1, 5));
+    assert_eq!(reader.first_seq().expect("first"), 6);
+}
+
+#[test]
+fn a_second_writer_is_refused_while_the_first_is_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("j.sqlite");
+    let first = Journal::open(&path, big_retention()).expect("open");
+    let err = Journal::open(&path, big_retention()).expect_err("second writer");
+    assert!(matches!(err, JournalError::InUse(_)), "{err}");
+    // Readers are fine beside the writer.
+    assert!(Journal::open_read_only(&path).is_ok());
+    drop(first);
+    assert!(Journal::open(&path, big_retention()).is_ok());
+}
