@@ -43,6 +43,12 @@ impl Dedupe {
         true
     }
 
+    /// Take back a uuid that was seen but not published after all (the journal failed),
+    /// so the publisher's resend is not taken for a duplicate.
+    pub fn forget(&mut self, uuid: &str) {
+        self.seen.remove(uuid);
+    }
+
     pub fn len(&self) -> usize {
         self.seen.len()
     }

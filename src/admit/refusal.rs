@@ -16,16 +16,35 @@ use crate::event::EnvelopeError;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
     Envelope(EnvelopeError),
-    Oversized { size: usize, limit: usize },
-    BadSignature { signer: String, reason: String },
+    Oversized {
+        size: usize,
+        limit: usize,
+    },
+    BadSignature {
+        signer: String,
+        reason: String,
+    },
     Unsigned,
     FedmsgNotAllowed,
     UntrustedSigners(Vec<String>),
-    NotGranted { topic: String, signers: Vec<String> },
-    Duplicate { uuid: String },
+    NotGranted {
+        topic: String,
+        signers: Vec<String>,
+    },
+    Duplicate {
+        uuid: String,
+    },
     BadTime(String),
-    Stale { time: String, max_age: Duration },
-    Future { time: String, max_future: Duration },
+    Stale {
+        time: String,
+        max_age: Duration,
+    },
+    Future {
+        time: String,
+        max_future: Duration,
+    },
+    /// The relay could not journal the event, so it did not publish it either.
+    JournalUnavailable(String),
 }
 
 impl Refusal {
@@ -43,6 +62,7 @@ impl Refusal {
             Refusal::BadTime(_) => "bad-time",
             Refusal::Stale { .. } => "stale",
             Refusal::Future { .. } => "future",
+            Refusal::JournalUnavailable(_) => crate::journal::REFUSAL_REASON,
         }
     }
 }
@@ -83,6 +103,10 @@ impl fmt::Display for Refusal {
                 f,
                 "time {time} is older than trust.max_age ({})",
                 crate::duration::format(*max_age)
+            ),
+            Refusal::JournalUnavailable(why) => write!(
+                f,
+                "not published: {why}; the relay takes events again once its journal can be written (try again later)"
             ),
             Refusal::Future { time, max_future } => write!(
                 f,

@@ -11,6 +11,7 @@
 //! JSON that only fedmsg's own consumers can check.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,6 +29,8 @@ use crate::admit::{Counters, Dedupe, Gate, Refusal, Refusals, Refused, TrustPoli
 use crate::config::{RelayConfig, TrustConfig, ZmqConfig};
 use crate::event::keys::SigningKey;
 use crate::event::{canonical, sign, Event};
+use crate::journal::replay::{self, MAX_CHUNK};
+use crate::journal::{Journal, NewEntry, Retention};
 use crate::metrics::Registry;
 
 const DOORBELL: &str = "inproc://hark-relay-doorbell";
@@ -49,6 +52,11 @@ pub struct RelayOptions {
     pub zmq: ZmqConfig,
     /// How often to publish a heartbeat; zero turns them off.
     pub heartbeat: Duration,
+    /// Where every published event is written first; `None`: no journal, no replay.
+    pub journal: Option<PathBuf>,
+    pub retention: Retention,
+    /// ROUTER endpoints answering replay requests (only with a journal).
+    pub replay: Vec<String>,
 }
 
 impl RelayOptions {
@@ -78,6 +86,12 @@ impl RelayOptions {
             dedupe_capacity: trust.dedupe_capacity,
             zmq: zmq.clone(),
             heartbeat: relay.heartbeat,
+            journal: relay.journal.clone(),
+            retention: Retention {
+                max_age: relay.journal_max_age,
+                max_bytes: relay.journal_max_bytes,
+            },
+            replay: relay.replay.clone(),
         }
     }
 }
@@ -163,12 +177,27 @@ fn worker(
     }
 }
 
+/// An event ready to publish, waiting for the journal's commit.
+struct Outgoing {
+    frames: Vec<Vec<u8>>,
+    topic: String,
+    uuid: String,
+    received_ms: i64,
+    format: &'static str,
+    /// Native submissions are acked; fedmsg publishers get no answer.
+    reply: Option<Origin>,
+}
+
 /// The socket thread's state.
 struct Relay {
     opts: RelayOptions,
     metrics: Registry,
     epoch: String,
+    /// The last seq published.
     seq: u64,
+    journal: Option<Journal>,
+    /// Staged this round: journaled together (one fsync), then published and acked.
+    outbox: Vec<Outgoing>,
     gate: Gate,
     dedupe: Dedupe,
     refusals: Refusals,
@@ -204,6 +233,27 @@ pub fn run(
         sub.set_subscribe(b"")?;
         bind_all(&sub, &opts.fedmsg_inbound, "fedmsg inbound")?;
         Some(sub)
+    };
+    let journal = match &opts.journal {
+        Some(path) => Some(
+            Journal::open(path, opts.retention)
+                .with_context(|| format!("opening the relay journal {}", path.display()))?,
+        ),
+        None => {
+            warn!("no journal (relay.journal unset): subscribers will see gaps after a restart but cannot replay them");
+            None
+        }
+    };
+    let replay = match (&journal, opts.replay.is_empty()) {
+        (Some(_), false) => {
+            let socket = new_socket(&ctx, zmq::ROUTER, &opts.zmq)?;
+            // A whole chunk is queued at once; below this ZeroMQ would drop its tail.
+            socket.set_sndhwm(i32::try_from(4 * MAX_CHUNK).unwrap_or(i32::MAX))?;
+            socket.set_maxmsgsize(64 * 1024)?;
+            bind_all(&socket, &opts.replay, "replay")?;
+            Some(socket)
+        }
+        _ => None,
     };
     let doorbell = ctx
         .socket(zmq::PULL)
@@ -242,6 +292,8 @@ pub fn run(
         workers = opts.workers,
         countersign = opts.key.as_ref().map(|k| k.name.as_str()).unwrap_or("off"),
         trusted_signers = opts.policy.keyring().len(),
+        journal = %journal.as_ref().map(|j| format!("{} (epoch {}, head {})", opts.journal.as_deref().unwrap_or(Path::new("")).display(), j.epoch(), j.next_seq() - 1)).unwrap_or_else(|| "off".into()),
+        replay = %replay.as_ref().map(|_| opts.replay.join(" ")).unwrap_or_else(|| "off".into()),
         "relay ready"
     );
     ready();
@@ -252,12 +304,18 @@ pub fn run(
         gate,
         opts,
         metrics,
-        epoch: uuid::Uuid::new_v4().to_string(),
-        seq: 0,
+        epoch: journal
+            .as_ref()
+            .map(|j| j.epoch().to_string())
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+        seq: journal.as_ref().map_or(0, |j| j.next_seq() - 1),
+        journal,
+        outbox: Vec::new(),
         next_ticket: 0,
         next_release: 0,
         pending: BTreeMap::new(),
     };
+    relay.prune();
     let mut last_stats = Instant::now();
     let mut last_heartbeat = Instant::now();
     while !shutdown.load(Ordering::Relaxed) {
@@ -276,13 +334,17 @@ pub fn run(
         if let Some(sub) = &fedmsg {
             items.push(sub.as_poll_item(zmq::POLLIN));
         }
+        if let Some(socket) = &replay {
+            items.push(socket.as_poll_item(zmq::POLLIN));
+        }
         match zmq::poll(&mut items, 200) {
             Ok(_) => {}
             Err(zmq::Error::EINTR) => continue,
             Err(e) => return Err(e).context("polling relay sockets"),
         }
         let (submit_ready, bell_ready) = (items[0].is_readable(), items[1].is_readable());
-        let fedmsg_ready = items.get(2).is_some_and(|i| i.is_readable());
+        let fedmsg_ready = fedmsg.is_some() && items.get(2).is_some_and(|i| i.is_readable());
+        let replay_ready = items.last().is_some_and(|i| i.is_readable()) && replay.is_some();
         drop(items);
         if bell_ready {
             while doorbell.recv_bytes(zmq::DONTWAIT).is_ok() {}
@@ -290,15 +352,20 @@ pub fn run(
         while let Ok(verdict) = result_rx.try_recv() {
             relay.pending.insert(verdict.ticket, verdict);
         }
-        relay.release(&router, &publisher);
+        relay.release(&router);
         if submit_ready {
             relay.read_submissions(&router, &job_tx);
         }
         if let (true, Some(sub)) = (fedmsg_ready, &fedmsg) {
-            relay.read_fedmsg(sub, &publisher);
+            relay.read_fedmsg(sub);
+        }
+        relay.flush(&router, &publisher);
+        if let (true, Some(socket)) = (replay_ready, &replay) {
+            relay.answer_replays(socket);
         }
         if last_stats.elapsed() > Duration::from_secs(60) {
             relay.refusals.roll();
+            relay.prune();
             last_stats = Instant::now();
         }
     }
@@ -365,7 +432,7 @@ impl Relay {
     }
 
     /// Publish or refuse verdicts in ticket order.
-    fn release(&mut self, router: &zmq::Socket, publisher: &zmq::Socket) {
+    fn release(&mut self, router: &zmq::Socket) {
         while let Some(verdict) = self.pending.remove(&self.next_release) {
             self.next_release += 1;
             match verdict.outcome {
@@ -376,17 +443,14 @@ impl Relay {
                     refused.uuid.as_deref(),
                     &refused.refusal,
                 ),
-                Ok(event) => {
-                    self.publish_native(router, publisher, verdict.origin, verdict.received, event)
-                }
+                Ok(event) => self.stage_native(router, verdict.origin, verdict.received, event),
             }
         }
     }
 
-    fn publish_native(
+    fn stage_native(
         &mut self,
         router: &zmq::Socket,
-        publisher: &zmq::Socket,
         origin: Origin,
         received: DateTime<Utc>,
         mut event: Event,
@@ -411,14 +475,14 @@ impl Relay {
             );
             return;
         }
-        self.seq += 1;
+        let seq = self.seq + self.outbox.len() as u64 + 1;
         if let Some(obj) = event.body.as_object_mut() {
             obj.insert(
                 "unsigned".into(),
                 json!({
                     "relay": self.opts.name,
                     "epoch": self.epoch,
-                    "seq": self.seq,
+                    "seq": seq,
                     "received": received.to_rfc3339_opts(SecondsFormat::Micros, true),
                 }),
             );
@@ -426,31 +490,117 @@ impl Relay {
         let bytes = match canonical::to_vec(&event.body) {
             Ok(b) => b,
             Err(e) => {
+                self.dedupe.forget(&event.uuid);
                 let refusal =
                     Refusal::Envelope(crate::event::EnvelopeError::MalformedJson(e.to_string()));
                 self.refuse(router, "submitted", &origin, Some(&event.uuid), &refusal);
                 return;
             }
         };
-        if let Err(e) = publisher.send_multipart([event.topic.as_bytes(), bytes.as_slice()], 0) {
-            warn!(uuid = %event.uuid, "cannot publish: {e}");
-        }
-        self.metrics
-            .inc("hark_relay_published_total", &[("format", "laniakea")]);
-        self.reply(
-            router,
-            &origin,
-            &Ack {
-                uuid: Some(event.uuid),
-                status: AckStatus::Accepted,
-                seq: Some(self.seq),
-                reason: None,
-                message: None,
-            },
-        );
+        self.outbox.push(Outgoing {
+            frames: vec![event.topic.as_bytes().to_vec(), bytes],
+            topic: event.topic,
+            uuid: event.uuid,
+            received_ms: received.timestamp_millis(),
+            format: "laniakea",
+            reply: Some(origin),
+        });
     }
 
-    fn read_fedmsg(&mut self, sub: &zmq::Socket, publisher: &zmq::Socket) {
+    /// Journal what was staged this round in one transaction, then publish and ack it; if
+    /// the journal cannot take it, refuse it all (nothing un-journaled is ever acked) and
+    /// forget the uuids, so the publishers' resends are not taken for duplicates.
+    fn flush(&mut self, router: &zmq::Socket, publisher: &zmq::Socket) {
+        if self.outbox.is_empty() {
+            return;
+        }
+        let outbox = std::mem::take(&mut self.outbox);
+        if let Some(journal) = self.journal.as_mut() {
+            let entries: Vec<NewEntry<'_>> = outbox
+                .iter()
+                .map(|o| NewEntry {
+                    frames: &o.frames,
+                    topic: &o.topic,
+                    uuid: &o.uuid,
+                    received_ms: o.received_ms,
+                })
+                .collect();
+            if let Err(e) = journal.append_batch(&entries) {
+                self.metrics.inc("hark_relay_journal_errors_total", &[]);
+                let refusal = Refusal::JournalUnavailable(e.to_string());
+                for o in outbox {
+                    self.dedupe.forget(&o.uuid);
+                    match &o.reply {
+                        Some(origin) => {
+                            self.refuse(router, "submitted", origin, Some(&o.uuid), &refusal)
+                        }
+                        None => self.refusals.refuse("fedmsg", Some(&o.uuid), &refusal),
+                    }
+                }
+                return;
+            }
+            if journal.stored_bytes() > self.opts.retention.max_bytes {
+                self.prune();
+            }
+        }
+        for o in outbox {
+            self.seq += 1;
+            if let Err(e) = publisher.send_multipart(&o.frames, 0) {
+                warn!(uuid = %o.uuid, "cannot publish: {e}");
+            }
+            self.metrics
+                .inc("hark_relay_published_total", &[("format", o.format)]);
+            if let Some(origin) = &o.reply {
+                self.reply(
+                    router,
+                    origin,
+                    &Ack {
+                        uuid: Some(o.uuid),
+                        status: AckStatus::Accepted,
+                        seq: Some(self.seq),
+                        reason: None,
+                        message: None,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Answer what the replay socket has queued, from the journal (bounded per round).
+    fn answer_replays(&mut self, socket: &zmq::Socket) {
+        let Some(journal) = &self.journal else { return };
+        for _ in 0..16 {
+            let Ok(request) = socket.recv_multipart(zmq::DONTWAIT) else {
+                return;
+            };
+            self.metrics.inc("hark_relay_replay_requests_total", &[]);
+            for message in replay::serve(journal, &request) {
+                if let Err(e) = socket.send_multipart(message, zmq::DONTWAIT) {
+                    warn!("cannot answer a replay request: {e}");
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Drop journal rows beyond retention, a bounded batch at a time.
+    fn prune(&mut self) {
+        let Some(journal) = self.journal.as_mut() else {
+            return;
+        };
+        for _ in 0..10 {
+            match journal.prune(chrono::Utc::now().timestamp_millis()) {
+                Ok(p) if p.more => continue,
+                Ok(_) => return,
+                Err(e) => {
+                    warn!("cannot prune the journal: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn read_fedmsg(&mut self, sub: &zmq::Socket) {
         for _ in 0..1024 {
             let Ok(frames) = sub.recv_multipart(zmq::DONTWAIT) else {
                 return;
@@ -472,11 +622,14 @@ impl Relay {
                 );
                 continue;
             }
-            if let Err(e) = publisher.send_multipart(&frames, 0) {
-                warn!(uuid = %uuid, "cannot publish: {e}");
-            }
-            self.metrics
-                .inc("hark_relay_published_total", &[("format", "fedmsg")]);
+            self.outbox.push(Outgoing {
+                topic: String::from_utf8_lossy(&frames[0]).into_owned(),
+                frames,
+                uuid,
+                received_ms: chrono::Utc::now().timestamp_millis(),
+                format: "fedmsg",
+                reply: None,
+            });
         }
     }
 

@@ -17,6 +17,10 @@ Each native event is checked in this order: signatures by trusted keys (--truste
 topic grants (--grant), unsigned events (--allow-unsigned), duplicate uuids, freshness of `time`. \
 What passes is countersigned with --key, stamped with unsigned.{relay,epoch,seq,received} and \
 published as [tag, json]. fedmsg frames on --fedmsg-inbound are forwarded byte for byte.\n\n\
+With a journal (--journal, relay.journal) every event is written there, with its seq, before \
+it is published and acked; subscribers that missed events fetch them from the replay socket \
+(--replay). When the journal cannot be written (disk full), submissions are refused with \
+reason journal-unavailable until it can.\n\n\
 Example:\n  hark relay --key /etc/hark/keys/secret/relay.key_secret --trusted /etc/hark/keys/trusted \\\n    \
 --grant 'archive-master=_lk.archive.**' --fedmsg-inbound tcp://*:9941"
 )]
@@ -44,6 +48,17 @@ pub struct RelayArgs {
     /// Largest accepted message in bytes [default: 1048576].
     #[arg(long, value_name = "BYTES")]
     max_message_size: Option<usize>,
+    /// Journal every published event to FILE (SQLite) before publishing it, and answer
+    /// replay requests from it [default: relay.journal; the package sets
+    /// /var/lib/hark/journal.db].
+    #[arg(long, value_name = "FILE", conflicts_with = "no_journal")]
+    journal: Option<PathBuf>,
+    /// Run without a journal, even if hark.yaml names one: no replay for subscribers.
+    #[arg(long)]
+    no_journal: bool,
+    /// ROUTER endpoint answering replay requests (repeatable) [default: tcp://127.0.0.1:5573].
+    #[arg(long, value_name = "EP")]
+    replay: Vec<String>,
 }
 
 pub fn run(args: RelayArgs) -> ExitCode {
@@ -69,6 +84,14 @@ fn run_inner(args: RelayArgs) -> anyhow::Result<()> {
     relay_cfg.name = args.name.or(relay_cfg.name.take());
     if let Some(size) = args.max_message_size {
         relay_cfg.max_message_size = size;
+    }
+    if args.no_journal {
+        relay_cfg.journal = None;
+    } else if let Some(path) = args.journal {
+        relay_cfg.journal = Some(path);
+    }
+    if !args.replay.is_empty() {
+        relay_cfg.replay = args.replay;
     }
     let key = match &config.relay.key {
         Some(path) => Some(read_signing_key(path)?),

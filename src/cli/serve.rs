@@ -26,7 +26,7 @@ pub struct ServeArgs {
     /// Rule directory [default: ./rules.d].
     #[arg(long, value_name = "DIR", default_value = "rules.d")]
     rules: PathBuf,
-    /// State directory: job store and the generated key [default: $XDG_STATE_HOME/hark or ~/.local/state/hark].
+    /// State directory: job store, relay journal and the generated key [default: $XDG_STATE_HOME/hark or ~/.local/state/hark].
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
     /// Submit endpoint of the embedded relay.
@@ -35,6 +35,9 @@ pub struct ServeArgs {
     /// Publish endpoint of the embedded relay.
     #[arg(long, value_name = "EP", default_value = "tcp://127.0.0.1:5572")]
     publish: String,
+    /// Replay endpoint of the embedded relay (answers from its journal).
+    #[arg(long, value_name = "EP", default_value = "tcp://127.0.0.1:5573")]
+    replay: String,
     /// Serve Prometheus metrics on ADDR:PORT.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<String>,
@@ -90,6 +93,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.relay.submit = vec![args.submit.clone()];
     config.relay.publish = vec![args.publish.clone()];
     config.relay.name = Some(format!("{}-serve", relay::hostname()));
+    config.relay.journal = Some(state.join("journal.db"));
+    config.relay.replay = vec![args.replay.clone()];
     config.trust.trusted_dir = trusted.clone();
     let grants = vec![(KEY_ID.to_string(), vec!["**".to_string()])];
     let policy = TrustPolicy::from_config(&config.trust, &grants).map_err(anyhow::Error::msg)?;
@@ -145,6 +150,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         eprintln!("\nhark serve is running.");
         eprintln!("  submit events to   {}", args.submit);
         eprintln!("  subscribe at       {}", args.publish);
+        eprintln!("  replay from        {}", args.replay);
         eprintln!("  rules from         {}", rules_dir.display());
         eprintln!("  state in           {}", state.display());
         eprintln!("Fire the example rule from another terminal:\n  {publish_line}\n");

@@ -138,6 +138,15 @@ pub struct RelayConfig {
     /// How often a heartbeat `{relay, epoch, head}` is published; 0s turns them off.
     #[serde(with = "serde_text")]
     pub heartbeat: Duration,
+    /// The journal (SQLite) every published event is written to first; unset: none.
+    pub journal: Option<PathBuf>,
+    /// Journal retention by age.
+    #[serde(with = "serde_text")]
+    pub journal_max_age: Duration,
+    /// Journal retention by size of the stored frames, in bytes.
+    pub journal_max_bytes: u64,
+    /// ROUTER endpoints that answer replay requests from the journal.
+    pub replay: Vec<String>,
 }
 
 impl Default for RelayConfig {
@@ -151,6 +160,10 @@ impl Default for RelayConfig {
             max_message_size: 1024 * 1024,
             workers: 0,
             heartbeat: Duration::from_secs(5),
+            journal: None,
+            journal_max_age: crate::journal::DEFAULT_MAX_AGE,
+            journal_max_bytes: crate::journal::DEFAULT_MAX_BYTES,
+            replay: vec![crate::journal::DEFAULT_REPLAY_ENDPOINT.into()],
         }
     }
 }

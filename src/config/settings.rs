@@ -194,6 +194,38 @@ pub const SETTINGS: &[Setting] = &[
         "How often the relay publishes a heartbeat [_hark.heartbeat, {relay, epoch, head}],\n\
          from which subscribers learn what they missed; 0s turns heartbeats off.",
     ),
+    s(
+        "relay",
+        "journal",
+        Kind::Path,
+        "The journal: every event the relay publishes (native and fedmsg pass-through)\n\
+         is written here, with its seq, before it is published and acked, so that\n\
+         subscribers can fetch what they missed from the replay socket. Seqs go on\n\
+         across restarts; a new file starts a new epoch. When it cannot be written\n\
+         (disk full), submissions are refused with reason journal-unavailable until\n\
+         it can. The package sets /var/lib/hark/journal.db; unset: no journal and no\n\
+         replay (subscribers still see gaps, but cannot fill them).",
+    ),
+    s(
+        "relay",
+        "journal_max_age",
+        Kind::Duration,
+        "Journaled events older than this are dropped (a replay of them gets an\n\
+         explicit gap answer).",
+    ),
+    s(
+        "relay",
+        "journal_max_bytes",
+        Kind::Integer,
+        "The journal keeps at most this many bytes of frames; the oldest go first.",
+    ),
+    s(
+        "relay",
+        "replay",
+        Kind::Endpoints,
+        "ROUTER endpoints that answer replay requests from the journal (a seq range in\n\
+         an epoch, or a time range, with topic prefixes; docs/architecture.md).",
+    ),
     // --- trust ---
     s(
         "trust",

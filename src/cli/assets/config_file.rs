@@ -15,8 +15,12 @@ pub const PACKAGED_RELAY_KEY: &str = "/etc/hark/keys/secret/relay.key_secret";
 pub fn packaged_defaults() -> Config {
     let mut c = Config::default();
     c.relay.key = Some(PathBuf::from(PACKAGED_RELAY_KEY));
+    c.relay.journal = Some(PathBuf::from(PACKAGED_JOURNAL));
     c
 }
+
+/// The packaged relay journal, in the relay's StateDirectory.
+pub const PACKAGED_JOURNAL: &str = "/var/lib/hark/journal.db";
 
 const HEADER: &str =
     "# /etc/hark/hark.yaml: configuration of hark relay, hark trigger and the other hark commands.
