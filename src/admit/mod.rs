@@ -19,7 +19,7 @@ pub mod trust;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
-use tracing::warn;
+use tracing::{debug, warn};
 
 pub use dedupe::Dedupe;
 pub use refusal::{Refusal, RefusalLog};
@@ -30,6 +30,7 @@ use crate::bus::heartbeat::Heartbeat;
 use crate::event::sign::{self, SignatureReport};
 use crate::event::{EnvelopeError, Event, Format};
 use crate::metrics::Registry;
+use crate::sources::Received;
 
 /// A refusal with the uuid, when the envelope got far enough to have one.
 #[derive(Debug, Clone)]
@@ -207,6 +208,7 @@ pub struct Admission {
     refusals: Refusals,
     metrics: Registry,
     gaps: Vec<Gap>,
+    replaying: bool,
 }
 
 impl Admission {
@@ -225,11 +227,23 @@ impl Admission {
             refusals: Refusals::new(metrics.clone(), Counters::SUBSCRIBER),
             metrics,
             gaps: Vec::new(),
+            replaying: false,
         }
     }
 
-    /// Admit frames received from `source` (for log lines), or count and log why not.
-    pub fn admit(&mut self, frames: Vec<Vec<u8>>, source: &str) -> Option<Admitted> {
+    /// Gaps will be fetched again (a replay source runs): their detection is not news.
+    pub fn with_replay(mut self) -> Self {
+        self.replaying = true;
+        self
+    }
+
+    /// Admit what a source received, or count and log why not.
+    pub fn admit(&mut self, received: Received) -> Option<Admitted> {
+        let Received {
+            frames,
+            source,
+            replayed,
+        } = received;
         if let Some(beat) = Heartbeat::from_frames(&frames) {
             match beat {
                 Ok(beat) => {
@@ -255,7 +269,7 @@ impl Admission {
                 (e, Some(report))
             }),
         };
-        let (event, report) = match checked {
+        let (mut event, report) = match checked {
             Ok(ok) => ok,
             Err(refused) => {
                 self.refusals
@@ -268,6 +282,10 @@ impl Admission {
             self.metrics.inc("hark_events_duplicate_total", &[]);
             return None;
         }
+        if event.relay.is_none() {
+            // A fedmsg frame from a journal: its place in the relay's stream.
+            event.relay = replayed;
+        }
         if let Some(stamp) = &event.relay {
             let gap = self.sequences.observe(stamp);
             self.gap(gap);
@@ -278,7 +296,13 @@ impl Admission {
 
     fn gap(&mut self, gap: Option<Gap>) {
         let Some(gap) = gap else { return };
-        warn!(relay = %gap.relay, epoch = %gap.epoch, "missed {} event(s) from relay {} (seq {}..={}; lost on the network, or published while this subscriber was down)", gap.missing(), gap.relay, gap.after + 1, gap.before - 1);
+        if self.replaying {
+            // fedmsg pass-through takes seqs too, so a gap may hold nothing new: the
+            // replay source says what it recovered.
+            debug!(relay = %gap.relay, epoch = %gap.epoch, "seq {}..={} of relay {} not seen here; fetching them", gap.after + 1, gap.before - 1, gap.relay);
+        } else {
+            warn!(relay = %gap.relay, epoch = %gap.epoch, "missed {} event(s) from relay {} (seq {}..={}; lost on the network, or published while this subscriber was down; no replay endpoint is configured to fetch them)", gap.missing(), gap.relay, gap.after + 1, gap.before - 1);
+        }
         self.metrics.add(
             "hark_relay_gap_events_total",
             &[("relay", &gap.relay)],

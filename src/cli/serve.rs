@@ -130,6 +130,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config: None,
         connect: vec![args.publish.clone()],
         fedmsg: Vec::new(),
+        replay: vec![args.replay.clone()],
         rules: vec![args.rules.clone()],
         state: Some(state.join("state.db")),
         trust: super::TrustArgs {

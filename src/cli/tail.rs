@@ -172,7 +172,7 @@ pub fn watch(
                 break Some(super::fail("the subscriber stopped", 1))
             }
         };
-        let Some(admitted) = admission.admit(received.frames, received.source) else {
+        let Some(admitted) = admission.admit(received) else {
             continue;
         };
         let event = &admitted.event;

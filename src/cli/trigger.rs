@@ -29,6 +29,10 @@ pub struct TriggerArgs {
     /// fedmsg endpoint (hub or gateway) to subscribe to directly (repeatable).
     #[arg(long, value_name = "EP")]
     pub fedmsg: Vec<String>,
+    /// A relay's replay endpoint to fetch missed events from (repeatable) [default:
+    /// trigger.replay].
+    #[arg(long, value_name = "EP")]
+    pub replay: Vec<String>,
     /// Rule directory, vendor first (repeatable) [default: /usr/share/hark/rules.d /etc/hark/rules.d].
     #[arg(long, value_name = "DIR")]
     pub rules: Vec<PathBuf>,
@@ -67,6 +71,9 @@ pub fn options(args: TriggerArgs) -> anyhow::Result<TriggerOptions> {
     if !args.fedmsg.is_empty() {
         t.fedmsg = args.fedmsg;
     }
+    if !args.replay.is_empty() {
+        t.replay = args.replay;
+    }
     if !args.rules.is_empty() {
         t.rules = args.rules;
     }
@@ -90,6 +97,7 @@ pub fn options(args: TriggerArgs) -> anyhow::Result<TriggerOptions> {
     Ok(TriggerOptions {
         connect: t.connect,
         fedmsg: t.fedmsg,
+        replay: t.replay,
         rule_dirs: t.rules,
         state: t.state,
         policy,

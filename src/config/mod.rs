@@ -240,6 +240,8 @@ pub struct TriggerConfig {
     pub connect: Vec<String>,
     /// fedmsg endpoints (hub, gateway) to subscribe to directly.
     pub fedmsg: Vec<String>,
+    /// Relay replay endpoints to fetch missed events from.
+    pub replay: Vec<String>,
     /// Rule directories, vendor first; a later file with the same name replaces an earlier.
     pub rules: Vec<PathBuf>,
     /// SQLite state file: jobs, failed jobs, done markers.
@@ -269,6 +271,7 @@ impl Default for TriggerConfig {
         TriggerConfig {
             connect: vec!["tcp://127.0.0.1:5572".into()],
             fedmsg: Vec::new(),
+            replay: Vec::new(),
             rules: vec![
                 PathBuf::from("/usr/share/hark/rules.d"),
                 PathBuf::from("/etc/hark/rules.d"),

@@ -295,6 +295,15 @@ pub const SETTINGS: &[Setting] = &[
     ),
     s(
         "trigger",
+        "replay",
+        Kind::Endpoints,
+        "Replay endpoints of the relays (relay.replay). Events the daemon missed, seen\n\
+         from relay seqs and heartbeats (while it was down, or lost on the way), are\n\
+         fetched from there, admitted like any other and run once. The package sets\n\
+         tcp://127.0.0.1:5573; unset: gaps are only reported.",
+    ),
+    s(
+        "trigger",
         "rules",
         Kind::Paths,
         "Rule directories, vendor first; a later file with the same name replaces an earlier.",

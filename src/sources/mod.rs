@@ -1,9 +1,10 @@
 //! Sources: where received messages come from. Each source runs on a thread of its own and
 //! hands [`Received`] frames to admission through one channel; it makes no decision about
-//! them. Today: [`zmq::ZmqSource`] (SUB to relays and fedmsg endpoints). Replay catch-up,
-//! AMQP and HTTP submission are each meant to be one more file here, touching no other
-//! stage.
+//! them. Today: [`zmq::ZmqSource`] (SUB to relays and fedmsg endpoints) and
+//! [`replay::ReplaySource`] (catch-up from the relays' journals). AMQP and HTTP submission
+//! are each meant to be one more file here, touching no other stage.
 
+pub mod replay;
 pub mod zmq;
 
 use std::sync::atomic::AtomicBool;
@@ -19,6 +20,9 @@ pub struct Received {
     pub frames: Vec<Vec<u8>>,
     /// The kind of source, for log lines and counters: `relay`, `fedmsg`, `replay`...
     pub source: &'static str,
+    /// For frames fetched from a relay's journal: where they stand in its stream (fedmsg
+    /// frames carry no stamp of their own).
+    pub replayed: Option<crate::event::RelayStamp>,
 }
 
 /// A component that produces messages. `run` returns when `stop` is set or the receiving

@@ -56,6 +56,7 @@ impl Source for ZmqSource {
             let mut item = Received {
                 frames,
                 source: self.kind,
+                replayed: None,
             };
             // Back-pressure: wait for room, but keep honouring the stop flag.
             loop {

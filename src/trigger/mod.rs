@@ -25,13 +25,14 @@ use crossbeam_channel::{Receiver, Sender};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info};
 
-use crate::admit::{Admission, Dedupe, Gate, Mode, Sequences, TrustPolicy};
+use crate::admit::{Admission, Dedupe, Gap, Gate, Mode, Sequences, TrustPolicy};
 use crate::config::ZmqConfig;
 use crate::event::keys::SigningKey;
 use crate::event::Event;
 use crate::jobs::report::Reporter;
 use crate::jobs::{Scheduler, SchedulerOptions, Store};
 use crate::metrics::Registry;
+use crate::sources::replay::{ReplaySource, UnrecoverableSink};
 use crate::sources::zmq::ZmqSource;
 use crate::sources::{Received, Source, Sources};
 use crate::systemd::notify;
@@ -48,6 +49,8 @@ const EVENTS_QUEUE: usize = 64;
 pub struct TriggerOptions {
     pub connect: Vec<String>,
     pub fedmsg: Vec<String>,
+    /// Relay replay endpoints: gaps are fetched from there.
+    pub replay: Vec<String>,
     pub rule_dirs: Vec<PathBuf>,
     pub state: PathBuf,
     pub policy: TrustPolicy,
@@ -69,6 +72,7 @@ fn spawn_admission(
     mut intake: Admission,
     frames: Receiver<Received>,
     events: Sender<Vec<Arc<Event>>>,
+    gaps: Option<Sender<Gap>>,
 ) -> anyhow::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("trigger-admission".into())
@@ -77,13 +81,18 @@ fn spawn_admission(
                 let mut burst = Vec::new();
                 let mut next = Some(first);
                 while let Some(f) = next.take() {
-                    if let Some(admitted) = intake.admit(f.frames, f.source) {
+                    if let Some(admitted) = intake.admit(f) {
                         burst.push(Arc::new(admitted.event));
                     }
                     if burst.len() >= INTAKE_BATCH {
                         break;
                     }
                     next = frames.try_recv().ok();
+                }
+                if let Some(gaps) = &gaps {
+                    for gap in intake.take_gaps() {
+                        let _ = gaps.send(gap);
+                    }
                 }
                 if !burst.is_empty() && events.send(burst).is_err() {
                     return;
@@ -125,17 +134,37 @@ pub fn run(
             components.push(Box::new(ZmqSource::connect(eps, &[], &opts.zmq, kind)?));
         }
     }
+    let (gap_tx, gap_rx) = crossbeam_channel::unbounded::<Gap>();
+    let lost: UnrecoverableSink = Default::default();
+    let replaying = !opts.replay.is_empty();
+    if replaying {
+        components.push(Box::new(ReplaySource::new(
+            opts.replay.clone(),
+            gap_rx,
+            opts.zmq.clone(),
+            metrics.clone(),
+            lost.clone(),
+        )));
+    }
     let sources = Sources::start(components, FRAMES_QUEUE)?;
     let (events_tx, events_rx) = crossbeam_channel::bounded::<Vec<Arc<Event>>>(EVENTS_QUEUE);
     let (control_tx, control_rx) = crossbeam_channel::unbounded::<Control>();
-    let intake = Admission::new(
+    let mut intake = Admission::new(
         Gate::new(opts.policy, opts.allow_fedmsg, usize::MAX),
         Mode::Enforce,
         Dedupe::new(opts.dedupe_window, opts.dedupe_capacity),
         Sequences::new(last_seq),
         metrics.clone(),
     );
-    let admission = spawn_admission(intake, sources.rx.clone(), events_tx)?;
+    if replaying {
+        intake = intake.with_replay();
+    }
+    let admission = spawn_admission(
+        intake,
+        sources.rx.clone(),
+        events_tx,
+        replaying.then_some(gap_tx),
+    )?;
     let results = match opts.results {
         Some((ep, key)) => match results::spawn(ep, key, opts.zmq.clone(), metrics.clone()) {
             Ok((queue, _thread)) => Some(queue),
