@@ -316,11 +316,13 @@ fn with_two_relays_one_killed_for_good_every_event_runs_once() {
     let mut bus = Bus::new(2);
     bus.start_trigger();
     wait_running(&bus);
-    let stream = publisher(bus.targets(), bus.key.clone(), 600, 200);
-    poll_until(WAIT, || (bus.ran().len() > 200).then_some(())).expect("the stream flows");
+    // After the kill every event waits a moment for the dead relay's ack, so the stream is
+    // short.
+    let stream = publisher(bus.targets(), bus.key.clone(), 200, 200);
+    poll_until(WAIT, || (bus.ran().len() > 100).then_some(())).expect("the stream flows");
     bus.kill_relay(1);
     let acked = stream.join().unwrap();
-    assert_eq!(acked.len(), 600, "the other relay acks every event");
+    assert_eq!(acked.len(), 200, "the other relay acks every event");
     let counts = bus.wait_all_ran(&acked);
     assert!(acked.iter().all(|u| counts[u] == 1), "each ran once");
 }

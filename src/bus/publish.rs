@@ -104,12 +104,13 @@ impl Target {
     }
 }
 
-/// Once one relay has the event, how long the others still get to answer.
-const OTHERS_GRACE: Duration = Duration::from_millis(500);
+/// Once one relay has the event, the others still get twice as long as it took, and at
+/// least this: healthy relays answer in about the same time, a dead one never does.
+const OTHERS_GRACE: Duration = Duration::from_millis(100);
 
 /// Submit `event` to every target at once and collect each answer. Returns soon after the
-/// first relay has it (the others get [`OTHERS_GRACE`]), so a relay that is down costs a
-/// publisher nothing while another one answers.
+/// first relay has it (see [`OTHERS_GRACE`]), so a relay that is down costs a publisher
+/// little while another one answers.
 pub fn submit_all(
     targets: &[Target],
     event: &Value,
@@ -117,6 +118,7 @@ pub fn submit_all(
     zmq_cfg: &ZmqConfig,
 ) -> Vec<(Target, Result<Ack, PublishError>)> {
     let give_up = AtomicBool::new(false);
+    let started = Instant::now();
     std::thread::scope(|scope| {
         let (tx, rx) = std::sync::mpsc::channel();
         for (i, target) in targets.iter().enumerate() {
@@ -147,7 +149,7 @@ pub fn submit_all(
             };
             let Some((i, result)) = next else { break };
             if result.is_ok() && grace_until.is_none() {
-                grace_until = Some(Instant::now() + OTHERS_GRACE);
+                grace_until = Some(Instant::now() + OTHERS_GRACE.max(started.elapsed() * 2));
             }
             results[i] = Some(result);
         }
