@@ -12,7 +12,8 @@ use common::{
     free_endpoint, hark_command, keypair, poll_until, spawn_ready, temp_dir, write_file, Proc,
     TempDir,
 };
-use hark::bus::publish::{build_event, submit_all, Target};
+use hark::bus::ack::AckStatus;
+use hark::bus::publish::{build_event, submit, submit_all, Target};
 use hark::config::ZmqConfig;
 use hark::event::keys::SigningKey;
 use serde_json::json;
@@ -262,6 +263,23 @@ fn events_published_while_the_trigger_is_down_run_after_it_comes_back_in_order()
         .filter(|u| published.contains(u))
         .collect();
     assert_eq!(ran, published, "in publish order");
+}
+
+#[test]
+fn a_restarted_relay_keeps_its_seqs_and_knows_what_it_published() {
+    let mut bus = Bus::new(1);
+    let event = build_event("_lk.test.delivery", json!({}), &bus.key, None, None).unwrap();
+    let zmq = ZmqConfig::default();
+    let first = submit(&bus.relays[0].submit, &event, WAIT, &zmq).unwrap();
+    assert_eq!((first.status, first.seq), (AckStatus::Accepted, Some(1)));
+    bus.kill_relay(0);
+    bus.start_relay(0);
+    // The ack was lost in the crash, say, and the publisher sends the event again.
+    let again = submit(&bus.relays[0].submit, &event, WAIT, &zmq).unwrap();
+    assert_eq!(again.status, AckStatus::Duplicate, "{again:?}");
+    let next = build_event("_lk.test.delivery", json!({}), &bus.key, None, None).unwrap();
+    let ack = submit(&bus.relays[0].submit, &next, WAIT, &zmq).unwrap();
+    assert_eq!(ack.seq, Some(2), "seqs go on across the restart");
 }
 
 #[test]

@@ -34,6 +34,9 @@ use crate::journal::{Journal, NewEntry, Retention};
 use crate::metrics::Registry;
 
 const DOORBELL: &str = "inproc://hark-relay-doorbell";
+/// Most uuids read back from the journal at start (the oldest of a longer window are
+/// covered by the subscribers' own dedupe and done markers).
+const RESTART_DEDUPE_LIMIT: usize = 200_000;
 /// Submissions waiting for a worker; beyond this the ROUTER's own queue absorbs bursts.
 const QUEUE_DEPTH: usize = 4096;
 
@@ -316,6 +319,7 @@ pub fn run(
         pending: BTreeMap::new(),
     };
     relay.prune();
+    relay.remember_journaled();
     let mut last_stats = Instant::now();
     let mut last_heartbeat = Instant::now();
     while !shutdown.load(Ordering::Relaxed) {
@@ -580,6 +584,41 @@ impl Relay {
                     break;
                 }
             }
+        }
+    }
+
+    /// After a restart, the uuids journaled within the dedupe window are duplicates still:
+    /// a publisher resending because its ack was lost in the crash gets `duplicate`, not a
+    /// second copy on the bus.
+    fn remember_journaled(&mut self) {
+        let Some(journal) = &self.journal else { return };
+        let now = chrono::Utc::now().timestamp_millis();
+        let window = i64::try_from(self.opts.dedupe_window.as_millis()).unwrap_or(i64::MAX);
+        let limit = self.opts.dedupe_capacity.clamp(1, RESTART_DEDUPE_LIMIT);
+        // The newest ones: a crash loses the acks of the last events, not the first.
+        let recent = journal
+            .seqs_for_time(now.saturating_sub(window), now)
+            .and_then(|span| match span {
+                Some((first, last)) => {
+                    let from = first.max(last.saturating_sub(limit as u64 - 1));
+                    journal.range(from, limit)
+                }
+                None => Ok(Vec::new()),
+            });
+        match recent {
+            Ok(entries) => {
+                let at = Instant::now();
+                for e in &entries {
+                    self.dedupe.first_seen(&e.uuid, at);
+                }
+                if !entries.is_empty() {
+                    info!(
+                        "remembered {} uuid(s) from the journal as already published",
+                        entries.len()
+                    );
+                }
+            }
+            Err(e) => warn!("cannot read recent uuids from the journal: {e}"),
         }
     }
 
