@@ -12,12 +12,13 @@ use serde_json::{json, Value};
 
 use crossbeam_channel::RecvTimeoutError;
 
-use crate::admit::{load_keyring, Admission, Dedupe, Gate, Mode, Sequences, TrustPolicy};
+use crate::admit::{load_keyring, Admission, Dedupe, Gap, Gate, Mode, Sequences, TrustPolicy};
 use crate::config::Config;
 use crate::event::{sign, Event};
 use crate::metrics::Registry;
+use crate::sources::replay::ReplaySource;
 use crate::sources::zmq::ZmqSource;
-use crate::sources::Sources;
+use crate::sources::{Source, Sources};
 use crate::topic::TopicPattern;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +51,10 @@ pub struct WatchArgs {
     /// Exit after this long (non-zero if --count was not reached).
     #[arg(long, value_name = "DURATION", value_parser = crate::duration::parse)]
     timeout: Option<Duration>,
+    /// A relay's replay endpoint (repeatable): events this command misses while it runs
+    /// (seen from relay seqs and heartbeats) are fetched from there and shown too.
+    #[arg(long, value_name = "EP")]
+    replay: Vec<String>,
     /// Configuration file (trusted keys directory and ZeroMQ options).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -128,7 +133,20 @@ pub fn watch(
         Ok(s) => s,
         Err(e) => return super::fail(format!("{e:#}"), 1),
     };
-    let sources = match Sources::start(vec![Box::new(source)], 1024) {
+    let mut components: Vec<Box<dyn Source>> = vec![Box::new(source)];
+    let mut gaps: Option<crossbeam_channel::Sender<Gap>> = None;
+    if !args.replay.is_empty() {
+        let (gap_tx, gap_rx) = crossbeam_channel::unbounded::<Gap>();
+        gaps = Some(gap_tx);
+        components.push(Box::new(ReplaySource::new(
+            args.replay.clone(),
+            gap_rx,
+            config.zmq.clone(),
+            Registry::default(),
+            Default::default(),
+        )));
+    }
+    let sources = match Sources::start(components, 1024) {
         Ok(s) => s,
         Err(e) => return super::fail(format!("{e:#}"), 1),
     };
@@ -150,6 +168,9 @@ pub fn watch(
         Sequences::default(),
         Registry::default(),
     );
+    if !args.replay.is_empty() {
+        admission = admission.with_replay();
+    }
     let shutdown = super::shutdown_flag();
     let started = Instant::now();
     let mut shown = 0u64;
@@ -172,7 +193,13 @@ pub fn watch(
                 break Some(super::fail("the subscriber stopped", 1))
             }
         };
-        let Some(admitted) = admission.admit(received) else {
+        let admitted = admission.admit(received);
+        for gap in admission.take_gaps() {
+            if let Some(tx) = &gaps {
+                let _ = tx.send(gap);
+            }
+        }
+        let Some(admitted) = admitted else {
             continue;
         };
         let event = &admitted.event;
