@@ -177,11 +177,7 @@ pub fn read_signing_key(path: &Path) -> Result<SigningKey, KeyError> {
             .map_err(|e| KeyError::invalid(path, e));
     }
     let sections = parse_keyfile(&text);
-    let id = sections
-        .get("metadata")
-        .and_then(|m| m.get("id"))
-        .filter(|id| !id.is_empty())
-        .ok_or_else(|| KeyError::invalid(path, "no `id` in the `metadata` section"))?;
+    let id = keyfile_id(&sections, path)?;
     let seed = sections
         .get("ed")
         .and_then(|m| m.get("signing-key"))
@@ -197,6 +193,18 @@ pub fn read_signing_key(path: &Path) -> Result<SigningKey, KeyError> {
     SigningKey::from_seed(id, "0", &seed).map_err(|e| KeyError::invalid(path, e))
 }
 
+/// The signer name of a parsed Laniakea keyfile: `metadata.id`.
+fn keyfile_id<'a>(
+    sections: &'a BTreeMap<String, BTreeMap<String, String>>,
+    path: &Path,
+) -> Result<&'a String, KeyError> {
+    sections
+        .get("metadata")
+        .and_then(|m| m.get("id"))
+        .filter(|id| !id.is_empty())
+        .ok_or_else(|| KeyError::invalid(path, "no `id` in the `metadata` section"))
+}
+
 /// Read a public key from a Laniakea keyfile (public or secret).
 pub fn read_verify_key(path: &Path) -> Result<VerifyKey, KeyError> {
     let text = read_text(path)?;
@@ -204,11 +212,7 @@ pub fn read_verify_key(path: &Path) -> Result<VerifyKey, KeyError> {
         return read_signing_key(path).map(|k| k.verify_key());
     }
     let sections = parse_keyfile(&text);
-    let id = sections
-        .get("metadata")
-        .and_then(|m| m.get("id"))
-        .filter(|id| !id.is_empty())
-        .ok_or_else(|| KeyError::invalid(path, "no `id` in the `metadata` section"))?;
+    let id = keyfile_id(&sections, path)?;
     let raw = sections
         .get("ed")
         .and_then(|m| m.get("verify-key"))
