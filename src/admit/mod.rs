@@ -16,7 +16,8 @@ pub mod refusal;
 pub mod sequence;
 pub mod trust;
 
-use std::time::Instant;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use tracing::{debug, warn};
@@ -199,6 +200,20 @@ pub struct Admitted {
     pub report: Option<SignatureReport>,
 }
 
+/// Live events of a relay epoch held back while the seqs before them are fetched, so
+/// that events run in publish order and the seq a daemon persists never passes a hole.
+struct Held {
+    /// Release once the fetch of the seqs up to here is over.
+    through: u64,
+    since: Instant,
+    events: Vec<Admitted>,
+}
+
+/// How long, and how many, live events wait behind a fetch that does not finish (a relay
+/// whose replay socket is unreachable): then they go on, out of order, with a warning.
+const HOLD_AT_MOST: Duration = Duration::from_secs(60);
+const HOLD_EVENTS_AT_MOST: usize = 100_000;
+
 /// The subscriber side of admission, owned by one thread.
 pub struct Admission {
     gate: Gate,
@@ -209,6 +224,7 @@ pub struct Admission {
     metrics: Registry,
     gaps: Vec<Gap>,
     replaying: bool,
+    held: HashMap<(String, String), Held>,
 }
 
 impl Admission {
@@ -228,6 +244,7 @@ impl Admission {
             metrics,
             gaps: Vec::new(),
             replaying: false,
+            held: HashMap::new(),
         }
     }
 
@@ -237,12 +254,77 @@ impl Admission {
         self
     }
 
-    /// Admit what a source received, or count and log why not.
-    pub fn admit(&mut self, received: Received) -> Option<Admitted> {
+    /// Admit what a source received into `out` (with any events it releases), or count
+    /// and log why not. With replay, live events behind a gap wait until it is fetched.
+    pub fn admit_into(&mut self, received: Received, out: &mut Vec<Admitted>) {
+        if let Some((relay, epoch, through)) = &received.replay_done {
+            self.release(relay, epoch, Some(*through), out);
+            return;
+        }
+        self.release_overdue(out);
+        let replayed = received.replayed.is_some();
+        let Some(admitted) = self.admit_one(received) else {
+            return;
+        };
+        let key = admitted
+            .event
+            .relay
+            .as_ref()
+            .map(|s| (s.relay.clone(), s.epoch.clone(), s.seq));
+        match key {
+            Some((relay, epoch, seq)) if !replayed => {
+                let k = (relay, epoch);
+                match self.held.get_mut(&k) {
+                    Some(h) if seq > h.through => h.events.push(admitted),
+                    _ => out.push(admitted),
+                }
+                if self
+                    .held
+                    .get(&k)
+                    .is_some_and(|h| h.events.len() >= HOLD_EVENTS_AT_MOST)
+                {
+                    warn!(relay = %k.0, "{HOLD_EVENTS_AT_MOST} newer events are waiting for missed ones; processing them now, out of order");
+                    self.release(&k.0, &k.1, None, out);
+                }
+            }
+            _ => out.push(admitted),
+        }
+    }
+
+    /// Events held for `relay`/`epoch`, once the fetch through `through` is over (`None`:
+    /// regardless).
+    fn release(&mut self, relay: &str, epoch: &str, through: Option<u64>, out: &mut Vec<Admitted>) {
+        let k = (relay.to_string(), epoch.to_string());
+        if let Some(h) = self.held.get(&k) {
+            if through.is_some_and(|t| t < h.through) {
+                return;
+            }
+        }
+        if let Some(h) = self.held.remove(&k) {
+            out.extend(h.events);
+        }
+    }
+
+    fn release_overdue(&mut self, out: &mut Vec<Admitted>) {
+        let overdue: Vec<(String, String)> = self
+            .held
+            .iter()
+            .filter(|(_, h)| h.since.elapsed() > HOLD_AT_MOST)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for (relay, epoch) in overdue {
+            warn!(relay = %relay, "missed events of relay {relay} are still being fetched after {}s; processing newer ones now, out of order", HOLD_AT_MOST.as_secs());
+            self.release(&relay, &epoch, None, out);
+        }
+    }
+
+    /// Admit one received message on its own, or count and log why not.
+    fn admit_one(&mut self, received: Received) -> Option<Admitted> {
         let Received {
             frames,
             source,
             replayed,
+            ..
         } = received;
         if let Some(beat) = Heartbeat::from_frames(&frames) {
             match beat {
@@ -308,6 +390,17 @@ impl Admission {
             &[("relay", &gap.relay)],
             gap.missing() as f64,
         );
+        if self.replaying {
+            let h = self
+                .held
+                .entry((gap.relay.clone(), gap.epoch.clone()))
+                .or_insert_with(|| Held {
+                    through: 0,
+                    since: Instant::now(),
+                    events: Vec::new(),
+                });
+            h.through = h.through.max(gap.before - 1);
+        }
         self.gaps.push(gap);
     }
 
@@ -318,5 +411,88 @@ impl Admission {
 
     pub fn sequences(&self) -> &Sequences {
         &self.sequences
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::TrustConfig;
+    use crate::event::keys::Keyring;
+
+    fn admission() -> Admission {
+        let cfg = TrustConfig {
+            allow_unsigned: true,
+            ..TrustConfig::default()
+        };
+        let policy = TrustPolicy::new(Keyring::default(), &[], &cfg).unwrap();
+        Admission::new(
+            Gate::new(policy, true, usize::MAX),
+            Mode::Enforce,
+            Dedupe::new(Duration::from_secs(60), 1000),
+            Sequences::new([(("r".to_string(), "e".to_string()), 1)]),
+            Registry::default(),
+        )
+        .with_replay()
+    }
+
+    fn stamped(seq: u64) -> Vec<Vec<u8>> {
+        let body = serde_json::json!({
+            "tag": "_lk.t.x", "uuid": format!("u{seq}"), "format": "1.0",
+            "time": Utc::now().to_rfc3339(), "data": {},
+            "unsigned": {"relay": "r", "epoch": "e", "seq": seq, "received": ""},
+        });
+        vec![b"_lk.t.x".to_vec(), serde_json::to_vec(&body).unwrap()]
+    }
+
+    fn uuids(out: &mut Vec<Admitted>) -> Vec<String> {
+        out.drain(..).map(|a| a.event.uuid).collect()
+    }
+
+    #[test]
+    fn live_events_behind_a_gap_wait_for_the_replay_and_run_in_publish_order() {
+        let mut a = admission();
+        let mut out = Vec::new();
+        a.admit_into(Received::live(stamped(2), "relay"), &mut out);
+        assert_eq!(uuids(&mut out), ["u2"]);
+        a.admit_into(Received::live(stamped(5), "relay"), &mut out);
+        a.admit_into(Received::live(stamped(6), "relay"), &mut out);
+        assert!(out.is_empty(), "held behind the gap 3..=4");
+        let gaps = a.take_gaps();
+        assert_eq!((gaps[0].after, gaps[0].before), (2, 5));
+        for seq in [3, 4] {
+            let mut r = Received::live(stamped(seq), "replay");
+            r.replayed = Some(crate::event::RelayStamp {
+                relay: "r".into(),
+                epoch: "e".into(),
+                seq,
+                received: String::new(),
+            });
+            a.admit_into(r, &mut out);
+        }
+        a.admit_into(
+            Received {
+                replay_done: Some(("r".into(), "e".into(), 4)),
+                ..Received::live(Vec::new(), "replay")
+            },
+            &mut out,
+        );
+        assert_eq!(uuids(&mut out), ["u3", "u4", "u5", "u6"]);
+        a.admit_into(Received::live(stamped(7), "relay"), &mut out);
+        assert_eq!(
+            uuids(&mut out),
+            ["u7"],
+            "nothing held once the gap is closed"
+        );
+    }
+
+    #[test]
+    fn without_replay_nothing_is_held() {
+        let mut a = admission();
+        a.replaying = false;
+        let mut out = Vec::new();
+        a.admit_into(Received::live(stamped(2), "relay"), &mut out);
+        a.admit_into(Received::live(stamped(9), "relay"), &mut out);
+        assert_eq!(uuids(&mut out), ["u2", "u9"]);
     }
 }

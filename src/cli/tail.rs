@@ -174,6 +174,7 @@ pub fn watch(
     let shutdown = super::shutdown_flag();
     let started = Instant::now();
     let mut shown = 0u64;
+    let mut admitted = Vec::new();
     let code = loop {
         if shutdown.load(Ordering::Relaxed) {
             break None;
@@ -193,28 +194,33 @@ pub fn watch(
                 break Some(super::fail("the subscriber stopped", 1))
             }
         };
-        let admitted = admission.admit(received);
+        admission.admit_into(received, &mut admitted);
         for gap in admission.take_gaps() {
             if let Some(tx) = &gaps {
                 let _ = tx.send(gap);
             }
         }
-        let Some(admitted) = admitted else {
-            continue;
-        };
-        let event = &admitted.event;
-        if !args.topic.is_empty() && !args.topic.iter().any(|p| p.matches(&event.topic)) {
-            continue;
-        }
-        let report = admitted.report.unwrap_or_default();
-        if let Err(e) = on_event(event, &report) {
-            // A reader that went away (`| head`) is a normal way to stop; anything else is not.
-            if e.kind() == std::io::ErrorKind::BrokenPipe {
-                break Some(ExitCode::SUCCESS);
+        let mut failed = None;
+        for a in admitted.drain(..) {
+            let event = &a.event;
+            if !args.topic.is_empty() && !args.topic.iter().any(|p| p.matches(&event.topic)) {
+                continue;
             }
-            break Some(super::fail(format!("writing: {e}"), 1));
+            if let Err(e) = on_event(event, &a.report.unwrap_or_default()) {
+                // A reader that went away (`| head`) is a normal way to stop; anything else
+                // is not.
+                failed = Some(if e.kind() == std::io::ErrorKind::BrokenPipe {
+                    ExitCode::SUCCESS
+                } else {
+                    super::fail(format!("writing: {e}"), 1)
+                });
+                break;
+            }
+            shown += 1;
         }
-        shown += 1;
+        if failed.is_some() {
+            break failed;
+        }
     };
     sources.stop();
     if let Some(code) = code {

@@ -23,6 +23,21 @@ pub struct Received {
     /// For frames fetched from a relay's journal: where they stand in its stream (fedmsg
     /// frames carry no stamp of their own).
     pub replayed: Option<crate::event::RelayStamp>,
+    /// From the replay source, with no frames: the fetch of this relay epoch's seqs up to
+    /// here is over (delivered, or reported lost), so events held behind it may go on.
+    pub replay_done: Option<(String, String, u64)>,
+}
+
+impl Received {
+    /// Frames as a source received them live.
+    pub fn live(frames: Vec<Vec<u8>>, source: &'static str) -> Self {
+        Received {
+            frames,
+            source,
+            replayed: None,
+            replay_done: None,
+        }
+    }
 }
 
 /// A component that produces messages. `run` returns when `stop` is set or the receiving

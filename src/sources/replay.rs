@@ -127,13 +127,22 @@ impl Source for ReplaySource {
                 continue;
             }
             match self.fill(&ctx, &mut w, &out, &stop) {
-                Fetch::Done => {}
+                Fetch::Done => {
+                    if !finished(&out, &w.gap, &stop) {
+                        return;
+                    }
+                }
                 Fetch::Stopped => return,
-                Fetch::NotHere => self.lose(
-                    &w,
-                    w.gap.before - 1,
-                    "no configured relay has this epoch any more (its journal was replaced)",
-                ),
+                Fetch::NotHere => {
+                    self.lose(
+                        &w,
+                        w.gap.before - 1,
+                        "no configured relay has this epoch any more (its journal was replaced)",
+                    );
+                    if !finished(&out, &w.gap, &stop) {
+                        return;
+                    }
+                }
                 Fetch::Unreachable(why) => {
                     warn!(relay = %w.gap.relay, "cannot fetch seq {}..={} yet: {why}; trying again in {:?}", w.from, w.gap.before - 1, w.retry);
                     w.next_try = Instant::now() + w.retry;
@@ -290,11 +299,33 @@ fn deliver(
     stamp: RelayStamp,
     stop: &AtomicBool,
 ) -> bool {
-    let mut item = Received {
-        frames,
-        source: "replay",
-        replayed: Some(stamp),
-    };
+    send(
+        out,
+        Received {
+            frames,
+            source: "replay",
+            replayed: Some(stamp),
+            replay_done: None,
+        },
+        stop,
+    )
+}
+
+/// Tell admission that the fetch of `gap` is over, whatever came of it.
+fn finished(out: &Sender<Received>, gap: &Gap, stop: &AtomicBool) -> bool {
+    send(
+        out,
+        Received {
+            frames: Vec::new(),
+            source: "replay",
+            replayed: None,
+            replay_done: Some((gap.relay.clone(), gap.epoch.clone(), gap.before - 1)),
+        },
+        stop,
+    )
+}
+
+fn send(out: &Sender<Received>, mut item: Received, stop: &AtomicBool) -> bool {
     loop {
         match out.send_timeout(item, POLL) {
             Ok(()) => return true,

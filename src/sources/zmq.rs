@@ -53,11 +53,7 @@ impl Source for ZmqSource {
                     continue;
                 }
             };
-            let mut item = Received {
-                frames,
-                source: self.kind,
-                replayed: None,
-            };
+            let mut item = Received::live(frames, self.kind);
             // Back-pressure: wait for room, but keep honouring the stop flag.
             loop {
                 match out.send_timeout(item, POLL) {

@@ -77,13 +77,13 @@ fn spawn_admission(
     std::thread::Builder::new()
         .name("trigger-admission".into())
         .spawn(move || {
+            let mut admitted = Vec::new();
             while let Ok(first) = frames.recv() {
                 let mut burst = Vec::new();
                 let mut next = Some(first);
                 while let Some(f) = next.take() {
-                    if let Some(admitted) = intake.admit(f) {
-                        burst.push(Arc::new(admitted.event));
-                    }
+                    intake.admit_into(f, &mut admitted);
+                    burst.extend(admitted.drain(..).map(|a| Arc::new(a.event)));
                     if burst.len() >= INTAKE_BATCH {
                         break;
                     }
