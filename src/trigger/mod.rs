@@ -180,6 +180,7 @@ pub fn run(
         .map(|q| -> crate::jobs::report::NoticeSink { Box::new(move |n| q.push(n)) });
     info!(
         connect = %endpoints.join(" "),
+        replay = %if replaying { opts.replay.join(" ") } else { "off (gaps are only reported)".into() },
         rules = sched.rules().len(),
         state = %opts.state.display(),
         pending = sched.pending_count(),
