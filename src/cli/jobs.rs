@@ -1,6 +1,7 @@
 //! `hark jobs`: list, show, retry and cancel jobs in the trigger daemon's state file. Works
 //! whether the daemon runs or not: it edits the SQLite file, and a running daemon picks the
-//! change up within a second.
+//! change up within a second. `hark jobs fallbacks` shows when each rule's safety-net
+//! schedule runs next.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,7 +14,8 @@ use crate::jobs::store::{Job, State, Store};
 #[command(
     after_help = "Examples:\n  hark jobs                      # the 30 newest jobs\n  \
 hark jobs list --state-is failed  # what needs attention\n  hark jobs show 42               # argv, events, exit code, output tail\n  \
-hark jobs retry 42              # run it again (a new job with the same events)\n  hark jobs cancel 43             # stop it (TERM, grace, KILL) or drop it if pending"
+hark jobs retry 42              # run it again (a new job with the same events)\n  hark jobs cancel 43             # stop it (TERM, grace, KILL) or drop it if pending\n  \
+hark jobs fallbacks             # when each rule's fallback runs next"
 )]
 pub struct JobsArgs {
     #[command(subcommand)]
@@ -50,6 +52,12 @@ enum JobsCommand {
     Retry { id: i64 },
     /// Cancel a pending job, or stop a running one.
     Cancel { id: i64 },
+    /// Rules with a fallback schedule: their last start and when the fallback runs next.
+    Fallbacks {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn parse_state(s: &str) -> Result<State, String> {
@@ -132,6 +140,10 @@ pub fn run(args: JobsArgs) -> ExitCode {
             }
             Some(other) => super::fail(format!("job {id} already ended ({})", other.as_str()), 1),
         }),
+        JobsCommand::Fallbacks { json } => store.fallback_clocks().map(|clocks| {
+            print!("{}", fallbacks(&clocks, crate::jobs::now_ms(), json));
+            ExitCode::SUCCESS
+        }),
     };
     result.unwrap_or_else(|e| super::fail(format!("{}: {e}", path.display()), 1))
 }
@@ -193,4 +205,89 @@ fn show(job: &Job) -> String {
         }
     }
     out
+}
+
+/// The `hark jobs fallbacks` table (or JSON lines), as of `now_ms`. The daemon writes a
+/// clock when it first sees a rule with a fallback and at every start of that rule.
+fn fallbacks(clocks: &[crate::jobs::FallbackClock], now_ms: i64, json: bool) -> String {
+    let mut out = String::new();
+    if json {
+        for c in clocks {
+            let line = serde_json::json!({
+                "rule": c.rule,
+                "every_ms": c.every,
+                "last": c.last,
+                "next_due": c.next_due(),
+            });
+            out.push_str(&format!("{line}\n"));
+        }
+        return out;
+    }
+    if clocks.is_empty() {
+        out.push_str(
+            "no fallback clocks yet (no rule with `fallback` has been loaded by `hark trigger`)\n",
+        );
+        return out;
+    }
+    out.push_str(&format!(
+        "{:<20}  {:<8}  {:<19}  next due\n",
+        "rule", "every", "last start"
+    ));
+    for c in clocks {
+        let due = c.next_due();
+        let every = crate::duration::format(std::time::Duration::from_millis(
+            u64::try_from(c.every).unwrap_or(0),
+        ));
+        let wait = u64::try_from(due.saturating_sub(now_ms)).unwrap_or(0);
+        let when_due = if wait == 0 {
+            "now (runs once no job of the rule is pending or running)".to_string()
+        } else {
+            // Whole seconds: the next due time, not a stopwatch.
+            let left = std::time::Duration::from_secs(wait.div_ceil(1000));
+            format!("{} (in {})", when(Some(due)), crate::duration::format(left))
+        };
+        out.push_str(&format!(
+            "{:<20}  {:<8}  {:<19}  {when_due}\n",
+            c.rule,
+            every,
+            when(Some(c.last)),
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jobs::FallbackClock;
+
+    #[test]
+    fn fallbacks_show_the_interval_and_when_each_runs_next() {
+        let clocks = [
+            FallbackClock {
+                rule: "sync".into(),
+                last: 0,
+                every: 6 * 3600 * 1000,
+            },
+            FallbackClock {
+                rule: "late".into(),
+                last: 0,
+                every: 1000,
+            },
+        ];
+        let text = fallbacks(&clocks, 3600 * 1000, false);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].starts_with("rule"), "{text}");
+        assert!(
+            lines[1].starts_with("sync") && lines[1].contains("6h"),
+            "{text}"
+        );
+        assert!(lines[1].ends_with("(in 5h)"), "{text}");
+        assert!(lines[2].contains("now"), "overdue: {text}");
+        let json = fallbacks(&clocks, 0, true);
+        let first: serde_json::Value =
+            serde_json::from_str(json.lines().next().unwrap_or_default()).unwrap();
+        assert_eq!(first["next_due"], 6 * 3600 * 1000);
+        assert!(fallbacks(&[], 0, false).contains("no fallback"));
+    }
 }

@@ -1,6 +1,7 @@
 //! What one start of a job runs: argv, environment, stdin and working directory, rendered
 //! from the rule and the job's events. The scheduler builds a [`Launch`] (pure: templates
-//! over events already in memory); the runner executes its [`Spec`].
+//! over events already in memory); the runner executes its [`Spec`]. A fallback run (the
+//! rule's safety-net schedule) renders against its stand-in event and reads no real event.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -75,6 +76,35 @@ pub struct OutputLimits {
     pub tail_limit: usize,
 }
 
+/// Why a job exists: `HARK_REASON` for its command, and how its stdin is built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// One or more real events matched the rule.
+    #[default]
+    Event,
+    /// The rule's `fallback` interval passed without a start; the job carries only the
+    /// stand-in event of [`Rule::fallback_event`].
+    Fallback,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Event => "event",
+            Reason::Fallback => "fallback",
+        }
+    }
+
+    /// Unknown text reads as `event`: what every job was before fallbacks existed.
+    pub fn parse(s: &str) -> Reason {
+        match s {
+            "fallback" => Reason::Fallback,
+            _ => Reason::Event,
+        }
+    }
+}
+
 /// A job the daemon should start now, as the scheduler decided it.
 #[derive(Debug, Clone)]
 pub struct Launch {
@@ -83,16 +113,19 @@ pub struct Launch {
     /// The concurrency key the job counts against.
     pub key: String,
     pub attempt: u32,
+    pub reason: Reason,
     pub events: Vec<Arc<Event>>,
     pub spec: Spec,
 }
 
 /// Render `rule` for a start of job `id`: the command sees the latest event (or all of
-/// them with `stdin: batch`) and `HARK_*` describing the job.
+/// them with `stdin: batch`) and `HARK_*` describing the job. A fallback job has no real
+/// event: `stdin: event` gets `/dev/null`, `stdin: batch` gets `[]`.
 pub fn prepare(
     rule: &Rule,
     id: i64,
     attempt: u32,
+    reason: Reason,
     events: &[Arc<Event>],
     limits: OutputLimits,
 ) -> Result<Spec, RenderError> {
@@ -104,10 +137,15 @@ pub fn prepare(
         });
     };
     let rendered = rule.render(last)?;
-    let stdin = match rendered.stdin {
-        StdinMode::Event => Stdin::Event(last.clone()),
-        StdinMode::Batch => Stdin::Batch(events.to_vec()),
-        StdinMode::None => Stdin::Null,
+    let stdin = match (reason, rendered.stdin) {
+        (_, StdinMode::None) | (Reason::Fallback, StdinMode::Event) => Stdin::Null,
+        (Reason::Fallback, StdinMode::Batch) => Stdin::Bytes(b"[]".to_vec()),
+        (Reason::Event, StdinMode::Event) => Stdin::Event(last.clone()),
+        (Reason::Event, StdinMode::Batch) => Stdin::Batch(events.to_vec()),
+    };
+    let count = match reason {
+        Reason::Event => events.len(),
+        Reason::Fallback => 0,
     };
     let mut env: Vec<(String, String)> = rendered.env.into_iter().collect();
     env.extend([
@@ -116,7 +154,8 @@ pub fn prepare(
         ("HARK_RULE".to_string(), rule.name.clone()),
         ("HARK_JOB".to_string(), id.to_string()),
         ("HARK_ATTEMPT".to_string(), attempt.to_string()),
-        ("HARK_EVENT_COUNT".to_string(), events.len().to_string()),
+        ("HARK_EVENT_COUNT".to_string(), count.to_string()),
+        ("HARK_REASON".to_string(), reason.as_str().to_string()),
     ]);
     Ok(Spec {
         argv: rendered.argv,
@@ -161,7 +200,7 @@ mod tests {
     fn the_latest_event_renders_the_command_and_batch_stdin_carries_all_bytes_as_received() {
         let r = rule("{command: [/bin/echo, '${uuid}'], stdin: batch}");
         let events = [event("a"), event("b")];
-        let spec = prepare(&r, 7, 2, &events, LIMITS).unwrap();
+        let spec = prepare(&r, 7, 2, Reason::Event, &events, LIMITS).unwrap();
         assert_eq!(spec.argv, ["/bin/echo", "b"]);
         let mut expected = b"[".to_vec();
         expected.extend_from_slice(&events[0].json_bytes());
@@ -174,6 +213,37 @@ mod tests {
         assert_eq!(env["HARK_ATTEMPT"], "2");
         assert_eq!(env["HARK_EVENT_COUNT"], "2");
         assert_eq!(env["HARK_UUID"], "b");
+        assert_eq!(env["HARK_REASON"], "event");
+    }
+
+    #[test]
+    fn a_fallback_run_reads_no_event_an_empty_batch_and_says_why_it_runs() {
+        let r = rule("{command: [/bin/echo, '${uuid}'], stdin: batch}");
+        let stand_in = Arc::new(r.fallback_event("fallback-3"));
+        let spec = prepare(
+            &r,
+            3,
+            1,
+            Reason::Fallback,
+            std::slice::from_ref(&stand_in),
+            LIMITS,
+        )
+        .unwrap();
+        assert_eq!(spec.argv, ["/bin/echo", "fallback-3"]);
+        assert_eq!(spec.stdin.bytes().as_ref(), b"[]");
+        let env: std::collections::BTreeMap<_, _> = spec.env.into_iter().collect();
+        assert_eq!(env["HARK_REASON"], "fallback");
+        assert_eq!(env["HARK_EVENT_COUNT"], "0");
+        let spec = prepare(
+            &rule("{command: [/bin/cat]}"),
+            3,
+            1,
+            Reason::Fallback,
+            &[stand_in],
+            LIMITS,
+        )
+        .unwrap();
+        assert!(spec.stdin.is_null(), "stdin: event has no event to read");
     }
 
     #[test]
@@ -183,6 +253,7 @@ mod tests {
             &rule("{command: [/bin/cat]}"),
             1,
             1,
+            Reason::Event,
             std::slice::from_ref(&ev),
             LIMITS,
         )
@@ -192,6 +263,7 @@ mod tests {
             &rule("{command: [/bin/true], stdin: none}"),
             1,
             1,
+            Reason::Event,
             &[ev],
             LIMITS,
         )

@@ -13,6 +13,7 @@ pub mod runner;
 pub mod scheduler;
 pub mod store;
 
-pub use launch::{Launch, Spec, Stdin};
+pub use launch::{Launch, Reason, Spec, Stdin};
 pub use scheduler::{Cause, Effect, Finish, Recovered, Scheduler, SchedulerOptions};
+pub use store::FallbackClock;
 pub use store::{now_ms, Job, State, Store, StoredEvent};

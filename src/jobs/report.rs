@@ -4,6 +4,7 @@
 
 use tracing::{info, warn};
 
+use super::launch::Reason;
 use super::scheduler::{Cause, Effect, Finish, Scheduler};
 use super::store::State;
 use crate::metrics::Registry;
@@ -58,13 +59,17 @@ impl Reporter {
     /// Report one committed effect; `now_ms` stamps `hark_last_success_timestamp_seconds`.
     pub fn effect(&mut self, now_ms: i64, effect: &Effect) {
         match effect {
-            Effect::Insert { .. } | Effect::Cancel(_) => {}
+            Effect::Insert { .. } | Effect::Cancel(_) | Effect::Clock { .. } => {}
             Effect::Append { rule, .. } => {
                 self.metrics
                     .inc("hark_coalesced_events_total", &[("rule", rule)]);
             }
             Effect::Start(l) => {
-                info!(job = l.id, rule = %l.rule.name, key = %l.key, events = l.events.len(), attempt = l.attempt, argv = ?l.spec.argv, "starting");
+                info!(job = l.id, rule = %l.rule.name, key = %l.key, events = l.events.len(), attempt = l.attempt, reason = l.reason.as_str(), argv = ?l.spec.argv, "starting");
+                if l.reason == Reason::Fallback {
+                    self.metrics
+                        .inc("hark_fallback_runs_total", &[("rule", &l.rule.name)]);
+                }
                 self.notice(|| Notice {
                     kind: "started",
                     job: l.id,

@@ -18,6 +18,11 @@
 //!   own outcome and retried only when the rule says so.
 //! - drain: nothing new starts; jobs stopped by the shutdown stay `running` in the store.
 //! - a job whose rule disappeared is cancelled when it comes due.
+//! - fallback: a rule with `fallback: {every: D}` that has not started a job for D (and
+//!   has none pending or running) gets a job anyway, rendered against its stand-in event
+//!   ([`Reason::Fallback`]). The clock is the rule's last start; a rule seen for the first
+//!   time starts it then ([`Effect::Clock`]). The store persists both, so the clock
+//!   survives restarts ([`Scheduler::set_clocks`]).
 //!
 //! Job ids: `hark jobs retry` inserts rows from another process, so ids come from blocks
 //! the daemon reserves in the store ([`Scheduler::add_ids`]); a match uses at most one.
@@ -31,7 +36,7 @@ use std::ops::{Bound, Range};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::launch::{self, Launch, OutputLimits};
+use super::launch::{self, Launch, OutputLimits, Reason};
 use super::runner::{Finished, Outcome};
 use super::store::State;
 use crate::event::Event;
@@ -48,8 +53,13 @@ pub enum Effect {
         key: String,
         created: i64,
         due: i64,
+        reason: Reason,
         events: Vec<Arc<Event>>,
     },
+    /// Start (or re-state) the fallback clock of `rule`: its last start counts as `at`,
+    /// and it runs again `every` ms later. A [`Effect::Start`] of a rule with a fallback
+    /// moves the clock too (the store writes it with the start).
+    Clock { rule: String, at: i64, every: i64 },
     /// One more event merged into pending job `id`, at position `pos`; its due time moves.
     Append {
         id: i64,
@@ -130,6 +140,7 @@ pub struct Recovered {
     pub created: i64,
     pub due: i64,
     pub attempt: u32,
+    pub reason: Reason,
     pub events: Vec<Arc<Event>>,
 }
 
@@ -156,6 +167,7 @@ struct Pending {
     first_ms: i64,
     due_ms: i64,
     attempt: u32,
+    reason: Reason,
     events: Vec<Arc<Event>>,
 }
 
@@ -164,8 +176,17 @@ struct Running {
     pool: Option<String>,
     superseded: bool,
     attempt: u32,
+    reason: Reason,
     retry: Option<Retry>,
     events: Vec<Arc<Event>>,
+}
+
+/// A fallback clock: the rule's last start (or when it was first seen), and its interval
+/// as last written to the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Clock {
+    last: i64,
+    every: i64,
 }
 
 /// Pending job ids per queue, ordered by (due, id), and every non-empty queue's head in
@@ -242,8 +263,29 @@ pub struct Scheduler {
     /// Running jobs per (rule, concurrency key) and per pool, kept with `running`.
     running_keys: HashMap<QueueKey, Vec<i64>>,
     running_pools: HashMap<String, usize>,
+    /// Pending plus running jobs per rule: a fallback waits while its rule has any.
+    live: HashMap<String, usize>,
+    /// The rules that declare a fallback, from the current rule set.
+    fallback_rules: Vec<Arc<Rule>>,
+    clocks: HashMap<String, Clock>,
     draining: bool,
     effects: Vec<Effect>,
+}
+
+fn fallback_rules(rules: &RuleSet) -> Vec<Arc<Rule>> {
+    rules
+        .rules()
+        .iter()
+        .filter(|r| r.fallback.is_some())
+        .cloned()
+        .collect()
+}
+
+/// RFC 3339 UTC for the stand-in event's `time`, from the caller's clock.
+fn rfc3339(now_ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(now_ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 fn ms(d: Duration) -> i64 {
@@ -253,6 +295,7 @@ fn ms(d: Duration) -> i64 {
 impl Scheduler {
     pub fn new(rules: Arc<RuleSet>, opts: SchedulerOptions) -> Self {
         Scheduler {
+            fallback_rules: fallback_rules(&rules),
             rules,
             config_pools: opts.config_pools,
             limits: OutputLimits {
@@ -266,6 +309,8 @@ impl Scheduler {
             running: HashMap::new(),
             running_keys: HashMap::new(),
             running_pools: HashMap::new(),
+            live: HashMap::new(),
+            clocks: HashMap::new(),
             draining: false,
             effects: Vec::new(),
         }
@@ -302,7 +347,60 @@ impl Scheduler {
     }
 
     pub fn set_rules(&mut self, rules: Arc<RuleSet>) {
+        self.fallback_rules = fallback_rules(&rules);
         self.rules = rules;
+    }
+
+    /// Replace every fallback clock with what the store holds: (rule, last start, interval
+    /// in ms). At recovery, and after a rolled back transaction.
+    pub fn set_clocks(&mut self, clocks: impl IntoIterator<Item = (String, i64, i64)>) {
+        self.clocks = clocks
+            .into_iter()
+            .map(|(rule, last, every)| (rule, Clock { last, every }))
+            .collect();
+    }
+
+    /// When `rule`'s fallback runs next (its clock plus its interval), if it has one and
+    /// its clock has started.
+    pub fn fallback_due(&self, rule: &str) -> Option<i64> {
+        let r = self.fallback_rules.iter().find(|r| r.name == rule)?;
+        let every = ms(r.fallback.as_ref()?.every);
+        let clock = self.clocks.get(rule)?;
+        Some(clock.last.saturating_add(every))
+    }
+
+    /// How many fallback jobs the next [`Scheduler::dispatch`] at `now_ms` would file, so
+    /// the caller can reserve ids for them first.
+    pub fn fallbacks_due(&self, now_ms: i64) -> usize {
+        if self.draining {
+            return 0;
+        }
+        self.fallback_rules
+            .iter()
+            .filter(|r| self.fallback_is_due(r, now_ms))
+            .count()
+    }
+
+    fn fallback_is_due(&self, rule: &Rule, now_ms: i64) -> bool {
+        let Some(fb) = &rule.fallback else {
+            return false;
+        };
+        let Some(clock) = self.clocks.get(&rule.name) else {
+            return false;
+        };
+        now_ms >= clock.last.saturating_add(ms(fb.every))
+            && self.live.get(&rule.name).copied().unwrap_or(0) == 0
+    }
+
+    fn live_changed(&mut self, rule: &str, up: bool) {
+        if up {
+            *self.live.entry(rule.to_string()).or_insert(0) += 1;
+        } else if let Some(n) = self.live.get_mut(rule) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.live.remove(rule);
+            }
+        }
     }
 
     pub fn rules(&self) -> &Arc<RuleSet> {
@@ -327,12 +425,25 @@ impl Scheduler {
 
     /// The earliest due time after `now_ms` of a job waiting for nothing but time. Due jobs
     /// held back by a limit are left out: only a finish (or a reload) can start them.
+    /// Fallbacks count too: a rule without live jobs is due at its clock plus its interval.
     pub fn next_due(&self, now_ms: i64) -> Option<i64> {
-        self.queues
+        let job = self
+            .queues
             .heads
             .range((now_ms.saturating_add(1), i64::MIN)..)
             .next()
-            .map(|&(due, _)| due)
+            .map(|&(due, _)| due);
+        let fallback = self
+            .fallback_rules
+            .iter()
+            .filter(|r| !self.live.contains_key(&r.name))
+            .filter_map(|r| self.fallback_due(&r.name))
+            .filter(|&due| due > now_ms)
+            .min();
+        match (job, fallback) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Stop starting jobs (SIGTERM). Running jobs continue until they end or are cancelled.
@@ -393,6 +504,7 @@ impl Scheduler {
             key: key.to_string(),
             created: now_ms,
             due: now_ms,
+            reason: Reason::Event,
             events: vec![event.clone()],
         });
         self.effects.push(Effect::Finish(Finish {
@@ -548,19 +660,35 @@ impl Scheduler {
         event: &Arc<Event>,
     ) -> Result<(), ScheduleError> {
         let id = self.next_id()?;
+        self.file_with_id(id, now_ms, queue, key, open_key, due, Reason::Event, event);
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn file_with_id(
+        &mut self,
+        id: i64,
+        now_ms: i64,
+        queue: QueueKey,
+        key: &str,
+        open_key: Option<(String, String)>,
+        due: i64,
+        reason: Reason,
+        event: &Arc<Event>,
+    ) {
         self.effects.push(Effect::Insert {
             id,
             rule: queue.0.clone(),
             key: key.to_string(),
             created: now_ms,
             due,
+            reason,
             events: vec![event.clone()],
         });
         if let Some(k) = &open_key {
             self.open.insert(k.clone(), id);
         }
-        self.queues.insert(&queue, due, id);
-        self.pending.insert(
+        self.insert_pending(
             id,
             Pending {
                 queue,
@@ -568,15 +696,96 @@ impl Scheduler {
                 first_ms: now_ms,
                 due_ms: due,
                 attempt: 1,
+                reason,
                 events: vec![event.clone()],
             },
         );
-        Ok(())
+    }
+
+    fn insert_pending(&mut self, id: i64, p: Pending) {
+        self.queues.insert(&p.queue, p.due_ms, id);
+        self.live_changed(&p.queue.0, true);
+        self.pending.insert(id, p);
+    }
+
+    /// Start the clock of every fallback rule seen for the first time (or whose interval
+    /// changed), and file a job for every fallback that is due.
+    fn file_fallbacks(&mut self, now_ms: i64) {
+        for i in 0..self.fallback_rules.len() {
+            let rule = self.fallback_rules[i].clone();
+            let Some(fb) = &rule.fallback else {
+                continue;
+            };
+            let every = ms(fb.every);
+            match self.clocks.get_mut(&rule.name) {
+                None => {
+                    self.clocks.insert(
+                        rule.name.clone(),
+                        Clock {
+                            last: now_ms,
+                            every,
+                        },
+                    );
+                    self.effects.push(Effect::Clock {
+                        rule: rule.name.clone(),
+                        at: now_ms,
+                        every,
+                    });
+                    continue;
+                }
+                Some(c) if c.every != every => {
+                    c.every = every;
+                    let at = c.last;
+                    self.effects.push(Effect::Clock {
+                        rule: rule.name.clone(),
+                        at,
+                        every,
+                    });
+                }
+                Some(_) => {}
+            }
+            if !self.fallback_is_due(&rule, now_ms) {
+                continue;
+            }
+            // No id: the caller reserves them (see `fallbacks_due`); it stays due until then.
+            let Ok(id) = self.next_id() else {
+                continue;
+            };
+            let mut stand_in = rule.fallback_event(&format!("fallback-{id}"));
+            // Stored like a received event, so a restart loads it back: its bytes are the
+            // canonical body (empty frames would not parse again).
+            stand_in.frames.clear();
+            let time = rfc3339(now_ms);
+            if let Some(obj) = stand_in.body.as_object_mut() {
+                obj.insert("time".into(), serde_json::Value::String(time.clone()));
+            }
+            stand_in.time = Some(time);
+            // A key that needs event data cannot render without an event: the run counts
+            // against the rule's default key.
+            let key = rule
+                .concurrency_key(&stand_in)
+                .ok()
+                .flatten()
+                .unwrap_or_default();
+            let queue = (rule.name.clone(), key.clone());
+            let stand_in = Arc::new(stand_in);
+            self.file_with_id(
+                id,
+                now_ms,
+                queue,
+                &key,
+                None,
+                now_ms,
+                Reason::Fallback,
+                &stand_in,
+            );
+        }
     }
 
     fn forget_pending(&mut self, id: i64) -> Option<Pending> {
         let p = self.pending.remove(&id)?;
         self.queues.remove(&p.queue, p.due_ms, id);
+        self.live_changed(&p.queue.0, false);
         if let Some(k) = &p.open_key {
             if self.open.get(k) == Some(&id) {
                 self.open.remove(k);
@@ -590,6 +799,7 @@ impl Scheduler {
         if self.draining {
             return;
         }
+        self.file_fallbacks(now_ms);
         let mut cursor = None;
         while let Some((due, id)) = self.queues.next_head(cursor) {
             if due > now_ms {
@@ -621,13 +831,13 @@ impl Scheduler {
                 continue;
             }
             if let Some(p) = self.forget_pending(id) {
-                self.start(&rule, id, p);
+                self.start(&rule, id, p, now_ms);
             }
         }
     }
 
-    fn start(&mut self, rule: &Arc<Rule>, id: i64, p: Pending) {
-        let spec = match launch::prepare(rule, id, p.attempt, &p.events, self.limits) {
+    fn start(&mut self, rule: &Arc<Rule>, id: i64, p: Pending, now_ms: i64) {
+        let spec = match launch::prepare(rule, id, p.attempt, p.reason, &p.events, self.limits) {
             Ok(spec) => spec,
             Err(e) => {
                 self.effects.push(Effect::Finish(Finish {
@@ -650,11 +860,22 @@ impl Scheduler {
         if let Some(pool) = &rule.concurrency.pool {
             *self.running_pools.entry(pool.clone()).or_insert(0) += 1;
         }
+        self.live_changed(&rule.name, true);
+        if let Some(fb) = &rule.fallback {
+            self.clocks.insert(
+                rule.name.clone(),
+                Clock {
+                    last: now_ms,
+                    every: ms(fb.every),
+                },
+            );
+        }
         self.effects.push(Effect::Start(Launch {
             id,
             rule: rule.clone(),
             key: p.queue.1.clone(),
             attempt: p.attempt,
+            reason: p.reason,
             events: p.events.clone(),
             spec,
         }));
@@ -665,6 +886,7 @@ impl Scheduler {
                 pool: rule.concurrency.pool.clone(),
                 superseded: false,
                 attempt: p.attempt,
+                reason: p.reason,
                 retry: rule.retry.clone(),
                 events: p.events,
             },
@@ -673,6 +895,7 @@ impl Scheduler {
 
     fn forget_running(&mut self, id: i64) -> Option<Running> {
         let run = self.running.remove(&id)?;
+        self.live_changed(&run.queue.0, false);
         if let Some(ids) = self.running_keys.get_mut(&run.queue) {
             ids.retain(|&r| r != id);
             if ids.is_empty() {
@@ -766,8 +989,7 @@ impl Scheduler {
                 due,
                 delay: Duration::from_millis(u64::try_from(due - now_ms).unwrap_or(0)),
             });
-            self.queues.insert(&run.queue, due, id);
-            self.pending.insert(
+            self.insert_pending(
                 id,
                 Pending {
                     queue: run.queue,
@@ -775,6 +997,7 @@ impl Scheduler {
                     first_ms: now_ms,
                     due_ms: due,
                     attempt: run.attempt + 1,
+                    reason: run.reason,
                     events: run.events,
                 },
             );
@@ -802,8 +1025,7 @@ impl Scheduler {
             return;
         }
         let queue = (job.rule, job.key);
-        self.queues.insert(&queue, job.due, job.id);
-        self.pending.insert(
+        self.insert_pending(
             job.id,
             Pending {
                 queue,
@@ -811,9 +1033,24 @@ impl Scheduler {
                 first_ms: job.created,
                 due_ms: job.due,
                 attempt: job.attempt,
+                reason: job.reason,
                 events: job.events,
             },
         );
+    }
+
+    /// Forget pending job `id` in memory only (its store row is what counts): after a
+    /// rolled back transaction added events to it, so that it can be loaded again.
+    pub fn forget(&mut self, id: i64) {
+        self.forget_pending(id);
+    }
+
+    /// A transaction that would have cancelled running job `id` as superseded was rolled
+    /// back: it was not superseded after all.
+    pub fn not_superseded(&mut self, id: i64) {
+        if let Some(r) = self.running.get_mut(&id) {
+            r.superseded = false;
+        }
     }
 
     /// `hark jobs cancel` asked to stop these jobs; the running ones get a [`Effect::Cancel`].
@@ -1326,6 +1563,7 @@ mod tests {
             created: 0,
             due: 0,
             attempt: 2,
+            reason: Reason::Event,
             events: vec![event],
         });
         assert!(matches!(w.at(0).as_slice(), [Effect::Start(l)] if l.id == 40 && l.attempt == 2));
@@ -1355,5 +1593,171 @@ mod tests {
         assert!(matches!(&first[1], Effect::Finish(f) if matches!(f.cause, Cause::Refused)));
         assert_eq!(w.sched.running_count(), 0);
         assert_eq!(started_ids(&w.publish(json!({"missing": "x"}))), vec![2]);
+    }
+
+    /// (job, reason) of every start.
+    fn reasons(effects: &[Effect]) -> Vec<(i64, Reason)> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Start(l) => Some((l.id, l.reason)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn env(l: &Launch, name: &str) -> Option<String> {
+        l.spec
+            .env
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    }
+
+    const FALLBACK: &str = "    fallback: {every: 10s}\n";
+
+    #[test]
+    fn a_fallback_fires_after_its_interval_when_no_event_comes() {
+        let mut w = World::new(&one_rule(FALLBACK));
+        let first = w.at(0);
+        assert!(
+            matches!(
+                first.as_slice(),
+                [Effect::Clock {
+                    at: 0,
+                    every: 10_000,
+                    ..
+                }]
+            ),
+            "first seen: the clock starts and is persisted: {first:?}"
+        );
+        assert_eq!(
+            w.sched.next_due(0),
+            Some(10 * SECOND),
+            "the jobs thread wakes for it"
+        );
+        assert!(w.at(10 * SECOND - 1).is_empty());
+        let due = w.at(10 * SECOND);
+        assert!(
+            matches!(&due[0], Effect::Insert { reason: Reason::Fallback, events, .. } if events.len() == 1),
+            "{due:?}"
+        );
+        assert_eq!(reasons(&due), vec![(1, Reason::Fallback)]);
+        let Some(Effect::Start(l)) = due.get(1) else {
+            panic!("{due:?}");
+        };
+        assert_eq!(env(l, "HARK_REASON").as_deref(), Some("fallback"));
+        assert!(
+            l.spec.stdin.is_null(),
+            "stdin: event, and there is no event"
+        );
+        assert!(w.at(25 * SECOND).is_empty(), "not while it runs");
+        let end = w.end(1, ran(Outcome::Success));
+        assert_eq!(
+            reasons(&end),
+            vec![(2, Reason::Fallback)],
+            "overdue since its start at 10 s: runs again once the first ends"
+        );
+    }
+
+    #[test]
+    fn events_that_keep_a_rule_fresh_leave_its_fallback_idle() {
+        let mut w = World::new(&one_rule(FALLBACK));
+        w.at(0);
+        for t in [6, 12, 18, 24] {
+            w.now = t * SECOND;
+            let got = w.publish(json!({}));
+            assert!(
+                reasons(&got).iter().all(|(_, r)| *r == Reason::Event),
+                "{got:?}"
+            );
+            let Some(Effect::Start(l)) = got.iter().find(|e| matches!(e, Effect::Start(_))) else {
+                panic!("the event runs: {got:?}");
+            };
+            assert_eq!(env(l, "HARK_REASON").as_deref(), Some("event"));
+            let id = l.id;
+            assert!(started(&w.end(id, ran(Outcome::Success))).is_empty());
+            assert!(w.at(t * SECOND + 9 * SECOND).is_empty(), "fresh at {t} s");
+        }
+        assert_eq!(w.sched.next_due(w.now), Some(34 * SECOND));
+        assert_eq!(
+            reasons(&w.at(34 * SECOND)).len(),
+            1,
+            "10 s after the last start"
+        );
+    }
+
+    #[test]
+    fn the_fallback_clock_comes_back_from_the_store_after_a_restart() {
+        let mut w = World::new(&one_rule(FALLBACK));
+        // Last started at 5 s (as the store says), restarted at 12 s.
+        w.sched
+            .set_clocks([("r".to_string(), 5 * SECOND, 10 * SECOND)]);
+        assert!(
+            w.at(12 * SECOND).is_empty(),
+            "no new clock: the stored one counts"
+        );
+        assert_eq!(w.sched.next_due(w.now), Some(15 * SECOND));
+        assert!(w.at(15 * SECOND - 1).is_empty());
+        assert_eq!(reasons(&w.at(15 * SECOND)), vec![(1, Reason::Fallback)]);
+        assert_eq!(w.sched.fallback_due("r"), Some(25 * SECOND));
+        // A changed interval is written back with the same last start.
+        let mut w = World::new(&one_rule(FALLBACK));
+        w.sched
+            .set_clocks([("r".to_string(), 5 * SECOND, 60 * SECOND)]);
+        assert!(matches!(
+            w.at(6 * SECOND).as_slice(),
+            [Effect::Clock { at, every: 10_000, .. }] if *at == 5 * SECOND
+        ));
+    }
+
+    #[test]
+    fn no_fallback_while_a_job_of_the_rule_is_pending_or_running() {
+        let mut w = World::new(&one_rule(FALLBACK));
+        w.at(0);
+        assert_eq!(started_ids(&w.publish(json!({}))), vec![1]);
+        assert_eq!(
+            inserted(&w.publish(json!({}))),
+            vec![2],
+            "waits for the slot"
+        );
+        assert!(w.at(30 * SECOND).is_empty(), "job 1 runs, job 2 waits");
+        assert_eq!(w.sched.fallbacks_due(w.now), 0);
+        assert_eq!(w.sched.next_due(w.now), None, "nothing to wake for");
+        let end = w.end(1, ran(Outcome::Success));
+        assert_eq!(
+            reasons(&end),
+            vec![(2, Reason::Event)],
+            "the waiting event first"
+        );
+        let end = w.end(2, ran(Outcome::Success));
+        assert!(
+            started(&end).is_empty(),
+            "job 2 started at 30 s: the clock is fresh"
+        );
+        assert_eq!(reasons(&w.at(40 * SECOND)), vec![(3, Reason::Fallback)]);
+        w.sched.drain();
+        assert_eq!(
+            w.sched.fallbacks_due(100 * SECOND),
+            0,
+            "draining starts nothing"
+        );
+    }
+
+    #[test]
+    fn a_fallback_respects_the_pool_of_its_rule() {
+        let yaml = "rules:\n  - name: a\n    match: {topic: a}\n    run: {command: [/bin/true]}\n    concurrency: {pool: io}\n  - name: b\n    match: {topic: b}\n    run: {command: [/bin/true]}\n    concurrency: {pool: io}\n    fallback: {every: 10s}\npools:\n  io: {limit: 1}\n";
+        let mut w = World::new(yaml);
+        w.at(0);
+        w.now = 5 * SECOND;
+        assert_eq!(started_ids(&w.publish_on("a", json!({}))), vec![1]);
+        let due = w.at(10 * SECOND);
+        assert_eq!(inserted(&due), vec![2], "filed");
+        assert!(started(&due).is_empty(), "the pool is full");
+        assert!(w.at(20 * SECOND).is_empty(), "one fallback job at a time");
+        assert_eq!(
+            reasons(&w.end(1, ran(Outcome::Success))),
+            vec![(2, Reason::Fallback)]
+        );
     }
 }

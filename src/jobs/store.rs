@@ -1,5 +1,6 @@
 //! The trigger daemon's durable state in SQLite: jobs (pending, running, finished), the
-//! events each job carries, and which (rule, event uuid) pairs already succeeded.
+//! events each job carries, which (rule, event uuid) pairs already succeeded, the last
+//! relay seq per epoch, and each fallback rule's clock (its last start).
 //!
 //! A job row is written before its command starts and updated as it moves on, so that after
 //! a crash or an upgrade pending jobs run, interrupted ones run again, and nothing that
@@ -14,6 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
+use super::launch::Reason;
 use super::scheduler::{Effect, Recovered};
 use crate::event::Event;
 
@@ -140,7 +142,26 @@ pub struct Job {
     pub error: Option<String>,
     pub output_tail: Option<String>,
     pub cancel_requested: bool,
+    /// `event`, or `fallback` for a run of the rule's safety-net schedule.
+    pub reason: Reason,
     pub events: Vec<StoredEvent>,
+}
+
+/// A fallback rule's clock as stored: the fallback runs at `last + every` unless the rule
+/// starts a job before then.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FallbackClock {
+    pub rule: String,
+    /// Milliseconds since the epoch: the rule's last start, or when it was first seen.
+    pub last: i64,
+    /// The interval in milliseconds, as the rule said when the clock was last written.
+    pub every: i64,
+}
+
+impl FallbackClock {
+    pub fn next_due(&self) -> i64 {
+        self.last.saturating_add(self.every)
+    }
 }
 
 impl Job {
@@ -163,6 +184,7 @@ impl Job {
             created: self.created,
             due: self.due,
             attempt: self.attempt,
+            reason: self.reason,
             events,
         })
     }
@@ -194,7 +216,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     argv TEXT NOT NULL DEFAULT '[]',
     error TEXT,
     output_tail TEXT,
-    cancel_requested INTEGER NOT NULL DEFAULT 0
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    reason TEXT NOT NULL DEFAULT 'event'
 );
 CREATE INDEX IF NOT EXISTS jobs_live ON jobs(state) WHERE state IN ('pending', 'running');
 CREATE TABLE IF NOT EXISTS job_events (
@@ -219,7 +242,25 @@ CREATE TABLE IF NOT EXISTS relay_seq (
     seq INTEGER NOT NULL,
     PRIMARY KEY (relay, epoch)
 );
+CREATE TABLE IF NOT EXISTS fallback_clock (
+    rule TEXT PRIMARY KEY,
+    last INTEGER NOT NULL,
+    every INTEGER NOT NULL
+);
 ";
+
+/// Bring a state file written by an older hark up to [`SCHEMA`]: columns added since.
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let has_reason: bool = conn.query_row(
+        "SELECT COUNT(*) FROM pragma_table_info('jobs') WHERE name = 'reason'",
+        [],
+        |r| r.get::<_, i64>(0).map(|n| n > 0),
+    )?;
+    if !has_reason {
+        conn.execute_batch("ALTER TABLE jobs ADD COLUMN reason TEXT NOT NULL DEFAULT 'event'")?;
+    }
+    Ok(())
+}
 
 type Result<T> = std::result::Result<T, rusqlite::Error>;
 
@@ -236,6 +277,7 @@ impl Store {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.execute_batch(SCHEMA)?;
+        migrate(&conn)?;
         Ok(Store { conn })
     }
 
@@ -250,6 +292,21 @@ impl Store {
         self.conn.execute_batch("COMMIT").inspect_err(|_| {
             let _ = self.conn.execute_batch("ROLLBACK");
         })
+    }
+
+    /// Abandon a group commit (after a failed write in it); nothing since [`Store::begin`]
+    /// is kept. SQLite may already have rolled back by itself (a full disk does that), so
+    /// "no transaction is active" is not an error here.
+    pub fn rollback(&mut self) {
+        if !self.conn.is_autocommit() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+    }
+
+    /// Inside a group commit? A write that failed may have ended it (SQLite rolls back by
+    /// itself on a full disk), and later writes would then commit one by one.
+    pub fn in_transaction(&self) -> bool {
+        !self.conn.is_autocommit()
     }
 
     pub fn open_in_memory() -> Result<Store> {
@@ -308,6 +365,7 @@ impl Store {
     }
 
     /// A new pending job with an id from [`Store::reserve_job_ids`].
+    #[allow(clippy::too_many_arguments)]
     pub fn insert_job(
         &mut self,
         id: i64,
@@ -315,13 +373,14 @@ impl Store {
         key: &str,
         created: i64,
         due: i64,
+        reason: Reason,
         events: &[Arc<Event>],
     ) -> Result<()> {
         let tx = self.conn.savepoint()?;
         tx.prepare_cached(
-            "INSERT INTO jobs (id, rule, key, state, created, due) VALUES (?1, ?2, ?3, 'pending', ?4, ?5)",
+            "INSERT INTO jobs (id, rule, key, state, created, due, reason) VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?6)",
         )?
-        .execute(params![id, rule, key, created, due])?;
+        .execute(params![id, rule, key, created, due, reason.as_str()])?;
         for (pos, ev) in events.iter().enumerate() {
             insert_event(&tx, id, pos, &ev.as_ref().into())?;
         }
@@ -347,8 +406,10 @@ impl Store {
                 key,
                 created,
                 due,
+                reason,
                 events,
-            } => self.insert_job(*id, rule, key, *created, *due, events)?,
+            } => self.insert_job(*id, rule, key, *created, *due, *reason, events)?,
+            Effect::Clock { rule, at, every } => self.save_fallback_clock(rule, *at, *every)?,
             Effect::Append {
                 id,
                 pos,
@@ -356,7 +417,15 @@ impl Store {
                 due,
                 ..
             } => self.append_event_at(*id, *pos, event, *due)?,
-            Effect::Start(launch) => return self.mark_running(launch.id, &launch.spec.argv),
+            Effect::Start(launch) => {
+                let started = self.mark_running(launch.id, &launch.spec.argv)?;
+                // The clock moves in the same transaction as the start it counts.
+                if let (true, Some(fb)) = (started, &launch.rule.fallback) {
+                    let every = i64::try_from(fb.every.as_millis()).unwrap_or(i64::MAX);
+                    self.save_fallback_clock(&launch.rule.name, now_ms(), every)?;
+                }
+                return Ok(started);
+            }
             Effect::Retry {
                 id,
                 due,
@@ -583,6 +652,32 @@ impl Store {
         )
     }
 
+    /// Every fallback clock, by rule name.
+    pub fn fallback_clocks(&self) -> Result<Vec<FallbackClock>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT rule, last, every FROM fallback_clock ORDER BY rule")?;
+        let rows = stmt.query_map([], |r| {
+            Ok(FallbackClock {
+                rule: r.get(0)?,
+                last: r.get(1)?,
+                every: r.get(2)?,
+            })
+        })?;
+        rows.collect()
+    }
+
+    /// Record that `rule`'s fallback clock counts from `at` (ms), with interval `every` (ms).
+    pub fn save_fallback_clock(&mut self, rule: &str, at: i64, every: i64) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO fallback_clock (rule, last, every) VALUES (?1, ?2, ?3)
+             ON CONFLICT(rule) DO UPDATE SET last = excluded.last, every = excluded.every",
+            )?
+            .execute(params![rule, at, every])?;
+        Ok(())
+    }
+
     /// The last sequence number seen per (relay, epoch).
     pub fn relay_seqs(&self) -> Result<Vec<((String, String), u64)>> {
         let mut stmt = self
@@ -611,7 +706,7 @@ impl Store {
     }
 }
 
-const JOB_SELECT: &str = "SELECT id, rule, key, state, attempt, created, due, started, finished, exit_code, argv, error, output_tail, cancel_requested FROM jobs";
+const JOB_SELECT: &str = "SELECT id, rule, key, state, attempt, created, due, started, finished, exit_code, argv, error, output_tail, cancel_requested, reason FROM jobs";
 
 fn row_to_job(r: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
     let state: String = r.get(3)?;
@@ -631,6 +726,7 @@ fn row_to_job(r: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
         error: r.get(11)?,
         output_tail: r.get(12)?,
         cancel_requested: r.get::<_, i64>(13)? != 0,
+        reason: Reason::parse(&r.get::<_, String>(14)?),
         events: Vec::new(),
     })
 }
@@ -742,7 +838,15 @@ mod tests {
             crate::rules::events::from_loose(serde_json::json!({"tag": "t", "uuid": "u"})).unwrap(),
         );
         daemon
-            .insert_job(block.start, "r", "k", 0, 0, std::slice::from_ref(&event))
+            .insert_job(
+                block.start,
+                "r",
+                "k",
+                0,
+                0,
+                Reason::Event,
+                std::slice::from_ref(&event),
+            )
             .unwrap();
         // `hark jobs retry` in another process, while the daemon still holds ids 2..5.
         let mut cli = Store::open(&path).unwrap();
@@ -750,7 +854,15 @@ mod tests {
         assert_eq!(retried, 5, "after the reserved block");
         assert_eq!(daemon.reserve_job_ids(2).unwrap(), 6..8);
         daemon
-            .insert_job(3, "r", "k", 0, 0, std::slice::from_ref(&event))
+            .insert_job(
+                3,
+                "r",
+                "k",
+                0,
+                0,
+                Reason::Fallback,
+                std::slice::from_ref(&event),
+            )
             .unwrap();
         let job = daemon.get(3).unwrap().unwrap();
         assert_eq!(
@@ -759,5 +871,40 @@ mod tests {
         );
         let back = job.into_recovered().unwrap();
         assert_eq!(back.events[0].uuid, "u");
+        assert_eq!(
+            back.reason,
+            Reason::Fallback,
+            "the reason survives a reload"
+        );
+    }
+
+    #[test]
+    fn fallback_clocks_persist_and_an_old_state_file_gains_the_reason_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE jobs (id INTEGER PRIMARY KEY AUTOINCREMENT, rule TEXT NOT NULL, key TEXT NOT NULL, state TEXT NOT NULL, attempt INTEGER NOT NULL DEFAULT 1, created INTEGER NOT NULL, due INTEGER NOT NULL, started INTEGER, finished INTEGER, exit_code INTEGER, argv TEXT NOT NULL DEFAULT '[]', error TEXT, output_tail TEXT, cancel_requested INTEGER NOT NULL DEFAULT 0);
+                 INSERT INTO jobs (rule, key, state, created, due) VALUES ('r', '', 'succeeded', 1, 1);",
+            )
+            .unwrap();
+        }
+        let mut s = Store::open(&path).unwrap();
+        assert_eq!(s.get(1).unwrap().unwrap().reason, Reason::Event);
+        s.save_fallback_clock("r", 10, 6000).unwrap();
+        s.save_fallback_clock("r", 20, 6000).unwrap();
+        drop(s);
+        let s = Store::open(&path).unwrap();
+        let clocks = s.fallback_clocks().unwrap();
+        assert_eq!(
+            clocks,
+            vec![FallbackClock {
+                rule: "r".into(),
+                last: 20,
+                every: 6000
+            }]
+        );
+        assert_eq!(clocks[0].next_due(), 6020);
     }
 }

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::compile::{FileRules, InlineTest};
 use super::load::{load_dirs, FileStatus, LoadReport};
-use super::rule::{Rule, SourcePos, StdinMode};
+use super::rule::{Fallback, Rule, SourcePos, StdinMode};
 use super::set::RuleSet;
 use super::{Diagnostic, Severity, ADMIN_DIR, VENDOR_DIR};
 use crate::event::Event;
@@ -115,6 +115,13 @@ pub fn check(paths: &[PathBuf]) -> CheckReport {
             FileStatus::Loaded(file) => {
                 diagnostics.extend(file.diagnostics.iter().cloned());
                 for rule in &file.rules {
+                    if let Some(fb) = &rule.fallback {
+                        diagnostics.push(diag(
+                            &rule.source,
+                            Severity::Note,
+                            format!("rule {:?}: {}", rule.name, fallback_text(fb)),
+                        ));
+                    }
                     if let Some(pool) = &rule.concurrency.pool {
                         if !load.set.pool_defined(pool) {
                             diagnostics.push(diag(
@@ -245,6 +252,14 @@ pub fn run_inline_test(file: &FileRules, test: &InlineTest) -> Vec<Diagnostic> {
     out
 }
 
+/// How a rule's fallback reads in `rules check` and `rules test`.
+pub fn fallback_text(fb: &Fallback) -> String {
+    format!(
+        "fallback: every {} (runs with HARK_REASON=fallback when no job started for that long)",
+        crate::duration::format(fb.every)
+    )
+}
+
 fn json<T: Serialize + ?Sized>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_default()
 }
@@ -261,6 +276,9 @@ pub struct Fire {
     pub stdin: StdinMode,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refused: Option<String>,
+    /// The rule's safety-net interval (`6h`), if it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<String>,
 }
 
 /// One rule that does not fire, with the first condition that failed.
@@ -297,6 +315,7 @@ pub fn evaluate(set: &RuleSet, event: &Event) -> EventReport {
                     workdir: r.workdir.map(|p| p.display().to_string()),
                     stdin: r.stdin,
                     refused: None,
+                    fallback: fallback_every(rule),
                 },
                 Err(e) => Fire {
                     rule: rule.name.clone(),
@@ -305,6 +324,7 @@ pub fn evaluate(set: &RuleSet, event: &Event) -> EventReport {
                     workdir: None,
                     stdin: rule.run.stdin,
                     refused: Some(e.to_string()),
+                    fallback: fallback_every(rule),
                 },
             }),
         }
@@ -315,6 +335,12 @@ pub fn evaluate(set: &RuleSet, event: &Event) -> EventReport {
         fires,
         misses,
     }
+}
+
+fn fallback_every(rule: &Rule) -> Option<String> {
+    rule.fallback
+        .as_ref()
+        .map(|f| crate::duration::format(f.every))
 }
 
 /// The human-readable form of an [`EventReport`]; `stdin_json` is the event as the
@@ -342,6 +368,11 @@ pub fn format_report(report: &EventReport, stdin_json: &str) -> String {
                         "    stdin: batch (a JSON array of the merged events, here [{stdin_json}])\n"
                     )),
                     StdinMode::None => s.push_str("    stdin: none\n"),
+                }
+                if let Some(every) = &f.fallback {
+                    s.push_str(&format!(
+                        "    fallback: every {every} (HARK_REASON=fallback, without this event)\n"
+                    ));
                 }
             }
         }
