@@ -369,6 +369,24 @@ fn a_gap_beyond_retention_is_reported_as_unrecoverable() {
         .expect("the unrecoverable gap is reported");
     // seq 1 ran before the daemon went down; the oldest of the 60 are pruned.
     assert!(line.contains("seq 2..="), "names the seq range: {line}");
+    // The admin sees it in hark jobs.
+    let state = bus.dir.path().join("state.db");
+    let row = poll_until(WAIT, || {
+        let out = hark_command()
+            .args(["jobs", "gaps", "--json", "--state"])
+            .arg(&state)
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let line = text.lines().next()?.to_string();
+        serde_json::from_str::<serde_json::Value>(&line).ok()
+    })
+    .expect("hark jobs gaps lists the lost range");
+    assert_eq!(
+        (row["relay"].as_str(), row["first"].as_u64()),
+        (Some("r0"), Some(2)),
+        "{row}"
+    );
     // What the journal still has runs.
     let last = published.last().unwrap().clone();
     bus.wait_all_ran(&[last]);

@@ -58,6 +58,13 @@ enum JobsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Events the daemon missed and no relay could deliver again (past the journal's
+    /// retention, or a relay that started a new journal): relay, epoch, seq range, why.
+    Gaps {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn parse_state(s: &str) -> Result<State, String> {
@@ -108,6 +115,12 @@ pub fn run(args: JobsArgs) -> ExitCode {
                     println!("{}", list_line(&job));
                 }
             }
+            if let Ok(lost) = store.lost_events(1000) {
+                let events: u64 = lost.iter().map(|(r, _)| r.last - r.first + 1).sum();
+                if events > 0 && !json {
+                    eprintln!("warning: {events} event(s) were missed and could not be fetched again; see hark jobs gaps");
+                }
+            }
             ExitCode::SUCCESS
         }),
         JobsCommand::Show { id, json } => store.get(id).map(|job| match job {
@@ -139,6 +152,28 @@ pub fn run(args: JobsArgs) -> ExitCode {
                 ExitCode::SUCCESS
             }
             Some(other) => super::fail(format!("job {id} already ended ({})", other.as_str()), 1),
+        }),
+        JobsCommand::Gaps { json } => store.lost_events(1000).map(|lost| {
+            if !json {
+                println!("{:<19}  {:<16}  {:<36}  {:>21}  why", "noticed", "relay", "epoch", "seqs");
+            }
+            for (range, noticed) in lost {
+                if json {
+                    let mut v = serde_json::to_value(&range).unwrap_or_default();
+                    v["noticed"] = noticed.into();
+                    println!("{v}");
+                } else {
+                    println!(
+                        "{:<19}  {:<16}  {:<36}  {:>21}  {}",
+                        when(Some(noticed)),
+                        range.relay,
+                        range.epoch,
+                        format!("{}..={}", range.first, range.last),
+                        range.why
+                    );
+                }
+            }
+            ExitCode::SUCCESS
         }),
         JobsCommand::Fallbacks { json } => store.fallback_clocks().map(|clocks| {
             print!("{}", fallbacks(&clocks, crate::jobs::now_ms(), json));

@@ -12,6 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::sources::replay::Unrecoverable;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
@@ -246,6 +247,14 @@ CREATE TABLE IF NOT EXISTS fallback_clock (
     rule TEXT PRIMARY KEY,
     last INTEGER NOT NULL,
     every INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS lost_events (
+    relay TEXT NOT NULL,
+    epoch TEXT NOT NULL,
+    first INTEGER NOT NULL,
+    last INTEGER NOT NULL,
+    why TEXT NOT NULL,
+    noticed INTEGER NOT NULL
 );
 ";
 
@@ -676,6 +685,46 @@ impl Store {
             )?
             .execute(params![rule, at, every])?;
         Ok(())
+    }
+
+    /// Remember seqs of a relay epoch that no relay could deliver again.
+    pub fn record_lost(&mut self, lost: &Unrecoverable) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO lost_events (relay, epoch, first, last, why, noticed)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![
+                lost.relay,
+                lost.epoch,
+                i64::try_from(lost.first).unwrap_or(i64::MAX),
+                i64::try_from(lost.last).unwrap_or(i64::MAX),
+                lost.why,
+                now_ms()
+            ])?;
+        Ok(())
+    }
+
+    /// Ranges of events lost for good, newest first, with when they were noticed (ms).
+    pub fn lost_events(&self, limit: usize) -> Result<Vec<(Unrecoverable, i64)>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT relay, epoch, first, last, why, noticed FROM lost_events
+             ORDER BY noticed DESC, rowid DESC LIMIT ?1",
+        )?;
+        let rows = stmt.query_map([i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
+            let (first, last): (i64, i64) = (r.get(2)?, r.get(3)?);
+            Ok((
+                Unrecoverable {
+                    relay: r.get(0)?,
+                    epoch: r.get(1)?,
+                    first: u64::try_from(first).unwrap_or(0),
+                    last: u64::try_from(last).unwrap_or(0),
+                    why: r.get(4)?,
+                },
+                r.get(5)?,
+            ))
+        })?;
+        rows.collect()
     }
 
     /// The last sequence number seen per (relay, epoch).

@@ -27,6 +27,7 @@ use crate::jobs::report::Reporter;
 use crate::jobs::runner::{self, Finished};
 use crate::jobs::{now_ms, Cause, Effect, Launch, Scheduler, State, Store};
 use crate::metrics::Registry;
+use crate::sources::replay::UnrecoverableSink;
 use crate::systemd::{notify, NotifyState};
 
 /// Job ids reserved per block: small, so that job numbers stay readable.
@@ -62,6 +63,8 @@ pub struct JobsThread {
     pub control_tx: Sender<Control>,
     pub reload_interval: Duration,
     pub shutdown_grace: Duration,
+    /// Gaps the replay source could not fill, to keep for `hark jobs gaps`.
+    pub lost: UnrecoverableSink,
 }
 
 fn log_store_error(what: &str, e: rusqlite::Error, metrics: &Registry) {
@@ -618,6 +621,15 @@ impl Loop {
                 .filter(|(_, state)| *state == State::Pending)
                 .map(|(id, _)| id)
                 .collect();
+            let lost: Vec<_> = self
+                .t
+                .lost
+                .lock()
+                .map(|mut l| std::mem::take(&mut *l))
+                .unwrap_or_default();
+            for range in &lost {
+                store.record_lost(range)?;
+            }
             for id in self.t.sched.reconcile(&pending) {
                 if let Some(job) = store.get(id)? {
                     if job.state == State::Pending {

@@ -198,6 +198,7 @@ pub fn run(
         control_tx: control_tx.clone(),
         reload_interval: opts.reload_interval,
         shutdown_grace: opts.shutdown_grace,
+        lost,
     };
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
     let jobs = std::thread::Builder::new()
