@@ -472,3 +472,35 @@ fn fill_disk(path: &Path) {
     while f.write_all(&block).is_ok() {}
     let _ = f.sync_all();
 }
+
+#[test]
+fn a_relay_that_stops_sending_heartbeats_is_reported_and_its_return_too() {
+    let mut bus = Bus::new(1);
+    let config = write_file(bus.dir.path(), "relay.yaml", "relay:\n  heartbeat: 200ms\n");
+    bus.kill_relay(0);
+    bus.relays[0].extra = vec!["--config".into(), config.display().to_string()];
+    bus.start_relay(0);
+    bus.start_trigger();
+    wait_running(&bus);
+    let trigger = bus.trigger.as_ref().unwrap();
+    trigger
+        .stderr
+        .wait_for("first heartbeat from relay r0", WAIT)
+        .expect("the daemon hears heartbeats");
+    bus.kill_relay(0);
+    let line = bus
+        .trigger
+        .as_ref()
+        .unwrap()
+        .stderr
+        .wait_for("sent no heartbeat", WAIT)
+        .expect("a silent relay is reported");
+    assert!(line.contains("relay r0"), "{line}");
+    bus.start_relay(0);
+    bus.trigger
+        .as_ref()
+        .unwrap()
+        .stderr
+        .wait_for("sends heartbeats again", WAIT)
+        .expect("its return is reported");
+}

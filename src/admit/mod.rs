@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 pub use dedupe::Dedupe;
 pub use refusal::{Refusal, RefusalLog};
@@ -225,7 +225,13 @@ pub struct Admission {
     gaps: Vec<Gap>,
     replaying: bool,
     held: HashMap<(String, String), Held>,
+    /// Per relay: when its last heartbeat came, how often they come, and whether it was
+    /// reported silent.
+    beats: HashMap<String, (Instant, Duration, bool)>,
 }
+
+/// A relay is reported silent after this many heartbeat intervals without one.
+const SILENT_AFTER_BEATS: u32 = 3;
 
 impl Admission {
     pub fn new(
@@ -245,6 +251,7 @@ impl Admission {
             gaps: Vec::new(),
             replaying: false,
             held: HashMap::new(),
+            beats: HashMap::new(),
         }
     }
 
@@ -329,6 +336,7 @@ impl Admission {
         if let Some(beat) = Heartbeat::from_frames(&frames) {
             match beat {
                 Ok(beat) => {
+                    self.beat(&beat);
                     let gap = self
                         .sequences
                         .heartbeat(&beat.relay, &beat.epoch, beat.head);
@@ -402,6 +410,39 @@ impl Admission {
             h.through = h.through.max(gap.before - 1);
         }
         self.gaps.push(gap);
+    }
+
+    fn beat(&mut self, beat: &Heartbeat) {
+        let every = Duration::from_millis(beat.interval_ms.unwrap_or(5000).max(100));
+        match self
+            .beats
+            .insert(beat.relay.clone(), (Instant::now(), every, false))
+        {
+            None => {
+                info!(relay = %beat.relay, "first heartbeat from relay {} (one every {}s)", beat.relay, every.as_secs_f64())
+            }
+            Some((_, _, true)) => {
+                info!(relay = %beat.relay, "relay {} sends heartbeats again", beat.relay)
+            }
+            Some(_) => {}
+        }
+        self.metrics
+            .set("hark_relay_up", &[("relay", &beat.relay)], 1.0);
+        // Heartbeats of the live relays are the clock that notices the dead ones.
+        self.tick();
+    }
+
+    /// Report relays whose heartbeats stopped: call now and then, also when nothing
+    /// arrives (a dead relay sends nothing to notice it by).
+    pub fn tick(&mut self) {
+        for (relay, (last, every, silent)) in self.beats.iter_mut() {
+            if *silent || last.elapsed() < *every * SILENT_AFTER_BEATS {
+                continue;
+            }
+            *silent = true;
+            warn!(relay = %relay, "relay {relay} sent no heartbeat for {}s (one is due every {}s): it is down, or the network to it is; events it publishes meanwhile are fetched once it is back", last.elapsed().as_secs(), every.as_secs_f64());
+            self.metrics.set("hark_relay_up", &[("relay", relay)], 0.0);
+        }
     }
 
     /// Gaps found since the last call, for a source that can fetch them again (replay).

@@ -19,15 +19,19 @@ pub struct Heartbeat {
     /// The last seq published in this epoch (0 before the first).
     pub head: u64,
     pub time: String,
+    /// How often the relay sends one, so a subscriber knows when one is overdue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval_ms: Option<u64>,
 }
 
 impl Heartbeat {
-    pub fn new(relay: &str, epoch: &str, head: u64) -> Self {
+    pub fn new(relay: &str, epoch: &str, head: u64, interval: std::time::Duration) -> Self {
         Heartbeat {
             relay: relay.to_string(),
             epoch: epoch.to_string(),
             head,
             time: Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
+            interval_ms: u64::try_from(interval.as_millis()).ok(),
         }
     }
 
@@ -56,7 +60,7 @@ mod tests {
 
     #[test]
     fn heartbeats_round_trip_and_other_frames_are_not_heartbeats() {
-        let hb = Heartbeat::new("r", "e", 42);
+        let hb = Heartbeat::new("r", "e", 42, std::time::Duration::from_secs(5));
         let frames = hb.to_frames();
         assert_eq!(Heartbeat::from_frames(&frames), Some(Ok(hb)));
         assert_eq!(

@@ -383,7 +383,7 @@ pub fn run(
 
 impl Relay {
     fn heartbeat(&self, publisher: &zmq::Socket) {
-        let beat = Heartbeat::new(&self.opts.name, &self.epoch, self.seq);
+        let beat = Heartbeat::new(&self.opts.name, &self.epoch, self.seq, self.opts.heartbeat);
         if let Err(e) = publisher.send_multipart(beat.to_frames(), zmq::DONTWAIT) {
             warn!("cannot publish a heartbeat: {e}");
         }

@@ -41,6 +41,8 @@ use reload::RuleCache;
 
 /// Most events filed in one transaction.
 const INTAKE_BATCH: usize = 512;
+/// How often admission looks for relays whose heartbeats stopped.
+const TICK: Duration = Duration::from_secs(1);
 /// Frames waiting for admission.
 const FRAMES_QUEUE: usize = 10_000;
 /// Admitted bursts waiting for the jobs thread.
@@ -78,7 +80,15 @@ fn spawn_admission(
         .name("trigger-admission".into())
         .spawn(move || {
             let mut admitted = Vec::new();
-            while let Ok(first) = frames.recv() {
+            loop {
+                let first = match frames.recv_timeout(TICK) {
+                    Ok(f) => f,
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                        intake.tick();
+                        continue;
+                    }
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+                };
                 let mut burst = Vec::new();
                 let mut next = Some(first);
                 while let Some(f) = next.take() {
