@@ -11,8 +11,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{
-    free_endpoint, hark_command, keypair, poll_until, signed, spawn_ready, temp_dir, write_file,
-    Proc, TempDir,
+    free_endpoint, hark_command, keypair, poll_until, run_ok, signed, spawn_ready, temp_dir,
+    write_file, Proc, TempDir,
 };
 use hark::event::keys::SigningKey;
 use serde_json::{json, Value};
@@ -131,21 +131,15 @@ impl Bus {
 
 /// `hark jobs <args> --json` on a state file, one value per line.
 fn jobs_json(state: &Path, args: &[&str]) -> Vec<Value> {
-    let out = hark_command()
-        .arg("jobs")
+    let mut cmd = hark_command();
+    cmd.arg("jobs")
         .args(args)
         .arg("--json")
         .arg("--state")
-        .arg(state)
-        .output()
-        .expect("run hark jobs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
+        .arg(state);
+    run_ok("hark jobs", &mut cmd, WAIT)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .iter()
         .map(|l| serde_json::from_str(l).expect("a JSON line"))
         .collect()
 }
