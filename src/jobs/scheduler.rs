@@ -437,7 +437,10 @@ impl Scheduler {
             .fallback_rules
             .iter()
             .filter(|r| !self.live.contains_key(&r.name))
-            .filter_map(|r| self.fallback_due(&r.name))
+            .filter_map(|r| {
+                let every = ms(r.fallback.as_ref()?.every);
+                Some(self.clocks.get(&r.name)?.last.saturating_add(every))
+            })
             .filter(|&due| due > now_ms)
             .min();
         match (job, fallback) {
