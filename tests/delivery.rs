@@ -400,14 +400,12 @@ fn a_gap_beyond_retention_is_reported_as_unrecoverable() {
 
 #[test]
 fn a_full_journal_disk_refuses_submissions_and_recovers() {
-    if !nix::unistd::geteuid().is_root() {
-        println!("SKIPPED: needs root to mount a tmpfs");
-        return;
-    }
     let bus = Bus::new(1);
     let mnt = bus.dir.path().join("full");
-    std::fs::create_dir(&mnt).unwrap();
-    let _mount = Tmpfs::mount(&mnt, "2m");
+    let Some(_mount) = common::Tmpfs::mount(&mnt, "2m") else {
+        println!("SKIPPED: needs root to mount a tmpfs");
+        return;
+    };
     let mut bus = bus;
     bus.kill_relay(0);
     bus.relays[0].journal = mnt.join("journal.db");
@@ -417,7 +415,7 @@ fn a_full_journal_disk_refuses_submissions_and_recovers() {
         "publishing works before the disk fills"
     );
     let filler = mnt.join("filler");
-    fill_disk(&filler);
+    common::fill_disk(&filler);
     let key = bus.dir.path().join("trusted/archive.key_secret");
     let out = hark_command()
         .args([
@@ -441,40 +439,6 @@ fn a_full_journal_disk_refuses_submissions_and_recovers() {
         poll_until(WAIT, || bus.publish(1)).is_some(),
         "the relay takes events again once there is space"
     );
-}
-
-/// A tmpfs mounted for one test (root only), unmounted when dropped.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(at: &Path, size: &str) -> Tmpfs {
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(at)
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        assert!(ok, "mount a tmpfs at {}", at.display());
-        Tmpfs(at.to_path_buf())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
-}
-
-/// Write zeros to `path` until the file system is full.
-fn fill_disk(path: &Path) {
-    use std::io::Write;
-    let mut f = std::fs::File::create(path).unwrap();
-    let block = vec![0u8; 64 * 1024];
-    while f.write_all(&block).is_ok() {}
-    let _ = f.sync_all();
 }
 
 #[test]

@@ -7,7 +7,6 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{
@@ -260,53 +259,13 @@ fn the_fallback_clock_continues_across_a_restart() {
     );
 }
 
-/// A tmpfs mounted for the test, unmounted (lazily, if still busy) when dropped.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    /// `None` when this process may not mount (not root, or no mount permission).
-    fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
-        if !nix::unistd::geteuid().is_root() {
-            return None;
-        }
-        std::fs::create_dir_all(dir).ok()?;
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .status()
-            .is_ok_and(|s| s.success());
-        ok.then(|| Tmpfs(dir.to_path_buf()))
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let clean = Command::new("umount")
-            .arg(&self.0)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !clean {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-}
-
-/// Write to `path` until the file system says it is full.
-fn fill(path: &Path) {
-    use std::io::Write;
-    let mut f = std::fs::File::create(path).expect("create the filler");
-    let chunk = vec![0u8; 4096];
-    while f.write_all(&chunk).is_ok() {}
-    let _ = f.sync_all();
-}
-
 #[test]
 fn a_full_state_disk_holds_events_back_and_loses_none() {
     let bus = Bus::new(&[
         rule("warm", "_lk.test.warm", ""),
         rule("sink", "_lk.test.sink", ""),
     ]);
-    let Some(disk) = Tmpfs::mount(&bus.path("state"), "4m") else {
+    let Some(disk) = common::Tmpfs::mount(&bus.path("state"), "4m") else {
         println!("SKIPPED: needs root for tmpfs");
         return;
     };
@@ -321,7 +280,7 @@ fn a_full_state_disk_holds_events_back_and_loses_none() {
     assert!(warm.is_some(), "the trigger never ran the warm-up event");
 
     let filler = disk.0.join("filler");
-    fill(&filler);
+    common::fill_disk(&filler);
     let sent: BTreeSet<String> = (0..40).map(|_| bus.send("_lk.test.sink")).collect();
     for attempt in 1..=3 {
         trigger

@@ -376,3 +376,46 @@ pub fn keypair(dir: &Path, id: &str) -> hark::event::keys::SigningKey {
     write_keypair(dir, &meta, &key).expect("write keypair");
     key
 }
+
+/// A tmpfs mounted for the test, unmounted (lazily, if still busy) when dropped.
+pub struct Tmpfs(pub PathBuf);
+
+impl Tmpfs {
+    /// `None` when this process may not mount (not root, or no mount permission).
+    pub fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
+        if !nix::unistd::geteuid().is_root() {
+            return None;
+        }
+        std::fs::create_dir_all(dir).ok()?;
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Tmpfs(dir.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let clean = std::process::Command::new("umount")
+            .arg(&self.0)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !clean {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+}
+
+/// Write to `path` until the file system says it is full.
+pub fn fill_disk(path: &Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).expect("create the filler");
+    let chunk = vec![0u8; 4096];
+    while f.write_all(&chunk).is_ok() {}
+    let _ = f.sync_all();
+}
