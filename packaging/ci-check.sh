@@ -429,6 +429,11 @@ check_hello_job || fail "the hello job is not what the rule says"
 log_has_output() { grep -v 'argv=' "$tmp/trigger.log" | grep -q 'hello, ci'; }
 wait_for "the job's output 'hello, ci' in the trigger's log" log_has_output
 grep -v 'argv=' "$tmp/trigger.log" | grep -m1 'hello, ci'
+# The packaged relay journals what it publishes, and the trigger hears its heartbeats.
+[[ -s /var/lib/hark/journal.db ]] || fail "the relay wrote no journal at /var/lib/hark/journal.db"
+[[ $(stat -c %U /var/lib/hark/journal.db) == hark ]] || fail "the journal is not owned by hark"
+heard_heartbeat() { grep -q 'first heartbeat from relay' "$tmp/trigger.log"; }
+wait_for "a relay heartbeat in the trigger's log" heard_heartbeat
 
 # ---------------------------------------------------------------------------------------
 phase "reload and stop as systemd does"
