@@ -48,7 +48,7 @@ enum Command {
     Keygen(keygen::KeygenArgs),
     /// Run a relay: accept, verify, countersign and publish events.
     Relay(relay::RelayArgs),
-    /// Sign an event and submit it to a relay; exits 0 once the relay has published it.
+    /// Sign an event and submit it to every relay; exits 0 once one has it, spools it when none answers.
     Publish(publish::PublishArgs),
     /// Print events from one or more relays, verified, as they arrive.
     Tail(tail::TailArgs),

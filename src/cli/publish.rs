@@ -76,7 +76,7 @@ pub struct PublishArgs {
     /// Deliver the spooled events in order instead of publishing a new one.
     #[arg(long, conflicts_with_all = ["tag", "data", "data_file", "author"])]
     flush_spool: bool,
-    /// Configuration file (for ZeroMQ options).
+    /// Configuration file (publish.* and ZeroMQ options).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
 }
