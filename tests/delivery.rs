@@ -9,8 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::{
-    free_endpoint, hark_command, keypair, poll_until, spawn_ready, temp_dir, write_file, Proc,
-    TempDir,
+    free_endpoint, hark_command, poll_until, spawn_ready, temp_dir, write_file, Proc, TempDir,
 };
 use hark::bus::ack::AckStatus;
 use hark::bus::publish::{build_event, submit, submit_all, Target};
@@ -53,13 +52,7 @@ struct Bus {
 impl Bus {
     fn new(relays: usize) -> Bus {
         let dir = temp_dir();
-        let trusted = dir.path().join("trusted");
-        std::fs::create_dir_all(&trusted).unwrap();
-        let key = keypair(&trusted, "archive");
-        let keys = dir.path().join("relay-keys");
-        std::fs::create_dir_all(&keys).unwrap();
-        keypair(&keys, "relay");
-        std::fs::copy(keys.join("relay.key"), trusted.join("relay.key")).unwrap();
+        let keys = common::test_keys(dir.path());
         let d = dir.path().display().to_string();
         write_file(
             &dir.path().join("rules.d"),
@@ -79,9 +72,9 @@ impl Bus {
             .collect();
         let mut bus = Bus {
             dir,
-            trusted,
-            relay_key: keys.join("relay.key_secret"),
-            key,
+            trusted: keys.trusted,
+            relay_key: keys.relay_secret,
+            key: keys.archive,
             relays,
             trigger: None,
         };

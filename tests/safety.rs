@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::{
-    free_endpoint, hark_command, keypair, poll_until, run_ok, signed, spawn_ready, temp_dir,
-    write_file, Proc, TempDir,
+    free_endpoint, hark_command, poll_until, run_ok, signed, spawn_ready, temp_dir, write_file,
+    Proc, TempDir,
 };
 use hark::event::keys::SigningKey;
 use serde_json::{json, Value};
@@ -48,15 +48,11 @@ impl Bus {
     /// expanded) go to the rule directory.
     fn new(rules: &[String]) -> Bus {
         let dir = temp_dir();
-        let trusted = dir.path().join("trusted");
-        let relay_keys = dir.path().join("relay-keys");
-        for d in [&trusted, &relay_keys] {
-            std::fs::create_dir_all(d).expect("key directory");
-        }
-        let key = keypair(&trusted, "archive");
-        keypair(&relay_keys, "relay");
-        std::fs::copy(relay_keys.join("relay.key"), trusted.join("relay.key"))
-            .expect("trust the relay");
+        let common::TestKeys {
+            trusted,
+            archive: key,
+            relay_secret,
+        } = common::test_keys(dir.path());
         let text = format!("rules:\n{}", rules.concat())
             .replace("@DIR@", &dir.path().display().to_string());
         write_file(&dir.path().join("rules.d"), "50-safety.yaml", &text);
@@ -67,7 +63,7 @@ impl Bus {
             .args(["relay", "--name", "r1", "--grant", "archive=**"])
             .args(["--submit", &submit, "--publish", &publish])
             .arg("--key")
-            .arg(relay_keys.join("relay.key_secret"))
+            .arg(&relay_secret)
             .arg("--trusted")
             .arg(&trusted);
         let relay = spawn_ready("relay", &mut relay, "relay ready");

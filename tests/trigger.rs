@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::messages::python_fedmsg_body;
 use common::{
-    event_bytes, free_endpoint, hark_command, keypair, poll_until, signed, spawn_ready, temp_dir,
+    event_bytes, free_endpoint, hark_command, poll_until, signed, spawn_ready, temp_dir,
     write_file, Proc, TempDir,
 };
 use hark::event::keys::SigningKey;
@@ -50,13 +50,11 @@ impl Stack {
     /// Like `start`, with `config_yaml` (`@DIR@` expanded) as the daemon's hark.yaml.
     fn start_with(rules_yaml: &str, config_yaml: &str) -> Stack {
         let dir = temp_dir();
-        let trusted = dir.path().join("trusted");
-        std::fs::create_dir_all(&trusted).unwrap();
-        let key = keypair(&trusted, "archive");
-        let relay_keys = dir.path().join("relay-keys");
-        std::fs::create_dir_all(&relay_keys).unwrap();
-        keypair(&relay_keys, "relay");
-        std::fs::copy(relay_keys.join("relay.key"), trusted.join("relay.key")).unwrap();
+        let common::TestKeys {
+            trusted,
+            archive: key,
+            relay_secret,
+        } = common::test_keys(dir.path());
         let rules = dir.path().join("rules.d");
         let d = dir.path().display().to_string();
         write_file(&rules, "00-warmup.yaml", &WARMUP_RULE.replace("@DIR@", &d));
@@ -77,7 +75,7 @@ impl Stack {
                     "r1",
                 ])
                 .arg("--key")
-                .arg(relay_keys.join("relay.key_secret"))
+                .arg(&relay_secret)
                 .arg("--trusted")
                 .arg(&trusted),
             "relay ready",

@@ -365,6 +365,32 @@ pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
     path
 }
 
+/// The keys of a test bus under `dir`: a publisher `archive` and a relay key `relay`,
+/// both public halves in `dir/trusted`.
+pub struct TestKeys {
+    pub trusted: PathBuf,
+    pub archive: hark::event::keys::SigningKey,
+    /// The relay's secret keyfile.
+    pub relay_secret: PathBuf,
+}
+
+pub fn test_keys(dir: &Path) -> TestKeys {
+    let trusted = dir.join("trusted");
+    let relay_keys = dir.join("relay-keys");
+    for d in [&trusted, &relay_keys] {
+        std::fs::create_dir_all(d).expect("key directory");
+    }
+    let archive = keypair(&trusted, "archive");
+    keypair(&relay_keys, "relay");
+    std::fs::copy(relay_keys.join("relay.key"), trusted.join("relay.key"))
+        .expect("trust the relay");
+    TestKeys {
+        trusted,
+        archive,
+        relay_secret: relay_keys.join("relay.key_secret"),
+    }
+}
+
 /// A new Ed25519 key pair named `id`, written to `dir` as `id.key` and `id.key_secret`.
 pub fn keypair(dir: &Path, id: &str) -> hark::event::keys::SigningKey {
     use hark::event::keys::{write_keypair, KeyMetadata, SigningKey};
