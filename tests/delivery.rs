@@ -46,6 +46,8 @@ struct Bus {
     relay_key: PathBuf,
     key: SigningKey,
     relays: Vec<Relay>,
+    /// The trigger's hark.yaml.
+    trigger_yaml: String,
     trigger: Option<Proc>,
 }
 
@@ -76,6 +78,7 @@ impl Bus {
             relay_key: keys.relay_secret,
             key: keys.archive,
             relays,
+            trigger_yaml: String::new(),
             trigger: None,
         };
         for i in 0..bus.relays.len() {
@@ -129,7 +132,7 @@ impl Bus {
             .arg("--trusted")
             .arg(&self.trusted)
             .arg("--config")
-            .arg(write_file(self.dir.path(), "hark.yaml", ""));
+            .arg(write_file(self.dir.path(), "hark.yaml", &self.trigger_yaml));
         self.trigger = Some(spawn_ready("trigger", &mut cmd, "trigger ready"));
     }
 
@@ -260,6 +263,21 @@ fn events_published_while_the_trigger_is_down_run_after_it_comes_back_in_order()
         .filter(|u| published.contains(u))
         .collect();
     assert_eq!(ran, published, "in publish order");
+}
+
+#[test]
+fn events_fetched_after_a_downtime_longer_than_max_age_still_run() {
+    let mut bus = Bus::new(1);
+    // Live events older than 2 s are refused as stale; the daemon is down for longer.
+    bus.trigger_yaml = "trust:\n  max_age: 2s\n".into();
+    bus.start_trigger();
+    wait_running(&bus);
+    bus.kill_trigger();
+    let published: Vec<String> = (0..20).map(|n| bus.publish(n).expect("acked")).collect();
+    std::thread::sleep(Duration::from_secs(3));
+    bus.start_trigger();
+    let counts = bus.wait_all_ran(&published);
+    assert!(published.iter().all(|u| counts[u] == 1), "each ran once");
 }
 
 #[test]

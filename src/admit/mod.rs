@@ -108,11 +108,22 @@ impl Gate {
         Ok(event)
     }
 
-    /// Frames from a PUB socket (a relay, or a fedmsg endpoint).
-    pub fn check_frames(&self, frames: Vec<Vec<u8>>, now: DateTime<Utc>) -> Result<Event, Refused> {
+    /// Frames from a PUB socket (a relay, or a fedmsg endpoint), or from a relay's journal
+    /// (`from_journal`).
+    pub fn check_frames(
+        &self,
+        frames: Vec<Vec<u8>>,
+        now: DateTime<Utc>,
+        from_journal: bool,
+    ) -> Result<Event, Refused> {
         self.fits(frames.iter().map(Vec::len).sum())?;
         let mut event = Event::from_frames(frames)?;
-        self.trust(&mut event, now)?;
+        let at = if from_journal {
+            taken_in_at(&event, now)
+        } else {
+            now
+        };
+        self.trust(&mut event, at)?;
         Ok(event)
     }
 
@@ -137,6 +148,19 @@ impl Gate {
             }),
         }
     }
+}
+
+/// When the relay took a journaled event in, by its stamp; `now` if that is unknown or
+/// later. A subscriber that was down for longer than `trust.max_age` must still run what
+/// it missed, so a fetched event's age is judged when the relay admitted it, not when the
+/// subscriber came back: the relay checked it against the same window then.
+fn taken_in_at(event: &Event, now: DateTime<Utc>) -> DateTime<Utc> {
+    event
+        .relay
+        .as_ref()
+        .and_then(|stamp| parse_event_time(&stamp.received))
+        .filter(|at| *at <= now)
+        .unwrap_or(now)
 }
 
 /// Metric names, so the relay and the subscribers keep the counters they always had.
@@ -353,7 +377,10 @@ impl Admission {
         self.metrics.inc("hark_events_received_total", &[]);
         let now = Utc::now();
         let checked = match self.mode {
-            Mode::Enforce => self.gate.check_frames(frames, now).map(|e| (e, None)),
+            Mode::Enforce => self
+                .gate
+                .check_frames(frames, now, replayed.is_some())
+                .map(|e| (e, None)),
             Mode::Observe => Event::from_frames(frames).map_err(Refused::from).map(|e| {
                 let report = sign::check(&e.body, self.gate.policy().keyring());
                 (e, Some(report))
