@@ -6,6 +6,8 @@
 //! - [`publish`] is the submitting client that waits for the relays' acks, and [`spool`]
 //!   keeps what no relay took in time;
 //! - [`heartbeat`] is the relay's periodic `{relay, epoch, head}` frame;
+//! - [`journal_thread`] writes the relay's journal and answers replay beside its socket
+//!   thread;
 //! - [`subscribe`] receives published events from one or more relays.
 //!
 //! Whether an event may pass is decided by [`crate::admit`], never here.
@@ -15,6 +17,7 @@
 
 pub mod ack;
 pub mod heartbeat;
+pub mod journal_thread;
 pub mod publish;
 pub mod relay;
 pub mod socket;

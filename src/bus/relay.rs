@@ -4,7 +4,9 @@
 //! SUB, and an inproc doorbell); `workers` threads verify and countersign native events,
 //! which is where the CPU goes. Submissions carry a ticket so that results are published
 //! in arrival order whatever worker finishes first. The socket thread then drops duplicate
-//! uuids, stamps `unsigned: {relay, epoch, seq, received}`, publishes and acks.
+//! uuids, stamps `unsigned: {relay, epoch, seq, received}`, and hands each poll round to
+//! the journal thread ([`super::journal_thread`]); once the round is on disk it publishes
+//! and acks it. Without a journal it publishes at once.
 //!
 //! fedmsg frames from the inbound SUB are checked (two frames, JSON, frame 0 equal to the
 //! body's topic, size) and forwarded byte for byte: fedmsg signatures cover re-serialized
@@ -24,12 +26,13 @@ use tracing::{info, warn};
 
 use super::ack::{Ack, AckStatus};
 use super::heartbeat::Heartbeat;
+use super::journal_thread::{self, JournalThread, Journaled, Round, Written};
 use super::socket::{bind_all, new_socket};
 use crate::admit::{Counters, Dedupe, Gate, Refusal, Refusals, Refused, TrustPolicy};
 use crate::config::{RelayConfig, TrustConfig, ZmqConfig};
 use crate::event::keys::SigningKey;
 use crate::event::{canonical, sign, Event};
-use crate::journal::replay::{self, MAX_CHUNK};
+use crate::journal::replay::MAX_CHUNK;
 use crate::journal::{Journal, NewEntry, Retention};
 use crate::metrics::Registry;
 
@@ -39,6 +42,9 @@ const DOORBELL: &str = "inproc://hark-relay-doorbell";
 const RESTART_DEDUPE_LIMIT: usize = 200_000;
 /// Submissions waiting for a worker; beyond this the ROUTER's own queue absorbs bursts.
 const QUEUE_DEPTH: usize = 4096;
+/// Rounds handed to the journal and not yet written; beyond this the relay stops reading
+/// its inputs until the disk catches up, so memory stays bounded.
+const ROUNDS_IN_FLIGHT: usize = 4;
 
 /// Everything the relay needs, resolved from config and flags.
 pub struct RelayOptions {
@@ -130,6 +136,40 @@ struct Verdict {
     outcome: Result<Event, Refused>,
 }
 
+/// After a restart, the uuids journaled within the dedupe window are duplicates still:
+/// a publisher resending because its ack was lost in the crash gets `duplicate`, not a
+/// second copy on the bus.
+fn remember_journaled(journal: &Journal, dedupe: &mut Dedupe, opts: &RelayOptions) {
+    let now = chrono::Utc::now().timestamp_millis();
+    let window = i64::try_from(opts.dedupe_window.as_millis()).unwrap_or(i64::MAX);
+    let limit = opts.dedupe_capacity.clamp(1, RESTART_DEDUPE_LIMIT);
+    // The newest ones: a crash loses the acks of the last events, not the first.
+    let recent = journal
+        .seqs_for_time(now.saturating_sub(window), now)
+        .and_then(|span| match span {
+            Some((first, last)) => {
+                let from = first.max(last.saturating_sub(limit as u64 - 1));
+                journal.range(from, limit)
+            }
+            None => Ok(Vec::new()),
+        });
+    match recent {
+        Ok(entries) => {
+            let at = Instant::now();
+            for e in &entries {
+                dedupe.first_seen(&e.uuid, at);
+            }
+            if !entries.is_empty() {
+                info!(
+                    "remembered {} uuid(s) from the journal as already published",
+                    entries.len()
+                );
+            }
+        }
+        Err(e) => warn!("cannot read recent uuids from the journal: {e}"),
+    }
+}
+
 /// Admission, then the countersignature: the CPU-heavy part, on a worker thread.
 fn verify(
     gate: &Gate,
@@ -181,7 +221,7 @@ fn worker(
 }
 
 /// An event ready to publish, waiting for the journal's commit.
-struct Outgoing {
+pub struct Outgoing {
     frames: Vec<Vec<u8>>,
     topic: String,
     uuid: String,
@@ -191,6 +231,17 @@ struct Outgoing {
     reply: Option<Origin>,
 }
 
+impl Journaled for Outgoing {
+    fn entry(&self) -> NewEntry<'_> {
+        NewEntry {
+            frames: &self.frames,
+            topic: &self.topic,
+            uuid: &self.uuid,
+            received_ms: self.received_ms,
+        }
+    }
+}
+
 /// The socket thread's state.
 struct Relay {
     opts: RelayOptions,
@@ -198,7 +249,12 @@ struct Relay {
     epoch: String,
     /// The last seq published.
     seq: u64,
-    journal: Option<Journal>,
+    /// The last seq stamped into an event handed to the journal (`seq` without one).
+    staged: u64,
+    /// Bumped when a round fails: the rounds staged after it carry seqs that will not be.
+    generation: u64,
+    journal: Option<JournalThread<Outgoing>>,
+    rounds_in_flight: usize,
     /// Staged this round: journaled together (one fsync), then published and acked.
     outbox: Vec<Outgoing>,
     gate: Gate,
@@ -237,7 +293,7 @@ pub fn run(
         bind_all(&sub, &opts.fedmsg_inbound, "fedmsg inbound")?;
         Some(sub)
     };
-    let journal = match &opts.journal {
+    let mut journal = match &opts.journal {
         Some(path) => Some(
             Journal::open(path, opts.retention)
                 .with_context(|| format!("opening the relay journal {}", path.display()))?,
@@ -299,27 +355,47 @@ pub fn run(
         replay = %replay.as_ref().map(|_| opts.replay.join(" ")).unwrap_or_else(|| "off".into()),
         "relay ready"
     );
+
+    let mut dedupe = Dedupe::new(opts.dedupe_window, opts.dedupe_capacity);
+    let epoch = journal
+        .as_ref()
+        .map(|j| j.epoch().to_string())
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let seq = journal.as_ref().map_or(0, |j| j.next_seq() - 1);
+    let journal = match journal.as_mut() {
+        Some(j) => {
+            journal_thread::prune(j);
+            remember_journaled(j, &mut dedupe, &opts);
+            let j = journal.take().context("the journal vanished")?;
+            Some(JournalThread::start(
+                &ctx,
+                j,
+                replay,
+                DOORBELL,
+                metrics.clone(),
+            )?)
+        }
+        None => None,
+    };
     ready();
 
     let mut relay = Relay {
-        dedupe: Dedupe::new(opts.dedupe_window, opts.dedupe_capacity),
+        dedupe,
         refusals: Refusals::new(metrics.clone(), Counters::RELAY),
         gate,
         opts,
         metrics,
-        epoch: journal
-            .as_ref()
-            .map(|j| j.epoch().to_string())
-            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
-        seq: journal.as_ref().map_or(0, |j| j.next_seq() - 1),
+        epoch,
+        seq,
+        staged: seq,
+        generation: 0,
         journal,
+        rounds_in_flight: 0,
         outbox: Vec::new(),
         next_ticket: 0,
         next_release: 0,
         pending: BTreeMap::new(),
     };
-    relay.prune();
-    relay.remember_journaled();
     let mut last_stats = Instant::now();
     let mut last_heartbeat = Instant::now();
     while !shutdown.load(Ordering::Relaxed) {
@@ -327,19 +403,21 @@ pub fn run(
             relay.heartbeat(&publisher);
             last_heartbeat = Instant::now();
         }
-        let mut items = vec![
-            router.as_poll_item(if job_tx.len() < QUEUE_DEPTH {
+        // While the journal is behind, inputs wait in their sockets' queues.
+        let disk_ok = relay.rounds_in_flight < ROUNDS_IN_FLIGHT;
+        let wanted = |ok: bool| {
+            if ok {
                 zmq::POLLIN
             } else {
                 zmq::PollEvents::empty()
-            }),
+            }
+        };
+        let mut items = vec![
+            router.as_poll_item(wanted(disk_ok && job_tx.len() < QUEUE_DEPTH)),
             doorbell.as_poll_item(zmq::POLLIN),
         ];
         if let Some(sub) = &fedmsg {
-            items.push(sub.as_poll_item(zmq::POLLIN));
-        }
-        if let Some(socket) = &replay {
-            items.push(socket.as_poll_item(zmq::POLLIN));
+            items.push(sub.as_poll_item(wanted(disk_ok)));
         }
         match zmq::poll(&mut items, 200) {
             Ok(_) => {}
@@ -348,11 +426,11 @@ pub fn run(
         }
         let (submit_ready, bell_ready) = (items[0].is_readable(), items[1].is_readable());
         let fedmsg_ready = fedmsg.is_some() && items.get(2).is_some_and(|i| i.is_readable());
-        let replay_ready = items.last().is_some_and(|i| i.is_readable()) && replay.is_some();
         drop(items);
         if bell_ready {
             while doorbell.recv_bytes(zmq::DONTWAIT).is_ok() {}
         }
+        relay.collect_written(&router, &publisher);
         while let Ok(verdict) = result_rx.try_recv() {
             relay.pending.insert(verdict.ticket, verdict);
         }
@@ -364,12 +442,8 @@ pub fn run(
             relay.read_fedmsg(sub);
         }
         relay.flush(&router, &publisher);
-        if let (true, Some(socket)) = (replay_ready, &replay) {
-            relay.answer_replays(socket);
-        }
         if last_stats.elapsed() > Duration::from_secs(60) {
             relay.refusals.roll();
-            relay.prune();
             last_stats = Instant::now();
         }
     }
@@ -377,6 +451,12 @@ pub fn run(
     drop(job_tx);
     for h in handles {
         let _ = h.join();
+    }
+    // What is on its way to the disk is still published and acked.
+    if let Some(journal) = relay.journal.take() {
+        for written in journal.finish() {
+            relay.settle(&router, &publisher, written);
+        }
     }
     Ok(())
 }
@@ -479,7 +559,7 @@ impl Relay {
             );
             return;
         }
-        let seq = self.seq + self.outbox.len() as u64 + 1;
+        let seq = self.staged + self.outbox.len() as u64 + 1;
         if let Some(obj) = event.body.as_object_mut() {
             obj.insert(
                 "unsigned".into(),
@@ -514,46 +594,94 @@ impl Relay {
     /// Journal what was staged this round in one transaction, then publish and ack it; if
     /// the journal cannot take it, refuse it all (nothing un-journaled is ever acked) and
     /// forget the uuids, so the publishers' resends are not taken for duplicates.
+    /// Hand the round to the journal, or without one publish it at once.
     fn flush(&mut self, router: &zmq::Socket, publisher: &zmq::Socket) {
         if self.outbox.is_empty() {
             return;
         }
-        let outbox = std::mem::take(&mut self.outbox);
-        if let Some(journal) = self.journal.as_mut() {
-            let entries: Vec<NewEntry<'_>> = outbox
-                .iter()
-                .map(|o| NewEntry {
-                    frames: &o.frames,
-                    topic: &o.topic,
-                    uuid: &o.uuid,
-                    received_ms: o.received_ms,
-                })
-                .collect();
-            if let Err(e) = journal.append_batch(&entries) {
-                self.metrics.inc("hark_relay_journal_errors_total", &[]);
-                let refusal = Refusal::JournalUnavailable(e.to_string());
-                for o in outbox {
-                    self.dedupe.forget(&o.uuid);
-                    match &o.reply {
-                        Some(origin) => {
-                            self.refuse(router, "submitted", origin, Some(&o.uuid), &refusal)
-                        }
-                        None => self.refusals.refuse("fedmsg", Some(&o.uuid), &refusal),
-                    }
-                }
-                return;
+        let Some(journal) = &self.journal else {
+            let events = std::mem::take(&mut self.outbox);
+            self.staged += events.len() as u64;
+            self.publish(router, publisher, events);
+            return;
+        };
+        if self.rounds_in_flight >= ROUNDS_IN_FLIGHT {
+            return;
+        }
+        let events = std::mem::take(&mut self.outbox);
+        let round = Round {
+            first_seq: self.staged + 1,
+            generation: self.generation,
+            events,
+        };
+        let n = round.events.len() as u64;
+        match journal.append(round) {
+            Ok(()) => {
+                self.staged += n;
+                self.rounds_in_flight += 1;
             }
-            if journal.stored_bytes() > self.opts.retention.max_bytes {
-                self.prune();
+            Err(round) => self.refuse_round(router, round.events, "the journal thread stopped"),
+        }
+    }
+
+    /// Publish and ack the rounds the journal has written; refuse the ones it could not.
+    fn collect_written(&mut self, router: &zmq::Socket, publisher: &zmq::Socket) {
+        let written: Vec<Written<Outgoing>> = match &self.journal {
+            Some(journal) => journal.written().collect(),
+            None => return,
+        };
+        for w in written {
+            self.rounds_in_flight = self.rounds_in_flight.saturating_sub(1);
+            self.settle(router, publisher, w);
+        }
+    }
+
+    fn settle(&mut self, router: &zmq::Socket, publisher: &zmq::Socket, w: Written<Outgoing>) {
+        let Round {
+            first_seq,
+            generation,
+            events,
+        } = w.round;
+        match w.result {
+            Ok(()) => self.publish(router, publisher, events),
+            Err(why) => {
+                if generation == self.generation {
+                    // Seqs from `first_seq` on were not used: stage from there again. What
+                    // is staged but not handed over carries later seqs, so it goes too.
+                    self.generation += 1;
+                    self.staged = first_seq - 1;
+                    let held = std::mem::take(&mut self.outbox);
+                    self.refuse_round(router, held, &why);
+                }
+                self.refuse_round(router, events, &why);
             }
         }
-        for o in outbox {
+    }
+
+    /// Refuse every event of a round that was not journaled, so that its publishers retry.
+    fn refuse_round(&mut self, router: &zmq::Socket, events: Vec<Outgoing>, why: &str) {
+        let refusal = Refusal::JournalUnavailable(why.to_string());
+        for o in events {
+            self.dedupe.forget(&o.uuid);
+            match &o.reply {
+                Some(origin) => self.refuse(router, "submitted", origin, Some(&o.uuid), &refusal),
+                None => self.refusals.refuse("fedmsg", Some(&o.uuid), &refusal),
+            }
+        }
+    }
+
+    fn publish(&mut self, router: &zmq::Socket, publisher: &zmq::Socket, events: Vec<Outgoing>) {
+        let (mut native, mut fedmsg) = (0.0, 0.0);
+        for o in events {
             self.seq += 1;
             if let Err(e) = publisher.send_multipart(&o.frames, 0) {
                 warn!(uuid = %o.uuid, "cannot publish: {e}");
             }
-            self.metrics
-                .inc("hark_relay_published_total", &[("format", o.format)]);
+            if o.format == "fedmsg" {
+                fedmsg += 1.0;
+            } else {
+                native += 1.0;
+            }
             if let Some(origin) = &o.reply {
                 self.reply(
                     router,
@@ -568,84 +696,22 @@ impl Relay {
                 );
             }
         }
-    }
-
-    /// Answer what the replay socket has queued, from the journal (bounded per round).
-    fn answer_replays(&mut self, socket: &zmq::Socket) {
-        let Some(journal) = &self.journal else { return };
-        for _ in 0..16 {
-            let Ok(request) = socket.recv_multipart(zmq::DONTWAIT) else {
-                return;
-            };
-            self.metrics.inc("hark_relay_replay_requests_total", &[]);
-            for message in replay::serve(journal, &request) {
-                if let Err(e) = socket.send_multipart(message, zmq::DONTWAIT) {
-                    warn!("cannot answer a replay request: {e}");
-                    break;
-                }
-            }
-        }
-    }
-
-    /// After a restart, the uuids journaled within the dedupe window are duplicates still:
-    /// a publisher resending because its ack was lost in the crash gets `duplicate`, not a
-    /// second copy on the bus.
-    fn remember_journaled(&mut self) {
-        let Some(journal) = &self.journal else { return };
-        let now = chrono::Utc::now().timestamp_millis();
-        let window = i64::try_from(self.opts.dedupe_window.as_millis()).unwrap_or(i64::MAX);
-        let limit = self.opts.dedupe_capacity.clamp(1, RESTART_DEDUPE_LIMIT);
-        // The newest ones: a crash loses the acks of the last events, not the first.
-        let recent = journal
-            .seqs_for_time(now.saturating_sub(window), now)
-            .and_then(|span| match span {
-                Some((first, last)) => {
-                    let from = first.max(last.saturating_sub(limit as u64 - 1));
-                    journal.range(from, limit)
-                }
-                None => Ok(Vec::new()),
-            });
-        match recent {
-            Ok(entries) => {
-                let at = Instant::now();
-                for e in &entries {
-                    self.dedupe.first_seen(&e.uuid, at);
-                }
-                if !entries.is_empty() {
-                    info!(
-                        "remembered {} uuid(s) from the journal as already published",
-                        entries.len()
-                    );
-                }
-            }
-            Err(e) => warn!("cannot read recent uuids from the journal: {e}"),
-        }
-    }
-
-    /// Drop journal rows beyond retention, a bounded batch at a time.
-    fn prune(&mut self) {
-        let Some(journal) = self.journal.as_mut() else {
-            return;
-        };
-        for _ in 0..10 {
-            match journal.prune(chrono::Utc::now().timestamp_millis()) {
-                Ok(p) if p.more => continue,
-                Ok(_) => return,
-                Err(e) => {
-                    warn!("cannot prune the journal: {e}");
-                    return;
-                }
+        // Once per round: a counter update formats its series name.
+        for (format, n) in [("laniakea", native), ("fedmsg", fedmsg)] {
+            if n > 0.0 {
+                self.metrics
+                    .add("hark_relay_published_total", &[("format", format)], n);
             }
         }
     }
 
     fn read_fedmsg(&mut self, sub: &zmq::Socket) {
+        let mut received = 0.0;
         for _ in 0..1024 {
             let Ok(frames) = sub.recv_multipart(zmq::DONTWAIT) else {
-                return;
+                break;
             };
-            self.metrics
-                .inc("hark_relay_received_total", &[("source", "fedmsg")]);
+            received += 1.0;
             let uuid = match self.gate.check_fedmsg_passthrough(&frames) {
                 Ok(id) => id,
                 Err(refused) => {
@@ -669,6 +735,13 @@ impl Relay {
                 format: "fedmsg",
                 reply: None,
             });
+        }
+        if received > 0.0 {
+            self.metrics.add(
+                "hark_relay_received_total",
+                &[("source", "fedmsg")],
+                received,
+            );
         }
     }
 

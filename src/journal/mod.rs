@@ -288,6 +288,10 @@ impl Journal {
         &self.epoch
     }
 
+    pub fn retention(&self) -> Retention {
+        self.retention
+    }
+
     /// The seq the next append gets. The relay stamps it into the event before building
     /// the frames it then appends.
     pub fn next_seq(&self) -> u64 {
