@@ -3,10 +3,11 @@
 //! The socket thread stages what one poll round released and hands the round over; this
 //! thread appends it in one transaction (one fsync) and hands it back to be published and
 //! acked. While it waits for the disk, the socket thread goes on receiving and verifying,
-//! so an fsync costs each event latency, not the relay throughput. Rounds are appended in
-//! the order they were handed over, and a round whose first seq does not follow the
-//! journal's head (an earlier round failed) is refused too: the seqs stamped into its
-//! events would not be the seqs it was journaled under.
+//! so an fsync costs each event latency, not the relay throughput. The rounds that queued
+//! up meanwhile go to disk together (one transaction, one fsync), in the order they were
+//! handed over. A round whose first seq does not follow the journal's head (an earlier
+//! round failed) is refused: the seqs stamped into its events would not be the seqs it
+//! was journaled under.
 
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -149,18 +150,24 @@ impl Writer {
                 items.get(1).is_some_and(|i| i.is_readable())
             };
             while self.inbox.recv_bytes(zmq::DONTWAIT).is_ok() {}
-            loop {
+            let mut queued = Vec::new();
+            let closed = loop {
                 match rounds.try_recv() {
-                    Ok(round) => {
-                        let result = self.append(&round);
-                        if written.send(Written { round, result }).is_err() {
-                            return;
-                        }
-                        let _ = self.wake.send(&b""[..], zmq::DONTWAIT);
-                    }
-                    Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Disconnected) => return,
+                    Ok(round) => queued.push(round),
+                    Err(TryRecvError::Empty) => break false,
+                    Err(TryRecvError::Disconnected) => break true,
                 }
+            };
+            if !queued.is_empty() {
+                for w in self.append(queued) {
+                    if written.send(w).is_err() {
+                        return;
+                    }
+                }
+                let _ = self.wake.send(&b""[..], zmq::DONTWAIT);
+            }
+            if closed {
+                return;
             }
             if replay_ready {
                 self.answer_replays();
@@ -171,23 +178,49 @@ impl Writer {
         }
     }
 
-    fn append<T: Journaled>(&mut self, round: &Round<T>) -> Result<(), String> {
-        if round.first_seq != self.journal.next_seq() {
-            return Err("an earlier write to the journal failed".into());
-        }
-        let entries: Vec<NewEntry<'_>> = round.events.iter().map(Journaled::entry).collect();
-        match self.journal.append_batch(&entries) {
-            Ok(_) => {
-                if self.journal.stored_bytes() > self.journal.retention().max_bytes {
-                    self.prune();
+    /// Append every round that follows on the journal's head in one transaction; the
+    /// rounds back in the order given, each with its outcome.
+    fn append<T: Journaled>(&mut self, rounds: Vec<Round<T>>) -> Vec<Written<T>> {
+        let mut next = self.journal.next_seq();
+        let follows: Vec<bool> = rounds
+            .iter()
+            .map(|r| {
+                let ok = r.first_seq == next;
+                if ok {
+                    next += r.events.len() as u64;
                 }
-                Ok(())
-            }
+                ok
+            })
+            .collect();
+        let entries: Vec<NewEntry<'_>> = rounds
+            .iter()
+            .zip(&follows)
+            .filter(|(_, ok)| **ok)
+            .flat_map(|(r, _)| r.events.iter().map(Journaled::entry))
+            .collect();
+        let result = match self.journal.append_batch(&entries) {
+            Ok(_) => Ok(()),
             Err(e) => {
                 self.metrics.inc("hark_relay_journal_errors_total", &[]);
                 Err(e.to_string())
             }
+        };
+        drop(entries);
+        if result.is_ok() && self.journal.stored_bytes() > self.journal.retention().max_bytes {
+            self.prune();
         }
+        rounds
+            .into_iter()
+            .zip(follows)
+            .map(|(round, ok)| Written {
+                round,
+                result: if ok {
+                    result.clone()
+                } else {
+                    Err("an earlier write to the journal failed".into())
+                },
+            })
+            .collect()
     }
 
     /// Answer what the replay socket has queued, from the journal (bounded per round).

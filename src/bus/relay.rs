@@ -44,7 +44,7 @@ const RESTART_DEDUPE_LIMIT: usize = 200_000;
 const QUEUE_DEPTH: usize = 4096;
 /// Rounds handed to the journal and not yet written; beyond this the relay stops reading
 /// its inputs until the disk catches up, so memory stays bounded.
-const ROUNDS_IN_FLIGHT: usize = 4;
+const ROUNDS_IN_FLIGHT: usize = 16;
 
 /// Everything the relay needs, resolved from config and flags.
 pub struct RelayOptions {
