@@ -9,7 +9,12 @@
 //! - **verify + countersign**: signed Laniakea events submitted by a DEALER to hark's submit
 //!   socket, verified, countersigned and published.
 //!
-//! A third row, the **generator ceiling**, connects the same generator straight to the sink
+//! Both hark cases run twice: without a journal and with one (`--journal`, a fresh SQLite
+//! file per run, `synchronous=FULL`), so the table shows what writing every event to disk
+//! before it is published and acked costs. The floor under that, one fsynced commit of this
+//! machine's disk, is measured in the same run.
+//!
+//! A further row, the **generator ceiling**, connects the same generator straight to the sink
 //! (no relay) so that readers can see the generator is not what limits the relay rows.
 //!
 //! Nothing here asserts a speed. Every wait is bounded, every child process is killed when
@@ -22,7 +27,8 @@
 //! `HARK_BENCH_RUN_TIMEOUT` (60 s), `HARK_BENCH_IDLE_MS` (1000: the sink stops after this
 //! much silence once the generator is done), `HARK_BENCH_PYTHON_VENV` (else `.venv`, else
 //! `bench/.venv-anchor`), `HARK_BIN` (else the `hark` binary cargo built for this bench).
-//! Positional arguments select cases: `ceiling`, `hark`, `fedmsg`, `signed`.
+//! Positional arguments select cases: `ceiling`, `hark`, `hark-journal`, `fedmsg`, `signed`,
+//! `signed-journal`.
 
 #[path = "support/mod.rs"]
 mod support;
@@ -97,7 +103,13 @@ impl Settings {
                 senders: 1,
                 run_timeout: Duration::from_secs(30),
                 idle: Duration::from_secs(1),
-                cases: vec![Case::Ceiling, Case::HarkPass, Case::HarkSigned],
+                cases: vec![
+                    Case::Ceiling,
+                    Case::HarkPass,
+                    Case::HarkPassJournal,
+                    Case::HarkSigned,
+                    Case::HarkSignedJournal,
+                ],
                 hark_bin,
                 root,
             };
@@ -130,33 +142,51 @@ enum Case {
     HarkPass,
     /// Python `fedmsg-relay`: the anchor.
     FedmsgPass,
+    /// The same with the journal on: every frame is written to disk before it is relayed.
+    HarkPassJournal,
     /// `hark relay` submit socket: verify, check grants, dedupe, countersign, publish.
     HarkSigned,
+    /// The same with the journal on: journaled before it is published and acked.
+    HarkSignedJournal,
 }
 
 impl Case {
-    const ALL: [Case; 4] = [
+    const ALL: [Case; 6] = [
         Case::Ceiling,
         Case::HarkPass,
+        Case::HarkPassJournal,
         Case::FedmsgPass,
         Case::HarkSigned,
+        Case::HarkSignedJournal,
     ];
 
     fn key(self) -> &'static str {
         match self {
             Case::Ceiling => "ceiling",
             Case::HarkPass => "hark",
+            Case::HarkPassJournal => "hark-journal",
             Case::FedmsgPass => "fedmsg",
             Case::HarkSigned => "signed",
+            Case::HarkSignedJournal => "signed-journal",
         }
+    }
+
+    fn signed(self) -> bool {
+        matches!(self, Case::HarkSigned | Case::HarkSignedJournal)
+    }
+
+    fn journal(self) -> bool {
+        matches!(self, Case::HarkPassJournal | Case::HarkSignedJournal)
     }
 
     fn label(self) -> &'static str {
         match self {
             Case::Ceiling => "generator → sink, no relay (ceiling)",
             Case::HarkPass => "hark relay, unsigned fedmsg pass-through",
+            Case::HarkPassJournal => "hark relay, pass-through, journal on",
             Case::FedmsgPass => "fedmsg-relay (Python anchor), pass-through",
             Case::HarkSigned => "hark relay, verify + countersign",
+            Case::HarkSignedJournal => "hark relay, verify + countersign, journal on",
         }
     }
 }
@@ -504,6 +534,8 @@ struct Rig {
     pass_load: Arc<Vec<Frames>>,
     signed_load: Arc<Vec<Frames>>,
     anchor: Result<PathBuf, String>,
+    /// One line on what an fsynced journal commit costs on this disk, when journal cases run.
+    fsync_floor: Option<String>,
 }
 
 struct RunOut {
@@ -552,11 +584,22 @@ impl Rig {
         submit: &str,
         publish: &str,
         inbound: &str,
+        journal: bool,
     ) -> Result<LoggedChild, String> {
         let mut cmd =
             self.keys
                 .relay_command(&self.settings.hark_bin, &self.config, submit, publish);
         cmd.args(["--fedmsg-inbound", inbound]);
+        if journal {
+            // A fresh journal each run, so that every run starts at the same file size.
+            let path = self.tmp.path().join("journal.db");
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+            }
+            cmd.arg("--journal")
+                .arg(&path)
+                .args(["--replay", &try_free_endpoint()?]);
+        }
         LoggedChild::spawn(cmd, self.tmp.path().join("hark-relay.log"), "hark relay")
     }
 
@@ -588,12 +631,12 @@ impl Rig {
         );
         let mut relay = match case {
             Case::Ceiling => None,
-            Case::HarkPass | Case::HarkSigned => {
-                Some(self.start_hark(&submit_ep, &out_ep, &in_ep)?)
+            Case::HarkPass | Case::HarkPassJournal | Case::HarkSigned | Case::HarkSignedJournal => {
+                Some(self.start_hark(&submit_ep, &out_ep, &in_ep, case.journal())?)
             }
             Case::FedmsgPass => Some(self.start_fedmsg(&in_ep, &out_ep)?),
         };
-        let signed = case == Case::HarkSigned;
+        let signed = case.signed();
         let (load, n_gen, topic, warm_prefix) = if signed {
             (self.signed_load.clone(), s.senders, SIGNED_TAG, SIGNED_WARM)
         } else {
@@ -810,7 +853,7 @@ impl Rig {
         let parsed: Option<Value> = serde_json::from_slice(body).ok();
         match case {
             Case::Ceiling => String::new(),
-            Case::HarkPass | Case::FedmsgPass => {
+            Case::HarkPass | Case::HarkPassJournal | Case::FedmsgPass => {
                 let i = parsed
                     .as_ref()
                     .and_then(|v| v.get("i"))
@@ -821,7 +864,7 @@ impl Rig {
                     None => "unrecognised body".into(),
                 }
             }
-            Case::HarkSigned => {
+            Case::HarkSigned | Case::HarkSignedJournal => {
                 let sigs = parsed.as_ref().and_then(|v| v.get("signatures"));
                 let has = |who: &str| sigs.and_then(|s| s.get(who)).is_some();
                 if has(PUBLISHER) && has(RELAY_NAME) {
@@ -936,7 +979,7 @@ fn setup(settings: Settings) -> Result<Rig, String> {
     let pass_load: Vec<Frames> = (0..settings.pass_count)
         .map(|i| fedmsg_load(PASS_TOPIC, i, settings.size, "").frames)
         .collect();
-    let signed_load: Vec<Frames> = if settings.cases.contains(&Case::HarkSigned) {
+    let signed_load: Vec<Frames> = if settings.cases.iter().any(|c| c.signed()) {
         (0..settings.signed_count)
             .map(|i| signed_load(SIGNED_TAG, i, settings.size, &keys.publisher).map(|m| m.frames))
             .collect::<Result<_, _>>()?
@@ -950,6 +993,9 @@ fn setup(settings: Settings) -> Result<Rig, String> {
         t.elapsed()
     );
     let anchor = find_anchor(&bench_venvs(&settings.root), "fedmsg-relay");
+    let fsync_floor = settings.cases.iter().any(|c| c.journal()).then(|| {
+        fsync_floor(tmp.path(), &pass_load).unwrap_or_else(|e| format!("Floor: not measured: {e}"))
+    });
     Ok(Rig {
         settings,
         tmp,
@@ -958,7 +1004,47 @@ fn setup(settings: Settings) -> Result<Rig, String> {
         pass_load: Arc::new(pass_load),
         signed_load: Arc::new(signed_load),
         anchor,
+        fsync_floor,
     })
+}
+
+/// What the journal's disk costs before any socket is involved: wall time of one commit
+/// (`synchronous=FULL`, so one fsync of the WAL) holding one event, and per event when a
+/// poll round's burst of 100 shares a commit, as the relay does under load.
+fn fsync_floor(dir: &std::path::Path, load: &[Frames]) -> Result<String, String> {
+    use hark::journal::{Journal, NewEntry, Retention};
+    let path = dir.join("floor.db");
+    let mut journal = Journal::open(&path, Retention::default()).map_err(|e| e.to_string())?;
+    let entry = |i: usize| NewEntry {
+        frames: &load[i % load.len()],
+        topic: PASS_TOPIC,
+        uuid: "",
+        received_ms: 0,
+    };
+    let mut single = Vec::new();
+    for i in 0..200 {
+        let t = Instant::now();
+        journal
+            .append_batch(&[entry(i)])
+            .map_err(|e| e.to_string())?;
+        single.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    let mut batched = Vec::new();
+    for round in 0..50 {
+        let burst: Vec<NewEntry<'_>> = (0..100).map(|i| entry(round * 100 + i)).collect();
+        let t = Instant::now();
+        journal.append_batch(&burst).map_err(|e| e.to_string())?;
+        batched.push(t.elapsed().as_secs_f64() * 1e6 / 100.0);
+    }
+    drop(journal);
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+    Ok(format!(
+        "Floor: one journal commit with synchronous=FULL (one fsync of the WAL on this disk) takes {:.0} µs (median of 200); with a burst of 100 events per commit it is {:.1} µs per event (median of 50).",
+        median(single).unwrap_or(0.0),
+        median(batched).unwrap_or(0.0)
+    ))
 }
 
 fn main() {
@@ -1078,13 +1164,13 @@ fn report(
             Case::FedmsgPass if rate.is_some() => {
                 ("1.0 (anchor)".to_string(), "1.0 (anchor)".to_string())
             }
-            Case::HarkPass => (
+            Case::HarkPass | Case::HarkPassJournal => (
                 rate.zip(anchor)
                     .map_or("—".into(), |(r, a)| format!("**{:.1}×**", r / a)),
                 cpu.zip(anchor_cpu)
                     .map_or("—".into(), |(c, a)| format!("{:.1}× less", a / c)),
             ),
-            Case::HarkSigned => (
+            Case::HarkSigned | Case::HarkSignedJournal => (
                 rate.map_or("—".into(), |r| {
                     format!("({:.0}× the cited 33 msg/s †)", r / 33.0)
                 }),
@@ -1114,36 +1200,66 @@ fn report(
             why.replace('|', "\\|")
         );
     }
-    if cases.contains(&Case::HarkSigned) {
+    if cases.iter().any(|c| c.signed()) {
         println!("| † fedmsg-signing-relay (Python, X.509/RSA) | 33, cited from a reference run on a similar 2-core VM, not measured here | | | | | |");
     }
     println!();
-    // Rounds interleave the cases, so each round's hark and anchor runs share conditions.
-    let paired: Vec<f64> = (1..=s.runs)
-        .filter_map(|round| {
-            let get = |case: Case| {
-                results
+    // Rounds interleave the cases, so each round's runs share conditions: ratios are taken
+    // within a round, then their median.
+    let per_round = |a: Case, b: Case| -> Vec<f64> {
+        (1..=s.runs)
+            .filter_map(|round| {
+                let get = |case: Case| {
+                    results
+                        .iter()
+                        .find(|(c, r, _)| *c == case && *r == round)
+                        .and_then(|(_, _, o)| o.as_ref().ok())
+                        .map(RunOut::rate)
+                };
+                get(a)
+                    .zip(get(b))
+                    .filter(|(_, y)| *y > 0.0)
+                    .map(|(x, y)| x / y)
+            })
+            .collect()
+    };
+    let show = |what: &str, ratios: Vec<f64>, unit: &dyn Fn(f64) -> String| {
+        if !ratios.is_empty() {
+            println!(
+                "{what} per round: {} (median {}).",
+                ratios
                     .iter()
-                    .find(|(c, r, _)| *c == case && *r == round)
-                    .and_then(|(_, _, o)| o.as_ref().ok())
-                    .map(RunOut::rate)
-            };
-            get(Case::HarkPass)
-                .zip(get(Case::FedmsgPass))
-                .filter(|(_, a)| *a > 0.0)
-                .map(|(h, a)| h / a)
-        })
-        .collect();
-    if !paired.is_empty() {
-        println!(
-            "Pass-through ratio hark / fedmsg-relay per round: {} (median {:.1}×).",
-            paired
-                .iter()
-                .map(|r| format!("{r:.1}×"))
-                .collect::<Vec<_>>()
-                .join(", "),
-            median(paired.clone()).unwrap_or(0.0)
-        );
+                    .map(|r| unit(*r))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                unit(median(ratios.clone()).unwrap_or(0.0))
+            );
+        }
+    };
+    let times = |r: f64| format!("{r:.1}×");
+    let cost = |r: f64| format!("{:+.0} %", 100.0 * (r - 1.0));
+    show(
+        "Pass-through ratio hark / fedmsg-relay",
+        per_round(Case::HarkPass, Case::FedmsgPass),
+        &times,
+    );
+    show(
+        "Pass-through ratio hark with journal / fedmsg-relay",
+        per_round(Case::HarkPassJournal, Case::FedmsgPass),
+        &times,
+    );
+    show(
+        "Journal's effect on pass-through msg/s",
+        per_round(Case::HarkPassJournal, Case::HarkPass),
+        &cost,
+    );
+    show(
+        "Journal's effect on verify + countersign msg/s",
+        per_round(Case::HarkSignedJournal, Case::HarkSigned),
+        &cost,
+    );
+    if let Some(floor) = &rig.fsync_floor {
+        println!("{floor}");
     }
     println!("Throughput = messages received by the sink / time from the first send to the last receive.");
     println!("Relay CPU = user + system time of the relay process over the same interval, per message received.");

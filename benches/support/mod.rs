@@ -140,6 +140,11 @@ impl LoggedChild {
         self.guard.id()
     }
 
+    /// Stop it with SIGTERM, killing it if it has not exited within `timeout`.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        self.guard.terminate(timeout)
+    }
+
     /// What the child is, as the reports name it.
     pub fn what(&self) -> &str {
         self.guard.name()
