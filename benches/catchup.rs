@@ -36,8 +36,8 @@ use serde_json::{json, Value};
 use support::messages::{signed_load, Frames};
 use support::net::{try_free_endpoint, try_free_port};
 use support::{
-    bench_hark_bin, bench_keys, env_num, exit_with, machine_lines, median, thousands, BenchKeys,
-    LoggedChild, PUBLISHER,
+    bench_hark_bin, bench_keys, env_num, exit_with, machine_lines, median, remove_sqlite,
+    thousands, thread_self_cpu, BenchKeys, LoggedChild, PUBLISHER,
 };
 
 const TOPIC: &str = "_lk.bench.catchup";
@@ -288,9 +288,7 @@ impl Rig {
             .keys
             .relay_command(&self.s.hark_bin, &self.config, submit, publish);
         let journal = self.tmp.path().join("journal.db");
-        for suffix in ["", "-wal", "-shm"] {
-            let _ = std::fs::remove_file(format!("{}{suffix}", journal.display()));
-        }
+        remove_sqlite(&journal);
         cmd.arg("--journal")
             .arg(&journal)
             .args(["--replay", replay])
@@ -340,9 +338,7 @@ impl Rig {
         );
         let metrics = format!("127.0.0.1:{}", try_free_port()?);
         let state = self.tmp.path().join("state.db");
-        for suffix in ["", "-wal", "-shm"] {
-            let _ = std::fs::remove_file(format!("{}{suffix}", state.display()));
-        }
+        remove_sqlite(&state);
         let mut relay = self.relay(&submit, &publish, &replay)?;
 
         // The trigger learns where it is in the relay's stream from one event.
@@ -434,22 +430,15 @@ fn admit_floor(keys: &BenchKeys, load: &[Frames]) -> Option<f64> {
     let now = chrono::Utc::now();
     let passes: Vec<f64> = (0..5)
         .map(|_| {
-            let t = cpu_time_of_this_thread();
+            let t = thread_self_cpu();
             for e in &events {
                 let mut e = e.clone();
                 std::hint::black_box(policy.admit(&mut e, now).is_ok());
             }
-            cpu_time_of_this_thread().saturating_sub(t) as f64 / 1000.0 / events.len().max(1) as f64
+            thread_self_cpu().saturating_sub(t) as f64 / 1000.0 / events.len().max(1) as f64
         })
         .collect();
     median(passes)
-}
-
-fn cpu_time_of_this_thread() -> u64 {
-    std::fs::read_to_string("/proc/thread-self/schedstat")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
 }
 
 fn setup(s: Settings) -> Result<Rig, String> {

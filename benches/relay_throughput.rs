@@ -43,7 +43,7 @@ use support::messages::{fedmsg_load, signed_load, Frames};
 use support::net::try_free_endpoint;
 use support::{
     anchor_versions, bench_keys, env_num, exit_with, machine_lines, machine_ticks, median,
-    thousands, BenchKeys, LoggedChild, PUBLISHER, RELAY_NAME,
+    remove_sqlite, thousands, thread_self_cpu, BenchKeys, LoggedChild, PUBLISHER, RELAY_NAME,
 };
 
 use hark::event::canonical;
@@ -268,13 +268,6 @@ fn own_cpu() -> u64 {
 }
 
 /// CPU time of the calling thread, in nanoseconds.
-fn thread_self_cpu() -> u64 {
-    std::fs::read_to_string("/proc/thread-self/schedstat")
-        .ok()
-        .and_then(|t| t.split_whitespace().next().and_then(|n| n.parse().ok()))
-        .unwrap_or(0)
-}
-
 fn cpu_diff(before: &[(String, u64)], after: &[(String, u64)]) -> Vec<(String, u64)> {
     let mut out: Vec<(String, u64)> = after
         .iter()
@@ -593,9 +586,7 @@ impl Rig {
         if journal {
             // A fresh journal each run, so that every run starts at the same file size.
             let path = self.tmp.path().join("journal.db");
-            for suffix in ["", "-wal", "-shm"] {
-                let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-            }
+            remove_sqlite(&path);
             cmd.arg("--journal")
                 .arg(&path)
                 .args(["--replay", &try_free_endpoint()?]);
@@ -1037,9 +1028,7 @@ fn fsync_floor(dir: &std::path::Path, load: &[Frames]) -> Result<String, String>
         batched.push(t.elapsed().as_secs_f64() * 1e6 / 100.0);
     }
     drop(journal);
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-    }
+    remove_sqlite(&path);
     Ok(format!(
         "Floor: one journal commit with synchronous=FULL (one fsync of the WAL on this disk) takes {:.0} µs (median of 200); with a burst of 100 events per commit it is {:.1} µs per event (median of 50).",
         median(single).unwrap_or(0.0),

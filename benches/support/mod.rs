@@ -47,6 +47,21 @@ pub fn exit_with(why: &str) -> ! {
     std::process::exit(1);
 }
 
+/// Delete an SQLite file and its WAL and shared-memory files, so a run starts afresh.
+pub fn remove_sqlite(path: &Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+}
+
+/// Nanoseconds this thread has been on a CPU (`/proc/thread-self/schedstat`); 0 if unknown.
+pub fn thread_self_cpu() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|t| t.split_whitespace().next().and_then(|n| n.parse().ok()))
+        .unwrap_or(0)
+}
+
 /// `r` rounded, with thousands separators: `12,345`.
 pub fn thousands(r: f64) -> String {
     let s = (r.round() as u64).to_string();
