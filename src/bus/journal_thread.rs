@@ -260,3 +260,88 @@ pub fn prune(journal: &mut Journal) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::Retention;
+
+    struct Staged {
+        frames: Vec<Vec<u8>>,
+        uuid: String,
+    }
+
+    impl Journaled for Staged {
+        fn entry(&self) -> NewEntry<'_> {
+            NewEntry {
+                frames: &self.frames,
+                topic: "t",
+                uuid: &self.uuid,
+                received_ms: 0,
+            }
+        }
+    }
+
+    fn round(first_seq: u64, generation: u64, n: u64) -> Round<Staged> {
+        let events = (first_seq..first_seq + n)
+            .map(|seq| Staged {
+                frames: vec![b"t".to_vec(), format!("{{\"seq\":{seq}}}").into_bytes()],
+                uuid: format!("u{seq}"),
+            })
+            .collect();
+        Round {
+            first_seq,
+            generation,
+            events,
+        }
+    }
+
+    #[test]
+    fn rounds_come_back_in_order_and_one_that_does_not_follow_the_head_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("journal.db");
+        let journal = Journal::open(&path, Retention::default()).expect("journal");
+        let ctx = zmq::Context::new();
+        let doorbell = ctx.socket(zmq::PULL).expect("doorbell");
+        doorbell.bind("inproc://test-doorbell").expect("bind");
+        let thread = JournalThread::start(
+            &ctx,
+            journal,
+            None,
+            "inproc://test-doorbell",
+            Registry::default(),
+        )
+        .expect("start");
+        // Seqs 1-3 and 4-5 follow on; 10 was staged after a failure that never happened
+        // here, so it must not be written; 6 follows on again.
+        for r in [
+            round(1, 0, 3),
+            round(4, 0, 2),
+            round(10, 0, 1),
+            round(6, 1, 1),
+        ] {
+            assert!(thread.append(r).is_ok());
+        }
+        let mut back = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while back.len() < 4 && Instant::now() < deadline {
+            back.extend(thread.written());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let got: Vec<(u64, bool)> = back
+            .iter()
+            .map(|w| (w.round.first_seq, w.result.is_ok()))
+            .collect();
+        assert_eq!(got, [(1, true), (4, true), (10, false), (6, true)]);
+        assert!(thread.finish().is_empty(), "nothing was left in flight");
+        let reader = Journal::open_read_only(&path).expect("reader");
+        assert_eq!(reader.head_seq().expect("head"), 6);
+        let seqs: Vec<u64> = reader
+            .range(1, 100)
+            .expect("range")
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(seqs, [1, 2, 3, 4, 5, 6]);
+    }
+}

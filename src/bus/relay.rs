@@ -591,10 +591,9 @@ impl Relay {
         });
     }
 
-    /// Journal what was staged this round in one transaction, then publish and ack it; if
-    /// the journal cannot take it, refuse it all (nothing un-journaled is ever acked) and
-    /// forget the uuids, so the publishers' resends are not taken for duplicates.
-    /// Hand the round to the journal, or without one publish it at once.
+    /// Hand what was staged this round to the journal thread, which writes it in one
+    /// transaction; it is published and acked when it comes back written
+    /// ([`Relay::collect_written`]). Without a journal, publish it at once.
     fn flush(&mut self, router: &zmq::Socket, publisher: &zmq::Socket) {
         if self.outbox.is_empty() {
             return;
@@ -636,6 +635,9 @@ impl Relay {
         }
     }
 
+    /// A round back from the journal: publish and ack it, or refuse it all (nothing
+    /// un-journaled is ever acked) and forget the uuids, so the publishers' resends are not
+    /// taken for duplicates.
     fn settle(&mut self, router: &zmq::Socket, publisher: &zmq::Socket, w: Written<Outgoing>) {
         let Round {
             first_seq,
