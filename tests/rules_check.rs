@@ -2,9 +2,12 @@
 //! file is refused with a precise position while every other file loads; overriding,
 //! masking and skipped file names behave as documented.
 
+mod common;
+
 use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use hark::cli::rules::{check_command, CheckArgs};
 use hark::rules::check::check;
@@ -165,4 +168,79 @@ fn missing_directories_are_an_error_for_check() {
     let (code, text) = run_check(vec![PathBuf::from("/nonexistent/hark/rules.d")]);
     assert_eq!(code, 1);
     assert!(text.contains("no such file or directory"), "{text}");
+}
+
+#[test]
+fn a_path_that_is_not_there_fails_the_check_without_an_ok() {
+    let (code, text) = run_check(vec![PathBuf::from("/nonexistent/rules.d")]);
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains("/nonexistent/rules.d: error: no such file or directory"),
+        "{text}"
+    );
+    let summary = text.lines().last().unwrap_or("");
+    assert!(summary.starts_with("FAILED: "), "{summary}");
+    assert!(!text.contains("ok: "), "{text}");
+}
+
+#[test]
+fn a_file_skipped_for_its_name_and_an_empty_directory_are_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("70-x.YAML"), "rules: []\n").unwrap();
+    let (code, text) = run_check(vec![dir.path().to_path_buf()]);
+    assert_eq!(code, 0, "warnings only: {text}");
+    let skipped = dir.path().join("70-x.YAML");
+    assert!(
+        text.contains(&format!(
+            "{}: warning: not read: rule files must end in .yaml or .yml, in lower case",
+            skipped.display()
+        )),
+        "{text}"
+    );
+    assert!(text.contains("warning: no rules found here"), "{text}");
+    assert!(
+        text.lines().last().unwrap_or("").contains("2 warning(s)"),
+        "{text}"
+    );
+}
+
+#[test]
+fn the_daemon_warns_about_a_missing_directory_a_skipped_file_and_no_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.d");
+    fs::create_dir(&rules).unwrap();
+    fs::write(rules.join("70-x.YAML"), "rules: []\n").unwrap();
+    let missing = dir.path().join("missing.d");
+    let trigger = common::Proc::spawn(
+        "trigger",
+        common::hark_command()
+            .args(["trigger", "--connect", &common::free_endpoint()])
+            .arg("--rules")
+            .arg(&missing)
+            .arg("--rules")
+            .arg(&rules)
+            .arg("--state")
+            .arg(dir.path().join("state.db"))
+            .arg("--config")
+            .arg(common::write_file(dir.path(), "hark.yaml", "")),
+    );
+    let wait = Duration::from_secs(30);
+    let line = trigger
+        .stderr
+        .wait_for("does not exist", wait)
+        .expect("the missing directory is named");
+    assert!(line.contains(&missing.display().to_string()), "{line}");
+    let line = trigger
+        .stderr
+        .wait_for("70-x.YAML", wait)
+        .expect("the skipped file is named");
+    assert!(line.contains("in lower case"), "{line}");
+    trigger
+        .stderr
+        .wait_for("no rules are loaded", wait)
+        .expect("an empty rule set is warned about");
+    trigger
+        .stderr
+        .wait_for("trigger ready", wait)
+        .expect("and it still starts");
 }

@@ -9,8 +9,9 @@ use std::process::ExitCode;
 
 use crate::event::Event;
 use crate::record;
-use crate::rules::check::{check, default_dirs, evaluate, format_report};
+use crate::rules::check::{check, default_dirs, evaluate, format_report, NO_SUCH_DIRECTORY};
 use crate::rules::load::load_dirs;
+use crate::rules::Severity;
 
 #[derive(Debug, clap::Args)]
 pub struct RulesArgs {
@@ -74,19 +75,19 @@ fn dirs_or_default(dirs: &[PathBuf]) -> Vec<PathBuf> {
 /// `hark rules check`: a line per problem, then a summary. Returns the exit status.
 pub fn check_command(args: &CheckArgs, out: &mut dyn Write) -> u8 {
     let dirs = dirs_or_default(&args.dirs);
-    let mut missing = false;
-    for d in &args.dirs {
-        if !d.exists() {
-            let _ = writeln!(out, "{}: error: no such file or directory", d.display());
-            missing = true;
+    let mut report = check(&dirs);
+    // A path named on the command line that is not there is an error, not a warning.
+    for d in report.diagnostics.iter_mut() {
+        if d.message == NO_SUCH_DIRECTORY && args.dirs.iter().any(|a| *a.as_path() == *d.pos.file) {
+            d.severity = Severity::Error;
+            d.message = "no such file or directory".into();
         }
     }
-    let report = check(&dirs);
     for d in &report.diagnostics {
         let _ = writeln!(out, "{d}");
     }
     let _ = writeln!(out, "{}", report.summary());
-    if report.ok() && !missing {
+    if report.ok() {
         0
     } else {
         1

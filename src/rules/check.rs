@@ -24,6 +24,9 @@ pub fn default_dirs() -> Vec<PathBuf> {
     }
 }
 
+/// The warning for a rules directory that is not there.
+pub const NO_SUCH_DIRECTORY: &str = "no such directory";
+
 /// Everything `hark rules check` found.
 #[derive(Debug)]
 pub struct CheckReport {
@@ -97,6 +100,16 @@ pub fn check(paths: &[PathBuf]) -> CheckReport {
     for e in &load.errors {
         diagnostics.extend(e.diagnostics.iter().cloned());
     }
+    for dir in &load.notices.missing {
+        diagnostics.push(diag(
+            &file_pos(dir),
+            Severity::Warning,
+            NO_SUCH_DIRECTORY.into(),
+        ));
+    }
+    for (file, why) in &load.notices.skipped {
+        diagnostics.push(diag(&file_pos(file), Severity::Warning, (*why).into()));
+    }
     for f in &load.files {
         for old in &f.replaces {
             diagnostics.push(diag(
@@ -147,6 +160,15 @@ pub fn check(paths: &[PathBuf]) -> CheckReport {
                 }
             }
         }
+    }
+    let some_exist = load.notices.missing.len() < paths.len();
+    if some_exist && load.set.is_empty() && load.refusals().next().is_none() {
+        let dirs: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+        diagnostics.push(diag(
+            &file_pos(Path::new(&dirs.join(" "))),
+            Severity::Warning,
+            "no rules found here: a daemon reading these would run nothing".into(),
+        ));
     }
     CheckReport {
         load,

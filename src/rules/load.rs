@@ -29,20 +29,59 @@ pub fn is_rule_file_name(name: &str) -> bool {
         && (name.ends_with(".yaml") || name.ends_with(".yml"))
 }
 
+/// Why a file that looks meant as a rule file is not read, if it is one (`70-x.YAML`).
+/// Editor backups and package-manager leftovers are skipped without a word.
+pub fn near_miss(name: &str) -> Option<&'static str> {
+    let lower = name.to_ascii_lowercase();
+    (!is_rule_file_name(name)
+        && !is_ignored_file_name(name)
+        && !name.starts_with(".#")
+        && (lower.ends_with(".yaml") || lower.ends_with(".yml")))
+    .then_some("not read: rule files must end in .yaml or .yml, in lower case")
+}
+
+/// What a look at the rule directories found besides the rule files.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Notices {
+    /// Directories that do not exist.
+    pub missing: Vec<PathBuf>,
+    /// Files skipped for their name, with why.
+    pub skipped: Vec<(PathBuf, &'static str)>,
+}
+
+impl Notices {
+    /// One line each, for a daemon's log.
+    pub fn lines(&self) -> Vec<String> {
+        let missing = self
+            .missing
+            .iter()
+            .map(|d| format!("rules directory {} does not exist", d.display()));
+        let skipped = self
+            .skipped
+            .iter()
+            .map(|(f, why)| format!("{}: {why}", f.display()));
+        missing.chain(skipped).collect()
+    }
+}
+
 fn is_mask(path: &Path) -> bool {
     fs::read_link(path).is_ok_and(|target| target == Path::new("/dev/null"))
         || fs::canonicalize(path).is_ok_and(|p| p == Path::new("/dev/null"))
 }
 
 /// List the rule files of `dirs` (earliest first), sorted by file name. A directory that
-/// does not exist contributes nothing; one that cannot be read is reported.
-pub fn discover(dirs: &[PathBuf]) -> (Vec<Discovered>, Vec<RuleError>) {
+/// does not exist contributes nothing and is noticed; one that cannot be read is reported.
+pub fn discover(dirs: &[PathBuf]) -> (Vec<Discovered>, Vec<RuleError>, Notices) {
     let mut by_name: BTreeMap<String, Discovered> = BTreeMap::new();
     let mut errors = Vec::new();
+    let mut notices = Notices::default();
     for dir in dirs {
         let entries = match fs::read_dir(dir) {
             Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                notices.missing.push(dir.clone());
+                continue;
+            }
             Err(e) => {
                 errors.push(RuleError::whole_file(
                     dir,
@@ -56,6 +95,9 @@ pub fn discover(dirs: &[PathBuf]) -> (Vec<Discovered>, Vec<RuleError>) {
                 continue;
             };
             if !is_rule_file_name(&name) {
+                if let Some(why) = near_miss(&name) {
+                    notices.skipped.push((entry.path(), why));
+                }
                 continue;
             }
             let path = entry.path();
@@ -83,7 +125,8 @@ pub fn discover(dirs: &[PathBuf]) -> (Vec<Discovered>, Vec<RuleError>) {
             );
         }
     }
-    (by_name.into_values().collect(), errors)
+    notices.skipped.sort();
+    (by_name.into_values().collect(), errors, notices)
 }
 
 /// Read and compile one rule file.
@@ -118,6 +161,7 @@ pub struct LoadReport {
     pub files: Vec<FileOutcome>,
     /// Directories that could not be read.
     pub errors: Vec<RuleError>,
+    pub notices: Notices,
 }
 
 impl LoadReport {
@@ -160,7 +204,7 @@ pub fn load_dirs(paths: &[PathBuf]) -> LoadReport {
             dirs.push(p.clone());
         }
     }
-    let (mut found, errors) = discover(&dirs);
+    let (mut found, errors, notices) = discover(&dirs);
     for single in singles {
         let file_name = single
             .file_name()
@@ -204,7 +248,12 @@ pub fn load_dirs(paths: &[PathBuf]) -> LoadReport {
             f.status = FileStatus::Refused(error);
         }
     }
-    LoadReport { set, files, errors }
+    LoadReport {
+        set,
+        files,
+        errors,
+        notices,
+    }
 }
 
 #[cfg(test)]
@@ -228,6 +277,14 @@ mod tests {
             "a.yaml.bak",
         ] {
             assert!(!is_rule_file_name(skip), "{skip}");
+            assert_eq!(near_miss(skip), None, "{skip} is skipped without a word");
+        }
+        for near in ["70-x.YAML", "a.Yml", "b.yAmL"] {
+            assert!(!is_rule_file_name(near), "{near}");
+            assert!(
+                near_miss(near).is_some_and(|why| why.contains("lower case")),
+                "{near}"
+            );
         }
     }
 }

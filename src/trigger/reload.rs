@@ -10,7 +10,7 @@ use std::time::SystemTime;
 use tracing::{error, info, warn};
 
 use crate::rules::compile::FileRules;
-use crate::rules::load::{discover, load_file};
+use crate::rules::load::{discover, load_file, Notices};
 use crate::rules::set::RuleSet;
 
 /// What identifies a file's version without reading it.
@@ -27,6 +27,8 @@ pub struct RuleCache {
     /// File name to (stamp seen, last good compile).
     files: BTreeMap<String, (Stamp, Option<FileRules>)>,
     set: Arc<RuleSet>,
+    /// Missing directories and skipped files last warned about.
+    notices: Notices,
 }
 
 fn stamp(path: &std::path::Path, masked: bool) -> Stamp {
@@ -46,6 +48,7 @@ impl RuleCache {
             dirs,
             files: BTreeMap::new(),
             set: Arc::new(set),
+            notices: Notices::default(),
         };
         cache.reload(true);
         cache
@@ -58,9 +61,16 @@ impl RuleCache {
     /// Re-read changed files (all files when `force`). Returns true when the rule set was
     /// rebuilt.
     pub fn reload(&mut self, force: bool) -> bool {
-        let (found, dir_errors) = discover(&self.dirs);
+        let (found, dir_errors, notices) = discover(&self.dirs);
         for e in dir_errors {
             warn!("{e}");
+        }
+        // Said once, and again only when it changes: reloads run every few seconds.
+        if notices != self.notices {
+            for line in notices.lines() {
+                warn!("{line}");
+            }
+            self.notices = notices;
         }
         let mut changed = force;
         let mut next: BTreeMap<String, (Stamp, Option<FileRules>)> = BTreeMap::new();
@@ -113,6 +123,12 @@ impl RuleCache {
             let (set, refused) = RuleSet::build(&compiled);
             for e in refused {
                 error!("{}", e.to_string().trim_end());
+            }
+            if set.is_empty() {
+                warn!(
+                    dirs = %self.dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(" "),
+                    "no rules are loaded: no event will run anything"
+                );
             }
             info!(rules = set.len(), "rule set ready");
             self.set = Arc::new(set);
