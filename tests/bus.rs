@@ -250,6 +250,11 @@ fn every_refusal_is_refused_and_the_relay_keeps_serving() {
             vec![br#"{"tag":"_lk.archive.x","format":"1.0"}"#.to_vec()],
             "bad-field",
         ),
+        // Canonical JSON could only write this as Infinity, which is not JSON.
+        (
+            vec![br#"{"tag":"_lk.archive.x","uuid":"inf-1","format":"1.0","time":"2026-01-01T00:00:00","data":{"n":1e400}}"#.to_vec()],
+            "non-finite-number",
+        ),
     ];
     for (frames, reason) in &cases {
         let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();

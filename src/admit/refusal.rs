@@ -45,6 +45,9 @@ pub enum Refusal {
     },
     /// The relay could not journal the event, so it did not publish it either.
     JournalUnavailable(String),
+    /// The relay could not countersign or encode an event it had admitted: its fault, not
+    /// the publisher's, so not reported as malformed input.
+    RelayError(String),
 }
 
 impl Refusal {
@@ -63,6 +66,7 @@ impl Refusal {
             Refusal::Stale { .. } => "stale",
             Refusal::Future { .. } => "future",
             Refusal::JournalUnavailable(_) => crate::journal::REFUSAL_REASON,
+            Refusal::RelayError(_) => "relay-error",
         }
     }
 }
@@ -107,6 +111,10 @@ impl fmt::Display for Refusal {
             Refusal::JournalUnavailable(why) => write!(
                 f,
                 "not published: {why}; the relay takes events again once its journal can be written (try again later)"
+            ),
+            Refusal::RelayError(why) => write!(
+                f,
+                "the relay could not countersign or encode the event ({why}); it is not published"
             ),
             Refusal::Future { time, max_future } => write!(
                 f,

@@ -181,7 +181,7 @@ fn verify(
     if let Some(key) = key {
         sign::sign(&mut event.body, key).map_err(|e| Refused {
             uuid: Some(event.uuid.clone()),
-            refusal: Refusal::Envelope(crate::event::EnvelopeError::MalformedJson(e.to_string())),
+            refusal: Refusal::RelayError(format!("countersigning: {e}")),
         })?;
     }
     Ok(event)
@@ -575,8 +575,7 @@ impl Relay {
             Ok(b) => b,
             Err(e) => {
                 self.dedupe.forget(&event.uuid);
-                let refusal =
-                    Refusal::Envelope(crate::event::EnvelopeError::MalformedJson(e.to_string()));
+                let refusal = Refusal::RelayError(format!("encoding: {e}"));
                 self.refuse(router, "submitted", &origin, Some(&event.uuid), &refusal);
                 return;
             }
@@ -674,10 +673,23 @@ impl Relay {
 
     fn publish(&mut self, router: &zmq::Socket, publisher: &zmq::Socket, events: Vec<Outgoing>) {
         let (mut native, mut fedmsg) = (0.0, 0.0);
+        let journaled = self.journal.is_some();
         for o in events {
             self.seq += 1;
             if let Err(e) = publisher.send_multipart(&o.frames, 0) {
-                warn!(uuid = %o.uuid, "cannot publish: {e}");
+                self.metrics.inc("hark_relay_publish_failures_total", &[]);
+                if !journaled {
+                    // Nothing else has it: the publisher must send it again.
+                    warn!(uuid = %o.uuid, "cannot publish: {e}; refusing it");
+                    self.dedupe.forget(&o.uuid);
+                    if let Some(origin) = &o.reply {
+                        let refusal = Refusal::RelayError(format!("publishing: {e}"));
+                        self.refuse(router, "submitted", origin, Some(&o.uuid), &refusal);
+                    }
+                    continue;
+                }
+                // On disk with its seq: subscribers fetch it through replay.
+                warn!(uuid = %o.uuid, seq = self.seq, "cannot publish: {e}; subscribers fetch it from the journal");
             }
             if o.format == "fedmsg" {
                 fedmsg += 1.0;

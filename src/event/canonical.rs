@@ -14,6 +14,22 @@
 
 use serde_json::{Number, Value};
 
+/// The first number in `value` that canonical JSON could only write as `Infinity`: a
+/// non-integer beyond a double's range (`1e400`). Python writes it so, but no JSON parser
+/// reads that back, so hark refuses such an event instead of emitting it.
+pub fn non_finite(value: &Value) -> Option<&Number> {
+    match value {
+        Value::Number(n) => {
+            let text = n.as_str();
+            (!is_json_integer(text) && text.parse::<f64>().is_ok_and(|f| !f.is_finite()))
+                .then_some(n)
+        }
+        Value::Array(items) => items.iter().find_map(non_finite),
+        Value::Object(map) => map.values().find_map(non_finite),
+        _ => None,
+    }
+}
+
 /// Serialize `value` canonically.
 pub fn to_vec(value: &Value) -> Result<Vec<u8>, serde_json::Error> {
     let mut out = Vec::with_capacity(256);
@@ -166,6 +182,24 @@ mod tests {
         assert_eq!(canon(r#"{"b":"2","a":"1"}"#), r#"{"a":"1","b":"2"}"#);
         assert_eq!(canon(r#"{"本":2,"日":1}"#), r#"{"日":1,"本":2}"#);
         assert_eq!(canon(r#"{"😀":1,"Ａ":2}"#), r#"{"Ａ":2,"😀":1}"#);
+    }
+
+    #[test]
+    fn numbers_beyond_a_double_are_found_wherever_they_are() {
+        let v = |t: &str| serde_json::from_str::<Value>(t).unwrap();
+        let beyond = |t: &str| {
+            non_finite(&v(t)).is_some_and(|n| n.as_str().parse::<f64>().is_ok_and(f64::is_infinite))
+        };
+        assert!(beyond(r#"{"a":[1,{"b":-1e400}]}"#));
+        assert!(beyond("1e309"));
+        for fine in [
+            "1e308",
+            "1e-400",
+            "340282366920938463463374607431768211456",
+            r#"{"s":"1e400"}"#,
+        ] {
+            assert_eq!(non_finite(&v(fine)), None, "{fine}");
+        }
     }
 
     #[test]

@@ -78,6 +78,8 @@ pub enum EnvelopeError {
     TopicMismatch { frame: String, body: String },
     #[error("unsupported Laniakea event format {0:?} (expected \"1.0\")")]
     UnsupportedFormat(String),
+    #[error("the number {0} is beyond a double's range: canonical JSON would write it as Infinity, which is not JSON")]
+    NonFiniteNumber(String),
 }
 
 impl EnvelopeError {
@@ -90,6 +92,7 @@ impl EnvelopeError {
             EnvelopeError::BadField { .. } => "bad-field",
             EnvelopeError::TopicMismatch { .. } => "topic-mismatch",
             EnvelopeError::UnsupportedFormat(_) => "unsupported-format",
+            EnvelopeError::NonFiniteNumber(_) => "non-finite-number",
         }
     }
 }
@@ -151,6 +154,10 @@ impl Event {
                     field: "data",
                     expected: "object",
                 })?;
+        // Checked here, before any signature: the relay re-serializes native events.
+        if let Some(n) = obj.values().find_map(canonical::non_finite) {
+            return Err(EnvelopeError::NonFiniteNumber(n.to_string()));
+        }
         let relay = obj
             .get("unsigned")
             .and_then(|u| u.as_object())
