@@ -90,6 +90,12 @@ fn init_logging(filter: &str) {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(
+        cli.command,
+        Command::Relay(_) | Command::Trigger(_) | Command::Serve(_)
+    ) {
+        quiet_on_closed_pipe();
+    }
     init_logging(&cli.log);
     match cli.command {
         Command::Keygen(args) => keygen::run(args),
@@ -102,6 +108,19 @@ pub fn main() -> ExitCode {
         Command::Rules(args) => rules::run(args),
         Command::Jobs(args) => jobs::run(args),
         Command::GenerateAssets(args) => assets::run(args),
+    }
+}
+
+/// `hark jobs | head -1`: end quietly when the reader goes away, as coreutils do, instead
+/// of panicking in `println!`. Rust ignores SIGPIPE; the default action ends the process
+/// without a word. Only for commands that write to a terminal or pipe: a daemon must
+/// survive a job that closes its stdin early.
+fn quiet_on_closed_pipe() {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    // SAFETY: called at start-up, before any other thread exists, with the default
+    // disposition, which runs no handler code.
+    if let Err(e) = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) } {
+        tracing::debug!("cannot restore SIGPIPE: {e}");
     }
 }
 

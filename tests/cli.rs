@@ -1,0 +1,42 @@
+//! Habits every command line tool has: a closed pipe ends it quietly.
+
+mod common;
+
+use std::io::Read;
+use std::process::Stdio;
+
+use hark::jobs::store::Store;
+
+#[test]
+fn a_closed_pipe_ends_hark_jobs_quietly() {
+    let dir = common::temp_dir();
+    let state = dir.path().join("state.db");
+    let mut store = Store::open(&state).expect("state");
+    // Far more output than a pipe buffers.
+    store.begin().expect("begin");
+    for n in 0..5_000 {
+        store
+            .insert_pending("mirror-sync", &format!("key-{n}"), 0, &[])
+            .expect("job");
+    }
+    store.commit().expect("commit");
+    drop(store);
+    for _ in 0..5 {
+        let mut child = common::hark_command()
+            .args(["jobs", "list", "--limit", "5000", "--state"])
+            .arg(&state)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("hark jobs");
+        let mut stdout = child.stdout.take().expect("stdout");
+        let mut first = [0u8; 64];
+        stdout.read_exact(&mut first).expect("some output");
+        drop(stdout);
+        let out = child.wait_with_output().expect("exit");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert_ne!(out.status.code(), Some(101), "{stderr}");
+        assert!(stderr.trim().is_empty(), "nothing said: {stderr}");
+    }
+}
