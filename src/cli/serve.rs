@@ -23,7 +23,7 @@ const KEY_ID: &str = "hark-serve";
 read or written. For production, run `hark relay` and `hark trigger` as the packaged systemd units."
 )]
 pub struct ServeArgs {
-    /// Rule directory [default: ./rules.d].
+    /// Rule directory.
     #[arg(long, value_name = "DIR", default_value = "rules.d")]
     rules: PathBuf,
     /// State directory: job store, relay journal and the generated key [default: $XDG_STATE_HOME/hark or ~/.local/state/hark].
@@ -78,6 +78,26 @@ fn ensure_key(state: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
     Ok((secret, trusted))
 }
 
+/// How to run this binary from another terminal: `hark` when that is what PATH finds,
+/// else its full path (after `cargo run -- serve` there is no `hark` on PATH).
+fn this_program() -> String {
+    let me = std::env::current_exe().ok();
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("hark"))
+            .find(|candidate| candidate.is_file())
+    });
+    match (me, on_path) {
+        (Some(me), Some(found))
+            if std::fs::canonicalize(&found).ok() == std::fs::canonicalize(&me).ok() =>
+        {
+            "hark".into()
+        }
+        (Some(me), _) => me.display().to_string(),
+        (None, _) => "hark".into(),
+    }
+}
+
 pub fn run(args: ServeArgs) -> ExitCode {
     match serve(args) {
         Ok(()) => ExitCode::SUCCESS,
@@ -127,7 +147,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
 
     let trigger_args = super::trigger::TriggerArgs {
-        config: None,
+        // An empty configuration, as for the relay half: not /etc/hark/hark.yaml, which
+        // belongs to the packaged daemons.
+        config: Some(PathBuf::from("/dev/null")),
         connect: vec![args.publish.clone()],
         fedmsg: Vec::new(),
         replay: vec![args.replay.clone()],
@@ -142,7 +164,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let opts = super::trigger::options(trigger_args)?;
     let publish_line = format!(
-        "hark publish --relay {} --key {} _hark.example.hello --data '{{\"name\": \"world\"}}'",
+        "{} publish --relay {} --key {} _hark.example.hello --data '{{\"name\": \"world\"}}'",
+        this_program(),
         args.submit,
         secret.display()
     );
