@@ -40,3 +40,38 @@ fn a_closed_pipe_ends_hark_jobs_quietly() {
         assert!(stderr.trim().is_empty(), "nothing said: {stderr}");
     }
 }
+
+#[test]
+fn a_secret_key_every_user_can_read_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = common::temp_dir();
+    let keys = common::test_keys(dir.path());
+    let secret = dir.path().join("exposed.key_secret");
+    let mode = |path: &std::path::Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    let publish = |key: &std::path::Path| {
+        let out = common::hark_command()
+            .args(["publish", "--no-spool", "--timeout", "1s", "--relay"])
+            .arg(common::free_endpoint())
+            .arg("--key")
+            .arg(key)
+            .args(["_lk.test.keys", "--data", "{}"])
+            .output()
+            .expect("hark publish");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    std::fs::copy(&keys.relay_secret, &secret).unwrap();
+    mode(&secret, 0o644);
+    let stderr = publish(&secret);
+    assert!(
+        stderr.contains("open to every user (mode 0644)"),
+        "{stderr}"
+    );
+    // The package's layout, root:hark 0640, is fine.
+    mode(&secret, 0o640);
+    assert!(
+        !publish(&secret).contains("secret key"),
+        "no warning at 0640"
+    );
+}

@@ -170,6 +170,7 @@ fn signedjson_line(text: &str) -> Option<(String, String)> {
 /// Read a secret key: a Laniakea secret keyfile or a signedjson `ed25519 <ver> <seed>` file.
 pub fn read_signing_key(path: &Path) -> Result<SigningKey, KeyError> {
     let text = read_text(path)?;
+    warn_if_exposed(path);
     if let Some((version, seed)) = signedjson_line(&text) {
         let seed = decode_base64(&seed)
             .map_err(|e| KeyError::invalid(path, format!("seed is not base64: {e}")))?;
@@ -191,6 +192,24 @@ pub fn read_signing_key(path: &Path) -> Result<SigningKey, KeyError> {
     let seed = decode_base64(seed)
         .map_err(|e| KeyError::invalid(path, format!("signing-key is not base64: {e}")))?;
     SigningKey::from_seed(id, "0", &seed).map_err(|e| KeyError::invalid(path, e))
+}
+
+/// A secret key others can read is a key others can sign with: say so, as ssh does (but
+/// go on: refusing would stop a relay over a permission). Group read is how the package
+/// lets the `hark` group use root's key (0640 root:hark), so only more than that warns.
+fn warn_if_exposed(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = std::fs::metadata(path) else {
+        return;
+    };
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o027 != 0 {
+        tracing::warn!(
+            "secret key {} is {} (mode {mode:04o}): anyone who can read it signs as its owner; chmod 600 it (or 640 with a group only hark is in)",
+            path.display(),
+            if mode & 0o007 != 0 { "open to every user" } else { "writable by its group" }
+        );
+    }
 }
 
 /// The signer name of a parsed Laniakea keyfile: `metadata.id`.
