@@ -5,42 +5,45 @@ mod common;
 
 use std::time::Duration;
 
-#[test]
-fn the_printed_publish_command_works_as_printed_and_fires_the_example_rule() {
+const WAIT: Duration = Duration::from_secs(30);
+/// A PATH without hark on it, as after `cargo run --release -- serve`.
+const PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+/// `hark serve` in a fresh directory with `rules` as `rules.d/`, and the publish line it
+/// printed.
+fn serve(rules: &[(&str, &str)]) -> (common::TempDir, common::Proc, String) {
     let dir = common::temp_dir();
-    let rules = dir.path().join("rules.d");
-    std::fs::create_dir(&rules).unwrap();
-    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    std::fs::copy(
-        repo.join("rules.d/10-hello.yaml"),
-        rules.join("10-hello.yaml"),
-    )
-    .unwrap();
+    let rules_dir = dir.path().join("rules.d");
+    std::fs::create_dir(&rules_dir).unwrap();
+    for (name, text) in rules {
+        std::fs::write(rules_dir.join(name), text).unwrap();
+    }
     let (submit, publish, replay) = (
         common::free_endpoint(),
         common::free_endpoint(),
         common::free_endpoint(),
     );
-    // A PATH without hark on it, as after `cargo run --release -- serve`.
-    let path = "/usr/local/bin:/usr/bin:/bin";
     let serve = common::Proc::spawn(
         "serve",
         common::hark_command()
             .current_dir(dir.path())
-            .env("PATH", path)
+            .env("PATH", PATH)
             .args(["serve", "--submit", &submit, "--publish", &publish])
             .args(["--replay", &replay, "--state-dir"])
             .arg(dir.path().join("state")),
     );
-    let wait = Duration::from_secs(30);
     let line = serve
         .stderr
-        .wait_for(" publish --relay ", wait)
+        .wait_for(" publish --relay ", WAIT)
         .expect("serve prints how to publish");
+    (dir, serve, line.trim().to_string())
+}
+
+fn sh(dir: &common::TempDir, line: &str) {
     let out = std::process::Command::new("/bin/sh")
         .arg("-c")
-        .arg(line.trim())
-        .env("PATH", path)
+        .arg(line)
+        .env("PATH", PATH)
         .current_dir(dir.path())
         .output()
         .expect("sh");
@@ -49,8 +52,29 @@ fn the_printed_publish_command_works_as_printed_and_fires_the_example_rule() {
         "{line}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn the_printed_publish_command_works_as_printed_and_fires_the_example_rule() {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let hello = std::fs::read_to_string(repo.join("rules.d/10-hello.yaml")).unwrap();
+    let (dir, serve, line) = serve(&[("10-hello.yaml", &hello)]);
+    sh(&dir, &line);
     serve
         .stderr
-        .wait_for("hello, world", wait)
+        .wait_for("hello, world", WAIT)
         .expect("the example rule ran");
+}
+
+#[test]
+fn a_failed_job_is_logged_with_its_exit_status_as_a_number() {
+    let rule = "rules:\n  - name: fails\n    match: {topic: _hark.example.hello}\n    run: {command: [/bin/sh, -c, 'exit 3'], stdin: none}\n";
+    let (dir, serve, line) = serve(&[("10-fails.yaml", rule)]);
+    sh(&dir, &line);
+    let logged = serve
+        .stderr
+        .wait_for(" exit=", WAIT)
+        .expect("the failed job is logged");
+    assert!(logged.contains("exit=3"), "{logged}");
+    assert!(!logged.contains("Some("), "{logged}");
 }

@@ -99,7 +99,7 @@ impl Reporter {
                 delay,
                 ..
             } => {
-                warn!(job = id, rule = %rule, attempt, "{} (exit {:?}); retrying in {:?}", state.as_str(), exit_code, delay);
+                warn!(job = id, rule = %rule, attempt, exit = %exit_text(*exit_code), "{}; retrying in {}", state.as_str(), crate::duration::format(*delay));
                 self.metrics
                     .inc("hark_job_retries_total", &[("rule", rule)]);
             }
@@ -119,7 +119,7 @@ impl Reporter {
                         info!(job = f.id, rule = %f.rule, "succeeded in {:.3}s", duration.as_secs_f64())
                     }
                     _ => {
-                        warn!(job = f.id, rule = %f.rule, exit = ?f.exit_code, "{}{}", f.state.as_str(), f.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default())
+                        warn!(job = f.id, rule = %f.rule, exit = %exit_text(f.exit_code), "{}{}", f.state.as_str(), f.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default())
                     }
                 }
                 Some(f.state.as_str())
@@ -175,4 +175,10 @@ impl Reporter {
             events: events.iter().map(|e| e.uuid.clone()).collect(),
         });
     }
+}
+
+/// An exit status as a log field: `exit=3`, or `exit=none` for a command killed by a
+/// signal or never started.
+fn exit_text(code: Option<i32>) -> String {
+    code.map_or_else(|| "none".into(), |c| c.to_string())
 }
