@@ -75,3 +75,47 @@ fn a_secret_key_every_user_can_read_is_warned_about() {
         "no warning at 0640"
     );
 }
+
+#[test]
+fn a_damaged_job_row_is_reported_with_its_id_never_guessed() {
+    let dir = common::temp_dir();
+    let state = dir.path().join("state.db");
+    let mut store = Store::open(&state).expect("state");
+    let bad_state = store.insert_pending("r", "", 0, &[]).expect("job");
+    let bad_argv = store.insert_pending("r", "", 0, &[]).expect("job");
+    drop(store);
+    let conn = rusqlite::Connection::open(&state).expect("sqlite");
+    conn.execute("UPDATE jobs SET state = 'bogus' WHERE id = ?1", [bad_state])
+        .expect("corrupt state");
+    conn.execute(
+        "UPDATE jobs SET argv = 'not json' WHERE id = ?1",
+        [bad_argv],
+    )
+    .expect("corrupt argv");
+    drop(conn);
+    let show = |id: i64| {
+        let out = common::hark_command()
+            .args(["jobs", "show", &id.to_string(), "--state"])
+            .arg(&state)
+            .output()
+            .expect("hark jobs show");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, stderr) = show(bad_state);
+    assert!(!ok);
+    assert!(
+        stderr.contains(&format!("job {bad_state}: unknown state \"bogus\"")),
+        "{stderr}"
+    );
+    let (ok, stderr) = show(bad_argv);
+    assert!(!ok);
+    assert!(
+        stderr.contains(&format!(
+            "job {bad_argv}: its argv \"not json\" is not a JSON list"
+        )),
+        "{stderr}"
+    );
+}

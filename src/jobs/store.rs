@@ -277,7 +277,8 @@ impl Store {
     /// Open (creating if needed) the state file.
     pub fn open(path: &Path) -> Result<Store> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            let _ = std::fs::create_dir_all(dir);
+            std::fs::create_dir_all(dir)
+                .map_err(|e| damaged(format!("cannot create {}: {e}", dir.display())))?;
         }
         let conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
@@ -556,7 +557,11 @@ impl Store {
             Ok(StoredEvent {
                 uuid: r.get(0)?,
                 topic: r.get(1)?,
-                signers: serde_json::from_str(&signers).unwrap_or_default(),
+                signers: serde_json::from_str(&signers).map_err(|e| {
+                    damaged(format!(
+                        "job {job}: an event's signers {signers:?} are not a JSON list ({e})"
+                    ))
+                })?,
                 json: r.get(3)?,
             })
         })?;
@@ -607,8 +612,9 @@ impl Store {
             .conn
             .prepare_cached("SELECT id, state FROM jobs WHERE state IN ('pending', 'running')")?;
         let rows = stmt.query_map([], |r| {
+            let id: i64 = r.get(0)?;
             let state: String = r.get(1)?;
-            Ok((r.get(0)?, State::parse(&state).unwrap_or(State::Pending)))
+            Ok((id, parse_state(id, &state)?))
         })?;
         rows.collect()
     }
@@ -757,21 +763,43 @@ impl Store {
 
 const JOB_SELECT: &str = "SELECT id, rule, key, state, attempt, created, due, started, finished, exit_code, argv, error, output_tail, cancel_requested, reason FROM jobs";
 
+/// A row or file the store cannot make sense of: an error that says where, never a guess
+/// (a corrupt state shown as `pending` would be run again; one shown as `failed`, never).
+fn damaged(message: String) -> rusqlite::Error {
+    rusqlite::Error::SqliteFailure(
+        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT),
+        Some(message),
+    )
+}
+
+fn parse_state(id: i64, state: &str) -> rusqlite::Result<State> {
+    State::parse(state).ok_or_else(|| {
+        damaged(format!(
+            "job {id}: unknown state {state:?} in the state file"
+        ))
+    })
+}
+
 fn row_to_job(r: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
+    let id: i64 = r.get(0)?;
     let state: String = r.get(3)?;
     let argv: String = r.get(10)?;
     Ok(Job {
-        id: r.get(0)?,
+        id,
         rule: r.get(1)?,
         key: r.get(2)?,
-        state: State::parse(&state).unwrap_or(State::Failed),
+        state: parse_state(id, &state)?,
         attempt: r.get(4)?,
         created: r.get(5)?,
         due: r.get(6)?,
         started: r.get(7)?,
         finished: r.get(8)?,
         exit_code: r.get(9)?,
-        argv: serde_json::from_str(&argv).unwrap_or_default(),
+        argv: serde_json::from_str(&argv).map_err(|e| {
+            damaged(format!(
+                "job {id}: its argv {argv:?} is not a JSON list of strings ({e})"
+            ))
+        })?,
         error: r.get(11)?,
         output_tail: r.get(12)?,
         cancel_requested: r.get::<_, i64>(13)? != 0,
