@@ -170,7 +170,18 @@ fn publish_loop(
             .as_ref()
             .is_some_and(|(job, kind, _)| *job == notice.job && *kind == notice.kind);
         if !same {
-            let data = serde_json::to_value(&notice).unwrap_or_default();
+            let data = match serde_json::to_value(&notice) {
+                Ok(data) => data,
+                Err(e) => {
+                    // Never `null` on the bus: a consumer would take it for a real notice.
+                    error!(
+                        job = notice.job,
+                        "cannot encode the {topic} notice: {e}; not published"
+                    );
+                    queue.pop(notice.job, notice.kind);
+                    continue;
+                }
+            };
             match crate::bus::publish::build_event(&topic, data, key, Some(&origin), None) {
                 Ok(ev) => current = Some((notice.job, notice.kind, ev)),
                 Err(e) => {
