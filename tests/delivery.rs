@@ -483,3 +483,26 @@ fn a_relay_that_stops_sending_heartbeats_is_reported_and_its_return_too() {
         .wait_for("sends heartbeats again", WAIT)
         .expect("its return is reported");
 }
+
+#[test]
+fn a_trigger_whose_relays_never_answer_says_so() {
+    let dir = temp_dir();
+    let nobody = free_endpoint();
+    let trigger = spawn_ready(
+        "trigger",
+        hark_command()
+            .args(["trigger", "--connect", &nobody])
+            .arg("--rules")
+            .arg(dir.path().join("rules.d"))
+            .arg("--state")
+            .arg(dir.path().join("state.db"))
+            .arg("--config")
+            .arg(write_file(dir.path(), "hark.yaml", "")),
+        "trigger ready",
+    );
+    let line = trigger
+        .stderr
+        .wait_for("no relay has answered", WAIT)
+        .expect("the silence is reported");
+    assert!(line.contains(&nobody), "names the endpoint: {line}");
+}

@@ -252,10 +252,18 @@ pub struct Admission {
     /// Per relay: when its last heartbeat came, how often they come, and whether it was
     /// reported silent.
     beats: HashMap<String, (Instant, Duration, bool)>,
+    /// hark relays this subscriber connects to, which send heartbeats; until one has, it
+    /// cannot say it is connected to anything.
+    expected: Vec<String>,
+    started: Instant,
+    warned_unheard: bool,
 }
 
 /// A relay is reported silent after this many heartbeat intervals without one.
 const SILENT_AFTER_BEATS: u32 = 3;
+/// Until a first heartbeat, relays are reported unheard after this long: three of the
+/// default intervals.
+const UNHEARD_AFTER: Duration = Duration::from_secs(15);
 
 impl Admission {
     pub fn new(
@@ -276,7 +284,17 @@ impl Admission {
             replaying: false,
             held: HashMap::new(),
             beats: HashMap::new(),
+            expected: Vec::new(),
+            started: Instant::now(),
+            warned_unheard: false,
         }
+    }
+
+    /// The hark relays connected to (not fedmsg endpoints): if none sends a heartbeat in
+    /// the first seconds, say so, instead of looking connected.
+    pub fn expecting_relays(mut self, endpoints: &[String]) -> Self {
+        self.expected = endpoints.to_vec();
+        self
     }
 
     /// Gaps will be fetched again (a replay source runs): their detection is not news.
@@ -462,6 +480,18 @@ impl Admission {
     /// Report relays whose heartbeats stopped: call now and then, also when nothing
     /// arrives (a dead relay sends nothing to notice it by).
     pub fn tick(&mut self) {
+        if self.beats.is_empty()
+            && !self.expected.is_empty()
+            && !self.warned_unheard
+            && self.started.elapsed() >= UNHEARD_AFTER
+        {
+            self.warned_unheard = true;
+            warn!(
+                "no relay has answered in {}s: no heartbeat from {} (is hark relay running there, and reachable? a relay with heartbeats off is never heard from)",
+                UNHEARD_AFTER.as_secs(),
+                self.expected.join(", ")
+            );
+        }
         for (relay, (last, every, silent)) in self.beats.iter_mut() {
             if *silent || last.elapsed() < *every * SILENT_AFTER_BEATS {
                 continue;

@@ -169,6 +169,7 @@ pub fn run(
     if replaying {
         intake = intake.with_replay();
     }
+    intake = intake.expecting_relays(&opts.connect);
     let admission = spawn_admission(
         intake,
         sources.rx.clone(),
