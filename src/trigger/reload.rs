@@ -27,6 +27,8 @@ pub struct RuleCache {
     /// File name to (stamp seen, last good compile).
     files: BTreeMap<String, (Stamp, Option<FileRules>)>,
     set: Arc<RuleSet>,
+    /// Files and rules that failed to load since `take_errors` last asked.
+    errors: u64,
 }
 
 fn stamp(path: &std::path::Path, masked: bool) -> Stamp {
@@ -46,9 +48,16 @@ impl RuleCache {
             dirs,
             files: BTreeMap::new(),
             set: Arc::new(set),
+            errors: 0,
         };
         cache.reload(true);
         cache
+    }
+
+    /// How many files and rules failed to load since the last call (for
+    /// `hark_rule_reload_errors_total`).
+    pub fn take_errors(&mut self) -> u64 {
+        std::mem::take(&mut self.errors)
     }
 
     pub fn set(&self) -> Arc<RuleSet> {
@@ -86,6 +95,7 @@ impl RuleCache {
                     next.insert(d.file_name, (st, Some(rules)));
                 }
                 Err(e) => {
+                    self.errors += 1;
                     let kept = previous.and_then(|(_, good)| good);
                     error!(
                         file = %d.path.display(),
@@ -112,6 +122,7 @@ impl RuleCache {
                 .collect();
             let (set, refused) = RuleSet::build(&compiled);
             for e in refused {
+                self.errors += 1;
                 error!("{}", e.to_string().trim_end());
             }
             info!(rules = set.len(), "rule set ready");
