@@ -60,6 +60,7 @@ pub struct RelayArgs {
     #[arg(long, value_name = "EP")]
     replay: Vec<String>,
     /// Serve Prometheus metrics on ADDR:PORT (GET /metrics) [default: relay.metrics; off].
+    /// An address that cannot be bound stops the relay before it is ready.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<String>,
 }
