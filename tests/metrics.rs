@@ -147,6 +147,7 @@ fn check_exposition(name: &str, text: &str, expect: &[(&str, &str)]) {
     }
 }
 
+/// `metrics` empty: no `--metrics` flag (hark.yaml may set relay.metrics).
 fn relay_cmd(dir: &Path, submit: &str, publish: &str, metrics: &str) -> Command {
     let mut cmd = hark_command();
     cmd.args([
@@ -160,9 +161,12 @@ fn relay_cmd(dir: &Path, submit: &str, publish: &str, metrics: &str) -> Command 
         "--name",
         "r1",
         "--no-journal",
-        "--metrics",
-        metrics,
     ])
+    .args(if metrics.is_empty() {
+        vec![]
+    } else {
+        vec!["--metrics", metrics]
+    })
     .arg("--key")
     .arg(dir.join("relay-keys/relay.key_secret"))
     .arg("--trusted")
@@ -172,25 +176,23 @@ fn relay_cmd(dir: &Path, submit: &str, publish: &str, metrics: &str) -> Command 
     cmd
 }
 
+/// `metrics` empty: no `--metrics` flag (hark.yaml may set trigger.metrics).
 fn trigger_cmd(dir: &Path, connect: &str, metrics: &str) -> Command {
     let mut cmd = hark_command();
-    cmd.args([
-        "trigger",
-        "--connect",
-        connect,
-        "--grant",
-        "archive=**",
-        "--metrics",
-        metrics,
-    ])
-    .arg("--rules")
-    .arg(dir.join("rules.d"))
-    .arg("--state")
-    .arg(dir.join("state.db"))
-    .arg("--trusted")
-    .arg(dir.join("trusted"))
-    .arg("--config")
-    .arg(dir.join("hark.yaml"));
+    cmd.args(["trigger", "--connect", connect, "--grant", "archive=**"])
+        .args(if metrics.is_empty() {
+            vec![]
+        } else {
+            vec!["--metrics", metrics]
+        })
+        .arg("--rules")
+        .arg(dir.join("rules.d"))
+        .arg("--state")
+        .arg(dir.join("state.db"))
+        .arg("--trusted")
+        .arg(dir.join("trusted"))
+        .arg("--config")
+        .arg(dir.join("hark.yaml"));
     cmd
 }
 
@@ -359,5 +361,17 @@ fn a_metrics_address_that_cannot_be_bound_stops_both_daemons_before_ready() {
         bad,
     );
     fails_before_ready("trigger", trigger_cmd(dir.path(), &publish, bad), bad);
+    // The same from hark.yaml's relay.metrics and trigger.metrics.
+    write_file(
+        dir.path(),
+        "hark.yaml",
+        &format!("relay:\n  metrics: \"{addr}\"\ntrigger:\n  metrics: \"{addr}\"\n"),
+    );
+    fails_before_ready(
+        "relay",
+        relay_cmd(dir.path(), &free_endpoint(), &publish, ""),
+        &addr,
+    );
+    fails_before_ready("trigger", trigger_cmd(dir.path(), &publish, ""), &addr);
     drop(taken);
 }
