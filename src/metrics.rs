@@ -1,15 +1,14 @@
 //! Metrics shared by every component: the one table of metric families (name, type, help),
-//! the registry of their series, the Prometheus text exposition (format 0.0.4) and the tiny
-//! HTTP endpoint that serves it on `/metrics`.
+//! the registry of their series, the Prometheus text exposition (format 0.0.4) and the
+//! HTTP endpoint (axum) that serves it on `/metrics`.
 //!
 //! A series is a metric name plus label pairs. Increments take an uncontended mutex, which
 //! costs tens of nanoseconds: far below the cost of the events being counted.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::future::Future as _;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -402,191 +401,253 @@ impl Registry {
     }
 }
 
-/// Largest request head read; a scrape's is a few hundred bytes.
-const MAX_REQUEST: usize = 8 * 1024;
-/// Connections answered at once; more are closed unanswered, so a client that opens many
-/// and sends nothing cannot pile up threads.
-const MAX_CONNECTIONS: usize = 8;
-const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections served at once; more wait in the listen queue, so a client that opens many
+/// and sends nothing cannot pile up tasks.
+const MAX_CONNECTIONS: usize = 16;
+/// A connection's whole life (hyper reads headers with no timeout of its own): a scrape
+/// takes milliseconds, and Prometheus reconnects when a kept-alive connection closes.
+const CONNECTION_LIFETIME: Duration = if cfg!(test) {
+    Duration::from_secs(1)
+} else {
+    Duration::from_secs(30)
+};
+/// On stop, how long requests in flight may finish.
+const STOP_GRACE: Duration = Duration::from_secs(2);
 
 /// The metrics HTTP endpoint. Binding is separate from serving so that a daemon learns
 /// that its address is unusable before it says it is ready.
 pub struct Endpoint {
-    listener: TcpListener,
+    listener: std::net::TcpListener,
     addr: SocketAddr,
 }
 
 impl Endpoint {
     pub fn bind(addr: &str) -> anyhow::Result<Endpoint> {
-        let listener =
-            TcpListener::bind(addr).with_context(|| format!("cannot serve metrics on {addr}"))?;
-        let addr = listener
-            .local_addr()
-            .with_context(|| format!("cannot serve metrics on {addr}"))?;
-        Ok(Endpoint { listener, addr })
+        let context = || format!("cannot serve metrics on {addr}");
+        let listener = std::net::TcpListener::bind(addr).with_context(context)?;
+        let local = listener.local_addr().with_context(context)?;
+        // tokio takes the socket over as it is; it must not block.
+        listener.set_nonblocking(true).with_context(context)?;
+        Ok(Endpoint {
+            listener,
+            addr: local,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
     }
 
-    /// Serve `registry` on a thread of its own (the relay has no async runtime, and a
-    /// scrape renders under the registry's mutex: neither belongs on an event loop). The
-    /// endpoint stops when the returned handle is dropped.
+    /// Serve `registry` with axum on a thread and a current-thread runtime of its own: the
+    /// relay has no async runtime, and a scrape renders under the registry's mutex, which
+    /// must not stall the trigger's event loop. Stops when the returned handle is dropped.
     pub fn spawn(self, registry: Registry) -> anyhow::Result<Serving> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let Endpoint { listener, addr } = self;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .build()
+            .context("starting the metrics endpoint runtime")?;
+        let listener = {
+            let _guard = rt.enter();
+            tokio::net::TcpListener::from_std(self.listener)
+                .context("handing the metrics socket to tokio")?
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("metrics-http".into())
-            .spawn(move || accept_loop(listener, registry, flag))
+            .spawn(move || rt.block_on(serve(listener, registry, stopped)))
             .context("starting the metrics endpoint thread")?;
         Ok(Serving {
-            addr,
-            stop,
+            stop: Some(stop),
             thread: Some(thread),
         })
     }
 }
 
+async fn serve(
+    listener: tokio::net::TcpListener,
+    registry: Registry,
+    stopped: tokio::sync::oneshot::Receiver<()>,
+) {
+    use axum::http::{header, StatusCode};
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let text = registry.render();
+                async move {
+                    (
+                        [(
+                            header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4; charset=utf-8",
+                        )],
+                        text,
+                    )
+                }
+            }),
+        )
+        .fallback(|| async {
+            (
+                StatusCode::NOT_FOUND,
+                "not found: metrics are on /metrics\n",
+            )
+        })
+        // One request per connection, as Prometheus is happy with: a kept-alive connection
+        // would otherwise meet CONNECTION_LIFETIME in the middle of some later scrape.
+        .layer(axum::middleware::map_response(
+            |mut response: axum::response::Response| async move {
+                response.headers_mut().insert(
+                    header::CONNECTION,
+                    header::HeaderValue::from_static("close"),
+                );
+                response
+            },
+        ));
+    let (grace, graceful) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(Limited::new(listener), app).with_graceful_shutdown(async move {
+        let _ = graceful.await;
+    });
+    let deadline = async move {
+        // A dropped sender is a stop too.
+        let _ = stopped.await;
+        let _ = grace.send(());
+        tokio::time::sleep(STOP_GRACE).await;
+    };
+    tokio::select! {
+        _ = server => {}
+        _ = deadline => {}
+    }
+}
+
+/// Running endpoint; dropping it stops serving and closes the port.
 pub struct Serving {
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Drop for Serving {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        // accept() has no timeout: one connection of our own wakes it to see the flag.
-        let wake = match self.addr {
-            SocketAddr::V4(a) if a.ip().is_unspecified() => {
-                SocketAddr::from(([127, 0, 0, 1], a.port()))
-            }
-            SocketAddr::V6(a) if a.ip().is_unspecified() => {
-                SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, a.port()))
-            }
-            a => a,
-        };
-        if TcpStream::connect_timeout(&wake, Duration::from_secs(1)).is_ok() {
-            if let Some(t) = self.thread.take() {
-                let _ = t.join();
-            }
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        // Bounded: the server gives requests in flight STOP_GRACE, then its runtime ends.
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
     }
 }
 
-fn accept_loop(listener: TcpListener, registry: Registry, stop: Arc<AtomicBool>) {
-    let active = Arc::new(AtomicUsize::new(0));
-    for conn in listener.incoming() {
-        if stop.load(Ordering::SeqCst) {
-            return;
-        }
-        let Ok(sock) = conn else {
-            // EMFILE and the like: do not spin on an error that persists.
-            std::thread::sleep(Duration::from_millis(50));
-            continue;
-        };
-        if active.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
-            continue;
-        }
-        active.fetch_add(1, Ordering::SeqCst);
-        let (registry, mine) = (registry.clone(), active.clone());
-        let spawned = std::thread::Builder::new()
-            .name("metrics-conn".into())
-            .spawn(move || {
-                let _ = answer(sock, &registry);
-                mine.fetch_sub(1, Ordering::SeqCst);
-            });
-        if spawned.is_err() {
-            active.fetch_sub(1, Ordering::SeqCst);
+/// A listener that serves at most MAX_CONNECTIONS at once, each for at most
+/// CONNECTION_LIFETIME.
+struct Limited {
+    listener: tokio::net::TcpListener,
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
+impl Limited {
+    fn new(listener: tokio::net::TcpListener) -> Limited {
+        Limited {
+            listener,
+            slots: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
         }
     }
 }
 
-/// What a request head asks for: the status line and body to send.
-fn route(head: &str, registry: &Registry) -> (&'static str, &'static str, String, bool) {
-    let line = head.lines().next().unwrap_or_default();
-    let mut parts = line.split(' ');
-    let (method, target, version) = (parts.next(), parts.next(), parts.next());
-    let version = match version {
-        Some("HTTP/1.0") => "HTTP/1.0",
-        Some("HTTP/1.1") => "HTTP/1.1",
-        _ => return ("HTTP/1.1", "400 Bad Request", "bad request\n".into(), true),
-    };
-    let Some(target) = target.filter(|_| parts.next().is_none()) else {
-        return (version, "400 Bad Request", "bad request\n".into(), true);
-    };
-    let head_only = match method {
-        Some("GET") => false,
-        Some("HEAD") => true,
-        _ => {
-            return (
-                version,
-                "405 Method Not Allowed",
-                "only GET and HEAD\n".into(),
-                true,
-            )
+impl axum::serve::Listener for Limited {
+    type Io = Conn;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Conn, SocketAddr) {
+        loop {
+            // The semaphore is never closed, so this only waits.
+            let Ok(permit) = self.slots.clone().acquire_owned().await else {
+                continue;
+            };
+            match self.listener.accept().await {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    let conn = Conn {
+                        stream,
+                        expires: Box::pin(tokio::time::sleep(CONNECTION_LIFETIME)),
+                        _slot: permit,
+                    };
+                    return (conn, peer);
+                }
+                // EMFILE and the like: do not spin on an error that persists.
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
         }
-    };
-    let path = target.split('?').next().unwrap_or_default();
-    if path == "/metrics" {
-        (version, "200 OK", registry.render(), head_only)
-    } else {
-        (
-            version,
-            "404 Not Found",
-            "not found: metrics are on /metrics\n".into(),
-            head_only,
-        )
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
     }
 }
 
-fn answer(mut sock: TcpStream, registry: &Registry) -> std::io::Result<()> {
-    sock.set_read_timeout(Some(IO_TIMEOUT))?;
-    sock.set_write_timeout(Some(IO_TIMEOUT))?;
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && !buf.windows(2).any(|w| w == b"\n\n") {
-        let n = sock.read(&mut chunk)?;
-        if n == 0 {
-            break;
+/// An accepted connection holding its slot, failing its I/O once it has lived too long.
+struct Conn {
+    stream: tokio::net::TcpStream,
+    expires: std::pin::Pin<Box<tokio::time::Sleep>>,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Conn {
+    fn expired(&mut self, cx: &mut std::task::Context<'_>) -> bool {
+        self.expires.as_mut().poll(cx).is_ready()
+    }
+}
+
+fn timed_out() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::TimedOut, "metrics connection too old")
+}
+
+impl tokio::io::AsyncRead for Conn {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.expired(cx) {
+            return std::task::Poll::Ready(Err(timed_out()));
         }
-        buf.extend_from_slice(&chunk[..n]);
-        if buf.len() > MAX_REQUEST {
-            break;
+        std::pin::Pin::new(&mut this.stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Conn {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        if this.expired(cx) {
+            return std::task::Poll::Ready(Err(timed_out()));
         }
+        std::pin::Pin::new(&mut this.stream).poll_write(cx, buf)
     }
-    if buf.is_empty() {
-        return Ok(());
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().stream).poll_flush(cx)
     }
-    let head = String::from_utf8_lossy(&buf);
-    let (version, status, body, head_only) = route(&head, registry);
-    let content_type = if status.starts_with("200") {
-        "text/plain; version=0.0.4; charset=utf-8"
-    } else {
-        "text/plain; charset=utf-8"
-    };
-    let mut response = format!(
-        "{version} {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n",
-        body.len()
-    );
-    if status.starts_with("405") {
-        response.push_str("Allow: GET, HEAD\r\n");
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
     }
-    response.push_str("\r\n");
-    sock.write_all(response.as_bytes())?;
-    if !head_only {
-        sock.write_all(body.as_bytes())?;
-    }
-    sock.flush()?;
-    let _ = sock.shutdown(std::net::Shutdown::Write);
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{Read as _, Write as _};
+    use std::net::{TcpListener, TcpStream};
 
     #[test]
     fn renders_labelled_series() {
@@ -775,38 +836,19 @@ mod tests {
         assert!(!text.contains("untyped"), "{text}");
     }
 
-    fn request(registry: &Registry, head: &str) -> (String, String) {
-        let (version, status, body, head_only) = route(head, registry);
-        (
-            format!("{version} {status}"),
-            if head_only { String::new() } else { body },
-        )
+    /// One raw exchange with the endpoint, read until it closes the connection.
+    fn exchange(addr: SocketAddr, request: &str) -> String {
+        let mut s = TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        s.write_all(request.as_bytes()).expect("send");
+        let mut got = String::new();
+        s.read_to_string(&mut got).expect("read to close");
+        got
     }
 
     #[test]
-    fn only_metrics_is_served() {
-        let r = Registry::default();
-        r.set("hark_queue_depth", &[], 2.0);
-        let (status, body) = request(&r, "GET /metrics HTTP/1.0\r\n\r\n");
-        assert_eq!(status, "HTTP/1.0 200 OK");
-        assert!(body.contains("hark_queue_depth 2\n"), "{body}");
-        let (status, _) = request(&r, "GET /metrics?x=1 HTTP/1.1\r\nHost: a\r\n\r\n");
-        assert_eq!(status, "HTTP/1.1 200 OK");
-        let (status, body) = request(&r, "GET / HTTP/1.1\r\nHost: a\r\n\r\n");
-        assert_eq!(status, "HTTP/1.1 404 Not Found");
-        assert!(!body.contains("hark_queue_depth"), "{body}");
-        let (status, _) = request(&r, "GET /metricsx HTTP/1.1\r\n\r\n");
-        assert_eq!(status, "HTTP/1.1 404 Not Found");
-        let (status, body) = request(&r, "HEAD /metrics HTTP/1.1\r\n\r\n");
-        assert_eq!((status.as_str(), body.as_str()), ("HTTP/1.1 200 OK", ""));
-        let (status, _) = request(&r, "POST /metrics HTTP/1.1\r\n\r\n");
-        assert_eq!(status, "HTTP/1.1 405 Method Not Allowed");
-        let (status, _) = request(&r, "hello\r\n\r\n");
-        assert_eq!(status, "HTTP/1.1 400 Bad Request");
-    }
-
-    #[test]
-    fn endpoint_answers_http_1_0_and_1_1_and_stops_when_dropped() {
+    fn only_metrics_is_served_over_http_1_0_and_1_1_and_it_stops_when_dropped() {
         let r = Registry::default();
         r.inc(
             "hark_jobs_total",
@@ -815,36 +857,102 @@ mod tests {
         let endpoint = Endpoint::bind("127.0.0.1:0").expect("bind a free port");
         let addr = endpoint.local_addr();
         let serving = endpoint.spawn(r).expect("spawn");
-        for (request, version) in [
-            ("GET /metrics HTTP/1.0\r\n\r\n", "HTTP/1.0"),
-            ("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", "HTTP/1.1"),
-            ("GET /nope HTTP/1.1\r\nHost: x\r\n\r\n", "HTTP/1.1"),
+        let sample = "hark_jobs_total{rule=\"a\",outcome=\"succeeded\"} 1\n";
+        // No "Connection: close" asked for: the endpoint closes after each response anyway.
+        let close = "";
+        for (request, status) in [
+            (
+                "GET /metrics HTTP/1.0\r\n\r\n".to_string(),
+                "HTTP/1.0 200 OK\r\n",
+            ),
+            (
+                format!("GET /metrics HTTP/1.1\r\nHost: x\r\n{close}\r\n"),
+                "HTTP/1.1 200 OK\r\n",
+            ),
+            (
+                format!("GET /metrics?x=1 HTTP/1.1\r\nHost: x\r\n{close}\r\n"),
+                "HTTP/1.1 200 OK\r\n",
+            ),
         ] {
-            let mut s = TcpStream::connect(addr).expect("connect");
-            s.set_read_timeout(Some(Duration::from_secs(10)))
-                .expect("timeout");
-            s.write_all(request.as_bytes()).expect("send");
-            let mut got = String::new();
-            s.read_to_string(&mut got).expect("read to close");
-            assert!(got.starts_with(version), "{got}");
-            if request.contains("/nope") {
-                assert!(got.starts_with("HTTP/1.1 404 "), "{got}");
-            } else {
-                assert!(
-                    got.contains("\r\nContent-Type: text/plain; version=0.0.4"),
-                    "{got}"
-                );
-                assert!(
-                    got.ends_with("hark_jobs_total{rule=\"a\",outcome=\"succeeded\"} 1\n"),
-                    "{got}"
-                );
-            }
+            let got = exchange(addr, &request);
+            assert!(got.starts_with(status), "{request:?}: {got}");
+            assert!(
+                got.to_ascii_lowercase()
+                    .contains("\r\ncontent-type: text/plain; version=0.0.4"),
+                "{got}"
+            );
+            assert!(got.ends_with(sample), "{got}");
         }
+        for request in [
+            "GET / HTTP/1.1",
+            "GET /metricsx HTTP/1.1",
+            "GET /metrics/ HTTP/1.1",
+        ] {
+            let got = exchange(addr, &format!("{request}\r\nHost: x\r\n{close}\r\n"));
+            assert!(
+                got.starts_with("HTTP/1.1 404 Not Found\r\n"),
+                "{request}: {got}"
+            );
+            assert!(!got.contains("hark_jobs_total"), "{got}");
+        }
+        let got = exchange(
+            addr,
+            &format!("HEAD /metrics HTTP/1.1\r\nHost: x\r\n{close}\r\n"),
+        );
+        assert!(
+            got.starts_with("HTTP/1.1 200 OK\r\n") && got.ends_with("\r\n\r\n"),
+            "{got}"
+        );
+        let got = exchange(
+            addr,
+            &format!("POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n{close}\r\n"),
+        );
+        assert!(got.starts_with("HTTP/1.1 405 "), "{got}");
+        let got = exchange(addr, "hello\r\n\r\n");
+        assert!(got.is_empty() || got.starts_with("HTTP/1.1 400 "), "{got}");
         drop(serving);
         assert!(
             TcpListener::bind(addr).is_ok(),
             "the port is free again once dropped"
         );
+    }
+
+    /// Clients that connect and never finish a request hold a slot only for the connection
+    /// lifetime (1 s under test): a scrape behind a full house of them still gets through.
+    #[test]
+    fn stalled_clients_cannot_hold_the_endpoint() {
+        let r = Registry::default();
+        r.set("hark_queue_depth", &[], 1.0);
+        let endpoint = Endpoint::bind("127.0.0.1:0").expect("bind a free port");
+        let addr = endpoint.local_addr();
+        let _serving = endpoint.spawn(r).expect("spawn");
+        let stalled: Vec<TcpStream> = (0..MAX_CONNECTIONS + 4)
+            .map(|_| {
+                let mut s = TcpStream::connect(addr).expect("connect");
+                s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+                    .expect("half a request");
+                s
+            })
+            .collect();
+        let started = std::time::Instant::now();
+        let got = exchange(addr, "GET /metrics HTTP/1.0\r\n\r\n");
+        assert!(got.ends_with("hark_queue_depth 1\n"), "{got}");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+        for mut s in stalled {
+            s.set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("timeout");
+            let mut rest = Vec::new();
+            // Closed by the endpoint (EOF or reset), not by our 10 s timeout.
+            let r = s.read_to_end(&mut rest);
+            assert!(
+                !matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut),
+                "{r:?}"
+            );
+        }
     }
 
     #[test]

@@ -51,7 +51,8 @@ fn scrape(addr: &str) -> String {
         .unwrap_or_else(|| panic!("no header end: {response}"));
     assert!(head.starts_with("HTTP/1.0 200 OK\r\n"), "{head}");
     assert!(
-        head.contains("\r\nContent-Type: text/plain; version=0.0.4"),
+        head.to_ascii_lowercase()
+            .contains("\r\ncontent-type: text/plain; version=0.0.4"),
         "{head}"
     );
     body.to_string()
@@ -306,10 +307,16 @@ fn relay_and_trigger_expositions_pass_promtool_and_prometheus_client() {
 
     // Only /metrics; HTTP/1.1 works as well as 1.0.
     for addr in [&trigger_metrics, &relay_metrics] {
-        let other = http(addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        let other = http(
+            addr,
+            "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        );
         assert!(other.starts_with("HTTP/1.1 404 "), "{other}");
         assert!(!other.contains("hark_"), "{other}");
-        let v11 = http(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+        let v11 = http(
+            addr,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        );
         assert!(v11.starts_with("HTTP/1.1 200 OK\r\n"), "{v11}");
         assert!(v11.contains("# TYPE hark_"), "{v11}");
     }
