@@ -1,6 +1,6 @@
 # hark developer entry points. CI runs .ci/run, which runs `make lint` then `make test`.
 .DEFAULT_GOAL := test
-.PHONY: venv test bench fmt lint corpus corpus-check deb package-check
+.PHONY: venv debs test bench fmt lint corpus corpus-check deb package-check
 
 CARGO ?= cargo
 VENV_PYTHON := $(CURDIR)/.venv/bin/python
@@ -9,10 +9,15 @@ VENV_PYTHON := $(CURDIR)/.venv/bin/python
 venv:
 	bash scripts/setup-venv.sh
 
+# Debian packages the tests use beyond the venv: promtool (package prometheus), for
+# tests/metrics.rs. Installs only when promtool is missing and we are root; idempotent.
+debs:
+	bash scripts/setup-debs.sh
+
 # Unit, integration (interop with the Python peers included) and bench-smoke tests.
 # cargo prints one `test result:` line per test binary; --no-fail-fast runs them all even
 # after a failure (the exit status is still non-zero).
-test: venv corpus-check
+test: venv debs corpus-check
 	HARK_TEST_PYTHON=$(VENV_PYTHON) $(CARGO) test --all-targets --no-fail-fast
 
 bench:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create or refresh .venv at the repository root with the Python test peers
-# (tests/requirements.txt: pyzmq, python-signedjson, fedmsg, moksha.hub, ...).
+# (tests/requirements.txt: pyzmq, python-signedjson, fedmsg, moksha.hub, prometheus_client, ...).
 #
 # Idempotent: when .venv/.requirements.sha256 matches the hash of tests/requirements.txt
 # (and of the interpreter it was made with), nothing is installed again.
@@ -53,7 +53,7 @@ fi
 
 want="$( (cat "$requirements"; "$python" -c 'import sys; print(sys.version)') | sha256sum | cut -d' ' -f1)"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$venv/bin/python" ] \
-    && "$venv/bin/python" -c 'import zmq, signedjson, fedmsg' >/dev/null 2>&1; then
+    && "$venv/bin/python" -c 'import zmq, signedjson, fedmsg, prometheus_client' >/dev/null 2>&1; then
     log "$venv is up to date"
     exit 0
 fi
@@ -77,7 +77,7 @@ PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 \
 # shown when the import fails.)
 if ! smoke="$("$venv/bin/python" - 2>&1 <<'PY'
 import zmq, nacl.signing, signedjson.key, signedjson.sign, fedmsg, fedmsg.consumers.relay, psutil
-import moksha.hub, pkg_resources  # noqa: F401
+import moksha.hub, pkg_resources, prometheus_client.parser  # noqa: F401
 PY
 )"; then
     printf '%s\n' "$smoke" >&2

@@ -3,12 +3,12 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::bus::relay::{self, RelayOptions};
 use crate::config::Config;
 use crate::event::keys::read_signing_key;
-use crate::metrics::Registry;
+use crate::metrics::{Endpoint, Registry};
 
 #[derive(Debug, clap::Args)]
 #[command(
@@ -59,6 +59,10 @@ pub struct RelayArgs {
     /// ROUTER endpoint answering replay requests (repeatable) [default: tcp://127.0.0.1:5573].
     #[arg(long, value_name = "EP")]
     replay: Vec<String>,
+    /// Serve Prometheus metrics on ADDR:PORT (GET /metrics) [default: relay.metrics; off].
+    /// An address that cannot be bound stops the relay before it is ready.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
 }
 
 pub fn run(args: RelayArgs) -> ExitCode {
@@ -93,6 +97,16 @@ fn run_inner(args: RelayArgs) -> anyhow::Result<()> {
     if !args.replay.is_empty() {
         relay_cfg.replay = args.replay;
     }
+    if args.metrics.is_some() {
+        relay_cfg.metrics = args.metrics;
+    }
+    // Bound before the relay's sockets, so an unusable address stops it before it is ready.
+    let endpoint = config
+        .relay
+        .metrics
+        .as_deref()
+        .map(Endpoint::bind)
+        .transpose()?;
     let key = match &config.relay.key {
         Some(path) => Some(read_signing_key(path)?),
         None => {
@@ -104,7 +118,17 @@ fn run_inner(args: RelayArgs) -> anyhow::Result<()> {
         .trust
         .policy(&mut config, key.as_ref().map(|k| k.name.as_str()))?;
     let opts = RelayOptions::new(&config.relay, &config.trust, &config.zmq, policy, key);
-    let result = relay::run(opts, Registry::default(), super::shutdown_flag(), || {
+    let metrics = Registry::default();
+    let _serving = match endpoint {
+        Some(e) => {
+            let addr = e.local_addr();
+            let serving = e.spawn(metrics.clone())?;
+            info!("metrics on http://{addr}/metrics");
+            Some(serving)
+        }
+        None => None,
+    };
+    let result = relay::run(opts, metrics, super::shutdown_flag(), || {
         crate::systemd::notify(&[crate::systemd::NotifyState::Ready]);
     });
     crate::systemd::notify(&[crate::systemd::NotifyState::Stopping]);

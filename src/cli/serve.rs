@@ -38,7 +38,7 @@ pub struct ServeArgs {
     /// Replay endpoint of the embedded relay (answers from its journal).
     #[arg(long, value_name = "EP", default_value = "tcp://127.0.0.1:5573")]
     replay: String,
-    /// Serve Prometheus metrics on ADDR:PORT.
+    /// Serve Prometheus metrics of the relay and the trigger daemon on ADDR:PORT (GET /metrics).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<String>,
 }

@@ -41,7 +41,8 @@ pub struct TriggerArgs {
     pub state: Option<PathBuf>,
     #[command(flatten)]
     pub trust: super::TrustArgs,
-    /// Serve Prometheus metrics on ADDR:PORT.
+    /// Serve Prometheus metrics on ADDR:PORT (GET /metrics) [default: trigger.metrics; off].
+    /// An address that cannot be bound stops the daemon before it is ready.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<String>,
 }

@@ -147,6 +147,8 @@ pub struct RelayConfig {
     pub journal_max_bytes: u64,
     /// ROUTER endpoints that answer replay requests from the journal.
     pub replay: Vec<String>,
+    /// `ADDR:PORT` for Prometheus metrics over HTTP; off when unset.
+    pub metrics: Option<String>,
 }
 
 impl Default for RelayConfig {
@@ -164,6 +166,7 @@ impl Default for RelayConfig {
             journal_max_age: crate::journal::DEFAULT_MAX_AGE,
             journal_max_bytes: crate::journal::DEFAULT_MAX_BYTES,
             replay: vec![crate::journal::DEFAULT_REPLAY_ENDPOINT.into()],
+            metrics: None,
         }
     }
 }

@@ -226,6 +226,13 @@ pub const SETTINGS: &[Setting] = &[
         "ROUTER endpoints that answer replay requests from the journal (a seq range in\n\
          an epoch, or a time range, with topic prefixes; docs/architecture.md).",
     ),
+    s(
+        "relay",
+        "metrics",
+        Kind::Text,
+        "ADDR:PORT for Prometheus metrics over HTTP (GET /metrics), e.g.\n\
+         \"127.0.0.1:9465\"; off when unset. An address that cannot be bound stops the relay.",
+    ),
     // --- trust ---
     s(
         "trust",
@@ -318,7 +325,8 @@ pub const SETTINGS: &[Setting] = &[
         "trigger",
         "metrics",
         Kind::Text,
-        "ADDR:PORT for Prometheus metrics over HTTP, e.g. \"127.0.0.1:9464\"; off when unset.",
+        "ADDR:PORT for Prometheus metrics over HTTP (GET /metrics), e.g.\n\
+         \"127.0.0.1:9464\"; off when unset. An address that cannot be bound stops the daemon.",
     ),
     s(
         "trigger",

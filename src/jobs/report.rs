@@ -152,13 +152,13 @@ impl Reporter {
         else {
             return;
         };
-        if f.state == State::Succeeded {
-            self.metrics.set(
-                "hark_last_success_timestamp_seconds",
-                &[("rule", &f.rule)],
-                now_ms as f64 / 1000.0,
-            );
-        }
+        let stamp = if f.state == State::Succeeded {
+            "hark_last_success_timestamp_seconds"
+        } else {
+            "hark_last_failure_timestamp_seconds"
+        };
+        self.metrics
+            .set(stamp, &[("rule", &f.rule)], now_ms as f64 / 1000.0);
         self.notice(|| Notice {
             kind: if f.state == State::Succeeded {
                 "succeeded"

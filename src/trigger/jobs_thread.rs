@@ -282,6 +282,13 @@ impl Loop {
         if self.t.cache.reload(force) || force {
             self.t.sched.set_rules(self.t.cache.set());
         }
+        let (loaded, errors) = (self.t.cache.set().len(), self.t.cache.take_errors());
+        self.t.metrics.set("hark_rules_loaded", &[], loaded as f64);
+        if errors > 0 {
+            self.t
+                .metrics
+                .add("hark_rule_reload_errors_total", &[], errors as f64);
+        }
         if force {
             notify(&[NotifyState::Ready]);
         }

@@ -7,9 +7,9 @@
 //!                         gaps)                         txn per burst) ◄──finished──┘
 //! ```
 //!
-//! The tokio event loop does no blocking work: it runs the commands, the metrics endpoint
-//! and the signal handlers, and turns signals into messages for the jobs thread. The
-//! results publisher has a thread and a socket of its own.
+//! The tokio event loop does no blocking work: it runs the commands and the signal
+//! handlers, and turns signals into messages for the jobs thread. The results publisher
+//! and the metrics endpoint have a thread each.
 
 mod jobs_thread;
 pub mod reload;
@@ -120,6 +120,12 @@ pub fn run(
     stop: Arc<AtomicBool>,
     ready: impl FnOnce(),
 ) -> anyhow::Result<()> {
+    // Bound first, so an unusable address stops the daemon before anything says ready.
+    let endpoint = opts
+        .metrics_addr
+        .as_deref()
+        .map(crate::metrics::Endpoint::bind)
+        .transpose()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -129,7 +135,13 @@ pub fn run(
     // event loop exists.
     let mut store = Store::open(&opts.state)
         .with_context(|| format!("opening the state file {}", opts.state.display()))?;
-    let cache = RuleCache::new(opts.rule_dirs.clone());
+    let mut cache = RuleCache::new(opts.rule_dirs.clone());
+    metrics.set("hark_rules_loaded", &[], cache.set().len() as f64);
+    metrics.add(
+        "hark_rule_reload_errors_total",
+        &[],
+        cache.take_errors() as f64,
+    );
     let mut sched = Scheduler::new(cache.set(), opts.scheduler);
     jobs_thread::recover(&mut store, &mut sched).context("loading jobs from the state file")?;
     let last_seq = store
@@ -186,6 +198,15 @@ pub fn run(
         },
         None => None,
     };
+    let _serving = match endpoint {
+        Some(e) => {
+            let addr = e.local_addr();
+            let serving = e.spawn(metrics.clone())?;
+            info!("metrics on http://{addr}/metrics");
+            Some(serving)
+        }
+        None => None,
+    };
     let sink = results
         .clone()
         .map(|q| -> crate::jobs::report::NoticeSink { Box::new(move |n| q.push(n)) });
@@ -220,14 +241,7 @@ pub fn run(
         })
         .context("starting the jobs thread")?;
 
-    let result = rt.block_on(event_loop(
-        opts.metrics_addr,
-        metrics,
-        control_tx,
-        stop,
-        done_rx,
-        ready,
-    ));
+    let result = rt.block_on(event_loop(control_tx, stop, done_rx, ready));
     let _ = jobs.join();
     if let Some(q) = &results {
         q.close();
@@ -241,22 +255,13 @@ pub fn run(
     result
 }
 
-/// The tokio side: metrics endpoint and signals; returns once the jobs thread is done.
+/// The tokio side: signals; returns once the jobs thread is done.
 async fn event_loop(
-    metrics_addr: Option<String>,
-    metrics: Registry,
     control: Sender<Control>,
     stop: Arc<AtomicBool>,
     mut done: tokio::sync::oneshot::Receiver<()>,
     ready: impl FnOnce(),
 ) -> anyhow::Result<()> {
-    if let Some(addr) = metrics_addr {
-        tokio::spawn(async move {
-            if let Err(e) = metrics.serve(&addr).await {
-                error!("metrics endpoint {addr}: {e}");
-            }
-        });
-    }
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;

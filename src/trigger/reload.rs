@@ -29,6 +29,8 @@ pub struct RuleCache {
     set: Arc<RuleSet>,
     /// Missing directories and skipped files last warned about.
     notices: Notices,
+    /// Files and rules that failed to load since `take_errors` last asked.
+    errors: u64,
 }
 
 fn stamp(path: &std::path::Path, masked: bool) -> Stamp {
@@ -49,9 +51,16 @@ impl RuleCache {
             files: BTreeMap::new(),
             set: Arc::new(set),
             notices: Notices::default(),
+            errors: 0,
         };
         cache.reload(true);
         cache
+    }
+
+    /// How many files and rules failed to load since the last call (for
+    /// `hark_rule_reload_errors_total`).
+    pub fn take_errors(&mut self) -> u64 {
+        std::mem::take(&mut self.errors)
     }
 
     pub fn set(&self) -> Arc<RuleSet> {
@@ -96,6 +105,7 @@ impl RuleCache {
                     next.insert(d.file_name, (st, Some(rules)));
                 }
                 Err(e) => {
+                    self.errors += 1;
                     let kept = previous.and_then(|(_, good)| good);
                     error!(
                         file = %d.path.display(),
@@ -122,6 +132,7 @@ impl RuleCache {
                 .collect();
             let (set, refused) = RuleSet::build(&compiled);
             for e in refused {
+                self.errors += 1;
                 error!("{}", e.to_string().trim_end());
             }
             if set.is_empty() {
