@@ -244,3 +244,25 @@ fn the_daemon_warns_about_a_missing_directory_a_skipped_file_and_no_rules() {
         .wait_for("trigger ready", wait)
         .expect("and it still starts");
 }
+
+#[test]
+fn a_file_of_the_wrong_shape_is_explained_in_plain_words() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("10-list.yaml"), "- name: x\n").unwrap();
+    fs::write(dir.path().join("20-text.yaml"), "just text\n").unwrap();
+    fs::write(dir.path().join("30-rules.yaml"), "rules: foo\n").unwrap();
+    let (code, text) = run_check(vec![dir.path().to_path_buf()]);
+    assert_eq!(code, 1, "{text}");
+    for name in ["10-list.yaml", "20-text.yaml"] {
+        let line = format!(
+            "{}:1:1: error: a rule file must be a mapping with a `rules:` list",
+            dir.path().join(name).display()
+        );
+        assert!(text.contains(&line), "{name}: {text}");
+    }
+    assert!(
+        text.contains("30-rules.yaml:1:8: error: expected a list here"),
+        "{text}"
+    );
+    assert!(!text.contains("mapping start"), "no parser jargon: {text}");
+}

@@ -86,6 +86,18 @@ fn yaml_options() -> serde_saphyr::Options {
 }
 
 /// Compile rule-file text. `path` is only used for positions and the file name.
+/// The YAML parser's words for a wrong shape, in an admin's: what was expected there.
+fn in_plain_words(message: &str, line: u64, column: u64) -> String {
+    match message {
+        "expected mapping start" if line <= 1 && column <= 1 => {
+            "a rule file must be a mapping with a `rules:` list (and optionally `tests:` and `pools:`); see docs/rules.md".into()
+        }
+        "expected mapping start" => "expected `key: value` entries (a mapping) here".into(),
+        "expected sequence start" => "expected a list here (`- item` lines, or `[a, b]`)".into(),
+        other => other.into(),
+    }
+}
+
 pub fn parse_str(path: &Path, text: &str) -> Result<FileRules, RuleError> {
     let file: Arc<Path> = Arc::from(path);
     let is_blank = text
@@ -116,7 +128,7 @@ pub fn parse_str(path: &Path, text: &str) -> Result<FileRules, RuleError> {
                     column,
                 },
                 severity: Severity::Error,
-                message: sanitize(&message),
+                message: in_plain_words(&sanitize(&message), line, column),
             }],
         }
     })?;
