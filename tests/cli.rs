@@ -119,3 +119,82 @@ fn a_damaged_job_row_is_reported_with_its_id_never_guessed() {
         "{stderr}"
     );
 }
+
+fn jobs_list(state: &std::path::Path, args: &[&str]) -> Vec<String> {
+    let out = common::hark_command()
+        .arg("jobs")
+        .args(args)
+        .arg("--state")
+        .arg(state)
+        .output()
+        .expect("hark jobs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .skip(1)
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn hark_jobs_filters_by_rule_and_age_and_takes_limit_without_list() {
+    let dir = common::temp_dir();
+    let state = dir.path().join("state.db");
+    let mut store = Store::open(&state).expect("state");
+    let old = store.insert_pending("mirror", "old", 0, &[]).expect("job");
+    for key in ["a", "b", "c"] {
+        store.insert_pending("mirror", key, 0, &[]).expect("job");
+    }
+    store.insert_pending("lintian", "x", 0, &[]).expect("job");
+    drop(store);
+    let conn = rusqlite::Connection::open(&state).expect("sqlite");
+    let day_ago = hark::jobs::now_ms() - 24 * 3600 * 1000;
+    conn.execute("UPDATE jobs SET created = ?1 WHERE id = ?2", (day_ago, old))
+        .expect("age it");
+    drop(conn);
+    let rules = |lines: &[String]| -> Vec<String> {
+        lines
+            .iter()
+            .map(|l| l.split_whitespace().nth(2).unwrap_or_default().to_string())
+            .collect()
+    };
+    assert_eq!(rules(&jobs_list(&state, &["--rule", "mirror"])).len(), 4);
+    assert_eq!(
+        rules(&jobs_list(&state, &["--rule", "mirror", "--since", "1h"])),
+        ["mirror", "mirror", "mirror"]
+    );
+    assert_eq!(jobs_list(&state, &["--limit", "2"]).len(), 2);
+    assert_eq!(
+        rules(&jobs_list(&state, &["list", "--rule", "lintian"])),
+        ["lintian"]
+    );
+}
+
+#[test]
+fn hark_jobs_finds_the_state_of_hark_serve() {
+    if std::path::Path::new("/var/lib/hark/state.db").exists() {
+        println!("SKIPPED: a system daemon's state exists here and comes first");
+        return;
+    }
+    let dir = common::temp_dir();
+    let serve_state = dir.path().join("hark/state.db");
+    std::fs::create_dir_all(serve_state.parent().unwrap()).unwrap();
+    let mut store = Store::open(&serve_state).expect("state");
+    store.insert_pending("hello", "", 0, &[]).expect("job");
+    drop(store);
+    let out = common::hark_command()
+        .args(["jobs", "--config", "/dev/null"])
+        .env("XDG_STATE_HOME", dir.path())
+        .output()
+        .expect("hark jobs");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("hello"), "{stdout}");
+}

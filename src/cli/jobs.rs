@@ -8,19 +8,25 @@ use std::process::ExitCode;
 
 use chrono::{Local, TimeZone};
 
-use crate::jobs::store::{Job, State, Store};
+use crate::jobs::store::{Job, Selection, State, Store};
 
 #[derive(Debug, clap::Args)]
 #[command(
+    args_conflicts_with_subcommands = true,
     after_help = "Examples:\n  hark jobs                      # the 30 newest jobs\n  \
-hark jobs list --state-is failed  # what needs attention\n  hark jobs show 42               # argv, events, exit code, output tail\n  \
+hark jobs list --state-is failed  # what needs attention\n  \
+hark jobs --rule mirror-sync --since 2h --limit 5\n  hark jobs show 42               # argv, events, exit code, output tail\n  \
 hark jobs retry 42              # run it again (a new job with the same events)\n  hark jobs cancel 43             # stop it (TERM, grace, KILL) or drop it if pending\n  \
 hark jobs fallbacks             # when each rule's fallback runs next"
 )]
 pub struct JobsArgs {
     #[command(subcommand)]
     command: Option<JobsCommand>,
-    /// The daemon's state file [default: trigger.state from hark.yaml, /var/lib/hark/state.db].
+    /// Without a command: list, with these filters.
+    #[command(flatten)]
+    list: ListArgs,
+    /// The daemon's state file [default: trigger.state from hark.yaml, /var/lib/hark/state.db;
+    /// if that does not exist, the one `hark serve` keeps for this user].
     #[arg(long, global = true, value_name = "FILE")]
     state: Option<PathBuf>,
     /// Configuration file (for trigger.state).
@@ -31,17 +37,7 @@ pub struct JobsArgs {
 #[derive(Debug, clap::Subcommand)]
 enum JobsCommand {
     /// List jobs, newest first.
-    List {
-        /// Only jobs in these states (repeatable): pending, running, succeeded, failed, timed_out, skipped, superseded, cancelled.
-        #[arg(long = "state-is", value_name = "STATE", value_parser = parse_state)]
-        states: Vec<State>,
-        /// At most this many.
-        #[arg(long, default_value_t = 30)]
-        limit: usize,
-        /// One JSON object per line.
-        #[arg(long)]
-        json: bool,
-    },
+    List(ListArgs),
     /// Everything about one job.
     Show {
         id: i64,
@@ -67,6 +63,55 @@ enum JobsCommand {
     },
 }
 
+#[derive(Debug, Clone, clap::Args)]
+struct ListArgs {
+    /// Only jobs in these states (repeatable): pending, running, succeeded, failed, timed_out, skipped, superseded, cancelled.
+    #[arg(long = "state-is", value_name = "STATE", value_parser = parse_state)]
+    states: Vec<State>,
+    /// Only jobs of this rule (repeatable).
+    #[arg(long, value_name = "RULE")]
+    rule: Vec<String>,
+    /// Only jobs created within this long (`2h`, `3d`) or since this local time
+    /// (`2026-12-01`, `2026-12-01 09:30`).
+    #[arg(long, value_name = "WHEN", value_parser = parse_since)]
+    since: Option<i64>,
+    /// At most this many.
+    #[arg(long, default_value_t = 30)]
+    limit: usize,
+    /// One JSON object per line.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `--since`: a duration back from now, or a local date and time; milliseconds.
+fn parse_since(s: &str) -> Result<i64, String> {
+    if let Ok(d) = crate::duration::parse(s) {
+        let back = i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        return Ok(crate::jobs::now_ms().saturating_sub(back));
+    }
+    let naive = [
+        "%Y-%m-%d %H:%M:%S",
+        "%Y-%m-%d %H:%M",
+        "%Y-%m-%dT%H:%M:%S",
+        "%Y-%m-%dT%H:%M",
+    ]
+    .iter()
+    .find_map(|f| chrono::NaiveDateTime::parse_from_str(s, f).ok())
+    .or_else(|| {
+        chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
+            .ok()
+            .and_then(|d| d.and_hms_opt(0, 0, 0))
+    });
+    if let Some(t) = naive.and_then(|n| Local.from_local_datetime(&n).earliest()) {
+        return Ok(t.timestamp_millis());
+    }
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| t.timestamp_millis())
+        .map_err(|_| {
+            format!("{s:?} is neither a duration (2h, 3d) nor a date and time (2026-12-01 09:30)")
+        })
+}
+
 fn parse_state(s: &str) -> Result<State, String> {
     State::parse(s).ok_or_else(|| format!("unknown state {s:?}"))
 }
@@ -81,6 +126,15 @@ pub fn run(args: JobsArgs) -> ExitCode {
     let path = match args.state {
         Some(p) => p,
         None => match crate::config::Config::load(args.config.as_deref()) {
+            Ok(c) if !c.trigger.state.exists() => {
+                // No system daemon here: the one `hark serve` runs for this user, if any.
+                let serve = super::serve::default_state_dir().join("state.db");
+                if serve.exists() {
+                    serve
+                } else {
+                    c.trigger.state
+                }
+            }
             Ok(c) => c.trigger.state,
             Err(e) => return super::fail(e, super::EXIT_USAGE),
         },
@@ -88,8 +142,9 @@ pub fn run(args: JobsArgs) -> ExitCode {
     if !path.exists() {
         return super::fail(
             format!(
-                "no state file at {} (has `hark trigger` run with this --state?)",
-                path.display()
+                "no state file at {} (has `hark trigger` run with this --state? `hark serve` keeps its own in {})",
+                path.display(),
+                super::serve::default_state_dir().display()
             ),
             1,
         );
@@ -98,13 +153,17 @@ pub fn run(args: JobsArgs) -> ExitCode {
         Ok(s) => s,
         Err(e) => return super::fail(format!("{}: {e}", path.display()), 1),
     };
-    let command = args.command.unwrap_or(JobsCommand::List {
-        states: Vec::new(),
-        limit: 30,
-        json: false,
-    });
+    let command = args.command.unwrap_or(JobsCommand::List(args.list));
     let result = match command {
-        JobsCommand::List { states, limit, json } => store.list(&states, limit).map(|jobs| {
+        JobsCommand::List(list) => {
+            let json = list.json;
+            let selection = Selection {
+                states: list.states,
+                rules: list.rule,
+                since_ms: list.since,
+                limit: list.limit,
+            };
+            store.select(&selection).map(|jobs| {
             if !json {
                 println!("{:>6}  {:<10}  {:<20}  {:<16}  {:<19}  {:>4}  topic / uuid", "id", "state", "rule", "key", "created", "exit");
             }
@@ -122,7 +181,8 @@ pub fn run(args: JobsArgs) -> ExitCode {
                 }
             }
             ExitCode::SUCCESS
-        }),
+            })
+        }
         JobsCommand::Show { id, json } => store.get(id).map(|job| match job {
             None => super::fail(format!("no job {id}"), 1),
             Some(job) if json => {

@@ -273,6 +273,16 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
 
 type Result<T> = std::result::Result<T, rusqlite::Error>;
 
+/// Which jobs [`Store::select`] returns: all filters must pass; empty ones pass all.
+#[derive(Debug, Clone, Default)]
+pub struct Selection {
+    pub states: Vec<State>,
+    pub rules: Vec<String>,
+    /// Created at or after this time (ms since the Unix epoch).
+    pub since_ms: Option<i64>,
+    pub limit: usize,
+}
+
 impl Store {
     /// Open (creating if needed) the state file.
     pub fn open(path: &Path) -> Result<Store> {
@@ -571,16 +581,53 @@ impl Store {
     /// Jobs in `states` (all if empty), newest first, at most `limit`. Events not loaded
     /// except the first, for display.
     pub fn list(&self, states: &[State], limit: usize) -> Result<Vec<Job>> {
-        let filter = if states.is_empty() {
+        self.select(&Selection {
+            states: states.to_vec(),
+            limit,
+            ..Selection::default()
+        })
+    }
+
+    /// Jobs that pass every filter of `sel`, newest first.
+    pub fn select(&self, sel: &Selection) -> Result<Vec<Job>> {
+        let mut clauses = Vec::new();
+        let mut values: Vec<rusqlite::types::Value> = Vec::new();
+        if !sel.states.is_empty() {
+            let names: Vec<String> = sel
+                .states
+                .iter()
+                .map(|s| format!("'{}'", s.as_str()))
+                .collect();
+            clauses.push(format!("state IN ({})", names.join(",")));
+        }
+        if !sel.rules.is_empty() {
+            let marks: Vec<String> = sel
+                .rules
+                .iter()
+                .map(|r| {
+                    values.push(r.clone().into());
+                    format!("?{}", values.len())
+                })
+                .collect();
+            clauses.push(format!("rule IN ({})", marks.join(",")));
+        }
+        if let Some(since) = sel.since_ms {
+            values.push(since.into());
+            clauses.push(format!("created >= ?{}", values.len()));
+        }
+        values.push(i64::try_from(sel.limit).unwrap_or(i64::MAX).into());
+        let filter = if clauses.is_empty() {
             String::new()
         } else {
-            let names: Vec<String> = states.iter().map(|s| format!("'{}'", s.as_str())).collect();
-            format!(" WHERE state IN ({})", names.join(","))
+            format!(" WHERE {}", clauses.join(" AND "))
         };
-        let sql = format!("{JOB_SELECT}{filter} ORDER BY id DESC LIMIT ?1");
+        let sql = format!(
+            "{JOB_SELECT}{filter} ORDER BY id DESC LIMIT ?{}",
+            values.len()
+        );
         let mut stmt = self.conn.prepare(&sql)?;
         let jobs = stmt
-            .query_map([i64::try_from(limit).unwrap_or(i64::MAX)], row_to_job)?
+            .query_map(rusqlite::params_from_iter(values), row_to_job)?
             .collect::<Result<Vec<_>>>()?;
         jobs.into_iter()
             .map(|mut j| {
