@@ -198,3 +198,78 @@ fn hark_jobs_finds_the_state_of_hark_serve() {
     assert!(out.status.success(), "{stderr}");
     assert!(stdout.contains("hello"), "{stdout}");
 }
+
+#[test]
+fn hark_status_shows_each_rule_s_last_run_the_waiting_jobs_and_the_relays() {
+    let dir = common::temp_dir();
+    let rules = dir.path().join("rules.d");
+    std::fs::create_dir(&rules).unwrap();
+    std::fs::write(
+        rules.join("50-mirror.yaml"),
+        "rules:\n  - name: mirror\n    match: {topic: _lk.archive.x}\n    run: {command: [/bin/true]}\n\
+         \n  - name: nightly\n    match: {topic: _lk.archive.y}\n    run: {command: [/bin/true]}\n    fallback: {every: 6h}\n",
+    )
+    .unwrap();
+    let state = dir.path().join("state.db");
+    let mut store = Store::open(&state).expect("state");
+    let ran = store.insert_pending("mirror", "", 0, &[]).expect("job");
+    store.mark_running(ran, &["/bin/true".into()]).expect("run");
+    store
+        .finish(ran, hark::jobs::store::State::Failed, Some(3), None, None)
+        .expect("finish");
+    let quiet_until = hark::jobs::now_ms() + 3_600_000;
+    let waiting = store
+        .insert_pending("mirror", "repo", quiet_until, &[])
+        .expect("job");
+    store.save_relay_seq("relay-1", "epoch-1", 42).expect("seq");
+    drop(store);
+    let out = common::hark_command()
+        .args(["status", "--json", "--state"])
+        .arg(&state)
+        .arg("--rules")
+        .arg(&rules)
+        .output()
+        .expect("hark status");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let mirror = &status["rules"][0];
+    assert_eq!(mirror["name"], "mirror");
+    assert!(
+        mirror["source"]
+            .as_str()
+            .unwrap()
+            .ends_with("50-mirror.yaml:2"),
+        "{mirror}"
+    );
+    assert_eq!(mirror["last"]["state"], "failed");
+    assert_eq!(mirror["last"]["exit_code"], 3);
+    let nightly = &status["rules"][1];
+    assert_eq!(nightly["last"], serde_json::Value::Null, "never ran");
+    assert!(nightly["fallback_due"].is_i64(), "{nightly}");
+    let job = &status["jobs"][0];
+    assert_eq!(job["id"], waiting);
+    assert!(
+        job["waiting"]
+            .as_str()
+            .unwrap()
+            .starts_with("coalesce quiet period"),
+        "{job}"
+    );
+    assert_eq!(status["relays"][0]["relay"], "relay-1");
+    assert_eq!(status["relays"][0]["seq"], 42);
+    // The table says the same for a person.
+    let out = common::hark_command()
+        .args(["status", "--state"])
+        .arg(&state)
+        .arg("--rules")
+        .arg(&rules)
+        .output()
+        .expect("hark status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("mirror") && text.contains("failed"), "{text}");
+    assert!(text.contains("relay-1"), "{text}");
+}

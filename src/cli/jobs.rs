@@ -116,16 +116,22 @@ fn parse_state(s: &str) -> Result<State, String> {
     State::parse(s).ok_or_else(|| format!("unknown state {s:?}"))
 }
 
-fn when(ms: Option<i64>) -> String {
+pub(super) fn when(ms: Option<i64>) -> String {
     ms.and_then(|ms| Local.timestamp_millis_opt(ms).single())
         .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
         .unwrap_or_else(|| "-".into())
 }
 
-pub fn run(args: JobsArgs) -> ExitCode {
-    let path = match args.state {
+/// The daemon's state file: `--state`, else `trigger.state` of the configuration, else,
+/// when that does not exist, the one `hark serve` keeps for this user. An error names
+/// where it looked.
+pub(super) fn state_path(
+    state: Option<PathBuf>,
+    config: Option<&std::path::Path>,
+) -> Result<PathBuf, ExitCode> {
+    let path = match state {
         Some(p) => p,
-        None => match crate::config::Config::load(args.config.as_deref()) {
+        None => match crate::config::Config::load(config) {
             Ok(c) if !c.trigger.state.exists() => {
                 // No system daemon here: the one `hark serve` runs for this user, if any.
                 let serve = super::serve::default_state_dir().join("state.db");
@@ -136,19 +142,27 @@ pub fn run(args: JobsArgs) -> ExitCode {
                 }
             }
             Ok(c) => c.trigger.state,
-            Err(e) => return super::fail(e, super::EXIT_USAGE),
+            Err(e) => return Err(super::fail(e, super::EXIT_USAGE)),
         },
     };
     if !path.exists() {
-        return super::fail(
+        return Err(super::fail(
             format!(
                 "no state file at {} (has `hark trigger` run with this --state? `hark serve` keeps its own in {})",
                 path.display(),
                 super::serve::default_state_dir().display()
             ),
             1,
-        );
+        ));
     }
+    Ok(path)
+}
+
+pub fn run(args: JobsArgs) -> ExitCode {
+    let path = match state_path(args.state, args.config.as_deref()) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
     let mut store = match Store::open(&path) {
         Ok(s) => s,
         Err(e) => return super::fail(format!("{}: {e}", path.display()), 1),
@@ -304,7 +318,7 @@ fn show(job: &Job) -> String {
 
 /// The `hark jobs fallbacks` table (or JSON lines), as of `now_ms`. The daemon writes a
 /// clock when it first sees a rule with a fallback and at every start of that rule.
-fn fallbacks(clocks: &[crate::jobs::FallbackClock], now_ms: i64, json: bool) -> String {
+pub(super) fn fallbacks(clocks: &[crate::jobs::FallbackClock], now_ms: i64, json: bool) -> String {
     let mut out = String::new();
     if json {
         for c in clocks {

@@ -10,6 +10,7 @@ mod record;
 mod relay;
 pub mod rules;
 mod serve;
+mod status;
 mod tail;
 mod trigger;
 
@@ -62,6 +63,8 @@ enum Command {
     Rules(rules::RulesArgs),
     /// List, show, retry and cancel the trigger daemon's jobs.
     Jobs(jobs::JobsArgs),
+    /// Each rule's last run and next fallback, the jobs waiting and running, how far the daemon got per relay.
+    Status(status::StatusArgs),
     /// Write man pages and shell completions (used when building packages).
     #[command(hide = true, name = "generate-assets")]
     GenerateAssets(assets::AssetsArgs),
@@ -107,6 +110,7 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Rules(args) => rules::run(args),
         Command::Jobs(args) => jobs::run(args),
+        Command::Status(args) => status::run(args),
         Command::GenerateAssets(args) => assets::run(args),
     }
 }

@@ -268,10 +268,28 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     if !has_reason {
         conn.execute_batch("ALTER TABLE jobs ADD COLUMN reason TEXT NOT NULL DEFAULT 'event'")?;
     }
+    let has_updated: bool = conn.query_row(
+        "SELECT COUNT(*) FROM pragma_table_info('relay_seq') WHERE name = 'updated'",
+        [],
+        |r| r.get::<_, i64>(0).map(|n| n > 0),
+    )?;
+    if !has_updated {
+        conn.execute_batch("ALTER TABLE relay_seq ADD COLUMN updated INTEGER NOT NULL DEFAULT 0")?;
+    }
     Ok(())
 }
 
 type Result<T> = std::result::Result<T, rusqlite::Error>;
+
+/// How far the daemon got in one relay epoch's stream.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RelayProgress {
+    pub relay: String,
+    pub epoch: String,
+    pub seq: u64,
+    /// When an event of it was last stored (ms since the Unix epoch).
+    pub updated: i64,
+}
 
 /// Which jobs [`Store::select`] returns: all filters must pass; empty ones pass all.
 #[derive(Debug, Clone, Default)]
@@ -796,15 +814,43 @@ impl Store {
     pub fn save_relay_seq(&mut self, relay: &str, epoch: &str, seq: u64) -> Result<()> {
         self.conn
             .prepare_cached(
-                "INSERT INTO relay_seq (relay, epoch, seq) VALUES (?1, ?2, ?3)
-             ON CONFLICT(relay, epoch) DO UPDATE SET seq = MAX(seq, excluded.seq)",
+                "INSERT INTO relay_seq (relay, epoch, seq, updated) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(relay, epoch) DO UPDATE SET seq = MAX(seq, excluded.seq), updated = excluded.updated",
             )?
             .execute(params![
                 relay,
                 epoch,
-                i64::try_from(seq).unwrap_or(i64::MAX)
+                i64::try_from(seq).unwrap_or(i64::MAX),
+                now_ms()
             ])?;
         Ok(())
+    }
+
+    /// Per relay epoch: the last seq stored and when (ms; 0 if stored before this was kept).
+    pub fn relay_progress(&self) -> Result<Vec<RelayProgress>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT relay, epoch, seq, updated FROM relay_seq ORDER BY updated DESC")?;
+        let rows = stmt.query_map([], |r| {
+            let seq: i64 = r.get(2)?;
+            Ok(RelayProgress {
+                relay: r.get(0)?,
+                epoch: r.get(1)?,
+                seq: u64::try_from(seq).unwrap_or(0),
+                updated: r.get(3)?,
+            })
+        })?;
+        rows.collect()
+    }
+
+    /// The newest job of `rule` that has ended.
+    pub fn last_ended(&self, rule: &str) -> Result<Option<Job>> {
+        self.conn
+            .prepare_cached(&format!(
+                "{JOB_SELECT} WHERE rule = ?1 AND state NOT IN ('pending', 'running') ORDER BY id DESC LIMIT 1"
+            ))?
+            .query_row([rule], row_to_job)
+            .optional()
     }
 }
 
