@@ -508,6 +508,13 @@ if [[ ${HARK_CI_NSPAWN:-1} == 1 ]]; then
     wait_for "'hello, systemd' in journalctl -u hark-trigger" \
         bash -c "nsenter -t $ct_leader -a journalctl -u hark-trigger --no-pager | grep -v argv= | grep -q 'hello, systemd'"
     ct journalctl -u hark-trigger --no-pager | grep -v argv= | grep -m1 'hello, systemd'
+    # The native journal protocol: the job's output carries its rule as a field, at the
+    # priority of its level (info is notice, 5).
+    ct journalctl -u hark-trigger --no-pager -o json HARK_RULE=hello | grep 'hello, systemd' |
+        grep -q '"PRIORITY":"5"' ||
+        fail "journalctl HARK_RULE=hello has no 'hello, systemd' line at priority 5"
+    ct journalctl -u hark-trigger --no-pager -p warning | grep -q 'hello, systemd' &&
+        fail "an info line was filed as a warning"
     ct systemctl reload hark-trigger || fail "systemctl reload hark-trigger"
     ct systemctl is-active --quiet hark-trigger || fail "hark-trigger is not active after a reload"
     ct journalctl -u hark-trigger --no-pager | grep -q 'SIGHUP: reloading rules' || fail "the reload did not reach the daemon"

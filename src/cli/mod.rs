@@ -76,8 +76,25 @@ pub fn command() -> clap::Command {
 }
 
 fn init_logging(filter: &str) {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Under systemd (stderr is the journal): the native protocol, so that priorities and
+    // fields survive: `journalctl -p warning -u hark-trigger`, `journalctl HARK_RULE=hello`.
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        if let Ok(journald) = tracing_journald::layer() {
+            let journald = journald.with_field_prefix(Some("HARK".into()));
+            if tracing_subscriber::registry()
+                .with(filter.clone())
+                .with(journald)
+                .try_init()
+                .is_ok()
+            {
+                return;
+            }
+        }
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
