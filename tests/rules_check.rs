@@ -266,3 +266,34 @@ fn a_file_of_the_wrong_shape_is_explained_in_plain_words() {
     );
     assert!(!text.contains("mapping start"), "no parser jargon: {text}");
 }
+
+#[test]
+fn rules_list_names_each_rule_with_its_file_and_line() {
+    use hark::cli::rules::{list_command, ListArgs};
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let code = list_command(
+        &ListArgs {
+            dirs: vec![data("rules.d")],
+            json: true,
+        },
+        &mut out,
+        &mut err,
+    );
+    assert_eq!(code, 0, "{}", String::from_utf8_lossy(&err));
+    let rules: Vec<serde_json::Value> = String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rules.len(), 5);
+    let hello = rules.iter().find(|r| r["name"] == "hello").expect("hello");
+    assert!(
+        hello["source"]
+            .as_str()
+            .unwrap()
+            .ends_with("rules.d/10-hello.yaml:7"),
+        "{hello}"
+    );
+    assert_eq!(hello["topics"][0], "_hark.example.hello");
+    assert_eq!(hello["command"][0], "/bin/echo");
+}

@@ -25,6 +25,17 @@ pub enum RulesCommand {
     Check(CheckArgs),
     /// Show which rules fire for events, with the rendered commands.
     Test(TestArgs),
+    /// The rules the daemon would load: name, file and line, topics, and what runs.
+    List(ListArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ListArgs {
+    /// Rule directories or files (same default as `check`).
+    pub dirs: Vec<PathBuf>,
+    /// One JSON object per rule and line.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -60,6 +71,7 @@ pub fn run(args: RulesArgs) -> ExitCode {
     let code = match args.command {
         RulesCommand::Check(a) => check_command(&a, &mut stdout.lock()),
         RulesCommand::Test(a) => test_command(&a, &mut stdout.lock(), &mut stderr.lock()),
+        RulesCommand::List(a) => list_command(&a, &mut stdout.lock(), &mut stderr.lock()),
     };
     ExitCode::from(code)
 }
@@ -70,6 +82,48 @@ fn dirs_or_default(dirs: &[PathBuf]) -> Vec<PathBuf> {
     } else {
         dirs.to_vec()
     }
+}
+
+/// `hark rules list`: one line per loaded rule; refused files go to `err` (exit 1).
+pub fn list_command(args: &ListArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+    let load = load_dirs(&dirs_or_default(&args.dirs));
+    let mut failed = false;
+    for refusal in load.refusals() {
+        let _ = writeln!(err, "{}", refusal.to_string().trim_end());
+        failed = true;
+    }
+    if !args.json {
+        let _ = writeln!(
+            out,
+            "{:<20}  {:<36}  {:<32}  command",
+            "rule", "source", "topics"
+        );
+    }
+    for rule in load.set.rules() {
+        let source = format!("{}:{}", rule.source.file.display(), rule.source.line);
+        let topics: Vec<&str> = rule.topics.iter().map(|t| t.as_str()).collect();
+        let command: Vec<&str> = rule.run.command.iter().map(|t| t.source()).collect();
+        if args.json {
+            let line = serde_json::json!({
+                "name": rule.name,
+                "source": source,
+                "topics": topics,
+                "command": command,
+                "fallback_every_ms": rule.fallback.as_ref().map(|f| f.every.as_millis() as u64),
+            });
+            let _ = writeln!(out, "{line}");
+        } else {
+            let _ = writeln!(
+                out,
+                "{:<20}  {:<36}  {:<32}  {}",
+                rule.name,
+                source,
+                topics.join(" "),
+                command.join(" ")
+            );
+        }
+    }
+    u8::from(failed)
 }
 
 /// `hark rules check`: a line per problem, then a summary. Returns the exit status.
