@@ -447,6 +447,7 @@ impl Endpoint {
     /// relay has no async runtime, and a scrape renders under the registry's mutex, which
     /// must not stall the trigger's event loop. Stops when the returned handle is dropped.
     pub fn spawn(self, registry: Registry) -> anyhow::Result<Serving> {
+        tracing::info!("metrics on http://{}/metrics", self.local_addr());
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_io()
             .enable_time()

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use tracing::{info, warn};
+use tracing::warn;
 
 use crate::bus::relay::{self, RelayOptions};
 use crate::config::Config;
@@ -119,15 +119,7 @@ fn run_inner(args: RelayArgs) -> anyhow::Result<()> {
         .policy(&mut config, key.as_ref().map(|k| k.name.as_str()))?;
     let opts = RelayOptions::new(&config.relay, &config.trust, &config.zmq, policy, key);
     let metrics = Registry::default();
-    let _serving = match endpoint {
-        Some(e) => {
-            let addr = e.local_addr();
-            let serving = e.spawn(metrics.clone())?;
-            info!("metrics on http://{addr}/metrics");
-            Some(serving)
-        }
-        None => None,
-    };
+    let _serving = endpoint.map(|e| e.spawn(metrics.clone())).transpose()?;
     let result = relay::run(opts, metrics, super::shutdown_flag(), || {
         crate::systemd::notify(&[crate::systemd::NotifyState::Ready]);
     });

@@ -198,15 +198,7 @@ pub fn run(
         },
         None => None,
     };
-    let _serving = match endpoint {
-        Some(e) => {
-            let addr = e.local_addr();
-            let serving = e.spawn(metrics.clone())?;
-            info!("metrics on http://{addr}/metrics");
-            Some(serving)
-        }
-        None => None,
-    };
+    let _serving = endpoint.map(|e| e.spawn(metrics.clone())).transpose()?;
     let sink = results
         .clone()
         .map(|q| -> crate::jobs::report::NoticeSink { Box::new(move |n| q.push(n)) });
