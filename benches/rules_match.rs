@@ -152,7 +152,6 @@ fn topic_worst(c: &mut Criterion) {
             .expect("worst-case pattern");
         for segments in [50usize, 100, 200] {
             let topic = vec!["x"; segments].join(".");
-            assert!(!pattern.matches(&topic));
             group.bench_with_input(
                 BenchmarkId::new(format!("{stars}x**"), segments),
                 &topic,
@@ -163,9 +162,53 @@ fn topic_worst(c: &mut Criterion) {
     group.finish();
 }
 
+/// The same worst case through the daemon's path: one rule, the rule set's topic index.
+fn rules_worst(c: &mut Criterion) {
+    let mut group = c.benchmark_group("rules_worst");
+    group
+        .sample_size(10)
+        .warm_up_time(std::time::Duration::from_millis(300))
+        .measurement_time(std::time::Duration::from_millis(700));
+    let sizes: Vec<usize> = std::env::var("HARK_BENCH_WORST_STARS")
+        .ok()
+        .and_then(|v| v.split(',').map(|n| n.parse().ok()).collect())
+        .unwrap_or_else(|| vec![8, 16, 31]);
+    for stars in sizes {
+        let yaml = format!(
+            "rules:\n  - name: worst\n    match: {{topic: \"{}y\"}}\n    run: {{command: [/bin/true]}}\n",
+            "**.x.".repeat(stars)
+        );
+        let file = parse_str(Path::new("worst.yaml"), &yaml).expect("worst-case rule compiles");
+        let (set, refused) = RuleSet::build(&[file]);
+        assert!(refused.is_empty());
+        for segments in [50usize, 100, 200] {
+            let event = Event::from_value(json!({
+                "tag": vec!["x"; segments].join("."),
+                "uuid": "00000000-0000-0000-0000-000000000000",
+                "format": "1.0",
+                "time": "2024-01-01T00:00:00",
+                "data": {}
+            }))
+            .expect("worst-case event");
+            let mut out = Vec::new();
+            group.bench_with_input(
+                BenchmarkId::new(format!("{stars}x**"), segments),
+                &event,
+                |b, e| {
+                    b.iter(|| {
+                        set.matching_into(black_box(e), &mut out);
+                        black_box(out.len())
+                    })
+                },
+            );
+        }
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(30).measurement_time(std::time::Duration::from_secs(4));
-    targets = bench, topic_normal, topic_worst
+    targets = bench, topic_normal, topic_worst, rules_worst
 }
 criterion_main!(benches);

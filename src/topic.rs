@@ -440,6 +440,8 @@ mod tests {
         assert!(m("t.**", &longest));
         assert!(!m("**", &format!("{longest}.t")));
         assert!(!m("t.**", &format!("{longest}.t")));
+        assert!(m("**", &".".repeat(MAX_TOPIC_SEGMENTS - 1)));
+        assert!(!m("**", &".".repeat(MAX_TOPIC_SEGMENTS)));
     }
 
     #[test]
