@@ -234,6 +234,41 @@ impl TopicPattern {
     }
 }
 
+/// Why `topic` cannot be published: an event's topic is literal, so anything a pattern
+/// would read as a wildcard, and anything no pattern can match, is refused. Laniakea itself
+/// would publish `_lk.archive.*.published` as is, and it would fire every rule watching
+/// `_lk.archive.*.published`.
+pub fn check_topic(topic: &str) -> Result<(), String> {
+    if topic.is_empty() {
+        return Err("the topic is empty".into());
+    }
+    if let Some(c) = topic.chars().find(|c| c.is_whitespace() || c.is_control()) {
+        let what = if c.is_whitespace() {
+            "a space"
+        } else {
+            "a control character"
+        };
+        return Err(format!("topic {topic:?} contains {what} ({c:?})"));
+    }
+    if let Some(c) = topic.chars().find(|c| "*?{}[]".contains(*c)) {
+        return Err(format!(
+            "topic {topic:?} contains {c:?}: a topic is literal; wildcards are for patterns in rules, grants and `hark tail --topic`"
+        ));
+    }
+    if topic.split('.').any(str::is_empty) {
+        return Err(format!(
+            "topic {topic:?} has an empty segment (two dots in a row, or a leading/trailing dot)"
+        ));
+    }
+    let segments = topic.split('.').count();
+    if segments > MAX_TOPIC_SEGMENTS {
+        return Err(format!(
+            "topic has {segments} segments; at most {MAX_TOPIC_SEGMENTS} can match a pattern"
+        ));
+    }
+    Ok(())
+}
+
 impl fmt::Display for TopicPattern {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.source)
@@ -483,6 +518,40 @@ mod tests {
         assert_eq!(p("**"), "");
         assert_eq!(p("a.**"), "a");
         assert!(TopicPattern::parse("a.**").unwrap().matches("a"));
+    }
+
+    #[test]
+    fn topics_to_publish_are_literal_and_well_formed() {
+        for good in [
+            "_lk.archive.package-upload-accepted",
+            "a",
+            "org.fedoraproject.prod.x",
+        ] {
+            assert_eq!(check_topic(good), Ok(()), "{good}");
+        }
+        let refused = |t: &str| check_topic(t).unwrap_err();
+        assert!(refused("").contains("empty"));
+        assert!(refused("a b").contains("a space"));
+        assert!(refused("a\tb").contains("a space"));
+        assert!(refused("a\u{7}b").contains("control"));
+        for glob in [
+            "_lk.archive.*.published",
+            "a.**",
+            "a.b?",
+            "a.{b,c}",
+            "a.[bc]",
+            "a}",
+        ] {
+            assert!(refused(glob).contains("literal"), "{glob}");
+        }
+        for empty in ["a..b", ".a", "a.", "."] {
+            assert!(refused(empty).contains("empty segment"), "{empty}");
+        }
+        assert_eq!(
+            check_topic(&vec!["t"; MAX_TOPIC_SEGMENTS].join(".")),
+            Ok(())
+        );
+        assert!(refused(&vec!["t"; MAX_TOPIC_SEGMENTS + 1].join(".")).contains("at most 256"));
     }
 
     #[test]

@@ -323,3 +323,164 @@ fn a_lighthouse_gets_exactly_one_copy_and_publish_exits_zero() {
     assert_eq!(out.status.code(), Some(3), "{out:?}");
     assert_eq!(spooled(dir.path()), 1);
 }
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn a_relay_without_tcp_gets_the_fix_not_invalid_argument() {
+    let (dir, _key) = setup();
+    let out = publish(
+        dir.path(),
+        &[
+            "--relay",
+            "127.0.0.1:5571",
+            "--timeout",
+            "1s",
+            "_hark.test.x",
+            "--data",
+            "{}",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = stderr(&out);
+    assert!(
+        err.contains("--relay 127.0.0.1:5571: write tcp://127.0.0.1:5571"),
+        "{err}"
+    );
+    assert!(!err.contains("Invalid argument"), "{err}");
+    assert!(out.stdout.is_empty(), "nothing was published: {out:?}");
+    assert_eq!(spooled(dir.path()), 0);
+
+    // The same slip in hark.yaml names the setting.
+    let config = common::write_file(
+        dir.path(),
+        "hark.yaml",
+        "publish:\n  relays: [\"127.0.0.1:5571\"]\n",
+    );
+    let out = publish(
+        dir.path(),
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "_hark.test.x",
+            "--data",
+            "{}",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = stderr(&out);
+    assert!(
+        err.contains("publish.relays 127.0.0.1:5571: write tcp://127.0.0.1:5571"),
+        "{err}"
+    );
+    assert_eq!(spooled(dir.path()), 0);
+
+    // The flush reads the same relays and says the same.
+    let out = flush(dir.path(), &["--relay", "127.0.0.1:5571"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        stderr(&out).contains("write tcp://127.0.0.1:5571"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn a_relay_host_that_does_not_resolve_is_named() {
+    let (dir, _key) = setup();
+    let started = Instant::now();
+    let out = publish(
+        dir.path(),
+        &[
+            "--relay",
+            "tcp://no-such-relay.invalid:5571",
+            "--timeout",
+            "10s",
+            "_hark.test.x",
+            "--data",
+            "{}",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = stderr(&out);
+    assert!(
+        err.contains("cannot resolve host \"no-such-relay.invalid\""),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "told at once, not after the timeout"
+    );
+    assert_eq!(spooled(dir.path()), 0);
+}
+
+#[test]
+fn a_topic_that_is_a_pattern_or_malformed_is_refused_before_signing() {
+    let (dir, key) = setup();
+    let up = relay(dir.path(), &[]);
+    let sub = joined(&up, &key);
+    for topic in [
+        "",
+        "_lk.archive.*.published",
+        "_lk.**",
+        "a.b?",
+        "a.{b,c}",
+        "a.[bc]",
+        "a b",
+        "a..b",
+        ".a",
+        "a.",
+    ] {
+        let out = publish(
+            dir.path(),
+            &[
+                "--relay",
+                &up.submit,
+                "--timeout",
+                "5s",
+                topic,
+                "--data",
+                "{}",
+            ],
+        );
+        assert_eq!(out.status.code(), Some(2), "{topic:?}: {out:?}");
+        let err = stderr(&out);
+        assert!(err.contains("invalid topic"), "{topic:?}: {err}");
+        assert!(out.stdout.is_empty(), "{topic:?}: no uuid, nothing signed");
+    }
+    // Checked before the key is even read.
+    let out = hark()
+        .args([
+            "publish",
+            "--key",
+            "/nonexistent/key",
+            "a.*",
+            "--data",
+            "{}",
+        ])
+        .output()
+        .expect("run hark publish");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(stderr(&out).contains("invalid topic"), "{out:?}");
+
+    assert!(
+        received(&sub, Duration::from_millis(500)).is_empty(),
+        "no refused topic reached the relay"
+    );
+    assert_eq!(spooled(dir.path()), 0);
+    // The relay and the subscriber do work: a well-formed topic gets through.
+    let out = publish(
+        dir.path(),
+        &[
+            "--relay",
+            &up.submit,
+            "_lk.archive.master.published",
+            "--data",
+            "{}",
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let events = received(&sub, Duration::from_millis(500));
+    assert_eq!(events.len(), 1, "{events:?}");
+}

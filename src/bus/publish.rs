@@ -7,6 +7,7 @@
 //! so it gets the event exactly once, and publication is confirmed by watching its PUB
 //! socket for the uuid instead.
 
+use std::net::ToSocketAddrs;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -101,6 +102,57 @@ impl Target {
                 "{text:?}: give the submit and the publish endpoint, e.g. tcp://lighthouse:5571,tcp://lighthouse:5572"
             )),
         }
+    }
+}
+
+/// Check an endpoint the publisher will connect to, so that a habit such as
+/// `127.0.0.1:5571` (no `tcp://`) or a host that does not resolve gets a message saying what
+/// to write, where libzmq would only say "Invalid argument". Other transports (`ipc://`,
+/// `inproc://`, ...) are left to libzmq.
+pub fn check_endpoint(endpoint: &str) -> Result<(), String> {
+    let Some((scheme, address)) = endpoint.split_once("://") else {
+        let looks_tcp = endpoint
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        return Err(if looks_tcp {
+            format!("{endpoint}: write tcp://{endpoint}")
+        } else {
+            format!("{endpoint}: not a ZeroMQ endpoint; write tcp://HOST:PORT, e.g. tcp://127.0.0.1:5571")
+        });
+    };
+    if scheme != "tcp" {
+        return Ok(());
+    }
+    // libzmq's `tcp://SOURCE;DEST` form: the destination is what is connected to.
+    let address = address.rsplit_once(';').map_or(address, |(_, dest)| dest);
+    let Some((host, port)) = address.rsplit_once(':') else {
+        return Err(format!(
+            "{endpoint}: no port; write tcp://{address}:PORT, e.g. tcp://{address}:5571"
+        ));
+    };
+    let port: u16 = match port.parse() {
+        Ok(p) if p > 0 => p,
+        _ => {
+            return Err(format!(
+                "{endpoint}: {port:?} is not a port number; write tcp://HOST:PORT, e.g. tcp://{host}:5571"
+            ))
+        }
+    };
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if host.is_empty() || host == "*" {
+        return Err(format!(
+            "{endpoint}: no host to connect to; write tcp://HOST:PORT, e.g. tcp://127.0.0.1:{port}"
+        ));
+    }
+    match (host, port).to_socket_addrs() {
+        Ok(mut addrs) => match addrs.next() {
+            Some(_) => Ok(()),
+            None => Err(format!("{endpoint}: host {host:?} has no address")),
+        },
+        Err(e) => Err(format!("{endpoint}: cannot resolve host {host:?} ({e})")),
     }
 }
 
@@ -354,5 +406,49 @@ pub fn submit_until(
                 message: ack.message.unwrap_or_default(),
             }),
         };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_without_a_transport_get_the_fix() {
+        assert_eq!(
+            check_endpoint("127.0.0.1:5571"),
+            Err("127.0.0.1:5571: write tcp://127.0.0.1:5571".into())
+        );
+        assert_eq!(
+            check_endpoint("relay.example:5571"),
+            Err("relay.example:5571: write tcp://relay.example:5571".into())
+        );
+        assert!(check_endpoint("relay")
+            .unwrap_err()
+            .contains("tcp://HOST:PORT"));
+    }
+
+    #[test]
+    fn tcp_endpoints_need_a_port_and_a_host_that_resolves() {
+        assert_eq!(check_endpoint("tcp://127.0.0.1:5571"), Ok(()));
+        assert_eq!(check_endpoint("tcp://[::1]:5571"), Ok(()));
+        assert_eq!(check_endpoint("tcp://localhost:5571"), Ok(()));
+        assert_eq!(check_endpoint("ipc:///run/hark/submit"), Ok(()));
+        assert!(check_endpoint("tcp://127.0.0.1")
+            .unwrap_err()
+            .contains("no port"));
+        assert!(check_endpoint("tcp://127.0.0.1:x")
+            .unwrap_err()
+            .contains("not a port number"));
+        assert!(check_endpoint("tcp://127.0.0.1:0")
+            .unwrap_err()
+            .contains("not a port number"));
+        assert!(check_endpoint("tcp://*:5571")
+            .unwrap_err()
+            .contains("no host"));
+        // .invalid never resolves (RFC 2606).
+        assert!(check_endpoint("tcp://no-such-relay.invalid:5571")
+            .unwrap_err()
+            .contains("cannot resolve host \"no-such-relay.invalid\""));
     }
 }
