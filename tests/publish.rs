@@ -484,3 +484,85 @@ fn a_topic_that_is_a_pattern_or_malformed_is_refused_before_signing() {
     let events = received(&sub, Duration::from_millis(500));
     assert_eq!(events.len(), 1, "{events:?}");
 }
+
+#[test]
+fn a_dead_endpoint_and_a_wrong_port_are_told_apart_from_a_silent_relay() {
+    let (dir, _key) = setup();
+    let out = publish(
+        dir.path(),
+        &[
+            "--relay",
+            &free_endpoint(),
+            "--timeout",
+            "1s",
+            "--no-spool",
+            "_hark.test.x",
+            "--data",
+            "{}",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(75), "{out:?}");
+    let err = stderr(&out);
+    assert!(
+        err.contains("nothing listens there (connection refused)"),
+        "{err}"
+    );
+
+    // The relay's publish port instead of its submit port: a ZeroMQ socket of the wrong
+    // kind, so the handshake never gives a publisher a peer.
+    let up = relay(dir.path(), &[]);
+    let out = publish(
+        dir.path(),
+        &[
+            "--relay",
+            &up.publish,
+            "--timeout",
+            "1500ms",
+            "--no-spool",
+            "_hark.test.x",
+            "--data",
+            "{}",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(75), "{out:?}");
+    let err = stderr(&out);
+    assert!(
+        err.contains("is not a relay's submit socket") && err.contains("publish port"),
+        "{err}"
+    );
+    assert!(!err.contains("connection refused"), "{err}");
+
+    // A peer that completes the handshake but never acks (a Lighthouse given as --relay):
+    // the general advice, neither of the two above.
+    let (submit_ep, publish_ep) = (free_endpoint(), free_endpoint());
+    let _lighthouse = spawn_ready(
+        "lighthouse",
+        peer_command("lighthouse_standin.py").args([
+            "--submit",
+            &submit_ep,
+            "--publish",
+            &publish_ep,
+        ]),
+        "lighthouse ready",
+    );
+    let out = publish(
+        dir.path(),
+        &[
+            "--relay",
+            &submit_ep,
+            "--timeout",
+            "1500ms",
+            "--no-spool",
+            "_hark.test.x",
+            "--data",
+            "{}",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(75), "{out:?}");
+    let err = stderr(&out);
+    assert!(err.contains("no ack from relay"), "{err}");
+    assert!(
+        !err.contains("connection refused") && !err.contains("not a relay's submit socket"),
+        "{err}"
+    );
+}

@@ -6,6 +6,10 @@
 //! single relay is a point of failure. A Laniakea Lighthouse never acks and never dedupes,
 //! so it gets the event exactly once, and publication is confirmed by watching its PUB
 //! socket for the uuid instead.
+//!
+//! Also the publisher's checks on endpoints before connecting, and telling a silent relay
+//! apart from nothing listening and from a socket of the wrong kind (libzmq retries all
+//! three without a word).
 
 use std::net::ToSocketAddrs;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -314,6 +318,14 @@ pub fn submit_watched(
 pub enum PublishError {
     #[error("no ack from relay {endpoint} within {waited:?}: check that `hark relay` runs and listens there (its submit socket), and that no firewall blocks the port")]
     Timeout { endpoint: String, waited: Duration },
+    #[error("no ack from relay {endpoint} within {waited:?}: nothing listens there (connection refused); check that `hark relay` runs on that host and that its submit socket (relay.submit) uses that port")]
+    NothingListens { endpoint: String, waited: Duration },
+    #[error("no ack from relay {endpoint} within {waited:?}: something accepts connections there but is not a relay's submit socket (the ZeroMQ handshake {}); is it the relay's publish port, or another service? Give the relay's submit endpoint (relay.submit)", if *.handshake_failed { "failed" } else { "never completed" })]
+    NotSubmitSocket {
+        endpoint: String,
+        waited: Duration,
+        handshake_failed: bool,
+    },
     #[error("relay {endpoint} refused the event ({reason}): {message}")]
     Refused {
         endpoint: String,
@@ -325,6 +337,59 @@ pub enum PublishError {
         endpoint: String,
         source: zmq::Error,
     },
+}
+
+/// What a publisher's connection to one relay did, from libzmq's socket monitor.
+#[derive(Debug, Default)]
+struct Connection {
+    retried: bool,
+    connected: bool,
+    handshake_ok: bool,
+    handshake_failed: bool,
+}
+
+impl Connection {
+    /// One monitor message: `[u16 event, u32 value]` (native order), then the endpoint.
+    fn note(&mut self, frames: &[Vec<u8>]) {
+        let Some(event) = frames
+            .first()
+            .and_then(|f| f.get(..2))
+            .map(|b| u16::from_ne_bytes([b[0], b[1]]))
+        else {
+            return;
+        };
+        let is = |e: zmq::SocketEvent| event == e as u16;
+        if is(zmq::SocketEvent::CONNECT_RETRIED) {
+            self.retried = true;
+        } else if is(zmq::SocketEvent::CONNECTED) {
+            self.connected = true;
+        } else if is(zmq::SocketEvent::HANDSHAKE_SUCCEEDED) {
+            self.handshake_ok = true;
+        } else if is(zmq::SocketEvent::HANDSHAKE_FAILED_NO_DETAIL)
+            || is(zmq::SocketEvent::HANDSHAKE_FAILED_PROTOCOL)
+            || is(zmq::SocketEvent::HANDSHAKE_FAILED_AUTH)
+        {
+            self.handshake_failed = true;
+        }
+    }
+
+    /// The error for a relay that never acked, as specific as what was seen allows.
+    fn silence(&self, endpoint: &str, waited: Duration) -> PublishError {
+        let endpoint = endpoint.to_string();
+        if self.handshake_ok {
+            PublishError::Timeout { endpoint, waited }
+        } else if self.connected {
+            PublishError::NotSubmitSocket {
+                endpoint,
+                waited,
+                handshake_failed: self.handshake_failed,
+            }
+        } else if self.retried {
+            PublishError::NothingListens { endpoint, waited }
+        } else {
+            PublishError::Timeout { endpoint, waited }
+        }
+    }
 }
 
 /// How often a waiting publisher looks at its give-up flag.
@@ -362,6 +427,24 @@ pub fn submit_until(
     let socket = new_socket(&ctx, zmq::DEALER, zmq_cfg).map_err(zmq_err)?;
     // Do not hold the process open for unsent resends once we have our answer.
     socket.set_linger(0).map_err(zmq_err)?;
+    // What the connection did, so that silence can be told apart: nothing listening, the
+    // wrong kind of socket, or a relay that does not answer. Connected before `connect`
+    // since libzmq drops events nobody is there to read.
+    let monitor = "inproc://hark-publish-connection";
+    socket
+        .monitor(
+            monitor,
+            (zmq::SocketEvent::CONNECTED as u16
+                | zmq::SocketEvent::CONNECT_RETRIED as u16
+                | zmq::SocketEvent::HANDSHAKE_SUCCEEDED as u16
+                | zmq::SocketEvent::HANDSHAKE_FAILED_NO_DETAIL as u16
+                | zmq::SocketEvent::HANDSHAKE_FAILED_PROTOCOL as u16
+                | zmq::SocketEvent::HANDSHAKE_FAILED_AUTH as u16) as i32,
+        )
+        .map_err(zmq_err)?;
+    let events = ctx.socket(zmq::PAIR).map_err(zmq_err)?;
+    events.connect(monitor).map_err(zmq_err)?;
+    let mut seen = Connection::default();
     socket.connect(endpoint).map_err(zmq_err)?;
     let started = Instant::now();
     let resend_every = Duration::from_secs(1);
@@ -378,17 +461,21 @@ pub fn submit_until(
         }
         let remaining = timeout.saturating_sub(started.elapsed());
         if remaining.is_zero() || give_up.load(Ordering::Relaxed) {
-            return Err(PublishError::Timeout {
-                endpoint: endpoint.to_string(),
-                waited: timeout,
-            });
+            return Err(seen.silence(endpoint, timeout));
         }
         let wait = remaining.min(Duration::from_millis(POLL_MS as u64));
-        if socket
-            .poll(zmq::POLLIN, i64::try_from(wait.as_millis()).unwrap_or(1000))
-            .map_err(zmq_err)?
-            == 0
-        {
+        let mut items = [
+            socket.as_poll_item(zmq::POLLIN),
+            events.as_poll_item(zmq::POLLIN),
+        ];
+        zmq::poll(&mut items, i64::try_from(wait.as_millis()).unwrap_or(1000)).map_err(zmq_err)?;
+        let (ack_ready, event_ready) = (items[0].is_readable(), items[1].is_readable());
+        if event_ready {
+            while let Ok(frames) = events.recv_multipart(zmq::DONTWAIT) {
+                seen.note(&frames);
+            }
+        }
+        if !ack_ready {
             continue;
         }
         let frame = socket.recv_bytes(0).map_err(zmq_err)?;
