@@ -402,17 +402,19 @@ fn a_relay_host_that_does_not_resolve_is_named() {
             "{}",
         ],
     );
-    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    // A name that does not resolve may be a DNS outage: the event is spooled, not lost.
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
     let err = stderr(&out);
     assert!(
         err.contains("cannot resolve host \"no-such-relay.invalid\""),
         "{err}"
     );
+    assert!(!err.contains("Invalid argument"), "{err}");
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "told at once, not after the timeout"
     );
-    assert_eq!(spooled(dir.path()), 0);
+    assert_eq!(spooled(dir.path()), 1);
 }
 
 #[test]

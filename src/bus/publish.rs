@@ -109,10 +109,11 @@ impl Target {
     }
 }
 
-/// Check an endpoint the publisher will connect to, so that a habit such as
-/// `127.0.0.1:5571` (no `tcp://`) or a host that does not resolve gets a message saying what
-/// to write, where libzmq would only say "Invalid argument". Other transports (`ipc://`,
-/// `inproc://`, ...) are left to libzmq.
+/// Check how an endpoint the publisher will connect to is written, so that a habit such as
+/// `127.0.0.1:5571` (no `tcp://`) gets a message saying what to write, where libzmq would
+/// only say "Invalid argument". Other transports (`ipc://`, `inproc://`, ...) are left to
+/// libzmq. Whether the host resolves is [`resolve`]'s question, asked per submission: a
+/// name that fails to resolve may be a DNS outage, and the event is then spooled.
 pub fn check_endpoint(endpoint: &str) -> Result<(), String> {
     let Some((scheme, address)) = endpoint.split_once("://") else {
         let looks_tcp = endpoint
@@ -151,12 +152,35 @@ pub fn check_endpoint(endpoint: &str) -> Result<(), String> {
             "{endpoint}: no host to connect to; write tcp://HOST:PORT, e.g. tcp://127.0.0.1:{port}"
         ));
     }
+    Ok(())
+}
+
+/// Resolve a `tcp://` endpoint's host before libzmq does, which would fail with only
+/// "Invalid argument". Other transports, and forms [`check_endpoint`] refuses, pass.
+pub fn resolve(endpoint: &str) -> Result<(), PublishError> {
+    let Some(address) = endpoint.strip_prefix("tcp://") else {
+        return Ok(());
+    };
+    let address = address.rsplit_once(';').map_or(address, |(_, dest)| dest);
+    let Some((host, Ok(port))) = address.rsplit_once(':').map(|(h, p)| (h, p.parse::<u16>()))
+    else {
+        return Ok(());
+    };
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let unresolved = |reason: String| PublishError::Unresolvable {
+        endpoint: endpoint.to_string(),
+        host: host.to_string(),
+        reason,
+    };
     match (host, port).to_socket_addrs() {
         Ok(mut addrs) => match addrs.next() {
             Some(_) => Ok(()),
-            None => Err(format!("{endpoint}: host {host:?} has no address")),
+            None => Err(unresolved("no address".into())),
         },
-        Err(e) => Err(format!("{endpoint}: cannot resolve host {host:?} ({e})")),
+        Err(e) => Err(unresolved(e.to_string())),
     }
 }
 
@@ -251,6 +275,8 @@ pub fn submit_watched(
         .and_then(Value::as_str)
         .unwrap_or_default();
     let tag = event.get("tag").and_then(Value::as_str).unwrap_or_default();
+    resolve(publish_ep)?;
+    resolve(submit_ep)?;
     let started = Instant::now();
     let ctx = zmq::Context::new();
     let sub = new_socket(&ctx, zmq::SUB, zmq_cfg).map_err(err(publish_ep))?;
@@ -331,6 +357,12 @@ pub enum PublishError {
         endpoint: String,
         reason: String,
         message: String,
+    },
+    #[error("cannot resolve host {host:?} of relay {endpoint} ({reason}): check the name, and this machine's DNS")]
+    Unresolvable {
+        endpoint: String,
+        host: String,
+        reason: String,
     },
     #[error("ZeroMQ error talking to {endpoint}: {source}")]
     Zmq {
@@ -417,6 +449,7 @@ pub fn submit_until(
         endpoint: endpoint.to_string(),
         source,
     };
+    resolve(endpoint)?;
     let uuid = event
         .get("uuid")
         .and_then(Value::as_str)
@@ -533,9 +566,21 @@ mod tests {
         assert!(check_endpoint("tcp://*:5571")
             .unwrap_err()
             .contains("no host"));
+        // How it is written is fine; whether it resolves is asked per submission.
+        assert_eq!(check_endpoint("tcp://no-such-relay.invalid:5571"), Ok(()));
+    }
+
+    #[test]
+    fn an_unresolvable_host_is_named() {
+        assert!(resolve("tcp://127.0.0.1:5571").is_ok());
+        assert!(resolve("tcp://localhost:5571").is_ok());
+        assert!(resolve("ipc:///run/hark/submit").is_ok());
         // .invalid never resolves (RFC 2606).
-        assert!(check_endpoint("tcp://no-such-relay.invalid:5571")
-            .unwrap_err()
-            .contains("cannot resolve host \"no-such-relay.invalid\""));
+        let err = resolve("tcp://no-such-relay.invalid:5571").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("cannot resolve host \"no-such-relay.invalid\""),
+            "{err}"
+        );
     }
 }

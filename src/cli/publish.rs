@@ -32,8 +32,9 @@ events in order, keeping their uuid. An event older than the relays' freshness w
 fresh time, the first one kept as spooled_time.\n\n\
 Exit status: 0 published by at least one relay (or already published by an earlier attempt), \
 1 refused (the reason is printed), 2 bad usage (including a topic that is not literal or has \
-an empty segment, and an endpoint without tcp:// or whose host does not resolve; nothing is \
-signed or spooled then), 3 no relay answered and the event was spooled, \
+an empty segment, and an endpoint without tcp:// or without a port; nothing is signed or \
+spooled then), 3 no relay answered and the event was spooled (a relay host that does not resolve counts as \
+no answer, since DNS may be down), \
 75 no relay answered and nothing was spooled (--no-spool, or the spool is unwritable; with \
 --flush-spool: events remain spooled).\n\n\
 Example:\n  hark publish --relay tcp://master:5571 --relay tcp://backup:5571 \\\n    \
