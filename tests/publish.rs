@@ -323,3 +323,248 @@ fn a_lighthouse_gets_exactly_one_copy_and_publish_exits_zero() {
     assert_eq!(out.status.code(), Some(3), "{out:?}");
     assert_eq!(spooled(dir.path()), 1);
 }
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn a_relay_without_tcp_gets_the_fix_not_invalid_argument() {
+    let (dir, _key) = setup();
+    let out = publish(
+        dir.path(),
+        &[
+            "--relay",
+            "127.0.0.1:5571",
+            "--timeout",
+            "1s",
+            "_hark.test.x",
+            "--data",
+            "{}",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = stderr(&out);
+    assert!(
+        err.contains("--relay 127.0.0.1:5571: write tcp://127.0.0.1:5571"),
+        "{err}"
+    );
+    assert!(!err.contains("Invalid argument"), "{err}");
+    assert!(out.stdout.is_empty(), "nothing was published: {out:?}");
+    assert_eq!(spooled(dir.path()), 0);
+
+    // The same slip in hark.yaml names the setting.
+    let config = common::write_file(
+        dir.path(),
+        "hark.yaml",
+        "publish:\n  relays: [\"127.0.0.1:5571\"]\n",
+    );
+    let out = publish(
+        dir.path(),
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "_hark.test.x",
+            "--data",
+            "{}",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = stderr(&out);
+    assert!(
+        err.contains("publish.relays 127.0.0.1:5571: write tcp://127.0.0.1:5571"),
+        "{err}"
+    );
+    assert_eq!(spooled(dir.path()), 0);
+
+    // The flush reads the same relays and says the same.
+    let out = flush(dir.path(), &["--relay", "127.0.0.1:5571"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        stderr(&out).contains("write tcp://127.0.0.1:5571"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn a_relay_host_that_does_not_resolve_is_named() {
+    let (dir, _key) = setup();
+    let started = Instant::now();
+    let out = publish(
+        dir.path(),
+        &[
+            "--relay",
+            "tcp://no-such-relay.invalid:5571",
+            "--timeout",
+            "10s",
+            "_hark.test.x",
+            "--data",
+            "{}",
+        ],
+    );
+    // A name that does not resolve may be a DNS outage: the event is spooled, not lost.
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let err = stderr(&out);
+    assert!(
+        err.contains("cannot resolve host \"no-such-relay.invalid\""),
+        "{err}"
+    );
+    assert!(!err.contains("Invalid argument"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "told at once, not after the timeout"
+    );
+    assert_eq!(spooled(dir.path()), 1);
+}
+
+#[test]
+fn a_topic_that_is_a_pattern_or_malformed_is_refused_before_signing() {
+    let (dir, key) = setup();
+    let up = relay(dir.path(), &[]);
+    let sub = joined(&up, &key);
+    for topic in [
+        "",
+        "_lk.archive.*.published",
+        "_lk.**",
+        "a.b?",
+        "a.{b,c}",
+        "a.[bc]",
+        "a b",
+        "a..b",
+        ".a",
+        "a.",
+    ] {
+        let out = publish(
+            dir.path(),
+            &[
+                "--relay",
+                &up.submit,
+                "--timeout",
+                "5s",
+                topic,
+                "--data",
+                "{}",
+            ],
+        );
+        assert_eq!(out.status.code(), Some(2), "{topic:?}: {out:?}");
+        let err = stderr(&out);
+        assert!(err.contains("invalid topic"), "{topic:?}: {err}");
+        assert!(out.stdout.is_empty(), "{topic:?}: no uuid, nothing signed");
+    }
+    // Checked before the key is even read.
+    let out = hark()
+        .args([
+            "publish",
+            "--key",
+            "/nonexistent/key",
+            "a.*",
+            "--data",
+            "{}",
+        ])
+        .output()
+        .expect("run hark publish");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(stderr(&out).contains("invalid topic"), "{out:?}");
+
+    assert!(
+        received(&sub, Duration::from_millis(500)).is_empty(),
+        "no refused topic reached the relay"
+    );
+    assert_eq!(spooled(dir.path()), 0);
+    // The relay and the subscriber do work: a well-formed topic gets through.
+    let out = publish(
+        dir.path(),
+        &[
+            "--relay",
+            &up.submit,
+            "_lk.archive.master.published",
+            "--data",
+            "{}",
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let events = received(&sub, Duration::from_millis(500));
+    assert_eq!(events.len(), 1, "{events:?}");
+}
+
+#[test]
+fn a_dead_endpoint_and_a_wrong_port_are_told_apart_from_a_silent_relay() {
+    let (dir, _key) = setup();
+    let out = publish(
+        dir.path(),
+        &[
+            "--relay",
+            &free_endpoint(),
+            "--timeout",
+            "1s",
+            "--no-spool",
+            "_hark.test.x",
+            "--data",
+            "{}",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(75), "{out:?}");
+    let err = stderr(&out);
+    assert!(
+        err.contains("nothing listens there (connection refused)"),
+        "{err}"
+    );
+
+    // The relay's publish port instead of its submit port: a ZeroMQ socket of the wrong
+    // kind, so the handshake never gives a publisher a peer.
+    let up = relay(dir.path(), &[]);
+    let out = publish(
+        dir.path(),
+        &[
+            "--relay",
+            &up.publish,
+            "--timeout",
+            "1500ms",
+            "--no-spool",
+            "_hark.test.x",
+            "--data",
+            "{}",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(75), "{out:?}");
+    let err = stderr(&out);
+    assert!(
+        err.contains("is not a relay's submit socket") && err.contains("publish port"),
+        "{err}"
+    );
+    assert!(!err.contains("connection refused"), "{err}");
+
+    // A peer that completes the handshake but never acks (a Lighthouse given as --relay):
+    // the general advice, neither of the two above.
+    let (submit_ep, publish_ep) = (free_endpoint(), free_endpoint());
+    let _lighthouse = spawn_ready(
+        "lighthouse",
+        peer_command("lighthouse_standin.py").args([
+            "--submit",
+            &submit_ep,
+            "--publish",
+            &publish_ep,
+        ]),
+        "lighthouse ready",
+    );
+    let out = publish(
+        dir.path(),
+        &[
+            "--relay",
+            &submit_ep,
+            "--timeout",
+            "1500ms",
+            "--no-spool",
+            "_hark.test.x",
+            "--data",
+            "{}",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(75), "{out:?}");
+    let err = stderr(&out);
+    assert!(err.contains("no ack from relay"), "{err}");
+    assert!(
+        !err.contains("connection refused") && !err.contains("not a relay's submit socket"),
+        "{err}"
+    );
+}

@@ -6,7 +6,12 @@
 //! single relay is a point of failure. A Laniakea Lighthouse never acks and never dedupes,
 //! so it gets the event exactly once, and publication is confirmed by watching its PUB
 //! socket for the uuid instead.
+//!
+//! Also the publisher's checks on endpoints before connecting, and telling a silent relay
+//! apart from nothing listening and from a socket of the wrong kind (libzmq retries all
+//! three without a word).
 
+use std::net::ToSocketAddrs;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -104,6 +109,81 @@ impl Target {
     }
 }
 
+/// Check how an endpoint the publisher will connect to is written, so that a habit such as
+/// `127.0.0.1:5571` (no `tcp://`) gets a message saying what to write, where libzmq would
+/// only say "Invalid argument". Other transports (`ipc://`, `inproc://`, ...) are left to
+/// libzmq. Whether the host resolves is [`resolve`]'s question, asked per submission: a
+/// name that fails to resolve may be a DNS outage, and the event is then spooled.
+pub fn check_endpoint(endpoint: &str) -> Result<(), String> {
+    let Some((scheme, address)) = endpoint.split_once("://") else {
+        let looks_tcp = endpoint
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        return Err(if looks_tcp {
+            format!("{endpoint}: write tcp://{endpoint}")
+        } else {
+            format!("{endpoint}: not a ZeroMQ endpoint; write tcp://HOST:PORT, e.g. tcp://127.0.0.1:5571")
+        });
+    };
+    if scheme != "tcp" {
+        return Ok(());
+    }
+    // libzmq's `tcp://SOURCE;DEST` form: the destination is what is connected to.
+    let address = address.rsplit_once(';').map_or(address, |(_, dest)| dest);
+    let Some((host, port)) = address.rsplit_once(':') else {
+        return Err(format!(
+            "{endpoint}: no port; write tcp://{address}:PORT, e.g. tcp://{address}:5571"
+        ));
+    };
+    let port: u16 = match port.parse() {
+        Ok(p) if p > 0 => p,
+        _ => {
+            return Err(format!(
+                "{endpoint}: {port:?} is not a port number; write tcp://HOST:PORT, e.g. tcp://{host}:5571"
+            ))
+        }
+    };
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if host.is_empty() || host == "*" {
+        return Err(format!(
+            "{endpoint}: no host to connect to; write tcp://HOST:PORT, e.g. tcp://127.0.0.1:{port}"
+        ));
+    }
+    Ok(())
+}
+
+/// Resolve a `tcp://` endpoint's host before libzmq does, which would fail with only
+/// "Invalid argument". Other transports, and forms [`check_endpoint`] refuses, pass.
+pub fn resolve(endpoint: &str) -> Result<(), PublishError> {
+    let Some(address) = endpoint.strip_prefix("tcp://") else {
+        return Ok(());
+    };
+    let address = address.rsplit_once(';').map_or(address, |(_, dest)| dest);
+    let Some((host, Ok(port))) = address.rsplit_once(':').map(|(h, p)| (h, p.parse::<u16>()))
+    else {
+        return Ok(());
+    };
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let unresolved = |reason: String| PublishError::Unresolvable {
+        endpoint: endpoint.to_string(),
+        host: host.to_string(),
+        reason,
+    };
+    match (host, port).to_socket_addrs() {
+        Ok(mut addrs) => match addrs.next() {
+            Some(_) => Ok(()),
+            None => Err(unresolved("no address".into())),
+        },
+        Err(e) => Err(unresolved(e.to_string())),
+    }
+}
+
 /// Once one relay has the event, the others still get twice as long as it took, and at
 /// least this: healthy relays answer in about the same time, a dead one never does.
 const OTHERS_GRACE: Duration = Duration::from_millis(100);
@@ -195,6 +275,8 @@ pub fn submit_watched(
         .and_then(Value::as_str)
         .unwrap_or_default();
     let tag = event.get("tag").and_then(Value::as_str).unwrap_or_default();
+    resolve(publish_ep)?;
+    resolve(submit_ep)?;
     let started = Instant::now();
     let ctx = zmq::Context::new();
     let sub = new_socket(&ctx, zmq::SUB, zmq_cfg).map_err(err(publish_ep))?;
@@ -262,17 +344,84 @@ pub fn submit_watched(
 pub enum PublishError {
     #[error("no ack from relay {endpoint} within {waited:?}: check that `hark relay` runs and listens there (its submit socket), and that no firewall blocks the port")]
     Timeout { endpoint: String, waited: Duration },
+    #[error("no ack from relay {endpoint} within {waited:?}: nothing listens there (connection refused); check that `hark relay` runs on that host and that its submit socket (relay.submit) uses that port")]
+    NothingListens { endpoint: String, waited: Duration },
+    #[error("no ack from relay {endpoint} within {waited:?}: something accepts connections there but is not a relay's submit socket (the ZeroMQ handshake {}); is it the relay's publish port, or another service? Give the relay's submit endpoint (relay.submit)", if *.handshake_failed { "failed" } else { "never completed" })]
+    NotSubmitSocket {
+        endpoint: String,
+        waited: Duration,
+        handshake_failed: bool,
+    },
     #[error("relay {endpoint} refused the event ({reason}): {message}")]
     Refused {
         endpoint: String,
         reason: String,
         message: String,
     },
+    #[error("cannot resolve host {host:?} of relay {endpoint} ({reason}): check the name, and this machine's DNS")]
+    Unresolvable {
+        endpoint: String,
+        host: String,
+        reason: String,
+    },
     #[error("ZeroMQ error talking to {endpoint}: {source}")]
     Zmq {
         endpoint: String,
         source: zmq::Error,
     },
+}
+
+/// What a publisher's connection to one relay did, from libzmq's socket monitor.
+#[derive(Debug, Default)]
+struct Connection {
+    retried: bool,
+    connected: bool,
+    handshake_ok: bool,
+    handshake_failed: bool,
+}
+
+impl Connection {
+    /// One monitor message: `[u16 event, u32 value]` (native order), then the endpoint.
+    fn note(&mut self, frames: &[Vec<u8>]) {
+        let Some(event) = frames
+            .first()
+            .and_then(|f| f.get(..2))
+            .map(|b| u16::from_ne_bytes([b[0], b[1]]))
+        else {
+            return;
+        };
+        let is = |e: zmq::SocketEvent| event == e as u16;
+        if is(zmq::SocketEvent::CONNECT_RETRIED) {
+            self.retried = true;
+        } else if is(zmq::SocketEvent::CONNECTED) {
+            self.connected = true;
+        } else if is(zmq::SocketEvent::HANDSHAKE_SUCCEEDED) {
+            self.handshake_ok = true;
+        } else if is(zmq::SocketEvent::HANDSHAKE_FAILED_NO_DETAIL)
+            || is(zmq::SocketEvent::HANDSHAKE_FAILED_PROTOCOL)
+            || is(zmq::SocketEvent::HANDSHAKE_FAILED_AUTH)
+        {
+            self.handshake_failed = true;
+        }
+    }
+
+    /// The error for a relay that never acked, as specific as what was seen allows.
+    fn silence(&self, endpoint: &str, waited: Duration) -> PublishError {
+        let endpoint = endpoint.to_string();
+        if self.handshake_ok {
+            PublishError::Timeout { endpoint, waited }
+        } else if self.connected {
+            PublishError::NotSubmitSocket {
+                endpoint,
+                waited,
+                handshake_failed: self.handshake_failed,
+            }
+        } else if self.retried {
+            PublishError::NothingListens { endpoint, waited }
+        } else {
+            PublishError::Timeout { endpoint, waited }
+        }
+    }
 }
 
 /// How often a waiting publisher looks at its give-up flag.
@@ -300,6 +449,7 @@ pub fn submit_until(
         endpoint: endpoint.to_string(),
         source,
     };
+    resolve(endpoint)?;
     let uuid = event
         .get("uuid")
         .and_then(Value::as_str)
@@ -310,6 +460,24 @@ pub fn submit_until(
     let socket = new_socket(&ctx, zmq::DEALER, zmq_cfg).map_err(zmq_err)?;
     // Do not hold the process open for unsent resends once we have our answer.
     socket.set_linger(0).map_err(zmq_err)?;
+    // What the connection did, so that silence can be told apart: nothing listening, the
+    // wrong kind of socket, or a relay that does not answer. Connected before `connect`
+    // since libzmq drops events nobody is there to read.
+    let monitor = "inproc://hark-publish-connection";
+    socket
+        .monitor(
+            monitor,
+            (zmq::SocketEvent::CONNECTED as u16
+                | zmq::SocketEvent::CONNECT_RETRIED as u16
+                | zmq::SocketEvent::HANDSHAKE_SUCCEEDED as u16
+                | zmq::SocketEvent::HANDSHAKE_FAILED_NO_DETAIL as u16
+                | zmq::SocketEvent::HANDSHAKE_FAILED_PROTOCOL as u16
+                | zmq::SocketEvent::HANDSHAKE_FAILED_AUTH as u16) as i32,
+        )
+        .map_err(zmq_err)?;
+    let events = ctx.socket(zmq::PAIR).map_err(zmq_err)?;
+    events.connect(monitor).map_err(zmq_err)?;
+    let mut seen = Connection::default();
     socket.connect(endpoint).map_err(zmq_err)?;
     let started = Instant::now();
     let resend_every = Duration::from_secs(1);
@@ -326,17 +494,21 @@ pub fn submit_until(
         }
         let remaining = timeout.saturating_sub(started.elapsed());
         if remaining.is_zero() || give_up.load(Ordering::Relaxed) {
-            return Err(PublishError::Timeout {
-                endpoint: endpoint.to_string(),
-                waited: timeout,
-            });
+            return Err(seen.silence(endpoint, timeout));
         }
         let wait = remaining.min(Duration::from_millis(POLL_MS as u64));
-        if socket
-            .poll(zmq::POLLIN, i64::try_from(wait.as_millis()).unwrap_or(1000))
-            .map_err(zmq_err)?
-            == 0
-        {
+        let mut items = [
+            socket.as_poll_item(zmq::POLLIN),
+            events.as_poll_item(zmq::POLLIN),
+        ];
+        zmq::poll(&mut items, i64::try_from(wait.as_millis()).unwrap_or(1000)).map_err(zmq_err)?;
+        let (ack_ready, event_ready) = (items[0].is_readable(), items[1].is_readable());
+        if event_ready {
+            while let Ok(frames) = events.recv_multipart(zmq::DONTWAIT) {
+                seen.note(&frames);
+            }
+        }
+        if !ack_ready {
             continue;
         }
         let frame = socket.recv_bytes(0).map_err(zmq_err)?;
@@ -354,5 +526,61 @@ pub fn submit_until(
                 message: ack.message.unwrap_or_default(),
             }),
         };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_without_a_transport_get_the_fix() {
+        assert_eq!(
+            check_endpoint("127.0.0.1:5571"),
+            Err("127.0.0.1:5571: write tcp://127.0.0.1:5571".into())
+        );
+        assert_eq!(
+            check_endpoint("relay.example:5571"),
+            Err("relay.example:5571: write tcp://relay.example:5571".into())
+        );
+        assert!(check_endpoint("relay")
+            .unwrap_err()
+            .contains("tcp://HOST:PORT"));
+    }
+
+    #[test]
+    fn tcp_endpoints_need_a_port_and_a_host_that_resolves() {
+        assert_eq!(check_endpoint("tcp://127.0.0.1:5571"), Ok(()));
+        assert_eq!(check_endpoint("tcp://[::1]:5571"), Ok(()));
+        assert_eq!(check_endpoint("tcp://localhost:5571"), Ok(()));
+        assert_eq!(check_endpoint("ipc:///run/hark/submit"), Ok(()));
+        assert!(check_endpoint("tcp://127.0.0.1")
+            .unwrap_err()
+            .contains("no port"));
+        assert!(check_endpoint("tcp://127.0.0.1:x")
+            .unwrap_err()
+            .contains("not a port number"));
+        assert!(check_endpoint("tcp://127.0.0.1:0")
+            .unwrap_err()
+            .contains("not a port number"));
+        assert!(check_endpoint("tcp://*:5571")
+            .unwrap_err()
+            .contains("no host"));
+        // How it is written is fine; whether it resolves is asked per submission.
+        assert_eq!(check_endpoint("tcp://no-such-relay.invalid:5571"), Ok(()));
+    }
+
+    #[test]
+    fn an_unresolvable_host_is_named() {
+        assert!(resolve("tcp://127.0.0.1:5571").is_ok());
+        assert!(resolve("tcp://localhost:5571").is_ok());
+        assert!(resolve("ipc:///run/hark/submit").is_ok());
+        // .invalid never resolves (RFC 2606).
+        let err = resolve("tcp://no-such-relay.invalid:5571").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("cannot resolve host \"no-such-relay.invalid\""),
+            "{err}"
+        );
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::bus::ack::AckStatus;
-use crate::bus::publish::{build_event, restamp, submit_all, PublishError, Target};
+use crate::bus::publish::{build_event, check_endpoint, restamp, submit_all, PublishError, Target};
 use crate::bus::relay::hostname;
 use crate::bus::spool::Spool;
 use crate::config::Config;
@@ -31,7 +31,10 @@ events in order, keeping their uuid. An event older than the relays' freshness w
 (trust.max_age) is re-stamped on flush when --key names its signer: same uuid and data, a \
 fresh time, the first one kept as spooled_time.\n\n\
 Exit status: 0 published by at least one relay (or already published by an earlier attempt), \
-1 refused (the reason is printed), 2 bad usage, 3 no relay answered and the event was spooled, \
+1 refused (the reason is printed), 2 bad usage (including a topic that is not literal or has \
+an empty segment, and an endpoint without tcp:// or without a port; nothing is signed or \
+spooled then), 3 no relay answered and the event was spooled (a relay host that does not resolve counts as \
+no answer, since DNS may be down), \
 75 no relay answered and nothing was spooled (--no-spool, or the spool is unwritable; with \
 --flush-spool: events remain spooled).\n\n\
 Example:\n  hark publish --relay tcp://master:5571 --relay tcp://backup:5571 \\\n    \
@@ -126,9 +129,11 @@ fn deliver(targets: &[Target], event: &Value, timeout: Duration, config: &Config
     }
 }
 
-/// The flags' relays, or else hark.yaml's.
+/// The flags' relays, or else hark.yaml's, each endpoint checked so that a slip gets a
+/// message naming where it was written and what to write instead.
 fn targets(args: &PublishArgs, config: &Config) -> Result<Vec<Target>, String> {
-    let (relays, lighthouses) = if args.relay.is_empty() && args.lighthouse.is_empty() {
+    let from_config = args.relay.is_empty() && args.lighthouse.is_empty();
+    let (relays, lighthouses) = if from_config {
         let lighthouses = config
             .publish
             .lighthouses
@@ -139,6 +144,21 @@ fn targets(args: &PublishArgs, config: &Config) -> Result<Vec<Target>, String> {
     } else {
         (args.relay.clone(), args.lighthouse.clone())
     };
+    let (relay_key, lighthouse_key) = if from_config {
+        ("publish.relays", "publish.lighthouses")
+    } else {
+        ("--relay", "--lighthouse")
+    };
+    for ep in &relays {
+        check_endpoint(ep).map_err(|e| format!("{relay_key} {e}"))?;
+    }
+    for target in &lighthouses {
+        if let Target::Watched { submit, publish } = target {
+            for ep in [submit, publish] {
+                check_endpoint(ep).map_err(|e| format!("{lighthouse_key} {e}"))?;
+            }
+        }
+    }
     let mut targets: Vec<Target> = relays
         .into_iter()
         .map(|submit| Target::Acking { submit })
@@ -177,6 +197,15 @@ pub fn run(args: PublishArgs) -> ExitCode {
     if args.flush_spool {
         return flush(&args, &config);
     }
+    // Before anything is read or signed: these are slips to fix, not events to spool.
+    let tag = args.tag.clone().unwrap_or_default();
+    if let Err(e) = crate::topic::check_topic(&tag) {
+        return super::fail(format!("invalid topic: {e}"), super::EXIT_USAGE);
+    }
+    let targets = match targets(&args, &config) {
+        Ok(t) => t,
+        Err(e) => return super::fail(e, super::EXIT_USAGE),
+    };
     let (text, source) = match (&args.data, &args.data_file) {
         (Some(d), _) => (d.clone(), "--data".to_string()),
         (None, Some(path)) => match std::fs::read_to_string(path) {
@@ -221,15 +250,10 @@ pub fn run(args: PublishArgs) -> ExitCode {
         Ok(k) => k,
         Err(e) => return super::fail(e, super::EXIT_USAGE),
     };
-    let tag = args.tag.clone().unwrap_or_default();
     let author = args.author.clone().or_else(|| std::env::var("USER").ok());
     let event = match build_event(&tag, data, &key, Some(&hostname()), author.as_deref()) {
         Ok(e) => e,
         Err(e) => return super::fail(e, 1),
-    };
-    let targets = match targets(&args, &config) {
-        Ok(t) => t,
-        Err(e) => return super::fail(e, super::EXIT_USAGE),
     };
     let timeout = args.timeout.unwrap_or(config.publish.timeout);
     match deliver(&targets, &event, timeout, &config) {
