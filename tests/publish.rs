@@ -568,3 +568,23 @@ fn a_dead_endpoint_and_a_wrong_port_are_told_apart_from_a_silent_relay() {
         "{err}"
     );
 }
+
+#[test]
+fn data_with_a_number_beyond_a_double_is_refused_before_signing() {
+    let (dir, _key) = setup();
+    let nobody = free_endpoint();
+    let out = publish(
+        dir.path(),
+        &[
+            "--relay",
+            &nobody,
+            "_lk.test.inf",
+            "--data",
+            r#"{"n": 1e400}"#,
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("beyond a double's range"), "{stderr}");
+    assert_eq!(spooled(dir.path()), 0, "nothing spooled");
+}

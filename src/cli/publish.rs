@@ -243,6 +243,12 @@ pub fn run(args: PublishArgs) -> ExitCode {
             )
         }
     };
+    if let Some(n) = crate::event::canonical::non_finite(&data) {
+        return super::fail(
+            format!("event data from {source}: the number {n} is beyond a double's range; relays refuse it (non-finite-number), since canonical JSON could only write it as Infinity"),
+            super::EXIT_USAGE,
+        );
+    }
     let Some(key_path) = &args.key else {
         return super::fail("--key is required", super::EXIT_USAGE);
     };
