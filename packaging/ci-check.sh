@@ -226,6 +226,7 @@ expect_in_deb -rw-r--r-- /usr/lib/sysusers.d/hark.conf
 expect_in_deb -rw-r--r-- /usr/share/man/man1/hark.1.gz
 expect_in_deb -rw-r--r-- /usr/share/man/man1/hark-relay.1.gz
 expect_in_deb -rw-r--r-- /usr/share/man/man1/hark-trigger.1.gz
+expect_in_deb -rw-r--r-- /usr/share/man/man5/hark.yaml.5.gz
 expect_in_deb -rw-r--r-- /usr/share/bash-completion/completions/hark
 expect_in_deb -rw-r--r-- /usr/share/zsh/vendor-completions/_hark
 expect_in_deb -rw-r--r-- /usr/share/fish/vendor_completions.d/hark.fish
@@ -310,6 +311,9 @@ sh -n /usr/share/hark/scripts/matrix-notify
 man -w hark-relay >/dev/null || fail "man hark-relay"
 MANWIDTH=80 man --warnings -E UTF-8 -l -Tutf8 -Z /usr/share/man/man1/hark.1.gz 2>&1 >/dev/null |
     (! grep .) || fail "man reports problems in hark.1"
+man -w hark.yaml >/dev/null || fail "man hark.yaml"
+MANWIDTH=80 man --warnings -E UTF-8 -l -Tutf8 -Z /usr/share/man/man5/hark.yaml.5.gz 2>&1 >/dev/null |
+    (! grep .) || fail "man reports problems in hark.yaml.5"
 bash -c 'source /usr/share/bash-completion/completions/hark && complete -p hark' >/dev/null ||
     fail "bash completion does not register"
 # The installed rules load and pass their own tests (the daemons load hark.yaml below).

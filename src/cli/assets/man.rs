@@ -1,6 +1,7 @@
 //! Man pages from the clap definitions: `hark(1)` with FILES, CONFIGURATION (from the
 //! settings table of [`crate::config::settings`]), ENVIRONMENT and EXIT STATUS, and one page
-//! per visible subcommand with its SEE ALSO.
+//! per visible subcommand with its SEE ALSO, and `hark.yaml(5)`: the same settings table
+//! as a page of its own, where `man hark.yaml` finds it.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -94,7 +95,30 @@ pub fn write(dir: &Path) -> io::Result<Vec<PathBuf>> {
         fs::write(&file, page)?;
         written.push(file);
     }
+    let version = root.get_version().unwrap_or_default();
+    let file = dir.join("hark.yaml.5");
+    fs::write(&file, config_page(&date, version))?;
+    written.push(file);
     Ok(written)
+}
+
+/// `hark.yaml(5)`: every setting, by section, with its type, default and documentation.
+fn config_page(date: &str, version: &str) -> String {
+    let mut s = format!(
+        ".TH HARK.YAML 5 \"{date}\" \"hark {version}\" \"hark manual\"\n\
+.SH NAME\nhark.yaml \\- configuration of the hark relay, trigger daemon and tools\n\
+.SH SYNOPSIS\n\\fI/etc/hark/hark.yaml\\fR\n\
+.SH DESCRIPTION\nEvery hark command reads this file (or the one \\fB\\-\\-config\\fR names). \
+Each setting has a built\\-in default, shown below; a flag overrides the file. An error names \
+the file, line and column. \\fBhark generate\\-assets\\fR writes the packaged copy, with every \
+setting commented out at its default.\n"
+    );
+    s.push_str(&configuration_section());
+    s.push_str(
+        ".SH SEE ALSO\n\\fBhark\\fR(1), \\fBhark\\-relay\\fR(1), \\fBhark\\-trigger\\fR(1).\n\
+.PP\n/usr/share/doc/hark/rules.md (the rule language).\n",
+    );
+    s
 }
 
 fn as_strs(path: &[String]) -> Vec<&str> {

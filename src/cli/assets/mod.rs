@@ -2,7 +2,8 @@
 //! code, so they never drift from it:
 //!
 //! - `DIR/man/*.1` ([`man`]): `hark(1)` and one page per subcommand (`hark-relay.1`,
-//!   `hark-rules-check.1`, ...), from the clap definitions and the settings table;
+//!   `hark-rules-check.1`, ...), from the clap definitions and the settings table, and
+//!   `DIR/man/hark.yaml.5` from the settings table;
 //! - `DIR/completions/{hark.bash,_hark,hark.fish}` ([`completions`]): bash, zsh and fish;
 //! - `DIR/hark.yaml` ([`config_file`]): the packaged `/etc/hark/hark.yaml`, every setting
 //!   of [`crate::config::settings`] with its built-in default, commented out.
@@ -109,5 +110,11 @@ mod tests {
             "{relay}"
         );
         assert!(relay.contains(".SH SEE ALSO"), "{relay}");
+        let config = fs::read_to_string(dir.path().join("man/hark.yaml.5")).unwrap();
+        assert!(config.starts_with(".TH HARK.YAML 5 "), "{config}");
+        assert!(
+            config.contains("journal_max_age"),
+            "every setting: {config}"
+        );
     }
 }
