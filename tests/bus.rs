@@ -157,8 +157,8 @@ fn publish_relay_tail_end_to_end() {
             .arg(&bus.keys),
     );
     tail.stderr
-        .wait_for("connected to", Duration::from_secs(20))
-        .expect("tail connected");
+        .wait_for("subscribing to", Duration::from_secs(20))
+        .expect("tail subscribed");
     // The tail may join late (slow joiner): publish until it has printed one event.
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut uuids = Vec::new();
@@ -462,8 +462,8 @@ fn record_writes_frames_that_read_back_as_the_same_events() {
             .arg(&out),
     );
     rec.stderr
-        .wait_for("connected to", Duration::from_secs(20))
-        .expect("record connected");
+        .wait_for("subscribing to", Duration::from_secs(20))
+        .expect("record subscribed");
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut sent = Vec::new();
     while rec.try_status().is_none() && Instant::now() < deadline {

@@ -506,3 +506,44 @@ fn a_trigger_whose_relays_never_answer_says_so() {
         .expect("the silence is reported");
     assert!(line.contains(&nobody), "names the endpoint: {line}");
 }
+
+#[test]
+fn hark_tail_shows_every_acked_event_once_across_a_relay_restart() {
+    let mut bus = Bus::new(1);
+    let (publish, replay) = (bus.relays[0].publish.clone(), bus.relays[0].replay.clone());
+    let tail = common::Proc::spawn(
+        "tail",
+        hark_command()
+            .args(["tail", "--json", "--connect", &publish, "--replay", &replay])
+            .arg("--trusted")
+            .arg(&bus.trusted)
+            .arg("--config")
+            .arg(write_file(bus.dir.path(), "tail.yaml", "")),
+    );
+    let shown = |uuid: &str| {
+        tail.stdout
+            .history()
+            .iter()
+            .filter(|l| l.contains(uuid))
+            .count()
+    };
+    // Until its subscription is live, what tail misses is not news to it.
+    poll_until(WAIT, || {
+        let uuid = bus.publish(usize::MAX)?;
+        std::thread::sleep(Duration::from_millis(200));
+        (shown(&uuid) > 0).then_some(())
+    })
+    .expect("tail shows events");
+    let stream = publisher(bus.targets(), bus.key.clone(), 1000, 200);
+    poll_until(WAIT, || (tail.stdout.history().len() > 300).then_some(())).expect("flowing");
+    bus.kill_relay(0);
+    std::thread::sleep(Duration::from_secs(2));
+    bus.start_relay(0);
+    let acked = stream.join().unwrap();
+    assert!(acked.len() > 900, "acked {}", acked.len());
+    let missing = || acked.iter().filter(|u| shown(u) == 0).count();
+    poll_until(WAIT, || (missing() == 0).then_some(()))
+        .unwrap_or_else(|| panic!("{} of {} acked events never shown", missing(), acked.len()));
+    let twice = acked.iter().filter(|u| shown(u) > 1).count();
+    assert_eq!(twice, 0, "shown once each");
+}

@@ -150,8 +150,10 @@ pub fn watch(
         Ok(s) => s,
         Err(e) => return super::fail(format!("{e:#}"), 1),
     };
+    // Not "connected": libzmq connects in the background, and nothing says a relay is there
+    // until it sends something (a hark relay's first heartbeat is logged).
     tracing::info!(
-        "connected to {} ({} trusted signers)",
+        "subscribing to {} ({} trusted signers); events show as they arrive",
         endpoints.join(" "),
         keyring.len()
     );
