@@ -26,18 +26,16 @@
 #[path = "support/mod.rs"]
 mod support;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use support::messages::{signed_load, Frames};
-use support::net::{try_free_endpoint, try_free_port};
+use support::net::{try_free_endpoint, try_free_port, try_http};
 use support::{
-    bench_hark_bin, bench_keys, env_num, exit_with, machine_lines, median, remove_sqlite,
-    thousands, thread_self_cpu, BenchKeys, LoggedChild, PUBLISHER,
+    bench_hark_bin, bench_keys, env_num, exit_with, machine_lines, median, process_cpu_ns,
+    remove_sqlite, thousands, thread_self_cpu, BenchKeys, LoggedChild, PUBLISHER,
 };
 
 const TOPIC: &str = "_lk.bench.catchup";
@@ -118,30 +116,10 @@ impl RunOut {
     }
 }
 
-/// utime + stime of a process, in nanoseconds (from 10 ms ticks).
-fn process_cpu_ns(pid: u32) -> u64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0;
-    };
-    let Some(after) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
-        return 0;
-    };
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: u64 = [11, 12]
-        .iter()
-        .filter_map(|&i| f.get(i)?.parse::<u64>().ok())
-        .sum();
-    ticks * 10_000_000
-}
-
 /// Sum of every sample of `name` on a Prometheus text endpoint; `None` if unreachable.
 fn scrape(addr: &str, name: &str) -> Option<f64> {
-    let mut conn = TcpStream::connect(addr).ok()?;
-    conn.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    conn.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-        .ok()?;
-    let mut text = String::new();
-    conn.read_to_string(&mut text).ok()?;
+    let request = format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    let text = try_http(addr, &request, Duration::from_secs(2)).ok()?;
     Some(
         text.lines()
             .filter(|l| {
@@ -368,7 +346,7 @@ impl Rig {
         }
 
         // Back up: it catches up through replay.
-        let relay_before = process_cpu_ns(relay.pid());
+        let relay_before = process_cpu_ns(&relay.pid().to_string());
         let t = Instant::now();
         let mut trigger = self.trigger(&publish, &replay, &metrics, "trigger-2.log")?;
         wait_metric(
@@ -388,8 +366,8 @@ impl Rig {
             &mut trigger,
         )?;
         let catchup_secs = t.elapsed().as_secs_f64();
-        let trigger_cpu_ns = process_cpu_ns(trigger.pid());
-        let relay_cpu_ns = process_cpu_ns(relay.pid()).saturating_sub(relay_before);
+        let trigger_cpu_ns = process_cpu_ns(&trigger.pid().to_string());
+        let relay_cpu_ns = process_cpu_ns(&relay.pid().to_string()).saturating_sub(relay_before);
         drop(trigger);
 
         let t = Instant::now();

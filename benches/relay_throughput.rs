@@ -43,7 +43,8 @@ use support::messages::{fedmsg_load, signed_load, Frames};
 use support::net::try_free_endpoint;
 use support::{
     anchor_versions, bench_keys, env_num, exit_with, machine_lines, machine_ticks, median,
-    remove_sqlite, thousands, thread_self_cpu, BenchKeys, LoggedChild, PUBLISHER, RELAY_NAME,
+    process_cpu_ns, remove_sqlite, stat_ticks, thousands, thread_self_cpu, BenchKeys, LoggedChild,
+    PUBLISHER, RELAY_NAME,
 };
 
 use hark::event::canonical;
@@ -249,22 +250,10 @@ fn thread_role(case: Case, name: &str) -> String {
     }
 }
 
-/// utime + stime in ticks from the part of a `stat` line after the `(comm)`.
-fn stat_ticks(after_comm: &str) -> u64 {
-    let rest: Vec<&str> = after_comm.split_whitespace().collect();
-    // rest[0] is field 3 (state); utime and stime are fields 14 and 15.
-    [11, 12]
-        .iter()
-        .filter_map(|&i| rest.get(i).and_then(|v| v.parse::<u64>().ok()))
-        .sum()
-}
-
 /// CPU time of this whole process (generator and sink, including threads that have
 /// exited), in nanoseconds.
 fn own_cpu() -> u64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    stat.rfind(')')
-        .map_or(0, |c| stat_ticks(&stat[c + 1..]) * 10_000_000)
+    process_cpu_ns("self")
 }
 
 /// CPU time of the calling thread, in nanoseconds.

@@ -121,23 +121,18 @@ fn a_damaged_job_row_is_reported_with_its_id_never_guessed() {
 }
 
 fn jobs_list(state: &std::path::Path, args: &[&str]) -> Vec<String> {
-    let out = common::hark_command()
-        .arg("jobs")
-        .args(args)
-        .arg("--state")
-        .arg(state)
-        .output()
-        .expect("hark jobs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .skip(1)
-        .map(str::to_string)
-        .collect()
+    let lines = common::run_ok(
+        "jobs",
+        common::hark_command()
+            .arg("jobs")
+            .args(args)
+            .arg("--state")
+            .arg(state),
+        std::time::Duration::from_secs(30),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    // Without the header line.
+    lines.into_iter().skip(1).collect()
 }
 
 #[test]

@@ -4,8 +4,8 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::Write;
+use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -34,13 +34,7 @@ rules:
 
 /// One HTTP exchange on a raw socket: what was sent, everything read until close.
 fn http(addr: &str, request: &str) -> String {
-    let mut sock = TcpStream::connect(addr).expect("metrics endpoint listens");
-    sock.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("read timeout");
-    sock.write_all(request.as_bytes()).expect("send request");
-    let mut out = String::new();
-    sock.read_to_string(&mut out).expect("read the response");
-    out
+    common::net::try_http(addr, request, Duration::from_secs(10)).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The body of `GET /metrics` over HTTP/1.0, after checking the status and content type.

@@ -595,13 +595,12 @@ rules:
 }
 
 fn http_get(addr: &str) -> String {
-    use std::io::{Read, Write};
-    let mut sock = std::net::TcpStream::connect(addr).expect("metrics endpoint listens");
-    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    sock.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-    let mut body = String::new();
-    let _ = sock.read_to_string(&mut body);
-    body
+    common::net::try_http(
+        addr,
+        "GET /metrics HTTP/1.0\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn hark_jobs(stack: &Stack, args: &[&str]) -> String {

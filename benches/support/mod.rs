@@ -47,6 +47,24 @@ pub fn exit_with(why: &str) -> ! {
     std::process::exit(1);
 }
 
+/// utime + stime in ticks from the part of a `/proc/.../stat` line after the `(comm)`.
+pub fn stat_ticks(after_comm: &str) -> u64 {
+    let rest: Vec<&str> = after_comm.split_whitespace().collect();
+    // rest[0] is field 3 (state); utime and stime are fields 14 and 15.
+    [11, 12]
+        .iter()
+        .filter_map(|&i| rest.get(i).and_then(|v| v.parse::<u64>().ok()))
+        .sum()
+}
+
+/// CPU time of a process so far (`pid` a number, or `self`), in nanoseconds: 10 ms ticks,
+/// threads that have exited included; 0 if it cannot be read.
+pub fn process_cpu_ns(pid: &str) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rfind(')')
+        .map_or(0, |c| stat_ticks(&stat[c + 1..]) * 10_000_000)
+}
+
 /// Delete an SQLite file and its WAL and shared-memory files, so a run starts afresh.
 pub fn remove_sqlite(path: &Path) {
     for suffix in ["", "-wal", "-shm"] {

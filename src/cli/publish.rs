@@ -245,7 +245,10 @@ pub fn run(args: PublishArgs) -> ExitCode {
     };
     if let Some(n) = crate::event::canonical::non_finite(&data) {
         return super::fail(
-            format!("event data from {source}: the number {n} is beyond a double's range; relays refuse it (non-finite-number), since canonical JSON could only write it as Infinity"),
+            format!(
+                "event data from {source}: {}",
+                crate::event::sign::SignError::NonFinite(n.to_string())
+            ),
             super::EXIT_USAGE,
         );
     }

@@ -21,10 +21,16 @@ pub enum SignError {
     NotAnObject,
     #[error("`signatures` is not an object of objects")]
     BadSignaturesField,
+    #[error("the number {0} is beyond a double's range: canonical JSON would write it as Infinity, which is not JSON")]
+    NonFinite(String),
 }
 
 /// Add `key`'s signature to `event`, keeping every signature already there.
 pub fn sign(event: &mut Value, key: &SigningKey) -> Result<(), SignError> {
+    // Never sign what could only be sent as `Infinity`: no peer could parse it back.
+    if let Some(n) = canonical::non_finite(event) {
+        return Err(SignError::NonFinite(n.to_string()));
+    }
     let message = signed_bytes(event).map_err(|_| SignError::NotAnObject)?;
     let signature = encode_base64(&key.key.sign(&message).to_bytes());
     let obj = event.as_object_mut().ok_or(SignError::NotAnObject)?;
@@ -113,6 +119,16 @@ mod tests {
     fn matrix_key(version: &str) -> SigningKey {
         let seed = decode_base64("YJDBA9Xnr2sVqXD9Vj7XVUnmFZcZrlw8Md7kMW+3XA1").unwrap();
         SigningKey::from_seed("domain", version, &seed).unwrap()
+    }
+
+    #[test]
+    fn a_number_only_writable_as_infinity_is_never_signed() {
+        let mut event: Value = serde_json::from_str(r#"{"data":{"n":1e400}}"#).unwrap();
+        assert!(matches!(
+            sign(&mut event, &matrix_key("1")),
+            Err(SignError::NonFinite(_))
+        ));
+        assert!(event.get("signatures").is_none());
     }
 
     #[test]
