@@ -83,6 +83,11 @@ pub const FAMILIES: &[Family] = &[
         Kind::Gauge,
         "1 while heartbeats from the relay arrive, 0 once they stopped, by relay.",
     ),
+    f(
+        "hark_source_reconnects_total",
+        Kind::Counter,
+        "Subscriber connections that dropped and were made again (a peer that went away, or one that sent a message over the 64 MiB limit), by endpoint.",
+    ),
     // --- relay ---
     f(
         "hark_relay_received_total",

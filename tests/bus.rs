@@ -494,3 +494,40 @@ fn record_writes_frames_that_read_back_as_the_same_events() {
         assert_eq!(canonical::to_vec(&body).unwrap(), ev.frames[1]);
     }
 }
+
+/// libzmq drops a connection whose peer sent a message over the subscriber's limit, and
+/// then never reconnects it by itself: the subscriber must notice, connect again and keep
+/// receiving from that endpoint.
+#[test]
+fn a_subscriber_keeps_receiving_after_an_oversized_message() {
+    let endpoint = free_endpoint();
+    let ctx = zmq::Context::new();
+    let publisher = ctx.socket(zmq::PUB).unwrap();
+    publisher.bind(&endpoint).unwrap();
+    let sub =
+        Subscriber::connect(std::slice::from_ref(&endpoint), &[], &ZmqConfig::default()).unwrap();
+    // Publish `topic` until the subscriber has it (slow joiner, then the reconnect).
+    let heard = |topic: &[u8]| {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            publisher.send_multipart([topic, b"{}"], 0).unwrap();
+            if let Some(frames) = sub.recv(Duration::from_millis(200)).unwrap() {
+                if frames[0] == topic {
+                    return true;
+                }
+            }
+        }
+        false
+    };
+    assert!(heard(b"before"), "the subscriber never joined");
+    assert!(sub.take_reconnected().is_empty());
+    let oversized = vec![b'x'; 64 * 1024 * 1024 + 1];
+    publisher
+        .send_multipart([b"huge".as_slice(), &oversized], 0)
+        .unwrap();
+    assert!(
+        heard(b"after"),
+        "nothing arrived from the endpoint after the oversized message"
+    );
+    assert_eq!(sub.take_reconnected(), vec![endpoint]);
+}

@@ -383,11 +383,7 @@ struct Connection {
 impl Connection {
     /// One monitor message: `[u16 event, u32 value]` (native order), then the endpoint.
     fn note(&mut self, frames: &[Vec<u8>]) {
-        let Some(event) = frames
-            .first()
-            .and_then(|f| f.get(..2))
-            .map(|b| u16::from_ne_bytes([b[0], b[1]]))
-        else {
+        let Some(event) = super::socket::monitor_event(frames) else {
             return;
         };
         let is = |e: zmq::SocketEvent| event == e as u16;

@@ -52,3 +52,12 @@ pub fn connect_all(socket: &zmq::Socket, endpoints: &[String], role: &str) -> an
     }
     Ok(())
 }
+
+/// The event number of one socket-monitor message (`[u16 event, u32 value]` in native
+/// order, then the endpoint), or None if it is too short.
+pub fn monitor_event(frames: &[Vec<u8>]) -> Option<u16> {
+    frames
+        .first()
+        .and_then(|f| f.get(..2))
+        .map(|b| u16::from_ne_bytes([b[0], b[1]]))
+}

@@ -19,6 +19,7 @@ pub struct ZmqSource {
     subscriber: Subscriber,
     endpoints: Vec<String>,
     kind: &'static str,
+    metrics: Option<crate::metrics::Registry>,
 }
 
 impl ZmqSource {
@@ -33,7 +34,14 @@ impl ZmqSource {
             subscriber: Subscriber::connect(endpoints, patterns, zmq)?,
             endpoints: endpoints.to_vec(),
             kind,
+            metrics: None,
         })
+    }
+
+    /// Count reconnections in `metrics` (`hark_source_reconnects_total{endpoint}`).
+    pub fn with_metrics(mut self, metrics: crate::metrics::Registry) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 }
 
@@ -44,7 +52,13 @@ impl Source for ZmqSource {
 
     fn run(self: Box<Self>, out: Sender<Received>, stop: Arc<AtomicBool>) {
         while !stop.load(Ordering::Relaxed) {
-            let frames = match self.subscriber.recv(POLL) {
+            let received = self.subscriber.recv(POLL);
+            if let Some(metrics) = &self.metrics {
+                for endpoint in self.subscriber.take_reconnected() {
+                    metrics.inc("hark_source_reconnects_total", &[("endpoint", &endpoint)]);
+                }
+            }
+            let frames = match received {
                 Ok(Some(frames)) => frames,
                 Ok(None) => continue,
                 Err(e) => {

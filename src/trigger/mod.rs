@@ -153,7 +153,9 @@ pub fn run(
     let mut components: Vec<Box<dyn Source>> = Vec::new();
     for (kind, eps) in [("relay", &opts.connect), ("fedmsg", &opts.fedmsg)] {
         if !eps.is_empty() {
-            components.push(Box::new(ZmqSource::connect(eps, &[], &opts.zmq, kind)?));
+            components.push(Box::new(
+                ZmqSource::connect(eps, &[], &opts.zmq, kind)?.with_metrics(metrics.clone()),
+            ));
         }
     }
     let (gap_tx, gap_rx) = crossbeam_channel::unbounded::<Gap>();
