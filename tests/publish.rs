@@ -588,3 +588,54 @@ fn data_with_a_number_beyond_a_double_is_refused_before_signing() {
     assert!(stderr.contains("beyond a double's range"), "{stderr}");
     assert_eq!(spooled(dir.path()), 0, "nothing spooled");
 }
+
+/// `--json-lines` publishes one event per line of stdin, as `fedmsg-logger --json-input`
+/// does: a bad line is named by its number and skipped, the others are published in order,
+/// and the status says something went wrong.
+#[test]
+fn json_lines_publish_one_event_per_line_and_name_a_bad_one() {
+    use std::io::Write as _;
+    let (dir, key) = setup();
+    let up = relay(dir.path(), &[]);
+    let sub = joined(&up, &key);
+    let mut child = hark()
+        .arg("publish")
+        .arg("--key")
+        .arg(secret(dir.path()))
+        .arg("--spool")
+        .arg(dir.path().join("spool"))
+        .args(["--relay", &up.submit, "--json-lines", "_hark.test.lines"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"{\"n\": 1}\n[1, 2]\n\n{\"n\": 3}\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        stderr(&out).contains("stdin:2") && stderr(&out).contains("must be a JSON object"),
+        "{}",
+        stderr(&out)
+    );
+    let uuids = stdout_lines(&out);
+    assert_eq!(uuids.len(), 2, "{uuids:?}");
+    let events = received(&sub, Duration::from_millis(500));
+    let got: Vec<(&str, &Value)> = events
+        .iter()
+        .map(|e| (e["uuid"].as_str().unwrap(), &e["data"]["n"]))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (uuids[0].as_str(), &json!(1)),
+            (uuids[1].as_str(), &json!(3))
+        ]
+    );
+    assert_eq!(spooled(dir.path()), 0);
+}

@@ -1,7 +1,7 @@
 //! `hark publish`: sign one event and submit it to every configured relay, exiting 0 once
 //! at least one relay has it; spool it when none answers; deliver the spool later.
 
-use std::io::Read;
+use std::io::{BufRead as _, Read};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -36,7 +36,8 @@ an empty segment, and an endpoint without tcp:// or without a port; nothing is s
 spooled then), 3 no relay answered and the event was spooled (a relay host that does not resolve counts as \
 no answer, since DNS may be down), \
 75 no relay answered and nothing was spooled (--no-spool, or the spool is unwritable; with \
---flush-spool: events remain spooled).\n\n\
+--flush-spool: events remain spooled). With --json-lines every line counts alone and the status \
+is the worst of them: 75, then 1 (refused, or a line that is not a JSON object), then 3, then 0.\n\n\
 Example:\n  hark publish --relay tcp://master:5571 --relay tcp://backup:5571 \\\n    \
 --key /etc/hark/keys/secret/archive.key_secret _lk.archive.master.published --data '{\"repo\": \"master\"}'"
 )]
@@ -62,6 +63,10 @@ pub struct PublishArgs {
     /// Read the event data from FILE.
     #[arg(long, value_name = "FILE")]
     data_file: Option<PathBuf>,
+    /// Publish one event per line of stdin, each line the JSON object of its data (as
+    /// `fedmsg-logger --json-input` does); every uuid is printed in turn.
+    #[arg(long, conflicts_with_all = ["data", "data_file", "flush_spool"])]
+    json_lines: bool,
     /// Who caused the event, stored (signed) as `author`.
     #[arg(long)]
     author: Option<String>,
@@ -179,14 +184,36 @@ fn spool(args: &PublishArgs, config: &Config) -> Spool {
     )
 }
 
-fn fail_all(errors: &[PublishError], code: u8) -> ExitCode {
+/// Print `err` as `fail` does, for a status that is combined before the command exits.
+fn failed(err: impl std::fmt::Display, code: u8) -> u8 {
+    eprintln!("hark: error: {err}");
+    code
+}
+
+fn fail_all(errors: &[PublishError], code: u8) -> u8 {
     for e in &errors[..errors.len().saturating_sub(1)] {
         eprintln!("hark: {e}");
     }
     match errors.last() {
-        Some(e) => super::fail(e, code),
-        None => ExitCode::from(code),
+        Some(e) => failed(e, code),
+        None => code,
     }
+}
+
+/// The event data: a JSON object, and no number canonical JSON cannot write.
+fn parse_data(text: &str, source: &str) -> Result<Value, String> {
+    let data: Value = match serde_json::from_str(text) {
+        Ok(v @ Value::Object(_)) => v,
+        Ok(_) => return Err(format!("event data from {source} must be a JSON object")),
+        Err(e) => return Err(format!("event data from {source} is not JSON: {e}")),
+    };
+    if let Some(n) = crate::event::canonical::non_finite(&data) {
+        return Err(format!(
+            "event data from {source}: {}",
+            crate::event::sign::SignError::NonFinite(n.to_string())
+        ));
+    }
+    Ok(data)
 }
 
 pub fn run(args: PublishArgs) -> ExitCode {
@@ -206,6 +233,17 @@ pub fn run(args: PublishArgs) -> ExitCode {
         Ok(t) => t,
         Err(e) => return super::fail(e, super::EXIT_USAGE),
     };
+    let read_key = || match &args.key {
+        None => Err("--key is required".to_string()),
+        Some(path) => read_signing_key(path).map_err(|e| e.to_string()),
+    };
+    if args.json_lines {
+        let key = match read_key() {
+            Ok(k) => k,
+            Err(e) => return super::fail(e, super::EXIT_USAGE),
+        };
+        return ExitCode::from(publish_lines(&args, &config, &targets, &key, &tag));
+    }
     let (text, source) = match (&args.data, &args.data_file) {
         (Some(d), _) => (d.clone(), "--data".to_string()),
         (None, Some(path)) => match std::fs::read_to_string(path) {
@@ -228,50 +266,84 @@ pub fn run(args: PublishArgs) -> ExitCode {
             (t, "stdin".to_string())
         }
     };
-    let data: Value = match serde_json::from_str(&text) {
-        Ok(v @ Value::Object(_)) => v,
-        Ok(_) => {
-            return super::fail(
-                format!("event data from {source} must be a JSON object"),
-                super::EXIT_USAGE,
-            )
-        }
-        Err(e) => {
-            return super::fail(
-                format!("event data from {source} is not JSON: {e}"),
-                super::EXIT_USAGE,
-            )
-        }
+    let data = match parse_data(&text, &source) {
+        Ok(d) => d,
+        Err(e) => return super::fail(e, super::EXIT_USAGE),
     };
-    if let Some(n) = crate::event::canonical::non_finite(&data) {
-        return super::fail(
-            format!(
-                "event data from {source}: {}",
-                crate::event::sign::SignError::NonFinite(n.to_string())
-            ),
-            super::EXIT_USAGE,
-        );
-    }
-    let Some(key_path) = &args.key else {
-        return super::fail("--key is required", super::EXIT_USAGE);
-    };
-    let key = match read_signing_key(key_path) {
+    let key = match read_key() {
         Ok(k) => k,
         Err(e) => return super::fail(e, super::EXIT_USAGE),
     };
+    ExitCode::from(publish_data(&args, &config, &targets, &key, &tag, data))
+}
+
+/// `--json-lines`: every non-empty line of stdin is the data of one event, as
+/// `fedmsg-logger --json-input` reads it. Each is signed, published (or spooled) and its
+/// uuid printed in turn; a bad line is reported with its number and skipped. The status is
+/// the worst any line would have had alone: 75 before 1 (refused or a bad line) before 3
+/// (spooled) before 0.
+fn publish_lines(
+    args: &PublishArgs,
+    config: &Config,
+    targets: &[Target],
+    key: &SigningKey,
+    tag: &str,
+) -> u8 {
+    let severity = |code: u8| match code {
+        0 => 0,
+        EXIT_SPOOLED => 1,
+        super::EXIT_TEMPFAIL => 3,
+        _ => 2,
+    };
+    let (mut worst, mut counts) = (0u8, [0usize; 4]);
+    for (index, line) in std::io::stdin().lock().lines().enumerate() {
+        let number = index + 1;
+        let code = match line {
+            Err(e) => failed(
+                format!("stdin:{number}: cannot read: {e}"),
+                super::EXIT_USAGE,
+            ),
+            Ok(line) if line.trim().is_empty() => continue,
+            Ok(line) => match parse_data(&line, &format!("stdin:{number}")) {
+                Ok(data) => publish_data(args, config, targets, key, tag, data),
+                Err(e) => failed(e, 1),
+            },
+        };
+        counts[severity(code)] += 1;
+        if severity(code) > severity(worst) {
+            worst = code;
+        }
+    }
+    let [published, spooled, refused, unsent] = counts;
+    tracing::info!(
+        "{published} published, {spooled} spooled, {refused} refused or unreadable, {unsent} neither published nor spooled"
+    );
+    worst
+}
+
+/// Sign `data` as an event under `tag`, deliver it, and spool it when no relay answers;
+/// prints its uuid. Returns the exit status this one event gives.
+fn publish_data(
+    args: &PublishArgs,
+    config: &Config,
+    targets: &[Target],
+    key: &SigningKey,
+    tag: &str,
+    data: Value,
+) -> u8 {
     let author = args.author.clone().or_else(|| std::env::var("USER").ok());
-    let event = match build_event(&tag, data, &key, Some(&hostname()), author.as_deref()) {
+    let event = match build_event(tag, data, key, Some(&hostname()), author.as_deref()) {
         Ok(e) => e,
-        Err(e) => return super::fail(e, 1),
+        Err(e) => return failed(e, 1),
     };
     let timeout = args.timeout.unwrap_or(config.publish.timeout);
-    match deliver(&targets, &event, timeout, &config) {
+    match deliver(targets, &event, timeout, config) {
         Delivery::Published { uuid, seqs } => {
             println!("{uuid}");
             for (relay, seq) in seqs {
                 tracing::info!("published by {relay} as seq {seq}");
             }
-            ExitCode::SUCCESS
+            0
         }
         Delivery::Refused(errors) => fail_all(&errors, 1),
         Delivery::NoAnswer(errors) if args.no_spool => fail_all(&errors, super::EXIT_TEMPFAIL),
@@ -279,11 +351,11 @@ pub fn run(args: PublishArgs) -> ExitCode {
             for e in &errors {
                 eprintln!("hark: {e}");
             }
-            let spool = spool(&args, &config);
+            let spool = spool(args, config);
             match spool.put(&event) {
                 Ok(path) => {
                     println!("{}", event["uuid"].as_str().unwrap_or_default());
-                    super::fail(
+                    failed(
                         format!(
                             "no relay answered; the event is spooled as {} (hark publish --flush-spool delivers it)",
                             path.display()
@@ -291,7 +363,7 @@ pub fn run(args: PublishArgs) -> ExitCode {
                         EXIT_SPOOLED,
                     )
                 }
-                Err(e) => super::fail(
+                Err(e) => failed(
                     format!(
                         "no relay answered, and the event cannot be spooled in {}: {e}",
                         spool.dir().display()
