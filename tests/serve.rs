@@ -12,7 +12,15 @@ const PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 /// `hark serve` in a fresh directory with `rules` as `rules.d/`, and the publish line it
 /// printed.
 fn serve(rules: &[(&str, &str)]) -> (common::TempDir, common::Proc, String) {
-    let dir = common::temp_dir();
+    serve_with(common::temp_dir(), rules, &[])
+}
+
+/// [`serve`] in `dir`, with `extra` flags.
+fn serve_with(
+    dir: common::TempDir,
+    rules: &[(&str, &str)],
+    extra: &[&str],
+) -> (common::TempDir, common::Proc, String) {
     let rules_dir = dir.path().join("rules.d");
     std::fs::create_dir(&rules_dir).unwrap();
     for (name, text) in rules {
@@ -30,7 +38,8 @@ fn serve(rules: &[(&str, &str)]) -> (common::TempDir, common::Proc, String) {
             .env("PATH", PATH)
             .args(["serve", "--submit", &submit, "--publish", &publish])
             .args(["--replay", &replay, "--state-dir"])
-            .arg(dir.path().join("state")),
+            .arg(dir.path().join("state"))
+            .args(extra),
     );
     let line = serve
         .stderr
@@ -77,4 +86,51 @@ fn a_failed_job_is_logged_with_its_exit_status_as_a_number() {
         .expect("the failed job is logged");
     assert!(logged.contains("exit=3"), "{logged}");
     assert!(!logged.contains("Some("), "{logged}");
+}
+
+/// The shipped rules say `signed_by`: serve takes the publishers' keys and grants, as the
+/// relay and the trigger do, and still trusts its own key beside them.
+#[test]
+fn serve_trusts_given_keys_and_grants_beside_its_own() {
+    let dir = common::temp_dir();
+    let trusted = dir.path().join("trusted");
+    std::fs::create_dir(&trusted).unwrap();
+    common::keypair(&trusted, "archive-master");
+    let rule = "rules:\n  - name: archive\n    match: {topic: _lk.archive.*.published, signed_by: [archive-master]}\n    run: {command: [/bin/echo, archive rule ran], stdin: none}\n";
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let hello = std::fs::read_to_string(repo.join("rules.d/10-hello.yaml")).unwrap();
+    let trusted_arg = trusted.display().to_string();
+    let (dir, serve, line) = serve_with(
+        dir,
+        &[("10-hello.yaml", &hello), ("20-archive.yaml", rule)],
+        &[
+            "--trusted",
+            &trusted_arg,
+            "--grant",
+            "archive-master=_lk.archive.**",
+        ],
+    );
+    let submit = line
+        .split_whitespace()
+        .skip_while(|w| *w != "--relay")
+        .nth(1)
+        .expect("the printed line names the relay")
+        .to_string();
+    sh(
+        &dir,
+        &format!(
+            "{} publish --relay {submit} --key {} _lk.archive.main.published --data '{{}}'",
+            common::hark_bin().display(),
+            trusted.join("archive-master.key_secret").display()
+        ),
+    );
+    serve
+        .stderr
+        .wait_for("archive rule ran", WAIT)
+        .expect("the signed_by rule ran");
+    sh(&dir, &line);
+    serve
+        .stderr
+        .wait_for("hello, world", WAIT)
+        .expect("serve's own key is still trusted");
 }

@@ -79,7 +79,20 @@ impl TrustPolicy {
         cfg: &TrustConfig,
         extra_grants: &[(String, Vec<String>)],
     ) -> Result<Self, String> {
-        let keyring = load_keyring(&cfg.trusted_dir).map_err(|e| e.to_string())?;
+        Self::from_dirs(cfg, extra_grants, &[])
+    }
+
+    /// [`TrustPolicy::from_config`], also trusting the keys in `also_trusted` (as `hark
+    /// serve` trusts its own key beside an admin's `--trusted` directory).
+    pub fn from_dirs(
+        cfg: &TrustConfig,
+        extra_grants: &[(String, Vec<String>)],
+        also_trusted: &[std::path::PathBuf],
+    ) -> Result<Self, String> {
+        let mut keyring = load_keyring(&cfg.trusted_dir).map_err(|e| e.to_string())?;
+        for dir in also_trusted {
+            keyring.merge(load_keyring(dir).map_err(|e| e.to_string())?);
+        }
         let mut grants: Vec<(String, Vec<String>)> = cfg
             .grants
             .iter()

@@ -163,7 +163,7 @@ pub(crate) fn shutdown_flag() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
 }
 
 /// `--trusted`, `--grant` and `--allow-unsigned`, shared by every command that admits events.
-#[derive(Debug, Default, clap::Args)]
+#[derive(Debug, Default, Clone, clap::Args)]
 pub struct TrustArgs {
     /// Directory of trusted public keyfiles [default: /etc/hark/keys/trusted].
     #[arg(long, value_name = "DIR")]
@@ -174,6 +174,9 @@ pub struct TrustArgs {
     /// Accept events that carry no trusted signature.
     #[arg(long)]
     pub allow_unsigned: bool,
+    /// Directories trusted beside `--trusted` (not a flag: `hark serve` adds its own key's).
+    #[arg(skip)]
+    pub also_trusted: Vec<std::path::PathBuf>,
 }
 
 impl TrustArgs {
@@ -199,8 +202,9 @@ impl TrustArgs {
             .map(|g| crate::admit::parse_grant(g))
             .collect::<Result<Vec<_>, _>>()
             .map_err(anyhow::Error::msg)?;
-        let policy = crate::admit::TrustPolicy::from_config(&config.trust, &grants)
-            .map_err(anyhow::Error::msg)?;
+        let policy =
+            crate::admit::TrustPolicy::from_dirs(&config.trust, &grants, &self.also_trusted)
+                .map_err(anyhow::Error::msg)?;
         if policy.keyring().is_empty() && !policy.allow_unsigned() {
             warn!(
                 "no trusted keys in {} and unsigned events are refused: every signed event will be refused",

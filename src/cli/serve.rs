@@ -9,7 +9,6 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 
-use crate::admit::TrustPolicy;
 use crate::bus::relay::{self, RelayOptions};
 use crate::config::Config;
 use crate::event::keys::{read_signing_key, write_keypair, KeyMetadata, SigningKey};
@@ -20,7 +19,9 @@ const KEY_ID: &str = "hark-serve";
 #[derive(Debug, clap::Args)]
 #[command(
     after_help = "Everything lives on loopback and under the state directory; nothing else is \
-read or written. For production, run `hark relay` and `hark trigger` as the packaged systemd units."
+read or written. For production, run `hark relay` and `hark trigger` as the packaged systemd units.\n\n\
+To try rules that say signed_by, give the publishers' public keys and their grants, for example:\n  \
+hark serve --trusted keys/trusted --grant 'archive=_lk.archive.**'"
 )]
 pub struct ServeArgs {
     /// Rule directory.
@@ -41,6 +42,10 @@ pub struct ServeArgs {
     /// Serve Prometheus metrics of the relay and the trigger daemon on ADDR:PORT (GET /metrics).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<String>,
+    /// Trust and grants for other publishers, as `hark relay` and `hark trigger` take them
+    /// (serve's own key is always trusted, with every topic granted).
+    #[command(flatten)]
+    trust: super::TrustArgs,
 }
 
 pub(crate) fn default_state_dir() -> PathBuf {
@@ -115,9 +120,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.relay.name = Some(format!("{}-serve", relay::hostname()));
     config.relay.journal = Some(state.join("journal.db"));
     config.relay.replay = vec![args.replay.clone()];
-    config.trust.trusted_dir = trusted.clone();
-    let grants = vec![(KEY_ID.to_string(), vec!["**".to_string()])];
-    let policy = TrustPolicy::from_config(&config.trust, &grants).map_err(anyhow::Error::msg)?;
+    let mut trust = args.trust.clone();
+    // The serve key publishes anything; the admin's keys come beside it, never instead.
+    trust.grant.push(format!("{KEY_ID}=**"));
+    match &trust.trusted {
+        Some(_) => trust.also_trusted.push(trusted.clone()),
+        None => trust.trusted = Some(trusted.clone()),
+    }
+    let policy = trust.policy(&mut config, Some(KEY_ID))?;
     let metrics = Registry::default();
 
     let relay_opts = RelayOptions::new(
@@ -155,11 +165,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         replay: vec![args.replay.clone()],
         rules: vec![args.rules.clone()],
         state: Some(state.join("state.db")),
-        trust: super::TrustArgs {
-            trusted: Some(trusted),
-            grant: vec![format!("{KEY_ID}=**")],
-            allow_unsigned: false,
-        },
+        trust,
         metrics: args.metrics,
     };
     let opts = super::trigger::options(trigger_args)?;

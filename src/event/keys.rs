@@ -277,6 +277,13 @@ impl Keyring {
         self.keys.insert(key.name.clone(), key);
     }
 
+    /// Add `other`'s keys; where both hold a name, this keyring's key stays.
+    pub fn merge(&mut self, other: Keyring) {
+        for (name, key) in other.keys {
+            self.keys.entry(name).or_insert(key);
+        }
+    }
+
     pub fn get(&self, name: &str) -> Option<&VerifyKey> {
         self.keys.get(name)
     }
