@@ -268,3 +268,48 @@ fn hark_status_shows_each_rule_s_last_run_the_waiting_jobs_and_the_relays() {
     assert!(text.contains("mirror") && text.contains("failed"), "{text}");
     assert!(text.contains("relay-1"), "{text}");
 }
+
+/// Every man page `hark generate-assets` writes (hark-rules(5), rendered from
+/// docs/rules.md, among them) formats without a single warning from man(1).
+#[test]
+fn every_generated_man_page_formats_without_warnings() {
+    if std::process::Command::new("man")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIPPED: no man(1) here (Debian package man-db)");
+        return;
+    }
+    let dir = common::temp_dir();
+    common::run_ok(
+        "generate-assets",
+        common::hark_command()
+            .arg("generate-assets")
+            .arg(dir.path()),
+        std::time::Duration::from_secs(30),
+    )
+    .expect("generate-assets");
+    let pages: Vec<_> = std::fs::read_dir(dir.path().join("man"))
+        .expect("man pages")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert!(
+        pages.iter().any(|p| p.ends_with("hark-rules.5")),
+        "{pages:?}"
+    );
+    for page in pages {
+        let out = std::process::Command::new("man")
+            .args(["--warnings", "-E", "UTF-8", "-l", "-Tutf8", "-Z"])
+            .arg(&page)
+            .env("MANWIDTH", "80")
+            .output()
+            .expect("man");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && stderr.trim().is_empty(),
+            "{}: {stderr}",
+            page.display()
+        );
+    }
+}

@@ -1,7 +1,8 @@
 //! Man pages from the clap definitions: `hark(1)` with FILES, CONFIGURATION (from the
 //! settings table of [`crate::config::settings`]), ENVIRONMENT and EXIT STATUS, and one page
 //! per visible subcommand with its SEE ALSO, and `hark.yaml(5)`: the same settings table
-//! as a page of its own, where `man hark.yaml` finds it.
+//! as a page of its own, where `man hark.yaml` finds it; and `hark-rules(5)`
+//! ([`super::rules_page`]).
 
 use std::fmt::Write as _;
 use std::fs;
@@ -40,7 +41,7 @@ const FILES: &[(&str, &str)] = &[
 ];
 
 /// Escape text for a roff line: backslashes, and a leading `.` or `'` (a control line).
-fn roff_text(text: &str) -> String {
+pub(super) fn roff_text(text: &str) -> String {
     let escaped = text.replace('\\', "\\e").replace('-', "\\-");
     if escaped.starts_with('.') || escaped.starts_with('\'') {
         format!("\\&{escaped}")
@@ -99,6 +100,9 @@ pub fn write(dir: &Path) -> io::Result<Vec<PathBuf>> {
     let file = dir.join("hark.yaml.5");
     fs::write(&file, config_page(&date, version))?;
     written.push(file);
+    let file = dir.join("hark-rules.5");
+    fs::write(&file, super::rules_page::page(&date, version))?;
+    written.push(file);
     Ok(written)
 }
 
@@ -115,8 +119,7 @@ setting commented out at its default.\n"
     );
     s.push_str(&configuration_section());
     s.push_str(
-        ".SH SEE ALSO\n\\fBhark\\fR(1), \\fBhark\\-relay\\fR(1), \\fBhark\\-trigger\\fR(1).\n\
-.PP\n/usr/share/doc/hark/rules.md (the rule language).\n",
+        ".SH SEE ALSO\n\\fBhark\\fR(1), \\fBhark\\-relay\\fR(1), \\fBhark\\-trigger\\fR(1), \\fBhark\\-rules\\fR(5).\n",
     );
     s
 }
@@ -208,11 +211,8 @@ fn root_sections(all_names: &[String]) -> String {
         .map(|n| format!("\\fB{}\\fR(1)", roff_text(n)))
         .collect();
     let _ = writeln!(s, "{},", refs.join(",\n"));
-    s.push_str("\\fBsystemctl\\fR(1), \\fBjournalctl\\fR(1).\n");
-    s.push_str(
-        ".PP\n/usr/share/doc/hark/packaging.md (installation, keys, grants, services) and \
-/usr/share/doc/hark/rules.md (the rule language).\n",
-    );
+    s.push_str("\\fBhark.yaml\\fR(5), \\fBhark\\-rules\\fR(5) (the rule language), \\fBsystemctl\\fR(1), \\fBjournalctl\\fR(1).\n");
+    s.push_str(".PP\n/usr/share/doc/hark/packaging.md (installation, keys, grants, services).\n");
     s
 }
 

@@ -14,6 +14,7 @@
 pub mod completions;
 pub mod config_file;
 pub mod man;
+pub mod rules_page;
 
 use std::fs;
 use std::io;
