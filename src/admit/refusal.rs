@@ -24,6 +24,11 @@ pub enum Refusal {
         signer: String,
         reason: String,
     },
+    /// An OpenPGP signature by a known key that may not sign now.
+    KeyUnusable {
+        problem: crate::event::openpgp::Problem,
+        reason: String,
+    },
     Unsigned,
     FedmsgNotAllowed,
     UntrustedSigners(Vec<String>),
@@ -57,6 +62,12 @@ impl Refusal {
             Refusal::Envelope(e) => e.reason(),
             Refusal::Oversized { .. } => "oversized",
             Refusal::BadSignature { .. } => "bad-signature",
+            Refusal::KeyUnusable { problem, .. } => match problem {
+                crate::event::openpgp::Problem::Expired => "key-expired",
+                crate::event::openpgp::Problem::Revoked => "key-revoked",
+                crate::event::openpgp::Problem::NotForSigning => "key-not-for-signing",
+                crate::event::openpgp::Problem::Bad => "bad-signature",
+            },
             Refusal::Unsigned => "unsigned",
             Refusal::FedmsgNotAllowed => "fedmsg-not-allowed",
             Refusal::UntrustedSigners(_) => "untrusted-signer",
@@ -83,6 +94,9 @@ impl fmt::Display for Refusal {
                 f,
                 "signature by trusted signer {signer:?} is invalid ({reason}); the event was altered or signed with another key"
             ),
+            Refusal::KeyUnusable { reason, .. } => {
+                write!(f, "{reason}: its signatures are refused")
+            }
             Refusal::Unsigned => write!(
                 f,
                 "event carries no signature (sign it, or set trust.allow_unsigned / --allow-unsigned)"

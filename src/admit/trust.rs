@@ -12,6 +12,7 @@ use tracing::warn;
 use super::Refusal;
 use crate::config::TrustConfig;
 use crate::event::keys::{KeyError, Keyring};
+use crate::event::openpgp::{self, OpenPgpKeyring, Problem};
 use crate::event::{sign, Event};
 use crate::topic::TopicPattern;
 
@@ -25,6 +26,8 @@ struct Grant {
 #[derive(Debug, Clone)]
 pub struct TrustPolicy {
     keyring: Keyring,
+    /// Certificates are large (Debian's keyring holds about a thousand): shared, not copied.
+    openpgp: std::sync::Arc<OpenPgpKeyring>,
     grants: Vec<Grant>,
     allow_unsigned: bool,
     max_age: Duration,
@@ -64,8 +67,13 @@ impl TrustPolicy {
                 topics,
             });
         }
+        let mut pgp = OpenPgpKeyring::default();
+        for (name, path) in &cfg.openpgp_keyrings {
+            pgp.add_file(path, name)?;
+        }
         Ok(TrustPolicy {
             keyring,
+            openpgp: std::sync::Arc::new(pgp),
             grants: compiled,
             allow_unsigned: cfg.allow_unsigned,
             max_age: cfg.max_age,
@@ -119,9 +127,26 @@ impl TrustPolicy {
 
     /// Verify signatures and fill `event.signers`; then grants, unsigned and freshness.
     pub fn admit(&self, event: &mut Event, now: DateTime<Utc>) -> Result<(), Refusal> {
-        let report = sign::check(&event.body, &self.keyring);
+        let mut report = sign::check(&event.body, &self.keyring);
         if let Some((signer, reason)) = report.bad.into_iter().next() {
             return Err(Refusal::BadSignature { signer, reason });
+        }
+        if !self.openpgp.is_empty() {
+            let pgp = openpgp::check(&event.body, &self.openpgp, std::time::SystemTime::now());
+            if let Some((signer, problem, reason)) = pgp.bad.into_iter().next() {
+                return Err(match problem {
+                    Problem::Bad => Refusal::BadSignature { signer, reason },
+                    problem => Refusal::KeyUnusable { problem, reason },
+                });
+            }
+            // A name that only carried OpenPGP signatures is no unknown Ed25519 signer.
+            report.unknown.retain(|n| !pgp.claimed.contains(n));
+            report.unknown.extend(pgp.unknown);
+            for name in pgp.verified {
+                if !report.verified.contains(&name) {
+                    report.verified.push(name);
+                }
+            }
         }
         event.signers = report.verified;
         if event.signers.is_empty() {

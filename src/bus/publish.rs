@@ -37,6 +37,13 @@ pub fn build_event(
     origin: Option<&str>,
     author: Option<&str>,
 ) -> Result<Value, sign::SignError> {
+    let mut event = unsigned_event(tag, data, origin, author);
+    sign::sign(&mut event, key)?;
+    Ok(event)
+}
+
+/// A new event, not signed yet: a fresh uuid (v7, so it sorts by time) and `time`.
+pub fn unsigned_event(tag: &str, data: Value, origin: Option<&str>, author: Option<&str>) -> Value {
     let mut event = json!({
         "tag": tag,
         "uuid": uuid::Uuid::now_v7().to_string(),
@@ -52,8 +59,7 @@ pub fn build_event(
             obj.insert("author".into(), a.into());
         }
     }
-    sign::sign(&mut event, key)?;
-    Ok(event)
+    event
 }
 
 /// Re-stamp a spooled event that is older than the relays' freshness window: the same

@@ -174,6 +174,10 @@ pub struct TrustArgs {
     /// Accept events that carry no trusted signature.
     #[arg(long)]
     pub allow_unsigned: bool,
+    /// Trust OpenPGP signatures by any key in FILE (a keyring, binary or armored) as
+    /// signer NAME (repeatable), e.g. `debian-developer=/usr/share/keyrings/debian-keyring.gpg`.
+    #[arg(long, value_name = "NAME=FILE")]
+    pub openpgp_keyring: Vec<String>,
     /// Directories trusted beside `--trusted` (not a flag: `hark serve` adds its own key's).
     #[arg(skip)]
     pub also_trusted: Vec<std::path::PathBuf>,
@@ -196,6 +200,18 @@ impl TrustArgs {
             config.trust.trusted_dir = dir.clone();
         }
         config.trust.allow_unsigned |= self.allow_unsigned;
+        for spec in &self.openpgp_keyring {
+            let Some((name, file)) = spec
+                .split_once('=')
+                .filter(|(n, f)| !n.is_empty() && !f.is_empty())
+            else {
+                anyhow::bail!("--openpgp-keyring {spec:?} must look like NAME=FILE");
+            };
+            config
+                .trust
+                .openpgp_keyrings
+                .insert(name.to_string(), file.into());
+        }
         let grants = self
             .grant
             .iter()
@@ -205,7 +221,10 @@ impl TrustArgs {
         let policy =
             crate::admit::TrustPolicy::from_dirs(&config.trust, &grants, &self.also_trusted)
                 .map_err(anyhow::Error::msg)?;
-        if policy.keyring().is_empty() && !policy.allow_unsigned() {
+        if policy.keyring().is_empty()
+            && config.trust.openpgp_keyrings.is_empty()
+            && !policy.allow_unsigned()
+        {
             warn!(
                 "no trusted keys in {} and unsigned events are refused: every signed event will be refused",
                 config.trust.trusted_dir.display()
@@ -216,7 +235,13 @@ impl TrustArgs {
                 || config.trust.grants.contains_key(name)
                 || config.trust.grants.contains_key("*")
         };
-        for name in policy.keyring().names().filter(|n| Some(*n) != own_key) {
+        let openpgp_names = config.trust.openpgp_keyrings.keys().map(String::as_str);
+        for name in policy
+            .keyring()
+            .names()
+            .chain(openpgp_names)
+            .filter(|n| Some(*n) != own_key)
+        {
             if !granted(name) {
                 warn!("trusted signer {name:?} has no topic grant; its events will be refused (add --grant '{name}=GLOB')");
             }

@@ -9,11 +9,14 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::bus::ack::AckStatus;
-use crate::bus::publish::{build_event, check_endpoint, restamp, submit_all, PublishError, Target};
+use crate::bus::publish::{
+    check_endpoint, restamp, submit_all, unsigned_event, PublishError, Target,
+};
 use crate::bus::relay::hostname;
 use crate::bus::spool::Spool;
 use crate::config::Config;
 use crate::event::keys::{read_signing_key, SigningKey};
+use crate::event::openpgp::{self, OpenPgpSigner};
 
 /// Exit code when no relay answered in time and the event was spooled for later delivery.
 pub const EXIT_SPOOLED: u8 = 3;
@@ -55,8 +58,20 @@ pub struct PublishArgs {
     lighthouse: Vec<Target>,
     /// Secret keyfile to sign with (Laniakea keyfile or `ed25519 <ver> <seed>` file); with
     /// --flush-spool, the key that may re-stamp stale events it signed.
-    #[arg(long, value_name = "FILE", required_unless_present = "flush_spool")]
+    #[arg(long, value_name = "FILE", required_unless_present_any = ["flush_spool", "openpgp_key", "gpg_key"])]
     key: Option<PathBuf>,
+    /// Also (or instead) sign with the OpenPGP secret key in FILE (unencrypted, binary or
+    /// armored), over the same bytes as the Ed25519 signature.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["gpg_key", "flush_spool"])]
+    openpgp_key: Option<PathBuf>,
+    /// Also (or instead) sign through gpg's agent with the key KEYID (a smartcard works, as
+    /// for a Debian upload); runs `gpg --detach-sign`, the event bytes on its stdin.
+    #[arg(long, value_name = "KEYID", conflicts_with = "flush_spool")]
+    gpg_key: Option<String>,
+    /// The name an OpenPGP signature is stored under in `signatures` (verifiers name the
+    /// signer from their own keyring configuration, not from this).
+    #[arg(long, value_name = "NAME", default_value = "openpgp")]
+    openpgp_name: String,
     /// Event data as JSON text.
     #[arg(long, value_name = "JSON", conflicts_with = "data_file")]
     data: Option<String>,
@@ -233,16 +248,26 @@ pub fn run(args: PublishArgs) -> ExitCode {
         Ok(t) => t,
         Err(e) => return super::fail(e, super::EXIT_USAGE),
     };
-    let read_key = || match &args.key {
-        None => Err("--key is required".to_string()),
-        Some(path) => read_signing_key(path).map_err(|e| e.to_string()),
+    let read_signers = || -> Result<Signers, String> {
+        Ok(Signers {
+            ed25519: match &args.key {
+                Some(path) => Some(read_signing_key(path).map_err(|e| e.to_string())?),
+                None => None,
+            },
+            openpgp: match &args.openpgp_key {
+                Some(path) => Some(OpenPgpSigner::from_file(path, &args.openpgp_name)?),
+                None => None,
+            },
+            gpg: args.gpg_key.clone(),
+            name: args.openpgp_name.clone(),
+        })
     };
     if args.json_lines {
-        let key = match read_key() {
+        let mut signers = match read_signers() {
             Ok(k) => k,
             Err(e) => return super::fail(e, super::EXIT_USAGE),
         };
-        return ExitCode::from(publish_lines(&args, &config, &targets, &key, &tag));
+        return ExitCode::from(publish_lines(&args, &config, &targets, &mut signers, &tag));
     }
     let (text, source) = match (&args.data, &args.data_file) {
         (Some(d), _) => (d.clone(), "--data".to_string()),
@@ -270,11 +295,18 @@ pub fn run(args: PublishArgs) -> ExitCode {
         Ok(d) => d,
         Err(e) => return super::fail(e, super::EXIT_USAGE),
     };
-    let key = match read_key() {
+    let mut signers = match read_signers() {
         Ok(k) => k,
         Err(e) => return super::fail(e, super::EXIT_USAGE),
     };
-    ExitCode::from(publish_data(&args, &config, &targets, &key, &tag, data))
+    ExitCode::from(publish_data(
+        &args,
+        &config,
+        &targets,
+        &mut signers,
+        &tag,
+        data,
+    ))
 }
 
 /// `--json-lines`: every non-empty line of stdin is the data of one event, as
@@ -286,7 +318,7 @@ fn publish_lines(
     args: &PublishArgs,
     config: &Config,
     targets: &[Target],
-    key: &SigningKey,
+    signers: &mut Signers,
     tag: &str,
 ) -> u8 {
     let severity = |code: u8| match code {
@@ -305,7 +337,7 @@ fn publish_lines(
             ),
             Ok(line) if line.trim().is_empty() => continue,
             Ok(line) => match parse_data(&line, &format!("stdin:{number}")) {
-                Ok(data) => publish_data(args, config, targets, key, tag, data),
+                Ok(data) => publish_data(args, config, targets, signers, tag, data),
                 Err(e) => failed(e, 1),
             },
         };
@@ -327,15 +359,15 @@ fn publish_data(
     args: &PublishArgs,
     config: &Config,
     targets: &[Target],
-    key: &SigningKey,
+    signers: &mut Signers,
     tag: &str,
     data: Value,
 ) -> u8 {
     let author = args.author.clone().or_else(|| std::env::var("USER").ok());
-    let event = match build_event(tag, data, key, Some(&hostname()), author.as_deref()) {
-        Ok(e) => e,
-        Err(e) => return failed(e, 1),
-    };
+    let mut event = unsigned_event(tag, data, Some(&hostname()), author.as_deref());
+    if let Err(e) = signers.sign(&mut event) {
+        return failed(e, 1);
+    }
     let timeout = args.timeout.unwrap_or(config.publish.timeout);
     match deliver(targets, &event, timeout, config) {
         Delivery::Published { uuid, seqs } => {
@@ -491,4 +523,70 @@ fn flush(args: &PublishArgs, config: &Config) -> ExitCode {
         );
     }
     ExitCode::SUCCESS
+}
+
+/// Every key an event is signed with: Ed25519 (`--key`), and OpenPGP by a key file or
+/// through gpg's agent.
+struct Signers {
+    ed25519: Option<SigningKey>,
+    openpgp: Option<OpenPgpSigner>,
+    gpg: Option<String>,
+    name: String,
+}
+
+impl Signers {
+    fn sign(&mut self, event: &mut Value) -> Result<(), String> {
+        if let Some(key) = &self.ed25519 {
+            crate::event::sign::sign(event, key).map_err(|e| e.to_string())?;
+        }
+        if let Some(signer) = &mut self.openpgp {
+            signer.sign(event).map_err(|e| e.to_string())?;
+        }
+        if let Some(keyid) = &self.gpg {
+            let message = openpgp::checked_bytes(event).map_err(|e| e.to_string())?;
+            let packet = gpg_detach_sign(keyid, &message)?;
+            let issuer = openpgp::issuer_of(&packet)?;
+            openpgp::insert(event, &self.name, &issuer, &packet).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+}
+
+/// A binary detached signature over `message` by gpg's key `keyid` (agent, smartcard and
+/// pinentry as gpg is set up). The message goes through a pipe; nothing of the event is
+/// put on a command line.
+fn gpg_detach_sign(keyid: &str, message: &[u8]) -> Result<Vec<u8>, String> {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("gpg")
+        .args([
+            "--batch",
+            "--no-tty",
+            "--quiet",
+            "--detach-sign",
+            "--local-user",
+        ])
+        .arg(keyid)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run gpg: {e}"))?;
+    let mut stdin = child.stdin.take().ok_or("gpg has no stdin")?;
+    let message = message.to_vec();
+    // Written from a thread: gpg may start answering before it has read everything.
+    let writer = std::thread::spawn(move || stdin.write_all(&message));
+    let out = child.wait_with_output().map_err(|e| format!("gpg: {e}"))?;
+    let written = writer
+        .join()
+        .map_err(|_| "gpg input thread panicked".to_string())?;
+    if !out.status.success() {
+        return Err(format!(
+            "gpg --detach-sign --local-user {keyid} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    written.map_err(|e| format!("writing to gpg: {e}"))?;
+    Ok(out.stdout)
 }

@@ -208,6 +208,9 @@ pub struct TrustConfig {
     pub allow_fedmsg: bool,
     /// Signer name to the topic patterns it may publish. `"*"` applies to every signer.
     pub grants: BTreeMap<String, Vec<String>>,
+    /// Signer name to an OpenPGP keyring file: an event signed by any key in it signs as
+    /// that name (and as `openpgp:<fingerprint>`).
+    pub openpgp_keyrings: BTreeMap<String, PathBuf>,
     /// Refuse events whose `time` is older than this.
     #[serde(with = "serde_text")]
     pub max_age: Duration,
@@ -228,6 +231,7 @@ impl Default for TrustConfig {
             allow_unsigned: false,
             allow_fedmsg: true,
             grants: BTreeMap::new(),
+            openpgp_keyrings: BTreeMap::new(),
             max_age: Duration::from_secs(3600),
             max_future: Duration::from_secs(300),
             dedupe_window: Duration::from_secs(3600),

@@ -265,6 +265,17 @@ pub const SETTINGS: &[Setting] = &[
     ),
     s(
         "trust",
+        "openpgp_keyrings",
+        Kind::Map,
+        "Signer name to an OpenPGP keyring file (binary or ASCII-armored). An event with\n\
+         an OpenPGP signature by any key in it signs as that name, and as\n\
+         openpgp:<FINGERPRINT> of the key's certificate; grants and signed_by apply as for\n\
+         Ed25519 signers. Expired, revoked and non-signing keys are refused. For example:\n  \
+           openpgp_keyrings:\n    \
+             debian-developer: /usr/share/keyrings/debian-keyring.gpg",
+    ),
+    s(
+        "trust",
         "max_age",
         Kind::Duration,
         "Refuse events whose `time` is older than this.",

@@ -6,6 +6,7 @@
 
 pub mod canonical;
 pub mod keys;
+pub mod openpgp;
 pub mod sign;
 
 use serde_json::{Map, Value};

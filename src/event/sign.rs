@@ -23,6 +23,8 @@ pub enum SignError {
     BadSignaturesField,
     #[error("the number {0} is beyond a double's range: canonical JSON would write it as Infinity, which is not JSON")]
     NonFinite(String),
+    #[error("OpenPGP signing failed: {0}")]
+    OpenPgp(String),
 }
 
 /// Add `key`'s signature to `event`, keeping every signature already there.
