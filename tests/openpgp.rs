@@ -187,9 +187,9 @@ fn gpg_signed_events_are_admitted_and_bad_keys_refused_each_with_its_reason() {
     // hark's own OpenPGP signing (sequoia), with the secret key gpg exported.
     let secret = gpg.home.path().join("good.sec");
     std::fs::write(&secret, gpg.run(&["--export-secret-keys", &good], b"")).unwrap();
-    let mut signer = openpgp::OpenPgpSigner::from_file(&secret, "dd").unwrap();
+    let mut signer = openpgp::OpenPgpSigner::from_file(&secret).unwrap();
     let mut by_hark = event(json!({"package": "hello"}));
-    signer.sign(&mut by_hark).unwrap();
+    signer.sign(&mut by_hark, "dd").unwrap();
     assert!(by_hark["signatures"]["dd"]
         .as_object()
         .unwrap()

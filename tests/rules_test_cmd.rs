@@ -79,6 +79,10 @@ fn recording_in_json_mode() {
             {
                 "rule": "mirror-sync",
                 "reason": "topic \"_lk.archive.package-upload-accepted\" does not match _lk.archive.*.published"
+            },
+            {
+                "rule": "rebuild-requested",
+                "reason": "topic \"_lk.archive.package-upload-accepted\" does not match _hark.rebuild.requested"
             }
         ])
     );

@@ -255,7 +255,7 @@ pub fn run(args: PublishArgs) -> ExitCode {
                 None => None,
             },
             openpgp: match &args.openpgp_key {
-                Some(path) => Some(OpenPgpSigner::from_file(path, &args.openpgp_name)?),
+                Some(path) => Some(OpenPgpSigner::from_file(path)?),
                 None => None,
             },
             gpg: args.gpg_key.clone(),
@@ -540,10 +540,10 @@ impl Signers {
             crate::event::sign::sign(event, key).map_err(|e| e.to_string())?;
         }
         if let Some(signer) = &mut self.openpgp {
-            signer.sign(event).map_err(|e| e.to_string())?;
+            signer.sign(event, &self.name).map_err(|e| e.to_string())?;
         }
         if let Some(keyid) = &self.gpg {
-            let message = openpgp::checked_bytes(event).map_err(|e| e.to_string())?;
+            let message = crate::event::sign::checked_bytes(event).map_err(|e| e.to_string())?;
             let packet = gpg_detach_sign(keyid, &message)?;
             let issuer = openpgp::issuer_of(&packet)?;
             openpgp::insert(event, &self.name, &issuer, &packet).map_err(|e| e.to_string())?;

@@ -30,10 +30,10 @@ use openpgp::policy::StandardPolicy;
 use openpgp::serialize::MarshalInto;
 use openpgp::types::{RevocationStatus, SignatureType};
 use openpgp::{Cert, Fingerprint, Packet};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::keys::{decode_base64, encode_base64};
-use super::sign::{signed_bytes, SignError};
+use super::sign::{checked_bytes, insert_signature, signed_bytes, SignError};
 
 /// The key-id prefix of an OpenPGP signature in `signatures[name]`.
 pub const KEY_ID_PREFIX: &str = "openpgp:";
@@ -117,10 +117,10 @@ pub fn check(event: &Value, keyring: &OpenPgpKeyring, now: SystemTime) -> Report
             if !report.claimed.contains(name) {
                 report.claimed.push(name.clone());
             }
-            let Some(&index) = hex
+            let Some((fingerprint, &index)) = hex
                 .parse::<Fingerprint>()
                 .ok()
-                .and_then(|f| keyring.by_key.get(&f))
+                .and_then(|f| keyring.by_key.get(&f).map(|i| (f, i)))
             else {
                 report.unknown.push(key_id.clone());
                 continue;
@@ -140,7 +140,7 @@ pub fn check(event: &Value, keyring: &OpenPgpKeyring, now: SystemTime) -> Report
                     }
                 },
             };
-            match verify_one(cert, hex, text, bytes, now) {
+            match verify_one(cert, fingerprint, text, bytes, now) {
                 Ok(()) => {
                     for n in [
                         signer.clone(),
@@ -160,7 +160,7 @@ pub fn check(event: &Value, keyring: &OpenPgpKeyring, now: SystemTime) -> Report
 
 fn verify_one(
     cert: &Cert,
-    hex: &str,
+    handle: Fingerprint,
     text: &Value,
     message: &[u8],
     now: SystemTime,
@@ -172,7 +172,7 @@ fn verify_one(
         .and_then(|b| Packet::from_bytes(&b).ok());
     let Some(Packet::Signature(signature)) = packet else {
         return Err(bad(format!(
-            "{KEY_ID_PREFIX}{hex} is not a base64 OpenPGP signature packet"
+            "{KEY_ID_PREFIX}{handle} is not a base64 OpenPGP signature packet"
         )));
     };
     let policy = StandardPolicy::new();
@@ -196,9 +196,6 @@ fn verify_one(
             format!("the OpenPGP certificate {primary} has expired"),
         ));
     }
-    let handle: Fingerprint = hex
-        .parse()
-        .map_err(|_| bad(format!("{hex} is not a fingerprint")))?;
     let Some(key) = valid.keys().key_handle(handle.clone()).next() else {
         return Err(bad(format!("{handle} is not a valid key of {primary}")));
     };
@@ -232,13 +229,11 @@ fn verify_one(
 pub struct OpenPgpSigner {
     keypair: KeyPair,
     fingerprint: Fingerprint,
-    /// The outer name in `signatures` (not signed; verifiers name the signer themselves).
-    pub name: String,
 }
 
 impl OpenPgpSigner {
     /// The first alive, unrevoked signing key with unencrypted secret material in `path`.
-    pub fn from_file(path: &Path, name: &str) -> Result<Self, String> {
+    pub fn from_file(path: &Path) -> Result<Self, String> {
         let cert = Cert::from_file(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let policy = StandardPolicy::new();
         let key = cert
@@ -264,27 +259,19 @@ impl OpenPgpSigner {
         Ok(OpenPgpSigner {
             keypair,
             fingerprint,
-            name: name.to_string(),
         })
     }
 
-    /// Add this key's signature to `event`, keeping every signature already there.
-    pub fn sign(&mut self, event: &mut Value) -> Result<(), SignError> {
+    /// Add this key's signature to `event` under `signatures[name]` (the outer name is not
+    /// signed; verifiers name the signer themselves), keeping every signature there.
+    pub fn sign(&mut self, event: &mut Value, name: &str) -> Result<(), SignError> {
         let message = checked_bytes(event)?;
         let packet = SignatureBuilder::new(SignatureType::Binary)
             .sign_message(&mut self.keypair, &message)
             .and_then(|s| Packet::from(s).to_vec())
             .map_err(|e| SignError::OpenPgp(e.to_string()))?;
-        insert(event, &self.name, &self.fingerprint.to_hex(), &packet)
+        insert(event, name, &self.fingerprint.to_hex(), &packet)
     }
-}
-
-/// The bytes to sign, refusing what only non-JSON could carry.
-pub fn checked_bytes(event: &Value) -> Result<Vec<u8>, SignError> {
-    if let Some(n) = super::canonical::non_finite(event) {
-        return Err(SignError::NonFinite(n.to_string()));
-    }
-    signed_bytes(event).map_err(|_| SignError::NotAnObject)
 }
 
 /// Store a binary signature `packet` by the key `fingerprint` under `signatures[name]`.
@@ -294,20 +281,12 @@ pub fn insert(
     fingerprint: &str,
     packet: &[u8],
 ) -> Result<(), SignError> {
-    let obj = event.as_object_mut().ok_or(SignError::NotAnObject)?;
-    obj.entry("signatures")
-        .or_insert_with(|| Value::Object(Map::new()))
-        .as_object_mut()
-        .ok_or(SignError::BadSignaturesField)?
-        .entry(name.to_string())
-        .or_insert_with(|| Value::Object(Map::new()))
-        .as_object_mut()
-        .ok_or(SignError::BadSignaturesField)?
-        .insert(
-            format!("{KEY_ID_PREFIX}{}", fingerprint.to_uppercase()),
-            Value::String(encode_base64(packet)),
-        );
-    Ok(())
+    insert_signature(
+        event,
+        name,
+        format!("{KEY_ID_PREFIX}{}", fingerprint.to_uppercase()),
+        encode_base64(packet),
+    )
 }
 
 /// The issuer fingerprint a binary signature packet names (what `gpg --detach-sign`

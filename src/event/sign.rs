@@ -29,24 +29,39 @@ pub enum SignError {
 
 /// Add `key`'s signature to `event`, keeping every signature already there.
 pub fn sign(event: &mut Value, key: &SigningKey) -> Result<(), SignError> {
-    // Never sign what could only be sent as `Infinity`: no peer could parse it back.
+    let message = checked_bytes(event)?;
+    let signature = encode_base64(&key.key.sign(&message).to_bytes());
+    insert_signature(event, &key.name, key.key_id(), signature)
+}
+
+/// The bytes a new signature covers, refusing what could only be sent as `Infinity`
+/// (no peer could parse it back). Shared by Ed25519 and OpenPGP signing.
+pub fn checked_bytes(event: &Value) -> Result<Vec<u8>, SignError> {
     if let Some(n) = canonical::non_finite(event) {
         return Err(SignError::NonFinite(n.to_string()));
     }
-    let message = signed_bytes(event).map_err(|_| SignError::NotAnObject)?;
-    let signature = encode_base64(&key.key.sign(&message).to_bytes());
-    let obj = event.as_object_mut().ok_or(SignError::NotAnObject)?;
-    let signatures = obj
+    signed_bytes(event).map_err(|_| SignError::NotAnObject)
+}
+
+/// Store `signature` as `signatures[name][key_id]`, keeping every other signature.
+pub fn insert_signature(
+    event: &mut Value,
+    name: &str,
+    key_id: String,
+    signature: String,
+) -> Result<(), SignError> {
+    event
+        .as_object_mut()
+        .ok_or(SignError::NotAnObject)?
         .entry("signatures")
         .or_insert_with(|| Value::Object(Map::new()))
         .as_object_mut()
-        .ok_or(SignError::BadSignaturesField)?;
-    signatures
-        .entry(key.name.clone())
+        .ok_or(SignError::BadSignaturesField)?
+        .entry(name.to_string())
         .or_insert_with(|| Value::Object(Map::new()))
         .as_object_mut()
         .ok_or(SignError::BadSignaturesField)?
-        .insert(key.key_id(), Value::String(signature));
+        .insert(key_id, Value::String(signature));
     Ok(())
 }
 

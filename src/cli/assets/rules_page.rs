@@ -42,12 +42,10 @@ struct Renderer {
     /// The current list item already holds a paragraph.
     item_has_text: bool,
     in_code: bool,
-    in_heading: Option<HeadingLevel>,
+    in_heading: bool,
     in_cell: bool,
     /// Cells of the table row being read.
     cells: Vec<String>,
-    /// Columns of the table being read.
-    columns: usize,
     /// Links outside the document, shown after their text.
     link: Option<String>,
 }
@@ -93,9 +91,7 @@ impl Renderer {
                 }
             }
             // Headings are kept raw: .SH upper-cases them, which escapes would not survive.
-            Event::Text(text) | Event::Code(text) if self.in_heading.is_some() => {
-                self.line.push_str(&text)
-            }
+            Event::Text(text) | Event::Code(text) if self.in_heading => self.line.push_str(&text),
             // A table column is narrow: `a`/`b`/`c` may break after each slash.
             Event::Text(text) if self.in_cell => {
                 self.line.push_str(&roff_inline(&text).replace('/', "/\\:"))
@@ -111,8 +107,8 @@ impl Renderer {
 
     fn start(&mut self, tag: Tag) {
         match tag {
-            Tag::Heading { level, .. } => {
-                self.in_heading = Some(level);
+            Tag::Heading { .. } => {
+                self.in_heading = true;
                 self.line.clear();
             }
             Tag::Paragraph if !self.lists.is_empty() && self.item_has_text => {
@@ -148,9 +144,8 @@ impl Renderer {
             }
             Tag::BlockQuote(_) => self.out.push_str(".RS 4\n"),
             Tag::Table(alignments) => {
-                self.columns = alignments.len();
-                let head = vec!["lb"; self.columns].join(" ");
-                let mut body = vec!["l"; self.columns];
+                let head = vec!["lb"; alignments.len()].join(" ");
+                let mut body = vec!["l"; alignments.len()];
                 if let Some(last) = body.last_mut() {
                     *last = "lx";
                 }
@@ -177,7 +172,7 @@ impl Renderer {
         match tag {
             TagEnd::Heading(level) => {
                 let title = std::mem::take(&mut self.line);
-                self.in_heading = None;
+                self.in_heading = false;
                 match level {
                     HeadingLevel::H1 => {}
                     HeadingLevel::H2 => {
