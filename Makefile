@@ -9,8 +9,8 @@ VENV_PYTHON := $(CURDIR)/.venv/bin/python
 venv:
 	bash scripts/setup-venv.sh
 
-# Debian packages the tests use beyond the venv: promtool (package prometheus), for
-# tests/metrics.rs. Installs only when promtool is missing and we are root; idempotent.
+# Debian packages the tests run as real peers (the table in scripts/setup-debs.sh says which
+# and why). Installs only what is missing, and only as root; idempotent.
 debs:
 	bash scripts/setup-debs.sh
 

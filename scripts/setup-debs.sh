@@ -1,19 +1,35 @@
 #!/usr/bin/env bash
-# Install the Debian packages the tests need that are not Python peers: promtool (package
-# prometheus), which tests/metrics.rs runs on what /metrics serves.
+# Install the Debian packages the tests run as real peers and servers (not Python peers:
+# those are scripts/setup-venv.sh). Each line of NEEDED below is "command package why":
+# the package is installed when the command is not on PATH.
 #
-# Idempotent: nothing happens when promtool is already on PATH. Without root (and without
-# sudo -n) it says so and exits 0: tests/metrics.rs then prints SKIPPED for promtool, which
-# is allowed on a developer's machine; CI runs as root, so there it always runs.
+# Idempotent: nothing happens when every command is already there. Without root (and
+# without sudo -n) it says which packages are missing and exits 0: the tests that need them
+# print SKIPPED, which is allowed on a developer's machine; CI runs as root, so there they
+# always run.
 set -euo pipefail
 
 log() { printf 'setup-debs: %s\n' "$*" >&2; }
 
-if command -v promtool >/dev/null; then
+# command            package           used by
+NEEDED=(
+    "promtool         prometheus        tests/metrics.rs checks what /metrics serves"
+    "gpg              gpg               tests/openpgp.rs makes throw-away OpenPGP keys"
+    "gpg-agent        gpg-agent         tests/openpgp.rs signs through gpg's agent"
+)
+
+missing=()
+for line in "${NEEDED[@]}"; do
+    read -r cmd pkg _ <<<"$line"
+    if ! command -v "$cmd" >/dev/null && [ ! -x "/usr/sbin/$cmd" ] && [ ! -x "/usr/lib/rabbitmq/bin/$cmd" ]; then
+        missing+=("$pkg")
+    fi
+done
+if [ "${#missing[@]}" = 0 ]; then
     exit 0
 fi
 if ! command -v apt-get >/dev/null; then
-    log "no apt-get: install promtool (Prometheus) by hand to run the exposition check"
+    log "no apt-get: install ${missing[*]} by hand to run the tests that need them"
     exit 0
 fi
 if [ "$(id -u)" = 0 ]; then
@@ -21,12 +37,13 @@ if [ "$(id -u)" = 0 ]; then
 elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
     as_root() { sudo -n "$@"; }
 else
-    log "not root: promtool (package prometheus) not installed; its check will be skipped"
+    log "not root: ${missing[*]} not installed; the tests that need them will be skipped"
     exit 0
 fi
-log "installing prometheus (for promtool) with apt-get"
-# policy-rc.d exit 101 keeps the package's own server from being started here: only the
-# promtool binary is wanted. It is removed again whatever happens.
+log "installing ${missing[*]} with apt-get"
+# policy-rc.d exit 101 keeps the packages' own servers (prometheus, rabbitmq-server) from
+# being started here: the tests start their own, unprivileged, on loopback. It is removed
+# again whatever happens.
 created_policy=
 if [ ! -e /usr/sbin/policy-rc.d ]; then
     printf '#!/bin/sh\nexit 101\n' | as_root tee /usr/sbin/policy-rc.d >/dev/null
@@ -36,6 +53,5 @@ fi
 cleanup() { if [ -n "$created_policy" ]; then as_root rm -f /usr/sbin/policy-rc.d; fi; }
 trap cleanup EXIT
 as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
-command -v promtool >/dev/null || { log "prometheus installed but no promtool on PATH"; exit 1; }
-log "done ($(promtool --version 2>&1 | head -1))"
+as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+log "done"
