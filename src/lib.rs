@@ -12,6 +12,7 @@
 //!   the launch and runner of one command, the SQLite state, and reporting;
 //! - [`trigger`]: the daemon that ties subscription, rules, scheduler and runner together;
 //! - [`record`]: the JSON-lines recording format;
+//! - [`history`]: queries over a journal (topic, time, signer, `where`), keyset paginated;
 //! - [`config`], [`metrics`], [`duration`], [`systemd`]: shared plumbing;
 //! - [`cli`]: the `hark` command.
 pub mod admit;
@@ -20,6 +21,7 @@ pub mod cli;
 pub mod config;
 pub mod duration;
 pub mod event;
+pub mod history;
 pub mod jobs;
 pub mod journal;
 pub mod metrics;

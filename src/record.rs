@@ -28,6 +28,8 @@ pub struct Record {
     /// Signers whose signatures verified when it was received (informational: a replay
     /// may verify again).
     pub signers: Vec<String>,
+    /// The journal seq, for a record `hark history` read from a journal.
+    pub seq: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -39,6 +41,8 @@ struct Line<'a> {
     frames: Vec<Value>,
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     signers: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seq: Option<u64>,
 }
 
 /// RFC 3339 UTC with microseconds, the timestamp form recordings use.
@@ -82,6 +86,7 @@ impl Record {
             endpoint,
             frames,
             signers: Vec::new(),
+            seq: None,
         }
     }
 
@@ -93,6 +98,7 @@ impl Record {
             endpoint: self.endpoint.as_deref(),
             frames: self.frames.iter().map(|f| frame_to_json(f)).collect(),
             signers: &self.signers,
+            seq: self.seq,
         };
         // Serializing strings and plain values cannot fail.
         serde_json::to_string(&line).unwrap_or_default()
@@ -144,11 +150,19 @@ impl Record {
                 .ok_or("record field \"signers\" must be a list of names")?,
             Some(_) => return Err("record field \"signers\" must be a list of names".into()),
         };
+        let seq = match obj.get("seq") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(
+                v.as_u64()
+                    .ok_or("record field \"seq\" must be a whole number")?,
+            ),
+        };
         Ok(Record {
             received,
             endpoint,
             frames,
             signers,
+            seq,
         })
     }
 
@@ -245,6 +259,7 @@ mod tests {
             endpoint: None,
             frames: vec![vec![0xff, 0x00, 0x41]],
             signers: vec![],
+            seq: None,
         };
         let line = rec.to_line();
         assert_eq!(

@@ -3,6 +3,7 @@
 //! and map failures to exit codes; they hold no bus or rule logic of their own.
 
 mod assets;
+mod history;
 mod jobs;
 mod keygen;
 mod publish;
@@ -59,6 +60,8 @@ enum Command {
     Trigger(trigger::TriggerArgs),
     /// Relay and trigger daemon in one process, for trying hark out (no config needed).
     Serve(serve::ServeArgs),
+    /// Query the relay journal (or a `hark record --db` file): topic, time, signer, where.
+    History(history::HistoryArgs),
     /// Check rule files and dry-run them against events.
     Rules(rules::RulesArgs),
     /// List, show, retry and cancel the trigger daemon's jobs.
@@ -125,6 +128,7 @@ pub fn main() -> ExitCode {
         Command::Record(args) => record::run(args),
         Command::Trigger(args) => trigger::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::History(args) => history::run(args),
         Command::Rules(args) => rules::run(args),
         Command::Jobs(args) => jobs::run(args),
         Command::Status(args) => status::run(args),

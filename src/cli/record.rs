@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use super::tail::{watch, WatchArgs};
+use crate::journal::{Journal, Retention};
 use crate::record::Record;
 
 #[derive(Debug, clap::Args)]
@@ -20,11 +21,18 @@ pub struct RecordArgs {
     #[command(flatten)]
     watch: WatchArgs,
     /// Append to FILE (created if missing) instead of writing to stdout.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "db")]
     out: Option<PathBuf>,
+    /// Append to a journal-format SQLite FILE instead (created if missing), which
+    /// `hark history --journal FILE` queries; nothing is ever pruned from it.
+    #[arg(long, value_name = "FILE")]
+    db: Option<PathBuf>,
 }
 
 pub fn run(args: RecordArgs) -> ExitCode {
+    if let Some(path) = &args.db {
+        return record_db(&args, path);
+    }
     let mut sink: Box<dyn Write> = match &args.out {
         None => Box::new(std::io::stdout()),
         Some(path) => match OpenOptions::new().create(true).append(true).open(path) {
@@ -38,5 +46,25 @@ pub fn run(args: RecordArgs) -> ExitCode {
         record.signers = report.verified.clone();
         record.write_to(&mut sink)?;
         sink.flush()
+    })
+}
+
+/// `--db`: each event one journal row (frames as received, receive time, topic, uuid),
+/// committed before the next is read.
+fn record_db(args: &RecordArgs, path: &std::path::Path) -> ExitCode {
+    let keep_all = Retention {
+        max_age: std::time::Duration::MAX,
+        max_bytes: u64::MAX,
+    };
+    let mut journal = match Journal::open(path, keep_all) {
+        Ok(j) => j,
+        Err(e) => return super::fail(format!("{}: {e}", path.display()), 1),
+    };
+    watch(&args.watch, |event, _report| {
+        let received_ms = chrono::Utc::now().timestamp_millis();
+        journal
+            .append(&event.frames, &event.topic, &event.uuid, received_ms)
+            .map(|_| ())
+            .map_err(|e| std::io::Error::other(format!("{}: {e}", path.display())))
     })
 }

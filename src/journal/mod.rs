@@ -174,7 +174,27 @@ CREATE TABLE IF NOT EXISTS entries (
     frames BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS entries_received ON entries(received_ms);
+CREATE INDEX IF NOT EXISTS entries_topic ON entries(topic);
+CREATE INDEX IF NOT EXISTS entries_uuid ON entries(uuid);
 ";
+
+/// One ordered walk over journal rows for [`Journal::scan`] (history queries): rows past
+/// `after` in the walk's direction, up to `bound`, optionally of one exact topic.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scan<'a> {
+    /// Newest first.
+    pub descending: bool,
+    /// Exclusive: the walk starts past this seq (a keyset cursor).
+    pub after: Option<u64>,
+    /// Inclusive: the walk ends at this seq.
+    pub bound: Option<u64>,
+    /// Exactly this topic (through the topic index).
+    pub topic: Option<&'a str>,
+    /// Inclusive bounds on `received_ms`.
+    pub from_ms: Option<i64>,
+    pub to_ms: Option<i64>,
+    pub limit: usize,
+}
 
 /// SQLite page size of a new journal file, in bytes.
 const JOURNAL_PAGE_SIZE: i64 = 16_384;
@@ -186,6 +206,8 @@ pub struct Journal {
     conn: Connection,
     epoch: String,
     read_only: bool,
+    /// The file has `entries_topic` (a read-only open of a journal from before it may not).
+    topic_index: bool,
     retention: Retention,
     /// The last seq written; survives pruning through `meta.pruned_seq`.
     head_seq: u64,
@@ -277,14 +299,25 @@ impl Journal {
             |why: &str| JournalError::NotAJournal(path.display().to_string(), why.into());
         let epoch: String = meta_get(&conn, "epoch")?.ok_or_else(|| not_journal("no epoch"))?;
         let (head_seq, _) = head_and_first(&conn)?;
-        let stored: i64 =
+        // Only the writer needs the sum, and it reads every row: a reader (a history
+        // query, the HTTP API) opening a journal of 10^6 events must not pay for it.
+        let stored: i64 = if read_only {
+            0
+        } else {
             conn.query_row("SELECT COALESCE(SUM(bytes), 0) FROM entries", [], |r| {
                 r.get(0)
-            })?;
+            })?
+        };
+        let topic_index: bool = conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'entries_topic')",
+            [],
+            |r| r.get(0),
+        )?;
         Ok(Journal {
             conn,
             epoch,
             read_only,
+            topic_index,
             retention: Retention::default(),
             head_seq,
             stored_bytes: u64::try_from(stored).unwrap_or(0),
@@ -329,7 +362,7 @@ impl Journal {
     }
 
     /// Bytes of frames currently stored (what `max_bytes` bounds), as the writer counts
-    /// them; a read-only journal gives the figure from when it was opened.
+    /// them; a read-only journal does not count them and gives 0.
     pub fn stored_bytes(&self) -> u64 {
         self.stored_bytes
     }
@@ -551,20 +584,8 @@ impl Journal {
         sql.push_str(&format!(" ORDER BY seq LIMIT ?{}", args.len() + 1));
         args.push(i64::try_from(limit).unwrap_or(i64::MAX).into());
         let mut stmt = self.conn.prepare_cached(&sql)?;
-        let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
-        let mut entries = Vec::new();
-        while let Some(row) = rows.next()? {
-            let seq = seq_from_sql(row.get(0)?);
-            let blob: Vec<u8> = row.get(4)?;
-            let frames = decode_frames(&blob).map_err(|why| JournalError::Damaged { seq, why })?;
-            entries.push(Entry {
-                seq,
-                received_ms: row.get(1)?,
-                topic: row.get(2)?,
-                uuid: row.get(3)?,
-                frames,
-            });
-        }
+        let rows = stmt.query(rusqlite::params_from_iter(args))?;
+        let entries = collect_entries(rows)?;
         let next_seq = if entries.len() == limit {
             entries.last().map_or(window_end + 1, |e| e.seq + 1)
         } else {
@@ -575,6 +596,96 @@ impl Journal {
             entries,
             next_seq,
         })
+    }
+
+    /// Rows of one [`Scan`] in its order. With a topic, the topic index (topic, seq) makes
+    /// this a seek and a walk of that topic's rows only, however long the journal is.
+    pub fn scan(&self, scan: &Scan<'_>) -> Result<Vec<Entry>> {
+        let (lo, hi) = if scan.descending {
+            (scan.bound, scan.after.map(|a| a.saturating_sub(1)))
+        } else {
+            (scan.after.map(|a| a.saturating_add(1)), scan.bound)
+        };
+        let lo = lo.unwrap_or(0);
+        let hi = hi.unwrap_or(u64::MAX);
+        if lo > hi || scan.limit == 0 {
+            return Ok(Vec::new());
+        }
+        let order = if scan.descending { "DESC" } else { "ASC" };
+        let (index, topic_test) = match (scan.topic, self.topic_index) {
+            (Some(_), true) => ("INDEXED BY entries_topic", "topic = ?5"),
+            (Some(_), false) => ("", "topic = ?5"),
+            (None, _) => ("NOT INDEXED", "?5 IS NULL"),
+        };
+        // NOT INDEXED keeps a walk without a topic on the rowid (seq) order: with a time
+        // bound SQLite would otherwise pick the time index and sort.
+        let sql = format!(
+            "SELECT seq, received_ms, topic, uuid, frames FROM entries {index}
+             WHERE seq >= ?1 AND seq <= ?2 AND received_ms >= ?3 AND received_ms <= ?4
+               AND {topic_test}
+             ORDER BY seq {order} LIMIT ?6"
+        );
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let rows = stmt.query(params![
+            seq_sql(lo),
+            seq_sql(hi),
+            scan.from_ms.unwrap_or(i64::MIN),
+            scan.to_ms.unwrap_or(i64::MAX),
+            scan.topic,
+            i64::try_from(scan.limit).unwrap_or(i64::MAX),
+        ])?;
+        collect_entries(rows)
+    }
+
+    /// The distinct topics starting with `prefix`, in byte order, found by skipping
+    /// through the topic index (one seek per topic, not a walk over the rows); `None` when
+    /// there are more than `max` or the file has no topic index.
+    pub fn topics_with_prefix(&self, prefix: &str, max: usize) -> Result<Option<Vec<String>>> {
+        if !self.topic_index {
+            return Ok(None);
+        }
+        let mut next = self.conn.prepare_cached(
+            "SELECT MIN(topic) FROM entries INDEXED BY entries_topic WHERE topic > ?1",
+        )?;
+        let mut first = self.conn.prepare_cached(
+            "SELECT MIN(topic) FROM entries INDEXED BY entries_topic WHERE topic >= ?1",
+        )?;
+        let mut found = Vec::new();
+        let mut current: Option<String> = first.query_row([prefix], |r| r.get(0))?;
+        while let Some(topic) = current.take() {
+            if !topic.starts_with(prefix) {
+                break;
+            }
+            if found.len() == max {
+                return Ok(None);
+            }
+            current = next.query_row([&topic], |r| r.get(0))?;
+            found.push(topic);
+        }
+        Ok(Some(found))
+    }
+
+    /// The rows carrying this uuid (or fedmsg msg_id), newest first: one, unless
+    /// different publishers reused it outside the dedupe window.
+    pub fn with_uuid(&self, uuid: &str) -> Result<Vec<Entry>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT seq, received_ms, topic, uuid, frames FROM entries WHERE uuid = ?1
+             ORDER BY seq DESC LIMIT 16",
+        )?;
+        let rows = stmt.query([uuid])?;
+        collect_entries(rows)
+    }
+
+    /// The row of one seq, if retained.
+    pub fn entry(&self, seq: u64) -> Result<Option<Entry>> {
+        Ok(self
+            .scan(&Scan {
+                after: Some(seq.saturating_sub(1)),
+                bound: Some(seq),
+                limit: 1,
+                ..Scan::default()
+            })?
+            .pop())
     }
 
     /// Run `f` on one read snapshot, so that a reader on another connection sees the
@@ -597,6 +708,24 @@ impl Journal {
     fn connection(&self) -> &Connection {
         &self.conn
     }
+}
+
+/// Rows of `SELECT seq, received_ms, topic, uuid, frames` as entries.
+fn collect_entries(mut rows: rusqlite::Rows<'_>) -> Result<Vec<Entry>> {
+    let mut entries = Vec::new();
+    while let Some(row) = rows.next()? {
+        let seq = seq_from_sql(row.get(0)?);
+        let blob: Vec<u8> = row.get(4)?;
+        let frames = decode_frames(&blob).map_err(|why| JournalError::Damaged { seq, why })?;
+        entries.push(Entry {
+            seq,
+            received_ms: row.get(1)?,
+            topic: row.get(2)?,
+            uuid: row.get(3)?,
+            frames,
+        });
+    }
+    Ok(entries)
 }
 
 fn lock_writer(path: &Path) -> Result<std::fs::File> {

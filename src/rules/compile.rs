@@ -114,11 +114,7 @@ pub fn parse_str(path: &Path, text: &str) -> Result<FileRules, RuleError> {
         });
     }
     let raw: RawFile = serde_saphyr::from_str_with_options(text, yaml_options()).map_err(|e| {
-        let (line, column) = e
-            .location()
-            .map(|l| (l.line(), l.column()))
-            .unwrap_or((0, 0));
-        let message = serde_saphyr::UserMessageFormatter.format_message(e.without_snippet());
+        let (line, column, message) = yaml_error(e);
         RuleError {
             file: path.to_path_buf(),
             diagnostics: vec![Diagnostic {
@@ -150,6 +146,38 @@ pub fn parse_str(path: &Path, text: &str) -> Result<FileRules, RuleError> {
             file: path.to_path_buf(),
             diagnostics: ctx.errors,
         })
+    }
+}
+
+/// Where the YAML parser stopped, and its message without the snippet.
+fn yaml_error(e: serde_saphyr::Error) -> (u64, u64, String) {
+    let (line, column) = e
+        .location()
+        .map(|l| (l.line(), l.column()))
+        .unwrap_or((0, 0));
+    let message = serde_saphyr::UserMessageFormatter.format_message(e.without_snippet());
+    (line, column, message.into_owned())
+}
+
+/// Compile one condition map written on its own (`hark history --where`, the HTTP API's
+/// `where`), with the syntax and checks of a rule's `match.where`. Errors are
+/// `ORIGIN:line:col: error: message`, the first one only.
+pub fn parse_condition(origin: &str, text: &str) -> Result<Condition, String> {
+    let file: Arc<Path> = Arc::from(Path::new(origin));
+    let map: CondMap = serde_saphyr::from_str_with_options(text, yaml_options()).map_err(|e| {
+        let (line, column, message) = yaml_error(e);
+        format!("{origin}:{line}:{column}: error: {}", sanitize(&message))
+    })?;
+    let mut ctx = Ctx {
+        file,
+        src: text,
+        errors: Vec::new(),
+        lints: Vec::new(),
+    };
+    let condition = ctx.cond_map(&map).simplify();
+    match ctx.errors.first() {
+        Some(first) => Err(first.to_string()),
+        None => Ok(condition),
     }
 }
 
