@@ -58,8 +58,10 @@ impl Invalid {
     }
 }
 
+/// dpkg's `c_isblank`: space and tab only. A newline, `\r`, `\v` or `\f` is not trimmed
+/// but compared as a character (dpkg warns about it and goes on).
 fn is_blank(c: char) -> bool {
-    c == ' ' || c == '\t' || c == '\n'
+    c == ' ' || c == '\t'
 }
 
 /// Split as dpkg's `parseversion` does, refusing what it refuses.
@@ -376,6 +378,20 @@ mod tests {
             v.push_str(&rev);
         }
         v
+    }
+
+    /// Found by tests/prop_dpkg.rs: dpkg trims only spaces and tabs (`c_isblank`); a
+    /// newline is part of the version, so `0\n` sorts after `0` and `0\n\x0b` is valid.
+    #[test]
+    fn only_spaces_and_tabs_are_trimmed() {
+        assert_eq!(compare("0 ", "0"), Ok(Ordering::Equal));
+        assert_eq!(compare("\t0", "0"), Ok(Ordering::Equal));
+        assert_eq!(compare("0\n", "0"), Ok(Ordering::Greater));
+        assert_eq!(compare("\n0", "0"), Ok(Ordering::Greater));
+        assert_eq!(compare("0\n\u{b}", "0"), Ok(Ordering::Greater));
+        assert_eq!(compare("0\n ", "0"), Ok(Ordering::Greater));
+        assert!(compare("0 \n", "0").is_err());
+        assert!(compare("0 a", "0").is_err());
     }
 
     fn generated_pairs() -> Vec<(String, String)> {
