@@ -80,11 +80,13 @@ pub fn serialized(config: &Config) -> Value {
     serde_json::to_value(config).unwrap_or(Value::Null)
 }
 
-/// YAML flow syntax for a JSON value. JSON strings are valid YAML double-quoted strings;
-/// null is written as nothing, which YAML reads back as null (unset).
+/// YAML flow syntax for a JSON value. A JSON string is a YAML double-quoted string once the
+/// characters YAML does not allow raw are escaped too (see [`yaml_string`]); null is written
+/// as nothing, which YAML reads back as null (unset).
 fn flow(value: &Value) -> String {
     match value {
         Value::Null => String::new(),
+        Value::String(s) => yaml_string(s),
         Value::Array(items) => {
             let items: Vec<String> = items.iter().map(flow).collect();
             format!("[{}]", items.join(", "))
@@ -98,6 +100,32 @@ fn flow(value: &Value) -> String {
         }
         other => other.to_string(),
     }
+}
+
+/// `s` as a YAML double-quoted scalar. JSON's escapes are YAML's, but JSON leaves raw what
+/// YAML refuses in a stream (DEL, the C1 controls, U+FFFE and U+FFFF) or may read
+/// otherwise (a BOM, U+2028 and U+2029 as line breaks): those are written `\uXXXX` as well.
+/// None of them occurs inside a JSON escape, so escaping after serde_json is safe.
+fn yaml_string(s: &str) -> String {
+    let json = Value::String(s.to_string()).to_string();
+    let raw_in_yaml = |c: char| {
+        matches!(
+            c,
+            '\u{7f}'..='\u{9f}' | '\u{2028}' | '\u{2029}' | '\u{feff}' | '\u{fffe}' | '\u{ffff}'
+        )
+    };
+    if !json.contains(raw_in_yaml) {
+        return json;
+    }
+    json.chars()
+        .map(|c| {
+            if raw_in_yaml(c) {
+                format!("\\u{:04x}", c as u32)
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 /// The settings of one section, in table order.
@@ -551,6 +579,28 @@ mod tests {
                 setting.kind
             );
         }
+    }
+
+    /// Found by tests/prop_roundtrip.rs: JSON leaves DEL, C1 controls and non-characters
+    /// raw, which YAML refuses (`unexpected character`), so the packaged writer produced a
+    /// hark.yaml that did not load.
+    #[test]
+    fn characters_yaml_refuses_raw_are_escaped() {
+        let mut c = Config::default();
+        let name = "a\u{7f}b\u{85}\u{9f}\u{2028}\u{feff}\u{fffe}\u{ffff}\u{e9}\u{1f600}\"\\";
+        c.relay.name = Some(name.into());
+        let setting = SETTINGS.iter().find(|s| s.path() == "relay.name").unwrap();
+        let written = setting.yaml_value(&c);
+        assert_eq!(
+            written,
+            "\"a\\u007fb\\u0085\\u009f\\u2028\\ufeff\\ufffe\\uffff\u{e9}\u{1f600}\\\"\\\\\""
+        );
+        let back: Config = crate::config::parse_yaml(
+            std::path::Path::new("hark.yaml"),
+            &format!("relay:\n  name: {written}\n"),
+        )
+        .unwrap();
+        assert_eq!(back.relay.name.as_deref(), Some(name));
     }
 
     #[test]
