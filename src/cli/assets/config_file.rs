@@ -108,8 +108,9 @@ pub fn packaged_config() -> String {
     render(&packaged_defaults(), &Config::default())
 }
 
-/// `config` as a commented hark.yaml, settings equal to `defaults` commented out.
-fn render(config: &Config, defaults: &Config) -> String {
+/// `config` as a commented hark.yaml, settings equal to `defaults` commented out (public
+/// for tests/prop_roundtrip.rs, which reads generated configs back through it).
+pub fn render(config: &Config, defaults: &Config) -> String {
     let mut out = String::from(HEADER);
     for section in SECTIONS {
         let mut s = SectionText::new();
