@@ -1,6 +1,6 @@
 # hark developer entry points. CI runs .ci/run, which runs `make lint` then `make test`.
 .DEFAULT_GOAL := test
-.PHONY: venv debs test bench fmt lint corpus corpus-check deb package-check
+.PHONY: venv debs test bench fmt lint corpus corpus-check deb package-check fuzz
 
 CARGO ?= cargo
 VENV_PYTHON := $(CURDIR)/.venv/bin/python
@@ -22,6 +22,12 @@ test: venv debs corpus-check
 
 bench:
 	$(CARGO) bench
+
+# Coverage-guided fuzzing on stable Rust (cargo-afl, AFL++): every target in fuzz/ for
+# FUZZ_SECONDS each (default 60) at nice 19; crashes land in fuzz/crashes/ (docs/testing.md).
+FUZZ_SECONDS ?= 60
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) CARGO=$(CARGO) bash fuzz/run.sh
 
 fmt:
 	$(CARGO) fmt

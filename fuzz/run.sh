@@ -1,0 +1,43 @@
+#!/bin/bash
+# `make fuzz`: build the fuzz targets with cargo-afl (AFL++ instrumentation on the stable
+# toolchain) and run each for FUZZ_SECONDS (default 60) at nice 19, one after the other.
+# FUZZ_TARGETS picks some ("frames topics"). Prints executions and crashes per target;
+# copies each crash to fuzz/crashes/<target>/ (commit it with the fix: tests/prop_fuzz_corpus.rs
+# replays it) and exits 1 if there was any. State is kept in fuzz/out/ (not committed), and
+# a second run resumes from it. docs/testing.md records the totals.
+set -euo pipefail
+cd "$(dirname "$0")"
+CARGO=${CARGO:-cargo}
+SECONDS_EACH=${FUZZ_SECONDS:-60}
+TARGETS=${FUZZ_TARGETS:-frames canonical rules templates topics dpkg}
+CARGO_AFL_VERSION=0.18.2
+
+if ! $CARGO afl --version 2>/dev/null | grep -q "$CARGO_AFL_VERSION"; then
+    $CARGO install cargo-afl --version "$CARGO_AFL_VERSION" --locked
+fi
+# Builds AFL++ and its runtime once per rustc; says so (and fails) when already built.
+$CARGO afl config --build >/dev/null 2>&1 || true
+nice -n 19 $CARGO afl build --release --bins
+
+export AFL_SKIP_CPUFREQ=1 AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1 AFL_NO_UI=1 \
+    AFL_AUTORESUME=1 AFL_NO_AFFINITY=1 AFL_SKIP_BIN_CHECK=0
+crashed=0
+for t in $TARGETS; do
+    mkdir -p out
+    nice -n 19 $CARGO afl fuzz -i "corpus/$t" -o "out/$t" -V "$SECONDS_EACH" "target/release/$t" \
+        >"out/$t.log" 2>&1 || { echo "$t: afl-fuzz failed, see fuzz/out/$t.log"; tail -20 "out/$t.log"; exit 1; }
+    stats="out/$t/default/fuzzer_stats"
+    execs=$(awk -F': *' '$1 ~ /^execs_done/ {print $2}' "$stats")
+    crashes=$(awk -F': *' '$1 ~ /^saved_crashes/ {print $2}' "$stats")
+    speed=$(awk -F': *' '$1 ~ /^execs_per_sec/ {print $2}' "$stats")
+    echo "$t: $execs executions in total ($speed/s), $crashes crashes"
+    if [ "${crashes:-0}" != 0 ]; then
+        crashed=1
+        mkdir -p "crashes/$t"
+        for f in "out/$t/default/crashes/"id:*; do
+            [ -f "$f" ] && cp "$f" "crashes/$t/$(sha1sum "$f" | cut -c1-16)"
+        done
+        echo "  copied to fuzz/crashes/$t/"
+    fi
+done
+exit $crashed
