@@ -256,8 +256,8 @@ fn page_in_snapshot(
     }
 }
 
-/// Every event with this uuid (Laniakea `uuid` or fedmsg `msg_id`), newest first, looked
-/// up through the uuid index.
+/// Every event with this uuid (Laniakea `uuid` or fedmsg `msg_id`), newest first. Walks
+/// the journal (there is no uuid index: it cost every append more than lookups are worth).
 pub fn by_uuid(journal: &Journal, uuid: &str) -> Result<Vec<Found>, JournalError> {
     Ok(journal
         .with_uuid(uuid)?

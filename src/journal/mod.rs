@@ -175,7 +175,7 @@ CREATE TABLE IF NOT EXISTS entries (
 );
 CREATE INDEX IF NOT EXISTS entries_received ON entries(received_ms);
 CREATE INDEX IF NOT EXISTS entries_topic ON entries(topic);
-CREATE INDEX IF NOT EXISTS entries_uuid ON entries(uuid);
+DROP INDEX IF EXISTS entries_uuid;
 ";
 
 /// One ordered walk over journal rows for [`Journal::scan`] (history queries): rows past
@@ -666,7 +666,9 @@ impl Journal {
     }
 
     /// The rows carrying this uuid (or fedmsg msg_id), newest first: one, unless
-    /// different publishers reused it outside the dedupe window.
+    /// different publishers reused it outside the dedupe window. This walks the journal:
+    /// an index on uuid (random keys) tripled the journal thread's CPU per append
+    /// (docs/benchmarks.md), so a lookup by id pays instead of every write.
     pub fn with_uuid(&self, uuid: &str) -> Result<Vec<Entry>> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT seq, received_ms, topic, uuid, frames FROM entries WHERE uuid = ?1
