@@ -3,10 +3,12 @@
 //! - [`scheduler`]: the pure state machine (coalescing, limits, pools, `on_busy`,
 //!   retries, drain) that answers every input with [`scheduler::Effect`]s;
 //! - [`launch`]: argv, environment, stdin and working directory of one start;
-//! - [`runner`]: running one command (process group, timeout, output);
+//! - [`runner`]: running one command (timeout, output);
+//! - [`contain`]: the per-job supervisor that keeps every process of a job contained;
 //! - [`store`]: the SQLite state, which applies effects and reserves job ids;
 //! - [`report`]: effects as metrics, log lines and `_hark.job.*` notices.
 
+mod contain;
 pub mod launch;
 pub mod report;
 pub mod runner;

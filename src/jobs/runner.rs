@@ -1,7 +1,10 @@
-//! Running one job's command, watchexec-style: its own process group, the event on stdin,
-//! `HARK_*` in the environment, and a timeout that sends SIGTERM to the whole group, waits
-//! a grace period, then sends SIGKILL. stdout and stderr are logged line by line with the
-//! rule and job id, capped per job; the tail is kept for the job store.
+//! Running one job's command, watchexec-style: the event on stdin, `HARK_*` in the
+//! environment, and a timeout that sends SIGTERM to everything the command started, waits
+//! a grace period, then sends SIGKILL. The command runs under a per-job supervisor
+//! (`contain.rs`) that nothing it starts escapes (`setsid` included), and that stops what
+//! is left when the command exits, so a job is recorded only once none of its processes
+//! runs. stdout and stderr are logged line by line with the rule and job id, capped per
+//! job; the tail is kept for the job store.
 //!
 //! Never a shell: `argv[0]` is executed directly. A rule that wants a shell says so and the
 //! renderer puts `/bin/sh -c` in front itself.
@@ -151,6 +154,22 @@ fn signal_group(pgid: Option<u32>, signal: Signal) {
     }
 }
 
+fn signal_one(pid: Option<u32>, signal: Signal) {
+    if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
+        let _ = nix::sys::signal::kill(Pid::from_raw(pid), signal);
+    }
+}
+
+/// Sends SIGTERM to the supervisor of a run that is dropped before it ended; the
+/// supervisor then stops the job as on a cancel.
+struct StopOnDrop(Option<u32>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        signal_one(self.0, Signal::SIGTERM);
+    }
+}
+
 async fn cancelled(rx: &mut watch::Receiver<bool>) {
     loop {
         if *rx.borrow() {
@@ -174,6 +193,16 @@ pub async fn run(spec: Spec, mut cancel: watch::Receiver<bool>) -> Finished {
             duration: Duration::ZERO,
         };
     };
+    if spec.unit.is_some() {
+        return Finished {
+            outcome: Outcome::SpawnFailed(
+                "run.unit: this daemon cannot start transient systemd units yet".into(),
+            ),
+            output_tail: String::new(),
+            output_bytes: 0,
+            duration: Duration::ZERO,
+        };
+    }
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(args)
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
@@ -184,19 +213,14 @@ pub async fn run(spec: Spec, mut cancel: watch::Receiver<bool>) -> Finished {
         })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
+        .process_group(0);
     if let Some(dir) = &spec.workdir {
         cmd.current_dir(dir);
     }
-    // If the daemon dies (kill -9, OOM), its commands die with it rather than running on
-    // unsupervised while the restarted daemon runs the same job again.
-    // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no memory of ours.
-    unsafe {
-        cmd.pre_exec(|| {
-            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
-        });
-    }
+    // The child is the job's supervisor; if the daemon dies (kill -9, OOM), its parent-death
+    // signal stops the job rather than leaving it running unsupervised while the restarted
+    // daemon runs the same job again.
+    super::contain::supervise(&mut cmd, spec.grace);
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
@@ -214,6 +238,8 @@ pub async fn run(spec: Spec, mut cancel: watch::Receiver<bool>) -> Finished {
         }
     };
     let pgid = child.id();
+    // A run dropped before its end (runtime shutdown) still stops the whole job.
+    let mut guard = StopOnDrop(pgid);
     if let Some(mut stdin) = child.stdin.take() {
         let input = spec.stdin.clone();
         tokio::spawn(async move {
@@ -290,14 +316,19 @@ pub async fn run(spec: Spec, mut cancel: watch::Receiver<bool>) -> Finished {
             } else {
                 Outcome::Cancelled
             };
-            signal_group(pgid, Signal::SIGTERM);
-            let _ = tokio::time::timeout(spec.grace, child.wait()).await;
-            // Whatever is left of the group (the leader, or children that ignored TERM).
-            signal_group(pgid, Signal::SIGKILL);
-            let _ = child.wait().await;
+            // The supervisor sends TERM to everything, waits the grace period and KILLs
+            // what is left; should it not be done by then, the group gets KILL from here.
+            signal_one(pgid, Signal::SIGTERM);
+            let margin = spec.grace + Duration::from_secs(5);
+            if tokio::time::timeout(margin, child.wait()).await.is_err() {
+                warn!(rule = %spec.rule, job = spec.job, "the job's supervisor did not stop in time; killing its group");
+                signal_group(pgid, Signal::SIGKILL);
+                let _ = child.wait().await;
+            }
             outcome
         }
     };
+    guard.0 = None;
     // Grandchildren that kept our pipes open would hold the readers forever.
     let drain = futures_join(&mut readers);
     if tokio::time::timeout(spec.grace.max(Duration::from_millis(200)), drain)
@@ -349,6 +380,7 @@ mod tests {
             tail_limit: 4096,
             rule: "r".into(),
             job: 1,
+            unit: None,
         }
     }
 
@@ -411,6 +443,144 @@ mod tests {
             stat.is_empty() || stat.split_whitespace().nth(2) == Some("Z"),
             "grandchild {pid} still alive: {stat}"
         );
+    }
+
+    /// A script in `dir` (so tests need no nested shell quoting) and the path of the pid
+    /// file it is given as `$1`.
+    fn script(dir: &std::path::Path, name: &str, body: &str) -> (String, std::path::PathBuf) {
+        let path = dir.join(name);
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        (path.display().to_string(), dir.join(format!("{name}.pid")))
+    }
+
+    fn read_pid(path: &std::path::Path) -> i32 {
+        std::fs::read_to_string(path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    /// Not even a zombie: the supervisor reaped it before the run ended.
+    fn assert_gone(pid: i32, what: &str) {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        assert!(
+            stat.is_empty(),
+            "{what} {pid} still there when the job ended: {stat}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_daemonized_grandchild_that_closed_its_pipes_is_gone_when_the_job_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        // Double fork + setsid, stdio to /dev/null: the classic daemon, which a process
+        // group and a wait for the leader both miss.
+        let (daemon, pidfile) = script(
+            dir.path(),
+            "daemon",
+            "echo $$ > \"$1.tmp\"; mv \"$1.tmp\" \"$1\"; exec sleep 60",
+        );
+        let body = format!(
+            "(setsid {daemon} {pid} </dev/null >/dev/null 2>&1 &)\n\
+             while [ ! -s {pid} ]; do sleep 0.01; done\necho leader done",
+            pid = pidfile.display()
+        );
+        let (leader, _) = script(dir.path(), "leader", &body);
+        let f = run(spec(&["/bin/sh", &leader]), no_cancel()).await;
+        assert_eq!(f.outcome, Outcome::Success, "{}", f.output_tail);
+        assert_eq!(f.output_tail, "leader done\n");
+        assert_gone(read_pid(&pidfile), "daemonized grandchild");
+    }
+
+    #[tokio::test]
+    async fn timeout_kills_a_setsid_grandchild_that_ignores_term() {
+        let dir = tempfile::tempdir().unwrap();
+        let (escaper, pidfile) = script(
+            dir.path(),
+            "escaper",
+            "trap '' TERM\necho $$ > \"$1.tmp\"; mv \"$1.tmp\" \"$1\"\nwhile :; do sleep 1; done",
+        );
+        let body = format!("setsid {escaper} {} &\nsleep 60", pidfile.display());
+        let (leader, _) = script(dir.path(), "leader", &body);
+        let mut s = spec(&["/bin/sh", &leader]);
+        s.timeout = Some(Duration::from_millis(500));
+        let started = Instant::now();
+        let f = run(s, no_cancel()).await;
+        assert_eq!(f.outcome, Outcome::TimedOut);
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_gone(read_pid(&pidfile), "setsid grandchild");
+    }
+
+    #[tokio::test]
+    async fn cancel_stops_a_setsid_grandchild_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let (escaper, pidfile) = script(
+            dir.path(),
+            "escaper",
+            "echo $$ > \"$1.tmp\"; mv \"$1.tmp\" \"$1\"; exec sleep 60",
+        );
+        let body = format!("setsid {escaper} {} &\nsleep 60", pidfile.display());
+        let (leader, _) = script(dir.path(), "leader", &body);
+        let (tx, rx) = watch::channel(false);
+        let handle = tokio::spawn(run(spec(&["/bin/sh", &leader]), rx));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !pidfile.exists() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let pid = read_pid(&pidfile);
+        tx.send(true).unwrap();
+        let f = tokio::time::timeout(Duration::from_secs(10), handle)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(f.outcome, Outcome::Cancelled);
+        assert_gone(pid, "setsid grandchild");
+    }
+
+    #[tokio::test]
+    async fn leftovers_get_term_then_kill_after_the_grace_and_the_status_is_the_commands() {
+        let dir = tempfile::tempdir().unwrap();
+        // A child that ignores TERM and still holds stdout when the leader exits 4.
+        let (stubborn, pidfile) = script(
+            dir.path(),
+            "stubborn",
+            "trap '' TERM\necho $$ > \"$1.tmp\"; mv \"$1.tmp\" \"$1\"\nwhile :; do sleep 1; done",
+        );
+        let body = format!(
+            "{stubborn} {pid} &\nwhile [ ! -s {pid} ]; do sleep 0.01; done\nexit 4",
+            pid = pidfile.display()
+        );
+        let (leader, _) = script(dir.path(), "leader", &body);
+        let started = Instant::now();
+        let f = run(spec(&["/bin/sh", &leader]), no_cancel()).await;
+        assert_eq!(
+            f.outcome,
+            Outcome::Failed {
+                code: Some(4),
+                signal: None
+            }
+        );
+        // spec() has a 300 ms grace: the leftover got it before the KILL.
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        assert_gone(read_pid(&pidfile), "leftover child");
+    }
+
+    #[tokio::test]
+    async fn a_command_killed_by_a_signal_is_reported_with_that_signal() {
+        let f = run(spec(&["/bin/sh", "-c", "kill -USR1 $$"]), no_cancel()).await;
+        assert_eq!(
+            f.outcome,
+            Outcome::Failed {
+                code: None,
+                signal: Some(libc_sigusr1())
+            }
+        );
+    }
+
+    fn libc_sigusr1() -> i32 {
+        nix::libc::SIGUSR1
     }
 
     #[tokio::test]
