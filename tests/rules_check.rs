@@ -19,7 +19,7 @@ fn data(sub: &str) -> PathBuf {
 
 fn run_check(dirs: Vec<PathBuf>) -> (u8, String) {
     let mut out = Vec::new();
-    let code = check_command(&CheckArgs { dirs }, &mut out);
+    let code = check_command(&CheckArgs { dirs, config: None }, &mut out);
     (code, String::from_utf8(out).expect("utf-8 output"))
 }
 

@@ -19,6 +19,7 @@ fn args(event: Option<PathBuf>, events: Option<PathBuf>, json: bool, signers: &[
         events,
         json,
         signers: signers.iter().map(|s| s.to_string()).collect(),
+        config: None,
     }
 }
 

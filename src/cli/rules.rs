@@ -43,6 +43,10 @@ pub struct CheckArgs {
     /// Rule directories or files (default: ./rules.d if it exists, else
     /// /usr/share/hark/rules.d then /etc/hark/rules.d).
     pub dirs: Vec<PathBuf>,
+    /// hark.yaml whose trigger.unit_users the rules are checked against [default:
+    /// /etc/hark/hark.yaml when it exists].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -63,6 +67,9 @@ pub struct TestArgs {
     /// Treat the events as carrying a verified signature by NAME (repeatable).
     #[arg(long = "signer", value_name = "NAME")]
     pub signers: Vec<String>,
+    /// hark.yaml whose trigger.unit_users the rules are loaded with (as `check`).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
 pub fn run(args: RulesArgs) -> ExitCode {
@@ -74,6 +81,20 @@ pub fn run(args: RulesArgs) -> ExitCode {
         RulesCommand::List(a) => list_command(&a, &mut stdout.lock(), &mut stderr.lock()),
     };
     ExitCode::from(code)
+}
+
+/// The daemon compiles rules against hark.yaml's trigger.unit_users; so do check and test.
+fn use_unit_users(config: Option<&std::path::Path>, err: &mut dyn Write) -> bool {
+    match crate::config::Config::load(config) {
+        Ok(c) => {
+            crate::rules::unit::set_allowed_users(&c.trigger.unit_users);
+            true
+        }
+        Err(e) => {
+            let _ = writeln!(err, "{e}");
+            false
+        }
+    }
 }
 
 fn dirs_or_default(dirs: &[PathBuf]) -> Vec<PathBuf> {
@@ -128,6 +149,9 @@ pub fn list_command(args: &ListArgs, out: &mut dyn Write, err: &mut dyn Write) -
 
 /// `hark rules check`: a line per problem, then a summary. Returns the exit status.
 pub fn check_command(args: &CheckArgs, out: &mut dyn Write) -> u8 {
+    if !use_unit_users(args.config.as_deref(), out) {
+        return 2;
+    }
     let dirs = dirs_or_default(&args.dirs);
     let mut report = check(&dirs);
     // A path named on the command line that is not there is an error, not a warning.
@@ -151,6 +175,9 @@ pub fn check_command(args: &CheckArgs, out: &mut dyn Write) -> u8 {
 /// `hark rules test`: a report per event. Returns the exit status: 1 when a rule file was
 /// refused or an event could not be read, else 0.
 pub fn test_command(args: &TestArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+    if !use_unit_users(args.config.as_deref(), err) {
+        return 2;
+    }
     let dirs = dirs_or_default(&args.dirs);
     let load = load_dirs(&dirs);
     let mut failed = false;

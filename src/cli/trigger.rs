@@ -92,6 +92,8 @@ pub fn options(args: TriggerArgs) -> anyhow::Result<TriggerOptions> {
         .trust
         .policy(&mut config, results_key.as_ref().map(|k| k.name.as_str()))?;
     let t = config.trigger;
+    // Rules are compiled against the users this configuration allows for run.unit.
+    crate::rules::unit::set_allowed_users(&t.unit_users);
     // Config::load refuses one of results_relay and results_key without the other, at the
     // setting's position, so only both or neither get here.
     let results = t.results_relay.clone().zip(results_key);

@@ -271,6 +271,8 @@ pub struct TriggerConfig {
     pub results_relay: Option<String>,
     /// Secret key that signs job result events.
     pub results_key: Option<PathBuf>,
+    /// Users a rule's `run.unit.user` may name (its job runs as a transient systemd unit).
+    pub unit_users: Vec<String>,
 }
 
 impl Default for TriggerConfig {
@@ -292,6 +294,8 @@ impl Default for TriggerConfig {
             reload_interval: Duration::from_secs(2),
             results_relay: None,
             results_key: None,
+            // The shipped piuparts rule runs as root; an admin who wants no rule to, says [].
+            unit_users: vec!["root".into()],
         }
     }
 }

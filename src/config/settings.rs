@@ -19,6 +19,7 @@ pub enum Kind {
     Duration,
     Endpoints,
     Paths,
+    Names,
     Map,
 }
 
@@ -33,6 +34,7 @@ impl Kind {
             Kind::Duration => "duration",
             Kind::Endpoints => "list of endpoints",
             Kind::Paths => "list of paths",
+            Kind::Names => "list of names",
             Kind::Map => "mapping",
         }
     }
@@ -411,6 +413,14 @@ pub const SETTINGS: &[Setting] = &[
         Kind::Path,
         "Secret key that signs job result events (readable by user hark).",
     ),
+    s(
+        "trigger",
+        "unit_users",
+        Kind::Names,
+        "Users a rule may run its job as, in a transient systemd unit (run.unit.user);\n\
+         root is for the shipped piuparts rule. A rule naming any other user is refused\n\
+         at load and by hark rules check, with its file:line:col. []: no rule may name one.",
+    ),
     // --- publish ---
     s(
         "publish",
@@ -569,7 +579,7 @@ mod tests {
                 Kind::Duration => value
                     .as_str()
                     .is_some_and(|t| crate::duration::parse(t).is_ok()),
-                Kind::Endpoints | Kind::Paths => value.is_array(),
+                Kind::Endpoints | Kind::Paths | Kind::Names => value.is_array(),
                 Kind::Map => value.is_object(),
             };
             assert!(

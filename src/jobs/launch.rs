@@ -67,6 +67,8 @@ pub struct Spec {
     /// For log lines.
     pub rule: String,
     pub job: i64,
+    /// Run as a transient systemd unit (`run.unit`) rather than as the daemon's child.
+    pub unit: Option<crate::rules::unit::UnitSpec>,
 }
 
 /// Output caps from hark.yaml, the same for every job.
@@ -168,6 +170,7 @@ pub fn prepare(
         tail_limit: limits.tail_limit,
         rule: rule.name.clone(),
         job: id,
+        unit: rule.run.unit.clone(),
     })
 }
 

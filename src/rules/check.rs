@@ -301,6 +301,9 @@ pub struct Fire {
     /// The rule's safety-net interval (`6h`), if it has one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fallback: Option<String>,
+    /// With `run.unit`: the transient unit's settings (`User=root`, `ProtectSystem=strict`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unit: Option<Vec<String>>,
 }
 
 /// One rule that does not fire, with the first condition that failed.
@@ -338,6 +341,7 @@ pub fn evaluate(set: &RuleSet, event: &Event) -> EventReport {
                     stdin: r.stdin,
                     refused: None,
                     fallback: fallback_every(rule),
+                    unit: rule.run.unit.as_ref().map(|u| u.describe()),
                 },
                 Err(e) => Fire {
                     rule: rule.name.clone(),
@@ -347,6 +351,7 @@ pub fn evaluate(set: &RuleSet, event: &Event) -> EventReport {
                     stdin: rule.run.stdin,
                     refused: Some(e.to_string()),
                     fallback: fallback_every(rule),
+                    unit: rule.run.unit.as_ref().map(|u| u.describe()),
                 },
             }),
         }
@@ -394,6 +399,12 @@ pub fn format_report(report: &EventReport, stdin_json: &str) -> String {
                 if let Some(every) = &f.fallback {
                     s.push_str(&format!(
                         "    fallback: every {every} (HARK_REASON=fallback, without this event)\n"
+                    ));
+                }
+                if let Some(unit) = &f.unit {
+                    s.push_str(&format!(
+                        "    unit: a transient systemd unit hark-job-<id>.service: {}\n",
+                        unit.join(" ")
                     ));
                 }
             }

@@ -23,9 +23,10 @@ use super::rule::{
     DEFAULT_GRACE, DEFAULT_TIMEOUT,
 };
 use super::syntax::{
-    CondEntry, CondMap, FieldSpec, RawFile, RawOps, RawRule, RawRun, RawTest, StrOrList,
+    CondEntry, CondMap, FieldSpec, RawFile, RawOps, RawRule, RawRun, RawTest, RawUnit, StrOrList,
 };
 use super::template::{Ref, Template, Var};
+use super::unit::{self, UnitSpec};
 use super::{Diagnostic, RuleError, Severity};
 use crate::event::Event;
 use crate::topic::TopicPattern;
@@ -99,6 +100,16 @@ fn in_plain_words(message: &str, line: u64, column: u64) -> String {
 }
 
 pub fn parse_str(path: &Path, text: &str) -> Result<FileRules, RuleError> {
+    parse_str_with(path, text, &unit::allowed_users())
+}
+
+/// [`parse_str`] with the users `run.unit.user` may name given here rather than taken from
+/// hark.yaml's `trigger.unit_users`.
+pub fn parse_str_with(
+    path: &Path,
+    text: &str,
+    unit_users: &[String],
+) -> Result<FileRules, RuleError> {
     let file: Arc<Path> = Arc::from(path);
     let is_blank = text
         .lines()
@@ -133,6 +144,7 @@ pub fn parse_str(path: &Path, text: &str) -> Result<FileRules, RuleError> {
         src: text,
         errors: Vec::new(),
         lints: Vec::new(),
+        unit_users,
     };
     let out = ctx.file(path, &raw);
     ctx.errors.sort_by_key(|d| (d.pos.line, d.pos.column));
@@ -173,6 +185,7 @@ pub fn parse_condition(origin: &str, text: &str) -> Result<Condition, String> {
         src: text,
         errors: Vec::new(),
         lints: Vec::new(),
+        unit_users: &[],
     };
     let condition = ctx.cond_map(&map).simplify();
     match ctx.errors.first() {
@@ -213,6 +226,8 @@ struct Ctx<'a> {
     src: &'a str,
     errors: Vec<Diagnostic>,
     lints: Vec<Diagnostic>,
+    /// Who `run.unit.user` may be (`trigger.unit_users`).
+    unit_users: &'a [String],
 }
 
 impl<'a> Ctx<'a> {
@@ -1041,6 +1056,10 @@ impl<'a> Ctx<'a> {
             Some(g) => self.duration(g, "run.grace")?,
             None => DEFAULT_GRACE,
         };
+        let unit = match &r.unit {
+            Some(u) => Some(self.unit(u)?),
+            None => None,
+        };
         (command.len() == elements.len()).then_some(RunSpec {
             command,
             shell,
@@ -1049,7 +1068,43 @@ impl<'a> Ctx<'a> {
             stdin: r.stdin.as_ref().map_or(StdinMode::Event, |s| s.value),
             timeout,
             grace,
+            unit,
         })
+    }
+
+    /// `run.unit`: every error at its key or value; `None` when there was one.
+    fn unit(&mut self, raw: &Spanned<RawUnit>) -> Option<UnitSpec> {
+        let errors_before = self.errors.len();
+        let mut spec = UnitSpec::default();
+        if let Some(user) = &raw.value.user {
+            match unit::check_user(&user.value, self.unit_users) {
+                Ok(()) => spec.user = Some(user.value.clone()),
+                Err(why) => self.error(&user.referenced, why),
+            }
+        }
+        if let Some(slice) = &raw.value.slice {
+            match unit::check_slice(&slice.value) {
+                Ok(()) => spec.slice = Some(slice.value.clone()),
+                Err(why) => self.error(&slice.referenced, why),
+            }
+        }
+        for (name, value) in raw.value.properties.iter().flat_map(|m| &m.0) {
+            match unit::property(&name.value, &value.value) {
+                Ok(p) => spec.properties.push(p),
+                Err(None) => self.error(
+                    &name.referenced,
+                    format!(
+                        "run.unit.properties: {:?} is not on the allow-list ({})",
+                        name.value,
+                        unit::allowed_names()
+                    ),
+                ),
+                Err(Some(why)) => {
+                    self.error(&value.referenced, format!("run.unit.properties: {why}"))
+                }
+            }
+        }
+        (self.errors.len() == errors_before).then_some(spec)
     }
 
     fn test(&mut self, raw: &RawTest, rules: &HashMap<String, Location>) -> Option<InlineTest> {
@@ -1590,5 +1645,84 @@ mod tests {
             warnings[0].contains("argv[1]") && warnings[0].contains("variable v has no pattern")
         );
         assert!(warnings[1].contains("argv[3]") && warnings[1].contains("${data.w}"));
+    }
+}
+
+#[cfg(test)]
+mod unit_tests {
+    use super::*;
+
+    const HEAD: &str = "rules:\n  - name: a\n    match: {topic: a}\n    run:\n      command: [/bin/true]\n      unit:\n";
+
+    fn with_users(body: &str, users: &[&str]) -> Result<FileRules, RuleError> {
+        let users: Vec<String> = users.iter().map(|u| u.to_string()).collect();
+        parse_str_with(Path::new("t.yaml"), &format!("{HEAD}{body}"), &users)
+    }
+
+    fn errors(body: &str, users: &[&str]) -> Vec<String> {
+        match with_users(body, users) {
+            Ok(_) => panic!("expected errors for:\n{body}"),
+            Err(e) => e.diagnostics.iter().map(|d| d.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn a_unit_with_an_allowed_user_compiles_to_its_properties() {
+        let body = "        user: root\n        slice: hark-jobs.slice\n        properties:\n          ProtectSystem: strict\n          ReadWritePaths: [/srv/piuparts]\n          PrivateTmp: true\n          MemoryMax: 4G\n          CPUQuota: 150%\n          TasksMax: 256\n";
+        let file = with_users(body, &["root"]).unwrap_or_else(|e| panic!("{e}"));
+        let unit = file.rules[0].run.unit.clone().expect("a unit");
+        assert_eq!(
+            unit.describe(),
+            [
+                "User=root",
+                "Slice=hark-jobs.slice",
+                "ProtectSystem=strict",
+                "ReadWritePaths=/srv/piuparts",
+                "PrivateTmp=true",
+                "MemoryMax=4G",
+                "CPUQuota=150%",
+                "TasksMax=256"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_user_that_is_not_allowed_is_refused_at_its_position() {
+        let e = errors("        user: mirror\n", &["root"]);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with(
+                "t.yaml:7:15: error: run.unit.user mirror is not in trigger.unit_users"
+            ),
+            "{e:?}"
+        );
+        // No list at all: nobody.
+        assert!(errors("        user: root\n", &[])[0].contains("allows none"));
+    }
+
+    #[test]
+    fn unknown_properties_bad_values_and_keys_are_refused_with_file_line_col() {
+        let body =
+            "        properties:\n          ExecStartPre: /bin/sh\n          MemoryMax: lots\n";
+        let e = errors(body, &[]);
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(
+            e[0].starts_with("t.yaml:8:11: error: run.unit.properties: \"ExecStartPre\" is not on the allow-list (ProtectSystem,"),
+            "{e:?}"
+        );
+        assert!(
+            e[1].starts_with("t.yaml:9:22: error: run.unit.properties: MemoryMax takes bytes"),
+            "{e:?}"
+        );
+        let e = errors("        group: wheel\n", &[]);
+        assert!(
+            e[0].starts_with("t.yaml:7:9: error: unknown field `group`"),
+            "{e:?}"
+        );
+        let e = errors("        slice: jobs\n", &[]);
+        assert!(
+            e[0].starts_with("t.yaml:7:16: error: run.unit.slice"),
+            "{e:?}"
+        );
     }
 }

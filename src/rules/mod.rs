@@ -7,6 +7,7 @@
 //! - [`set`]: the [`RuleSet`] of all loaded files, with its topic [`index`];
 //! - [`rule`]: the compiled [`Rule`] the daemon consumes, and rendering it for an event;
 //! - [`predicate`], [`path`], [`template`], [`dpkg`]: the pieces of a rule;
+//! - [`unit`]: `run.unit`, a job as a transient systemd unit, and its allow-lists;
 //! - [`check`]: `hark rules check` (lints and inline tests) and `hark rules test`.
 //!
 //! The daemon's path: [`load::discover`] the files, [`load::load_file`] each (keeping the
@@ -26,6 +27,7 @@ pub mod rule;
 pub mod set;
 pub mod syntax;
 pub mod template;
+pub mod unit;
 
 use std::fmt;
 use std::path::PathBuf;

@@ -73,6 +73,8 @@ pub struct RunSpec {
     pub timeout: Duration,
     /// After `timeout`, SIGTERM; after `grace` more, SIGKILL.
     pub grace: Duration,
+    /// Run as a transient systemd unit with this user, slice and properties.
+    pub unit: Option<super::unit::UnitSpec>,
 }
 
 /// Debounce: wait until events with the same key have been quiet for `quiet`, but never

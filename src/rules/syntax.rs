@@ -120,6 +120,20 @@ pub struct RawRun {
     pub timeout: Option<Spanned<String>>,
     #[serde(default)]
     pub grace: Option<Spanned<String>>,
+    #[serde(default)]
+    pub unit: Option<Spanned<RawUnit>>,
+}
+
+/// `run.unit`: run the job as a transient systemd unit (`rules/unit.rs` checks it).
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUnit {
+    #[serde(default)]
+    pub user: Option<Spanned<String>>,
+    #[serde(default)]
+    pub slice: Option<Spanned<String>>,
+    #[serde(default)]
+    pub properties: Option<SpannedMap<Spanned<Value>>>,
 }
 
 #[derive(Debug, serde::Deserialize)]
