@@ -16,6 +16,9 @@ NEEDED=(
     "promtool         prometheus        tests/metrics.rs checks what /metrics serves"
     "gpg              gpg               tests/openpgp.rs makes throw-away OpenPGP keys"
     "gpg-agent        gpg-agent         tests/openpgp.rs signs through gpg's agent"
+    "rabbitmq-server  rabbitmq-server   tests/amqp.rs runs a throw-away broker (/usr/lib/rabbitmq/bin/rabbitmq-server)"
+    "amqp-consume     amqp-tools        bench/amqp compares hark with amqp-consume"
+    "openssl          openssl           tests/amqp.rs makes a throw-away CA for the TLS broker"
 )
 
 missing=()

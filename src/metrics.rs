@@ -88,6 +88,26 @@ pub const FAMILIES: &[Family] = &[
         Kind::Counter,
         "Subscriber connections that dropped and were made again (a peer that went away, or one that sent a message over the 64 MiB limit), by endpoint.",
     ),
+    f(
+        "hark_amqp_deliveries_total",
+        Kind::Counter,
+        "Messages delivered by an AMQP broker (redeliveries included), by broker.",
+    ),
+    f(
+        "hark_amqp_rejected_total",
+        Kind::Counter,
+        "AMQP messages rejected without requeue because they cannot become an event (not UTF-8 JSON, no routing key), by broker and reason; dead-lettered where the queue has a dead-letter exchange.",
+    ),
+    f(
+        "hark_amqp_connected",
+        Kind::Gauge,
+        "1 while the AMQP source is connected and consuming, 0 while it reconnects, by broker.",
+    ),
+    f(
+        "hark_amqp_reconnects_total",
+        Kind::Counter,
+        "AMQP connections that failed or were lost and were tried again (with backoff), by broker.",
+    ),
     // --- relay ---
     f(
         "hark_relay_received_total",

@@ -82,6 +82,14 @@ fn recording_in_json_mode() {
                 "reason": "topic \"_lk.archive.package-upload-accepted\" does not match _lk.archive.*.published"
             },
             {
+                "rule": "fedora-rawhide-sync",
+                "reason": "topic \"_lk.archive.package-upload-accepted\" does not match org.fedoraproject.prod.pungi.compose.status.change"
+            },
+            {
+                "rule": "fedora-updates-sync",
+                "reason": "topic \"_lk.archive.package-upload-accepted\" does not match org.fedoraproject.prod.bodhi.compose.complete"
+            },
+            {
                 "rule": "rebuild-requested",
                 "reason": "topic \"_lk.archive.package-upload-accepted\" does not match _hark.rebuild.requested"
             }

@@ -139,6 +139,9 @@ impl Gate {
             Format::Laniakea => self.policy.admit(event, now).err(),
             Format::Fedmsg if !self.allow_fedmsg => Some(Refusal::FedmsgNotAllowed),
             Format::Fedmsg => None,
+            // Only the AMQP source builds these (as parsed events, never from frames): the
+            // shape arriving on a bus socket would be a forged `source`.
+            Format::Amqp => Some(Refusal::Envelope(EnvelopeError::UnknownEnvelope)),
         };
         match refusal {
             None => Ok(()),
@@ -373,8 +376,21 @@ impl Admission {
             frames,
             source,
             replayed,
+            parsed,
             ..
         } = received;
+        if let Some(event) = parsed {
+            // Built and authenticated by its source (an AMQP broker): no signatures to
+            // check, and no dedupe window, since a redelivered copy must reach the store,
+            // which files a (rule, uuid) once; dropping it here could ack it before the
+            // first copy is stored.
+            self.metrics.inc("hark_events_received_total", &[]);
+            self.metrics.inc("hark_events_admitted_total", &[]);
+            return Some(Admitted {
+                event: *event,
+                report: None,
+            });
+        }
         if let Some(beat) = Heartbeat::from_frames(&frames) {
             match beat {
                 Ok(beat) => {

@@ -2,6 +2,7 @@
 //! subcommand. Subcommand modules turn flags plus `hark.yaml` into options for the library
 //! and map failures to exit codes; they hold no bus or rule logic of their own.
 
+mod amqp;
 pub mod assets;
 mod history;
 mod jobs;

@@ -40,7 +40,8 @@ pub fn run(args: RecordArgs) -> ExitCode {
             Err(e) => return super::fail(format!("cannot open {}: {e}", path.display()), 1),
         },
     };
-    let endpoint = (args.watch.endpoints().len() == 1).then(|| args.watch.endpoints()[0].clone());
+    let endpoints = args.watch.endpoints();
+    let endpoint = (endpoints.len() == 1).then(|| endpoints[0].clone());
     watch(&args.watch, |event, report| {
         let mut record = Record::new(event.frames.clone(), endpoint.clone());
         record.signers = report.verified.clone();

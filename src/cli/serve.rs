@@ -167,6 +167,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         state: Some(state.join("state.db")),
         trust,
         metrics: args.metrics,
+        amqp: Default::default(),
     };
     let opts = super::trigger::options(trigger_args)?;
     let publish_line = format!(

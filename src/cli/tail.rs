@@ -16,6 +16,7 @@ use crate::admit::{load_keyring, Admission, Dedupe, Gap, Gate, Mode, Sequences, 
 use crate::config::Config;
 use crate::event::{sign, Event};
 use crate::metrics::Registry;
+use crate::sources::amqp::{AmqpSource, Consume};
 use crate::sources::replay::ReplaySource;
 use crate::sources::zmq::ZmqSource;
 use crate::sources::{Source, Sources};
@@ -58,6 +59,12 @@ pub struct WatchArgs {
     /// Configuration file (trusted keys directory and ZeroMQ options).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// With --amqp URL: watch a queue of that broker instead of (or besides, with
+    /// --connect) the bus. Messages are taken with auto-ack from a server-named queue
+    /// bound with --amqp-bind (amqp.queue is not used, so the trigger's queue is never
+    /// drained by a tail; --amqp-queue does name one).
+    #[command(flatten)]
+    amqp: super::amqp::AmqpArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -65,7 +72,7 @@ pub struct WatchArgs {
     after_help = "Connect to several relays at once to watch a redundant bus; each event is \
 shown once (deduplicated by uuid).\n\n\
 --json prints one object per line with the keys topic, uuid, time, format, signers (verified), \
-untrusted_signers, bad_signatures, origin, author, relay and data.\n\n\
+untrusted_signers, bad_signatures, origin, author, relay, data, headers and broker (the last two for AMQP messages).\n\n\
 Example:\n  hark tail --connect tcp://master:5572 --topic '_lk.archive.**' --trusted /etc/hark/keys/trusted"
 )]
 pub struct TailArgs {
@@ -101,9 +108,13 @@ pub fn run(args: TailArgs) -> ExitCode {
 }
 
 impl WatchArgs {
-    /// The endpoints given on the command line (empty means the configured default).
-    pub fn endpoints(&self) -> &[String] {
-        &self.connect
+    /// The endpoints given on the command line (empty means the configured default), or
+    /// the AMQP broker's URL (without its password).
+    pub fn endpoints(&self) -> Vec<String> {
+        match &self.amqp.amqp {
+            Some(url) if self.connect.is_empty() => vec![crate::sources::amqp::redact(url)],
+            _ => self.connect.clone(),
+        }
     }
 }
 
@@ -124,16 +135,28 @@ pub fn watch(
         Ok(ring) => ring,
         Err(e) => return super::fail(e, super::EXIT_USAGE),
     };
-    let endpoints = if args.connect.is_empty() {
+    let amqp = args.amqp.amqp.is_some();
+    let endpoints = if args.connect.is_empty() && !amqp {
         config.relay.publish.clone()
     } else {
         args.connect.clone()
     };
-    let source = match ZmqSource::connect(&endpoints, &args.topic, &config.zmq, "relay") {
-        Ok(s) => s,
-        Err(e) => return super::fail(format!("{e:#}"), 1),
-    };
-    let mut components: Vec<Box<dyn Source>> = vec![Box::new(source)];
+    let mut components: Vec<Box<dyn Source>> = Vec::new();
+    if !endpoints.is_empty() {
+        match ZmqSource::connect(&endpoints, &args.topic, &config.zmq, "relay") {
+            Ok(s) => components.push(Box::new(s)),
+            Err(e) => return super::fail(format!("{e:#}"), 1),
+        }
+    }
+    if amqp {
+        // The trigger's queue is not a tail's to drain: only a queue named here is used.
+        config.amqp.queue = None;
+        args.amqp.clone().apply(&mut config.amqp);
+        match AmqpSource::new(&config.amqp, Consume::Auto, Registry::default()) {
+            Ok(s) => components.push(Box::new(s)),
+            Err(e) => return super::fail(format!("{e:#}"), super::EXIT_USAGE),
+        }
+    }
     let mut gaps: Option<crossbeam_channel::Sender<Gap>> = None;
     if !args.replay.is_empty() {
         let (gap_tx, gap_rx) = crossbeam_channel::unbounded::<Gap>();
@@ -154,7 +177,7 @@ pub fn watch(
     // until it sends something (a hark relay's first heartbeat is logged).
     tracing::info!(
         "subscribing to {} ({} trusted signers); events show as they arrive",
-        endpoints.join(" "),
+        args.endpoints().join(" "),
         keyring.len()
     );
     // Observe mode: everything is shown with what its signatures say, so the grants and
@@ -250,11 +273,15 @@ fn render(style: Style, event: &Event, report: &sign::SignatureReport) -> String
             "author": event.author,
             "relay": event.relay,
             "data": event.data,
+            "headers": event.headers,
+            "broker": event.source,
         })
         .to_string(),
         Style::Terse => format!("{} {}", event.topic, event.uuid),
         Style::Line | Style::Pretty => {
-            let mut who = if report.verified.is_empty() {
+            let mut who = if let Some(broker) = &event.source {
+                format!("from broker {broker}")
+            } else if report.verified.is_empty() {
                 "UNVERIFIED".to_string()
             } else {
                 format!("signed by {}", report.verified.join(", "))

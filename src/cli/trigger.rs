@@ -45,6 +45,8 @@ pub struct TriggerArgs {
     /// An address that cannot be bound stops the daemon before it is ready.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<String>,
+    #[command(flatten)]
+    pub amqp: super::amqp::AmqpArgs,
 }
 
 pub fn run(args: TriggerArgs) -> ExitCode {
@@ -65,9 +67,14 @@ pub fn run(args: TriggerArgs) -> ExitCode {
 /// Resolve flags and config into daemon options (shared with `hark serve`).
 pub fn options(args: TriggerArgs) -> anyhow::Result<TriggerOptions> {
     let mut config = Config::load(args.config.as_deref())?;
+    let amqp_flag = args.amqp.amqp.is_some();
+    args.amqp.apply(&mut config.amqp);
     let t = &mut config.trigger;
     if !args.connect.is_empty() {
         t.connect = args.connect;
+    } else if amqp_flag && t.connect == crate::config::TriggerConfig::default().connect {
+        // `--amqp URL` alone means that broker alone, not also the default local relay.
+        t.connect.clear();
     }
     if !args.fedmsg.is_empty() {
         t.fedmsg = args.fedmsg;
@@ -117,5 +124,6 @@ pub fn options(args: TriggerArgs) -> anyhow::Result<TriggerOptions> {
         reload_interval: t.reload_interval,
         zmq: config.zmq,
         results,
+        amqp: config.amqp.url.is_some().then_some(config.amqp),
     })
 }

@@ -80,6 +80,7 @@ pub struct Config {
     pub trigger: TriggerConfig,
     pub publish: PublishConfig,
     pub zmq: ZmqConfig,
+    pub amqp: AmqpConfig,
 }
 
 impl Config {
@@ -296,6 +297,49 @@ impl Default for TriggerConfig {
             results_key: None,
             // The shipped piuparts rule runs as root; an admin who wants no rule to, says [].
             unit_users: vec!["root".into()],
+        }
+    }
+}
+
+/// One AMQP 0-9-1 broker (RabbitMQ, fedora-messaging) the trigger consumes a queue of.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AmqpConfig {
+    /// `amqp://` or `amqps://` URL with user and vhost; off when unset.
+    pub url: Option<String>,
+    /// The broker's name: `broker` of its events in rules.
+    pub name: String,
+    /// Queue to consume; unset: a server-named queue that lives as long as the connection.
+    pub queue: Option<String>,
+    /// Declare the named queue durable (it and its persistent messages survive restarts).
+    pub durable: bool,
+    /// Exchange to the routing keys bound to the queue.
+    pub bindings: BTreeMap<String, Vec<String>>,
+    /// Unacked deliveries at most (bounds memory and what a crash redelivers).
+    pub prefetch: u16,
+    /// `x-dead-letter-exchange` of the declared queue: where rejected messages go.
+    pub dead_letter_exchange: Option<String>,
+    /// CA certificates (PEM) the broker's certificate must chain to.
+    pub ca: Option<PathBuf>,
+    /// Client certificate (PEM) for brokers that ask for one.
+    pub cert: Option<PathBuf>,
+    /// The client certificate's key (PEM, PKCS#8).
+    pub key: Option<PathBuf>,
+}
+
+impl Default for AmqpConfig {
+    fn default() -> Self {
+        AmqpConfig {
+            url: None,
+            name: "amqp".into(),
+            queue: None,
+            durable: true,
+            bindings: BTreeMap::from([("amq.topic".to_string(), vec!["#".to_string()])]),
+            prefetch: 100,
+            dead_letter_exchange: None,
+            ca: None,
+            cert: None,
+            key: None,
         }
     }
 }

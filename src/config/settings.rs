@@ -159,6 +159,19 @@ pub const SECTIONS: &[Section] = &[
         name: "zmq",
         doc: "libzmq socket options, set explicitly on every socket of every command.",
     },
+    Section {
+        name: "amqp",
+        doc: "An AMQP 0-9-1 broker (RabbitMQ; Fedora's fedora-messaging bus) whose queue the\n\
+              trigger consumes (also hark tail --amqp and hark record --amqp). Off while\n\
+              url is unset. Fedora's public broker, as its docs give it:\n  \
+                url: \"amqps://fedora:@rabbitmq.fedoraproject.org/%2Fpublic_pubsub\"\n  \
+                name: fedora\n  \
+                queue: <a UUID of your own>   # Fedora allows UUID-named queues only\n  \
+                bindings: {amq.topic: [\"org.fedoraproject.prod.#\"]}\n  \
+                ca: /etc/fedora-messaging/cacert.pem\n  \
+                cert: /etc/fedora-messaging/fedora-cert.pem\n  \
+                key: /etc/fedora-messaging/fedora-key.pem",
+    },
 ];
 
 const fn s(section: &'static str, key: &'static str, kind: Kind, doc: &'static str) -> Setting {
@@ -171,6 +184,78 @@ const fn s(section: &'static str, key: &'static str, kind: Kind, doc: &'static s
 }
 
 pub const SETTINGS: &[Setting] = &[
+    // --- amqp ---
+    s(
+        "amqp",
+        "url",
+        Kind::Text,
+        "amqp:// or amqps:// URL, with user, password and vhost (%2F is \"/\"), e.g.\n\
+         \"amqp://guest:guest@127.0.0.1:5672/%2F\"; unset: no AMQP source. A lost\n\
+         connection is made again with backoff (0.2 s doubling to 10 s), and the queue and\n\
+         its bindings are declared again.",
+    ),
+    s(
+        "amqp",
+        "name",
+        Kind::Text,
+        "The broker's name: `broker` of its events, for rules (where: {broker: NAME}).",
+    ),
+    s(
+        "amqp",
+        "queue",
+        Kind::Text,
+        "Queue to consume. Named: messages wait there while the trigger is down. Unset: a\n\
+         server-named queue that is deleted with the connection (nothing waits).",
+    ),
+    s(
+        "amqp",
+        "durable",
+        Kind::Bool,
+        "Declare the named queue durable, so it (and persistent messages) survive a broker\n\
+         restart.",
+    ),
+    s(
+        "amqp",
+        "bindings",
+        Kind::Map,
+        "Exchange to the routing keys bound to the queue (AMQP topic patterns: * one word,\n\
+         # any number). For example:\n  \
+           bindings:\n    \
+             amq.topic: [\"org.fedoraproject.prod.bodhi.#\", \"org.fedoraproject.prod.pungi.#\"]",
+    ),
+    s(
+        "amqp",
+        "prefetch",
+        Kind::Integer,
+        "Deliveries not yet acked at most. A delivery is acked once its jobs are stored (or\n\
+         no rule matched), so this bounds memory and what a crash has redelivered.",
+    ),
+    s(
+        "amqp",
+        "dead_letter_exchange",
+        Kind::Text,
+        "Declare the queue with this x-dead-letter-exchange: messages that cannot become an\n\
+         event (not JSON) are rejected without requeue and land there. Unset: dropped.",
+    ),
+    s(
+        "amqp",
+        "ca",
+        Kind::Path,
+        "CA certificates (PEM) that must have signed the broker's certificate (amqps).\n\
+         Unset: the system's CA roots.",
+    ),
+    s(
+        "amqp",
+        "cert",
+        Kind::Path,
+        "Client certificate (PEM) for a broker that asks for one (Fedora's does).",
+    ),
+    s(
+        "amqp",
+        "key",
+        Kind::Path,
+        "The client certificate's private key (PEM).",
+    ),
     // --- relay ---
     s(
         "relay",

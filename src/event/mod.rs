@@ -1,7 +1,7 @@
 //! The event: one normalized shape for whatever envelope arrived on the wire.
 //!
-//! This module owns parsing of the two envelopes hark speaks (Laniakea event 1.0 and
-//! fedmsg) into [`Event`]. Sub-modules own canonical JSON ([`canonical`]), key files
+//! This module owns parsing of the envelopes hark speaks (Laniakea event 1.0, fedmsg, and
+//! the fedora-messaging form of an AMQP message) into [`Event`]. Sub-modules own canonical JSON ([`canonical`]), key files
 //! ([`keys`]) and signatures ([`sign`]). Nothing here talks to a socket.
 
 pub mod canonical;
@@ -19,6 +19,11 @@ pub enum Format {
     Laniakea,
     /// fedmsg: `topic`, `msg`, `msg_id`, `timestamp`, `i`, `username`.
     Fedmsg,
+    /// An AMQP message (fedora-messaging), kept as fedora-messaging's own JSON form of a
+    /// message: `topic` (the routing key), `id` (message_id), `headers`, `body`, plus
+    /// `broker` (the configured broker's name). Only [`crate::sources::amqp`] makes these;
+    /// admission refuses the shape from any other source, so `broker` cannot be forged.
+    Amqp,
 }
 
 /// Relay metadata carried under `unsigned` (never signed).
@@ -55,6 +60,54 @@ pub struct Event {
     pub body: Value,
     /// The frames as received: `[topic, json]` from a PUB, or `[json]` from a submission.
     pub frames: Vec<Vec<u8>>,
+    /// AMQP message headers as a JSON object (`headers.*` in rules); null for other formats.
+    pub headers: Value,
+    /// The configured name of the broker an AMQP event came from (`broker` in rules).
+    pub source: Option<String>,
+    /// For an AMQP delivery: settles it with the broker once its jobs are stored.
+    pub ack: Option<Ack>,
+}
+
+/// What becomes of a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settle {
+    /// Its jobs are on disk (or no rule matched): the broker may forget it.
+    Ack,
+    /// It can never become an event: reject without requeueing (dead-lettered when the
+    /// queue has a dead-letter exchange).
+    Reject,
+}
+
+/// A delivery waiting to be settled, shared by every copy of its event. The first
+/// [`Ack::settle`] wins; later ones do nothing. If it is never settled (the daemon
+/// stopped first), the broker redelivers the message when the connection closes.
+#[derive(Clone)]
+pub struct Ack(std::sync::Arc<AckInner>);
+
+struct AckInner {
+    done: std::sync::atomic::AtomicBool,
+    send: Box<dyn Fn(Settle) + Send + Sync>,
+}
+
+impl Ack {
+    pub fn new(send: impl Fn(Settle) + Send + Sync + 'static) -> Self {
+        Ack(std::sync::Arc::new(AckInner {
+            done: std::sync::atomic::AtomicBool::new(false),
+            send: Box::new(send),
+        }))
+    }
+
+    pub fn settle(&self, how: Settle) {
+        if !self.0.done.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            (self.0.send)(how);
+        }
+    }
+}
+
+impl std::fmt::Debug for Ack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Ack")
+    }
 }
 
 /// Why bytes could not become an event. `reason()` is the stable counter label.
@@ -135,6 +188,8 @@ impl Event {
             Self::from_laniakea(obj)?
         } else if obj.contains_key("topic") && obj.contains_key("msg") {
             Self::from_fedmsg(obj)?
+        } else if obj.contains_key("topic") && obj.contains_key("body") {
+            Self::from_amqp(obj)?
         } else {
             return Err(EnvelopeError::UnknownEnvelope);
         };
@@ -176,6 +231,9 @@ impl Event {
             // Filled in by `from_value`, which owns the body: no deep copy per event.
             body: Value::Null,
             frames: Vec::new(),
+            headers: Value::Null,
+            source: None,
+            ack: None,
         })
     }
 
@@ -200,7 +258,57 @@ impl Event {
             // Filled in by `from_value`, which owns the body: no deep copy per event.
             body: Value::Null,
             frames: Vec::new(),
+            headers: Value::Null,
+            source: None,
+            ack: None,
         })
+    }
+
+    /// fedora-messaging's JSON form of an AMQP message (what the AMQP source builds, the
+    /// store keeps and `hark record` writes): time from the `sent-at` header.
+    fn from_amqp(obj: &Map<String, Value>) -> Result<Self, EnvelopeError> {
+        let headers = match obj.get("headers") {
+            None | Some(Value::Null) => Value::Object(Map::new()),
+            Some(h @ Value::Object(_)) => h.clone(),
+            Some(_) => {
+                return Err(EnvelopeError::BadField {
+                    field: "headers",
+                    expected: "object",
+                })
+            }
+        };
+        let time = headers
+            .get("sent-at")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        Ok(Event {
+            topic: str_field(obj, "topic")?.to_string(),
+            uuid: str_field(obj, "id")?.to_string(),
+            time,
+            data: obj.get("body").cloned().unwrap_or(Value::Null),
+            origin: None,
+            author: None,
+            signers: Vec::new(),
+            format: Format::Amqp,
+            relay: None,
+            body: Value::Null,
+            frames: Vec::new(),
+            headers,
+            source: opt_str(obj, "broker"),
+            ack: None,
+        })
+    }
+
+    /// What a command gets on stdin for this event: the JSON as received, except for an
+    /// AMQP message, whose body it is (canonical JSON), as `amqp-consume` and
+    /// fedora-messaging callbacks see it; the headers are in `HARK_HEADERS`.
+    pub fn stdin_bytes(&self) -> std::borrow::Cow<'_, [u8]> {
+        if self.format == Format::Amqp {
+            return std::borrow::Cow::Owned(
+                canonical::to_vec(&self.data).unwrap_or_else(|_| self.data.to_string().into()),
+            );
+        }
+        self.json_bytes()
     }
 
     /// The event JSON exactly as received (frame 1 of a publish, or the submission frame);

@@ -33,7 +33,7 @@ impl Stdin {
     pub fn bytes(&self) -> std::borrow::Cow<'_, [u8]> {
         match self {
             Stdin::Null => std::borrow::Cow::Borrowed(&[]),
-            Stdin::Event(e) => e.json_bytes(),
+            Stdin::Event(e) => e.stdin_bytes(),
             Stdin::Bytes(b) => std::borrow::Cow::Borrowed(b),
             Stdin::Batch(events) => {
                 let mut batch = b"[".to_vec();
@@ -41,7 +41,7 @@ impl Stdin {
                     if i > 0 {
                         batch.push(b',');
                     }
-                    batch.extend_from_slice(&e.json_bytes());
+                    batch.extend_from_slice(&e.stdin_bytes());
                 }
                 batch.push(b']');
                 std::borrow::Cow::Owned(batch)
@@ -159,6 +159,11 @@ pub fn prepare(
         ("HARK_EVENT_COUNT".to_string(), count.to_string()),
         ("HARK_REASON".to_string(), reason.as_str().to_string()),
     ]);
+    // An AMQP message: its headers (JSON) and the broker it came from.
+    if let Some(source) = &last.source {
+        env.push(("HARK_BROKER".to_string(), source.clone()));
+        env.push(("HARK_HEADERS".to_string(), last.headers.to_string()));
+    }
     Ok(Spec {
         argv: rendered.argv,
         env,

@@ -230,6 +230,8 @@ CREATE TABLE IF NOT EXISTS job_events (
     json TEXT NOT NULL,
     PRIMARY KEY (job, pos)
 );
+-- AMQP redeliveries: is a (rule, uuid) already filed? (Store::filed)
+CREATE INDEX IF NOT EXISTS job_events_uuid ON job_events(uuid);
 CREATE TABLE IF NOT EXISTS done (
     rule TEXT NOT NULL,
     uuid TEXT NOT NULL,
@@ -558,6 +560,22 @@ impl Store {
         self.conn
             .prepare_cached("SELECT 1 FROM done WHERE rule = ?1 AND uuid = ?2")?
             .query_row(params![rule, uuid], |_| Ok(()))
+            .optional()
+            .map(|r| r.is_some())
+    }
+
+    /// Is event `uuid` already filed for `rule`: in a job of any state, or done? A message
+    /// a broker redelivers (its ack was lost with the connection) is then not filed twice.
+    pub fn filed(&self, rule: &str, uuid: &str) -> Result<bool> {
+        if self.succeeded(rule, uuid)? {
+            return Ok(true);
+        }
+        self.conn
+            .prepare_cached(
+                "SELECT 1 FROM job_events e JOIN jobs j ON j.id = e.job \
+                 WHERE e.uuid = ?1 AND j.rule = ?2 LIMIT 1",
+            )?
+            .query_row(params![uuid, rule], |_| Ok(()))
             .optional()
             .map(|r| r.is_some())
     }

@@ -128,6 +128,9 @@ pub fn check(paths: &[PathBuf]) -> CheckReport {
             FileStatus::Loaded(file) => {
                 diagnostics.extend(file.diagnostics.iter().cloned());
                 for rule in &file.rules {
+                    if let Some(why) = super::lint::unpinned_amqp(rule) {
+                        diagnostics.push(diag(&rule.source, Severity::Warning, why));
+                    }
                     if let Some(fb) = &rule.fallback {
                         diagnostics.push(diag(
                             &rule.source,

@@ -1,6 +1,7 @@
 //! Events written by hand, for inline tests and `hark rules test --event`: a Laniakea event
 //! with the tedious parts optional (`tag` or `topic`, no uuid or time needed), a fedmsg
-//! envelope, plus `signers`, the verified signers to assume.
+//! envelope, a fedora-messaging message (`topic`, `body`, `headers`, `broker`: an AMQP
+//! event), plus `signers`, the verified signers to assume.
 
 use serde_json::{Map, Value};
 
@@ -35,6 +36,8 @@ pub fn from_loose(value: Value) -> Result<Event, String> {
         obj.entry("msg_id")
             .or_insert_with(|| Value::String(DEFAULT_UUID.into()));
         Event::from_value(Value::Object(obj)).map_err(|e| e.to_string())?
+    } else if obj.contains_key("body") {
+        amqp(obj)?
     } else {
         laniakea(obj)?
     };
@@ -84,6 +87,20 @@ fn laniakea(mut obj: Map<String, Value>) -> Result<Event, String> {
     Event::from_value(Value::Object(obj)).map_err(|e| e.to_string())
 }
 
+/// An AMQP message as fedora-messaging writes it (`topic`, `body`, `headers`, `id`), and
+/// `broker`, the broker it is taken to come from.
+fn amqp(mut obj: Map<String, Value>) -> Result<Event, String> {
+    const KEYS: &[&str] = &["topic", "body", "headers", "id", "queue", "broker"];
+    if let Some(unknown) = obj.keys().find(|k| !KEYS.contains(&k.as_str())) {
+        return Err(format!(
+            "unknown key {unknown:?} in an AMQP message (expected topic, body, headers, id, broker)"
+        ));
+    }
+    obj.entry("id")
+        .or_insert_with(|| Value::String(DEFAULT_UUID.into()));
+    Event::from_value(Value::Object(obj)).map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,6 +128,21 @@ mod tests {
         let ev = from_loose(json!({"topic": "org.fedoraproject.prod.x", "msg": {"a": 1}})).unwrap();
         assert_eq!(ev.topic, "org.fedoraproject.prod.x");
         assert_eq!(ev.data["a"], 1);
+    }
+
+    #[test]
+    fn amqp_messages_carry_headers_and_source() {
+        let ev = from_loose(
+            json!({"topic": "org.fedoraproject.prod.pungi.compose.status.change",
+            "body": {"status": "FINISHED"}, "headers": {"fedora_messaging_severity": 20},
+            "broker": "fedora"}),
+        )
+        .unwrap();
+        assert_eq!(ev.format, crate::event::Format::Amqp);
+        assert_eq!(ev.data["status"], "FINISHED");
+        assert_eq!(ev.headers["fedora_messaging_severity"], 20);
+        assert_eq!(ev.source.as_deref(), Some("fedora"));
+        assert!(from_loose(json!({"topic": "t", "body": {}, "hedaers": {}})).is_err());
     }
 
     #[test]

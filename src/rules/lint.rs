@@ -1,5 +1,5 @@
 //! Static checks on compiled rules: spotting rules that can never fire (contradictory or
-//! empty conditions). This is a best effort that looks at conditions joined by "and" on the
+//! empty conditions), and AMQP rules that do not pin their broker. This is a best effort that looks at conditions joined by "and" on the
 //! same path; a rule it passes may still never fire, but one it flags never will.
 
 use std::cmp::Ordering;
@@ -16,6 +16,43 @@ pub fn never_fires(rule: &Rule) -> Option<String> {
         return Some("signed_by is an empty list, so no signer is accepted".into());
     }
     unsatisfiable(&rule.condition, &rule.topics)
+}
+
+/// A rule written for AMQP messages (it reads `headers`) that does not say which broker
+/// they must come from: messages carry no signature, so without `broker` (or `signed_by`)
+/// it runs for a message from any broker the daemon consumes.
+pub fn unpinned_amqp(rule: &Rule) -> Option<String> {
+    if rule.signed_by.is_some() || !reads(&rule.condition, Root::Headers) {
+        return None;
+    }
+    if pins_source(&rule.condition) {
+        return None;
+    }
+    Some(format!(
+        "rule {:?} runs commands for AMQP messages (it reads headers) without pinning the broker: \
+         add `broker: NAME` under `where` (the broker's amqp.name), since such messages carry no signature",
+        rule.name
+    ))
+}
+
+fn reads(c: &Condition, root: Root) -> bool {
+    match c {
+        Condition::All(cs) | Condition::Any(cs) => cs.iter().any(|c| reads(c, root)),
+        Condition::Not(inner) => reads(inner, root),
+        Condition::Test(t) => t.path.root() == root,
+    }
+}
+
+/// Does every event the condition admits have a given `source`?
+fn pins_source(c: &Condition) -> bool {
+    match c {
+        Condition::All(cs) => cs.iter().any(pins_source),
+        Condition::Any(cs) => !cs.is_empty() && cs.iter().all(pins_source),
+        Condition::Not(_) => false,
+        Condition::Test(t) => {
+            t.path.root() == Root::Source && matches!(t.op, Op::Eq(_) | Op::In(_))
+        }
+    }
 }
 
 fn unsatisfiable(c: &Condition, topics: &[TopicPattern]) -> Option<String> {

@@ -18,11 +18,15 @@ pub enum Root {
     Author,
     Signers,
     Data,
+    /// AMQP message headers (`headers.fedora_messaging_schema`); absent on other events.
+    Headers,
+    /// The configured name of the AMQP broker an event came from; absent on bus events.
+    Source,
 }
 
 impl Root {
     pub const NAMES: &'static [&'static str] = &[
-        "topic", "uuid", "time", "origin", "author", "signers", "data",
+        "topic", "uuid", "time", "origin", "author", "signers", "data", "headers", "broker",
     ];
 
     pub fn from_name(name: &str) -> Option<Root> {
@@ -34,6 +38,8 @@ impl Root {
             "author" => Root::Author,
             "signers" => Root::Signers,
             "data" => Root::Data,
+            "headers" => Root::Headers,
+            "broker" => Root::Source,
             _ => return None,
         })
     }
@@ -156,9 +162,9 @@ impl FieldPath {
                 return Err(format!("expected '.' or '[' in path {text:?} at {rest:?}"));
             }
         }
-        if !matches!(root, Root::Data | Root::Signers) && !steps.is_empty() {
+        if !matches!(root, Root::Data | Root::Signers | Root::Headers) && !steps.is_empty() {
             return Err(format!(
-                "{root_name} is a plain string; only data and signers have parts ({text:?})"
+                "{root_name} is a plain string; only data, headers and signers have parts ({text:?})"
             ));
         }
         if root == Root::Signers && steps.iter().any(|s| matches!(s, Step::Key(_))) {
@@ -187,7 +193,7 @@ impl FieldPath {
 
     /// True for paths whose value an event sender chooses freely.
     pub fn is_event_data(&self) -> bool {
-        !matches!(self.root, Root::Signers)
+        !matches!(self.root, Root::Signers | Root::Source)
     }
 
     /// Resolve against an event; `None` when any step is missing.
@@ -205,7 +211,10 @@ impl FieldPath {
                     Some(Step::Key(_)) => None,
                 };
             }
+            Root::Source => return event.source.as_deref().map(Val::Str),
             Root::Data => &event.data,
+            Root::Headers if event.headers.is_null() => return None,
+            Root::Headers => &event.headers,
         };
         let mut cur = start;
         for step in &self.steps {

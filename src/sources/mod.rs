@@ -1,9 +1,11 @@
 //! Sources: where received messages come from. Each source runs on a thread of its own and
 //! hands [`Received`] frames to admission through one channel; it makes no decision about
-//! them. Today: [`zmq::ZmqSource`] (SUB to relays and fedmsg endpoints) and
-//! [`replay::ReplaySource`] (catch-up from the relays' journals). AMQP and HTTP submission
-//! are each meant to be one more file here, touching no other stage.
+//! them. Today: [`zmq::ZmqSource`] (SUB to relays and fedmsg endpoints),
+//! [`replay::ReplaySource`] (catch-up from the relays' journals) and [`amqp::AmqpSource`]
+//! (a queue on an AMQP 0-9-1 broker: RabbitMQ, fedora-messaging). HTTP submission is meant
+//! to be one more file here, touching no other stage.
 
+pub mod amqp;
 pub mod replay;
 pub mod zmq;
 
@@ -26,6 +28,9 @@ pub struct Received {
     /// From the replay source, with no frames: the fetch of this relay epoch's seqs up to
     /// here is over (delivered, or reported lost), so events held behind it may go on.
     pub replay_done: Option<(String, String, u64)>,
+    /// An event the source already built (an AMQP delivery, which is not a bus envelope),
+    /// with its [`crate::event::Ack`]; `frames` is empty then.
+    pub parsed: Option<Box<crate::event::Event>>,
 }
 
 impl Received {
@@ -36,6 +41,15 @@ impl Received {
             source,
             replayed: None,
             replay_done: None,
+            parsed: None,
+        }
+    }
+
+    /// An event built by the source itself (AMQP).
+    pub fn parsed(event: crate::event::Event, source: &'static str) -> Self {
+        Received {
+            parsed: Some(Box::new(event)),
+            ..Received::live(Vec::new(), source)
         }
     }
 }

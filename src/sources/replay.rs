@@ -306,6 +306,7 @@ fn deliver(
             source: "replay",
             replayed: Some(stamp),
             replay_done: None,
+            parsed: None,
         },
         stop,
     )
@@ -320,6 +321,7 @@ fn finished(out: &Sender<Received>, gap: &Gap, stop: &AtomicBool) -> bool {
             source: "replay",
             replayed: None,
             replay_done: Some((gap.relay.clone(), gap.epoch.clone(), gap.before - 1)),
+            parsed: None,
         },
         stop,
     )

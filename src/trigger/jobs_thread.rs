@@ -10,7 +10,8 @@
 //! sources, block: backpressure) while it retries the same burst with a bounded backoff.
 //! Finished runs are still taken in; an end that cannot be recorded is retried with the
 //! burst, and until it is recorded the store has the job `running`, so a daemon that stops
-//! before then runs it again after its restart (at least once, never lost).
+//! before then runs it again after its restart (at least once, never lost). AMQP
+//! deliveries are acked only once the transaction that filed their jobs committed.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -360,6 +361,7 @@ impl Loop {
         if let Err(e) = self.t.store.begin() {
             return Err(self.rolled_back(Vec::new(), "starting a batch", e));
         }
+        let mut in_burst: HashSet<(u32, &str)> = HashSet::new();
         for (event, rules) in matched {
             if let Some(stamp) = &event.relay {
                 // Same transaction as the jobs: the seq only advances once they are stored.
@@ -378,7 +380,21 @@ impl Loop {
                 self.t
                     .metrics
                     .inc("hark_rule_matches_total", &[("rule", &rule.name)]);
-                match self.t.store.succeeded(&rule.name, &event.uuid) {
+                // A broker's redelivery (its ack was lost): filed once, whatever the state.
+                let amqp = event.ack.is_some();
+                if amqp && !in_burst.insert((id, event.uuid.as_str())) {
+                    continue;
+                }
+                let seen = if amqp {
+                    self.t.store.filed(&rule.name, &event.uuid)
+                } else {
+                    self.t.store.succeeded(&rule.name, &event.uuid)
+                };
+                match seen {
+                    Ok(true) if amqp => {
+                        info!(rule = %rule.name, uuid = %event.uuid, "redelivered message is already filed for this rule; not again");
+                        continue;
+                    }
                     Ok(true) => {
                         info!(rule = %rule.name, uuid = %event.uuid, "already ran successfully for this event; not again");
                         continue;
@@ -400,7 +416,15 @@ impl Loop {
             }
         }
         self.t.sched.dispatch(now);
-        self.commit(Vec::new(), true)
+        self.commit(Vec::new(), true)?;
+        // Stored: the broker may forget these deliveries. Until here they stay unacked, so
+        // a burst held while the store fails is redelivered if the daemon stops meanwhile.
+        for event in batch {
+            if let Some(ack) = &event.ack {
+                ack.settle(crate::event::Settle::Ack);
+            }
+        }
+        Ok(())
     }
 
     /// Roll back the open transaction and what the scheduler queued for it.

@@ -32,6 +32,7 @@ use crate::event::Event;
 use crate::jobs::report::Reporter;
 use crate::jobs::{Scheduler, SchedulerOptions, Store};
 use crate::metrics::Registry;
+use crate::sources::amqp::{AmqpSource, Consume};
 use crate::sources::replay::{ReplaySource, UnrecoverableSink};
 use crate::sources::zmq::ZmqSource;
 use crate::sources::{Received, Source, Sources};
@@ -66,6 +67,8 @@ pub struct TriggerOptions {
     pub zmq: ZmqConfig,
     /// Publish `_hark.job.*` events to this relay submit endpoint, signed with this key.
     pub results: Option<(String, SigningKey)>,
+    /// Consume this AMQP broker's queue too (acked once the jobs are stored).
+    pub amqp: Option<crate::config::AmqpConfig>,
 }
 
 /// Admission on a thread of its own: signature checks are CPU work. Whatever is already
@@ -157,6 +160,16 @@ pub fn run(
                 ZmqSource::connect(eps, &[], &opts.zmq, kind)?.with_metrics(metrics.clone()),
             ));
         }
+    }
+    if let Some(amqp) = &opts.amqp {
+        components.push(Box::new(AmqpSource::new(
+            amqp,
+            Consume::Acked,
+            metrics.clone(),
+        )?));
+        endpoints.push(crate::sources::amqp::redact(
+            amqp.url.as_deref().unwrap_or_default(),
+        ));
     }
     let (gap_tx, gap_rx) = crossbeam_channel::unbounded::<Gap>();
     let lost: UnrecoverableSink = Default::default();

@@ -18,6 +18,8 @@ pub mod child;
 pub mod messages;
 #[path = "../support/net.rs"]
 pub mod net;
+#[path = "../support/rabbitmq.rs"]
+pub mod rabbitmq;
 
 pub use child::ChildGuard;
 
