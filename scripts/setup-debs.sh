@@ -19,6 +19,7 @@ NEEDED=(
     "rabbitmq-server  rabbitmq-server   tests/amqp.rs runs a throw-away broker (/usr/lib/rabbitmq/bin/rabbitmq-server)"
     "amqp-consume     amqp-tools        bench/amqp compares hark with amqp-consume"
     "openssl          openssl           tests/amqp.rs makes a throw-away CA for the TLS broker"
+    "dnsmasq          dnsmasq-base      tests/discovery.rs serves SRV records on loopback"
 )
 
 missing=()

@@ -13,12 +13,14 @@
 //! - [`trigger`]: the daemon that ties subscription, rules, scheduler and runner together;
 //! - [`record`]: the JSON-lines recording format;
 //! - [`history`]: queries over a journal (topic, time, signer, `where`), keyset paginated;
+//! - [`discovery`]: relays found through DNS SRV records;
 //! - [`config`], [`metrics`], [`duration`], [`systemd`]: shared plumbing;
 //! - [`cli`]: the `hark` command.
 pub mod admit;
 pub mod bus;
 pub mod cli;
 pub mod config;
+pub mod discovery;
 pub mod duration;
 pub mod event;
 pub mod history;

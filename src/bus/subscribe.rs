@@ -6,7 +6,8 @@
 //! It also watches its own connections: libzmq drops a connection whose peer sends a
 //! message over the size limit and then never reconnects it (checked with libzmq 4.3.5),
 //! so a subscriber would go deaf to that endpoint in silence. Every dropped connection is
-//! therefore made again here, and reported.
+//! therefore made again here, and reported. Endpoints can be added and removed while it
+//! runs (relays found through DNS come and go); one removed is not made again.
 
 use std::cell::RefCell;
 use std::time::Duration;
@@ -27,9 +28,13 @@ const MONITOR: &str = "inproc://hark-subscriber-monitor";
 pub struct Subscriber {
     socket: zmq::Socket,
     monitor: zmq::Socket,
+    /// What the socket is connected to now.
+    endpoints: RefCell<Vec<String>>,
     /// Endpoints whose connection dropped and was made again since the last
     /// [`Subscriber::take_reconnected`].
     reconnected: RefCell<Vec<String>>,
+    /// Whether a connection dropped since the last [`Subscriber::take_failed`].
+    failed: RefCell<bool>,
     _ctx: zmq::Context,
 }
 
@@ -57,16 +62,32 @@ impl Subscriber {
             socket.set_subscribe(p.as_bytes())?;
         }
         // Before connecting: libzmq drops events nobody is there to read.
-        socket.monitor(MONITOR, zmq::SocketEvent::DISCONNECTED as i32)?;
+        socket.monitor(MONITOR, (zmq::SocketEvent::DISCONNECTED as u16).into())?;
         let monitor = ctx.socket(zmq::PAIR)?;
         monitor.connect(MONITOR)?;
         connect_all(&socket, endpoints, "subscriber")?;
         Ok(Subscriber {
             socket,
             monitor,
+            endpoints: RefCell::new(endpoints.to_vec()),
             reconnected: RefCell::default(),
+            failed: RefCell::default(),
             _ctx: ctx,
         })
+    }
+
+    /// Connect to one more endpoint.
+    pub fn add(&self, endpoint: &str) -> zmq::Result<()> {
+        self.socket.connect(endpoint)?;
+        self.endpoints.borrow_mut().push(endpoint.to_string());
+        Ok(())
+    }
+
+    /// Stop listening to an endpoint (events already queued from it are still read).
+    pub fn remove(&self, endpoint: &str) {
+        self.endpoints.borrow_mut().retain(|e| e != endpoint);
+        // Not connected any more (libzmq dropped it) is as good as disconnected.
+        let _ = self.socket.disconnect(endpoint);
     }
 
     /// The next message's frames, or None after `timeout` (or after a dropped connection
@@ -94,6 +115,12 @@ impl Subscriber {
         self.reconnected.take()
     }
 
+    /// Whether a connection dropped since the last call: where relays come from DNS, a
+    /// sign to look them up again.
+    pub fn take_failed(&self) -> bool {
+        self.failed.take()
+    }
+
     /// Make the dropped connection the monitor reported again. A peer that merely
     /// restarted would also be reconnected by libzmq; doing it here in every case keeps
     /// one path, and connect retries with the configured backoff while nothing listens.
@@ -106,6 +133,11 @@ impl Subscriber {
             return Ok(());
         };
         let endpoint = endpoint.to_string();
+        self.failed.replace(true);
+        if !self.endpoints.borrow().contains(&endpoint) {
+            // Removed on purpose: the drop is the removal itself.
+            return Ok(());
+        }
         warn!(
             %endpoint,
             "subscriber: the connection dropped (the peer went away, or sent a message over \

@@ -156,6 +156,11 @@ pub(crate) fn fail(err: impl std::fmt::Display, code: u8) -> ExitCode {
     ExitCode::from(code)
 }
 
+/// `--srv DOMAIN`: a DNS domain, checked as hark.yaml's `{srv: DOMAIN}` is.
+pub(crate) fn parse_domain(text: &str) -> Result<String, String> {
+    crate::discovery::check_domain(text).map(|()| text.to_string())
+}
+
 /// Register SIGTERM/SIGINT (and SIGHUP where given) to set the returned flag.
 pub(crate) fn shutdown_flag() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
     let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

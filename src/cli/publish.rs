@@ -15,6 +15,7 @@ use crate::bus::publish::{
 use crate::bus::relay::hostname;
 use crate::bus::spool::Spool;
 use crate::config::Config;
+use crate::discovery::{Followed, RelayList, Resolver, Service};
 use crate::event::keys::{read_signing_key, SigningKey};
 use crate::event::openpgp::{self, OpenPgpSigner};
 
@@ -52,6 +53,10 @@ pub struct PublishArgs {
     /// tcp://127.0.0.1:5571].
     #[arg(long, value_name = "EP")]
     relay: Vec<String>,
+    /// Find the relays in DNS: the _hark-submit._tcp.DOMAIN records, best priority first
+    /// (replaces --relay and publish.relays).
+    #[arg(long, value_name = "DOMAIN", conflicts_with = "relay", value_parser = super::parse_domain)]
+    srv: Option<String>,
     /// A relay that never acks, such as Laniakea's Lighthouse, as SUBMIT,PUBLISH endpoints
     /// (repeatable): sent once, confirmed on its publish socket.
     #[arg(long, value_name = "SUBMIT,PUBLISH", value_parser = Target::parse_watched)]
@@ -114,22 +119,43 @@ enum Delivery {
     NoAnswer(Vec<PublishError>),
 }
 
-fn deliver(targets: &[Target], event: &Value, timeout: Duration, config: &Config) -> Delivery {
+fn deliver(
+    destinations: &mut Destinations,
+    event: &Value,
+    timeout: Duration,
+    config: &Config,
+) -> Delivery {
     let mut published = None;
     let mut refused = Vec::new();
     let mut silent = Vec::new();
     let mut seqs = Vec::new();
-    for (target, result) in submit_all(targets, event, timeout, &config.zmq) {
-        match result {
-            Ok(ack) => {
-                if let (AckStatus::Accepted, Some(seq)) = (ack.status, ack.seq) {
-                    seqs.push((target.submit().to_string(), seq));
+    let tiers = destinations.tiers();
+    if tiers.is_empty() {
+        let name = destinations.name();
+        silent.push(PublishError::Unresolvable {
+            endpoint: format!("srv:{name}"),
+            host: name,
+            reason: "no relay found in DNS".into(),
+        });
+    }
+    for tier in tiers {
+        for (target, result) in submit_all(&tier, event, timeout, &config.zmq) {
+            match result {
+                Ok(ack) => {
+                    if let (AckStatus::Accepted, Some(seq)) = (ack.status, ack.seq) {
+                        seqs.push((target.submit().to_string(), seq));
+                    }
+                    published.get_or_insert(ack.uuid.unwrap_or_default());
                 }
-                published.get_or_insert(ack.uuid.unwrap_or_default());
+                Err(e @ PublishError::Refused { .. }) => refused.push(e),
+                Err(e) => silent.push(e),
             }
-            Err(e @ PublishError::Refused { .. }) => refused.push(e),
-            Err(e) => silent.push(e),
         }
+        if published.is_some() || !refused.is_empty() {
+            break;
+        }
+        // Nobody in this tier answered: DNS may know better by now.
+        destinations.failed();
     }
     match published {
         Some(uuid) => {
@@ -149,10 +175,66 @@ fn deliver(targets: &[Target], event: &Value, timeout: Duration, config: &Config
     }
 }
 
+/// Where events go: relays and lighthouses as written, or relays found in DNS (looked up
+/// again, between events, once their TTL ran out), with the lighthouses beside them.
+enum Destinations {
+    Fixed(Vec<Target>),
+    Srv {
+        followed: Box<Followed>,
+        lighthouses: Vec<Target>,
+    },
+}
+
+impl Destinations {
+    /// The targets by preference: each tier gets the event at once, and the next tier only
+    /// if no relay of this one acked. Written lists are one tier; SRV records one per
+    /// priority.
+    fn tiers(&mut self) -> Vec<Vec<Target>> {
+        match self {
+            Destinations::Fixed(targets) => vec![targets.clone()],
+            Destinations::Srv {
+                followed,
+                lighthouses,
+            } => {
+                followed.refresh_if_due();
+                let mut tiers: Vec<Vec<Target>> = followed
+                    .tiers()
+                    .into_iter()
+                    .map(|tier| {
+                        tier.into_iter()
+                            .map(|submit| Target::Acking { submit })
+                            .collect()
+                    })
+                    .collect();
+                match tiers.first_mut() {
+                    Some(first) => first.extend(lighthouses.iter().cloned()),
+                    None if !lighthouses.is_empty() => tiers.push(lighthouses.clone()),
+                    None => {}
+                }
+                tiers
+            }
+        }
+    }
+
+    /// A relay of the last tiers did not answer: it may have moved.
+    fn failed(&mut self) {
+        if let Destinations::Srv { followed, .. } = self {
+            followed.connection_failed();
+        }
+    }
+
+    fn name(&self) -> String {
+        match self {
+            Destinations::Fixed(_) => String::new(),
+            Destinations::Srv { followed, .. } => followed.name(),
+        }
+    }
+}
+
 /// The flags' relays, or else hark.yaml's, each endpoint checked so that a slip gets a
 /// message naming where it was written and what to write instead.
-fn targets(args: &PublishArgs, config: &Config) -> Result<Vec<Target>, String> {
-    let from_config = args.relay.is_empty() && args.lighthouse.is_empty();
+fn targets(args: &PublishArgs, config: &Config) -> Result<Destinations, String> {
+    let from_config = args.relay.is_empty() && args.lighthouse.is_empty() && args.srv.is_none();
     let (relays, lighthouses) = if from_config {
         let lighthouses = config
             .publish
@@ -162,14 +244,18 @@ fn targets(args: &PublishArgs, config: &Config) -> Result<Vec<Target>, String> {
             .collect::<Result<Vec<_>, _>>()?;
         (config.publish.relays.clone(), lighthouses)
     } else {
-        (args.relay.clone(), args.lighthouse.clone())
+        let relays = match &args.srv {
+            Some(domain) => RelayList::Srv(domain.clone()),
+            None => args.relay.clone().into(),
+        };
+        (relays, args.lighthouse.clone())
     };
     let (relay_key, lighthouse_key) = if from_config {
         ("publish.relays", "publish.lighthouses")
     } else {
         ("--relay", "--lighthouse")
     };
-    for ep in &relays {
+    for ep in relays.endpoints() {
         check_endpoint(ep).map_err(|e| format!("{relay_key} {e}"))?;
     }
     for target in &lighthouses {
@@ -179,15 +265,26 @@ fn targets(args: &PublishArgs, config: &Config) -> Result<Vec<Target>, String> {
             }
         }
     }
+    if let RelayList::Srv(domain) = relays {
+        let resolver =
+            Resolver::new(&config.discovery.nameservers).map_err(|e| format!("{e:#}"))?;
+        return Ok(Destinations::Srv {
+            followed: Box::new(Followed::start(resolver, &domain, Service::Submit)),
+            lighthouses,
+        });
+    }
     let mut targets: Vec<Target> = relays
-        .into_iter()
-        .map(|submit| Target::Acking { submit })
+        .endpoints()
+        .iter()
+        .map(|submit| Target::Acking {
+            submit: submit.clone(),
+        })
         .collect();
     targets.extend(lighthouses);
     if targets.is_empty() {
-        return Err("no relay to publish to: give --relay or set publish.relays".into());
+        return Err("no relay to publish to: give --relay or --srv, or set publish.relays".into());
     }
-    Ok(targets)
+    Ok(Destinations::Fixed(targets))
 }
 
 fn spool(args: &PublishArgs, config: &Config) -> Spool {
@@ -244,7 +341,7 @@ pub fn run(args: PublishArgs) -> ExitCode {
     if let Err(e) = crate::topic::check_topic(&tag) {
         return super::fail(format!("invalid topic: {e}"), super::EXIT_USAGE);
     }
-    let targets = match targets(&args, &config) {
+    let mut destinations = match targets(&args, &config) {
         Ok(t) => t,
         Err(e) => return super::fail(e, super::EXIT_USAGE),
     };
@@ -267,7 +364,13 @@ pub fn run(args: PublishArgs) -> ExitCode {
             Ok(k) => k,
             Err(e) => return super::fail(e, super::EXIT_USAGE),
         };
-        return ExitCode::from(publish_lines(&args, &config, &targets, &mut signers, &tag));
+        return ExitCode::from(publish_lines(
+            &args,
+            &config,
+            &mut destinations,
+            &mut signers,
+            &tag,
+        ));
     }
     let (text, source) = match (&args.data, &args.data_file) {
         (Some(d), _) => (d.clone(), "--data".to_string()),
@@ -302,7 +405,7 @@ pub fn run(args: PublishArgs) -> ExitCode {
     ExitCode::from(publish_data(
         &args,
         &config,
-        &targets,
+        &mut destinations,
         &mut signers,
         &tag,
         data,
@@ -317,7 +420,7 @@ pub fn run(args: PublishArgs) -> ExitCode {
 fn publish_lines(
     args: &PublishArgs,
     config: &Config,
-    targets: &[Target],
+    destinations: &mut Destinations,
     signers: &mut Signers,
     tag: &str,
 ) -> u8 {
@@ -337,7 +440,7 @@ fn publish_lines(
             ),
             Ok(line) if line.trim().is_empty() => continue,
             Ok(line) => match parse_data(&line, &format!("stdin:{number}")) {
-                Ok(data) => publish_data(args, config, targets, signers, tag, data),
+                Ok(data) => publish_data(args, config, destinations, signers, tag, data),
                 Err(e) => failed(e, 1),
             },
         };
@@ -358,7 +461,7 @@ fn publish_lines(
 fn publish_data(
     args: &PublishArgs,
     config: &Config,
-    targets: &[Target],
+    destinations: &mut Destinations,
     signers: &mut Signers,
     tag: &str,
     data: Value,
@@ -369,7 +472,7 @@ fn publish_data(
         return failed(e, 1);
     }
     let timeout = args.timeout.unwrap_or(config.publish.timeout);
-    match deliver(targets, &event, timeout, config) {
+    match deliver(destinations, &event, timeout, config) {
         Delivery::Published { uuid, seqs } => {
             println!("{uuid}");
             for (relay, seq) in seqs {
@@ -412,7 +515,7 @@ fn publish_data(
 /// `rejected/`; the first event no relay answers for stops the flush, to keep the order.
 fn flush(args: &PublishArgs, config: &Config) -> ExitCode {
     let spool = spool(args, config);
-    let targets = match targets(args, config) {
+    let mut destinations = match targets(args, config) {
         Ok(t) => t,
         Err(e) => return super::fail(e, super::EXIT_USAGE),
     };
@@ -446,7 +549,7 @@ fn flush(args: &PublishArgs, config: &Config) -> ExitCode {
             .to_string();
         let mut restamped = false;
         loop {
-            match deliver(&targets, &spooled.event, timeout, config) {
+            match deliver(&mut destinations, &spooled.event, timeout, config) {
                 Delivery::Published { .. } => {
                     if let Err(e) = spool.done(&spooled) {
                         return super::fail(

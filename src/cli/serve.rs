@@ -163,6 +163,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         connect: vec![args.publish.clone()],
         fedmsg: Vec::new(),
         replay: vec![args.replay.clone()],
+        srv: None,
         rules: vec![args.rules.clone()],
         state: Some(state.join("state.db")),
         trust,

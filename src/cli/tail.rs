@@ -14,6 +14,7 @@ use crossbeam_channel::RecvTimeoutError;
 
 use crate::admit::{load_keyring, Admission, Dedupe, Gap, Gate, Mode, Sequences, TrustPolicy};
 use crate::config::Config;
+use crate::discovery::RelayList;
 use crate::event::{sign, Event};
 use crate::metrics::Registry;
 use crate::sources::amqp::{AmqpSource, Consume};
@@ -56,6 +57,11 @@ pub struct WatchArgs {
     /// (seen from relay seqs and heartbeats) are fetched from there and shown too.
     #[arg(long, value_name = "EP")]
     replay: Vec<String>,
+    /// Find the relays in DNS: every _hark-publish._tcp.DOMAIN record, and the
+    /// _hark-replay._tcp ones for missed events, followed as they change (replaces
+    /// --connect and --replay; nameservers from discovery.nameservers).
+    #[arg(long, value_name = "DOMAIN", conflicts_with_all = ["connect", "replay"], value_parser = super::parse_domain)]
+    srv: Option<String>,
     /// Configuration file (trusted keys directory and ZeroMQ options).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -136,17 +142,23 @@ pub fn watch(
         Err(e) => return super::fail(e, super::EXIT_USAGE),
     };
     let amqp = args.amqp.amqp.is_some();
-    let endpoints = if args.connect.is_empty() && !amqp {
-        config.relay.publish.clone()
-    } else {
-        args.connect.clone()
+    let (relays, replay) = match &args.srv {
+        Some(domain) => (
+            RelayList::Srv(domain.clone()),
+            RelayList::Srv(domain.clone()),
+        ),
+        None if args.connect.is_empty() && !amqp => (
+            config.relay.publish.clone().into(),
+            args.replay.clone().into(),
+        ),
+        None => (args.connect.clone().into(), args.replay.clone().into()),
     };
+    let ns = &config.discovery.nameservers;
     let mut components: Vec<Box<dyn Source>> = Vec::new();
-    if !endpoints.is_empty() {
-        match ZmqSource::connect(&endpoints, &args.topic, &config.zmq, "relay") {
-            Ok(s) => components.push(Box::new(s)),
-            Err(e) => return super::fail(format!("{e:#}"), 1),
-        }
+    match ZmqSource::for_relays(&relays, &args.topic, &config.zmq, ns) {
+        Ok(Some(s)) => components.push(Box::new(s)),
+        Ok(None) => {}
+        Err(e) => return super::fail(format!("{e:#}"), 1),
     }
     if amqp {
         // The trigger's queue is not a tail's to drain: only a queue named here is used.
@@ -157,18 +169,29 @@ pub fn watch(
             Err(e) => return super::fail(format!("{e:#}"), super::EXIT_USAGE),
         }
     }
-    let mut gaps: Option<crossbeam_channel::Sender<Gap>> = None;
-    if !args.replay.is_empty() {
-        let (gap_tx, gap_rx) = crossbeam_channel::unbounded::<Gap>();
-        gaps = Some(gap_tx);
-        components.push(Box::new(ReplaySource::new(
-            args.replay.clone(),
-            gap_rx,
-            config.zmq.clone(),
-            Registry::default(),
-            Default::default(),
-        )));
+    if components.is_empty() {
+        return super::fail(
+            "nothing to subscribe to: give --connect, --srv or --amqp",
+            super::EXIT_USAGE,
+        );
     }
+    let (gap_tx, gap_rx) = crossbeam_channel::unbounded::<Gap>();
+    let replay = ReplaySource::for_relays(
+        &replay,
+        ns,
+        gap_rx,
+        config.zmq.clone(),
+        Registry::default(),
+        Default::default(),
+    );
+    let gaps: Option<crossbeam_channel::Sender<Gap>> = match replay {
+        Ok(Some(r)) => {
+            components.push(Box::new(r));
+            Some(gap_tx)
+        }
+        Ok(None) => None,
+        Err(e) => return super::fail(format!("{e:#}"), 1),
+    };
     let sources = match Sources::start(components, 1024) {
         Ok(s) => s,
         Err(e) => return super::fail(format!("{e:#}"), 1),
@@ -176,8 +199,7 @@ pub fn watch(
     // Not "connected": libzmq connects in the background, and nothing says a relay is there
     // until it sends something (a hark relay's first heartbeat is logged).
     tracing::info!(
-        "subscribing to {} ({} trusted signers); events show as they arrive",
-        args.endpoints().join(" "),
+        "subscribing to {relays} ({} trusted signers); events show as they arrive",
         keyring.len()
     );
     // Observe mode: everything is shown with what its signatures say, so the grants and

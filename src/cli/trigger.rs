@@ -6,6 +6,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use crate::config::Config;
+use crate::discovery::RelayList;
 use crate::jobs::SchedulerOptions;
 use crate::metrics::Registry;
 use crate::trigger::{self, TriggerOptions};
@@ -26,6 +27,11 @@ pub struct TriggerArgs {
     /// Relay PUB endpoint to subscribe to (repeatable) [default: tcp://127.0.0.1:5572].
     #[arg(long, value_name = "EP")]
     pub connect: Vec<String>,
+    /// Find the relays in DNS: subscribe to every _hark-publish._tcp.DOMAIN record and fetch
+    /// missed events from the _hark-replay._tcp ones, following both as they change
+    /// (replaces --connect, --replay and their hark.yaml settings).
+    #[arg(long, value_name = "DOMAIN", conflicts_with_all = ["connect", "replay"], value_parser = super::parse_domain)]
+    pub srv: Option<String>,
     /// fedmsg endpoint (hub or gateway) to subscribe to directly (repeatable).
     #[arg(long, value_name = "EP")]
     pub fedmsg: Vec<String>,
@@ -71,16 +77,20 @@ pub fn options(args: TriggerArgs) -> anyhow::Result<TriggerOptions> {
     args.amqp.apply(&mut config.amqp);
     let t = &mut config.trigger;
     if !args.connect.is_empty() {
-        t.connect = args.connect;
+        t.connect = args.connect.into();
     } else if amqp_flag && t.connect == crate::config::TriggerConfig::default().connect {
         // `--amqp URL` alone means that broker alone, not also the default local relay.
-        t.connect.clear();
+        t.connect = RelayList::default();
     }
     if !args.fedmsg.is_empty() {
         t.fedmsg = args.fedmsg;
     }
     if !args.replay.is_empty() {
-        t.replay = args.replay;
+        t.replay = args.replay.into();
+    }
+    if let Some(domain) = args.srv {
+        t.connect = RelayList::Srv(domain.clone());
+        t.replay = RelayList::Srv(domain);
     }
     if !args.rules.is_empty() {
         t.rules = args.rules;
@@ -108,6 +118,7 @@ pub fn options(args: TriggerArgs) -> anyhow::Result<TriggerOptions> {
         connect: t.connect,
         fedmsg: t.fedmsg,
         replay: t.replay,
+        nameservers: config.discovery.nameservers,
         rule_dirs: t.rules,
         state: t.state,
         policy,

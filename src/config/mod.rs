@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::discovery::RelayList;
 use crate::duration::serde_text;
 
 /// Where the packaged configuration lives.
@@ -81,6 +82,7 @@ pub struct Config {
     pub publish: PublishConfig,
     pub zmq: ZmqConfig,
     pub amqp: AmqpConfig,
+    pub discovery: DiscoveryConfig,
 }
 
 impl Config {
@@ -176,8 +178,8 @@ impl Default for RelayConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PublishConfig {
-    /// Submit endpoints of hark relays; all get every event.
-    pub relays: Vec<String>,
+    /// Submit endpoints of hark relays; all get every event. Or `{srv: DOMAIN}`.
+    pub relays: RelayList,
     /// Relays that never ack (Laniakea's Lighthouse), as `SUBMIT,PUBLISH`.
     pub lighthouses: Vec<String>,
     /// Spool directory; unset: /var/spool/hark for root, else $XDG_STATE_HOME/hark/spool.
@@ -190,7 +192,7 @@ pub struct PublishConfig {
 impl Default for PublishConfig {
     fn default() -> Self {
         PublishConfig {
-            relays: vec!["tcp://127.0.0.1:5571".into()],
+            relays: vec!["tcp://127.0.0.1:5571".to_string()].into(),
             lighthouses: Vec::new(),
             spool: None,
             timeout: Duration::from_secs(10),
@@ -245,11 +247,11 @@ impl Default for TrustConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct TriggerConfig {
     /// Relay PUB endpoints to subscribe to (all of them; duplicates are dropped by uuid).
-    pub connect: Vec<String>,
+    pub connect: RelayList,
     /// fedmsg endpoints (hub, gateway) to subscribe to directly.
     pub fedmsg: Vec<String>,
     /// Relay replay endpoints to fetch missed events from.
-    pub replay: Vec<String>,
+    pub replay: RelayList,
     /// Rule directories, vendor first; a later file with the same name replaces an earlier.
     pub rules: Vec<PathBuf>,
     /// SQLite state file: jobs, failed jobs, done markers.
@@ -279,9 +281,9 @@ pub struct TriggerConfig {
 impl Default for TriggerConfig {
     fn default() -> Self {
         TriggerConfig {
-            connect: vec!["tcp://127.0.0.1:5572".into()],
+            connect: vec!["tcp://127.0.0.1:5572".to_string()].into(),
             fedmsg: Vec::new(),
-            replay: Vec::new(),
+            replay: RelayList::default(),
             rules: vec![
                 PathBuf::from("/usr/share/hark/rules.d"),
                 PathBuf::from("/etc/hark/rules.d"),
@@ -342,6 +344,14 @@ impl Default for AmqpConfig {
             key: None,
         }
     }
+}
+
+/// How relay lists written as `{srv: DOMAIN}` are looked up.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiscoveryConfig {
+    /// Nameservers as `ADDRESS:PORT`; empty: the system's (/etc/resolv.conf).
+    pub nameservers: Vec<std::net::SocketAddr>,
 }
 
 /// libzmq socket options, set explicitly on every socket.

@@ -18,6 +18,10 @@ pub enum Kind {
     /// Written bare: `30s`, `1h30m`.
     Duration,
     Endpoints,
+    /// Endpoints, or `{srv: DOMAIN}` (DNS SRV discovery).
+    Relays,
+    /// `ADDRESS:PORT` socket addresses.
+    Addresses,
     Paths,
     Names,
     Map,
@@ -33,6 +37,8 @@ impl Kind {
             Kind::Integer => "integer",
             Kind::Duration => "duration",
             Kind::Endpoints => "list of endpoints",
+            Kind::Relays => "list of endpoints, or {srv: DOMAIN}",
+            Kind::Addresses => "list of ADDRESS:PORT",
             Kind::Paths => "list of paths",
             Kind::Names => "list of names",
             Kind::Map => "mapping",
@@ -154,6 +160,13 @@ pub const SECTIONS: &[Section] = &[
     Section {
         name: "publish",
         doc: "hark publish: where events are submitted, and where they wait when no relay answers.",
+    },
+    Section {
+        name: "discovery",
+        doc: "DNS SRV discovery: how relay lists written as {srv: DOMAIN} are looked up.\n\
+              Such a list follows the domain's _hark-submit._tcp, _hark-publish._tcp or\n\
+              _hark-replay._tcp records, by priority and weight, looked up again when their\n\
+              TTL runs out or a connection fails (docs/architecture.md, \"Finding relays\").",
     },
     Section {
         name: "zmq",
@@ -417,8 +430,9 @@ pub const SETTINGS: &[Setting] = &[
     s(
         "trigger",
         "connect",
-        Kind::Endpoints,
-        "Relay PUB endpoints to subscribe to (all of them; duplicates are dropped by uuid).",
+        Kind::Relays,
+        "Relay PUB endpoints to subscribe to (all of them; duplicates are dropped by uuid).\n\
+         {srv: DOMAIN}: every _hark-publish._tcp record of DOMAIN, followed as it changes.",
     ),
     s(
         "trigger",
@@ -429,11 +443,12 @@ pub const SETTINGS: &[Setting] = &[
     s(
         "trigger",
         "replay",
-        Kind::Endpoints,
+        Kind::Relays,
         "Replay endpoints of the relays (relay.replay). Events the daemon missed, seen\n\
          from relay seqs and heartbeats (while it was down, or lost on the way), are\n\
          fetched from there, admitted like any other and run once. The package sets\n\
-         tcp://127.0.0.1:5573; unset: gaps are only reported.",
+         tcp://127.0.0.1:5573; unset: gaps are only reported. {srv: DOMAIN}: the\n\
+         _hark-replay._tcp records of DOMAIN, asked in priority order.",
     ),
     s(
         "trigger",
@@ -510,10 +525,11 @@ pub const SETTINGS: &[Setting] = &[
     s(
         "publish",
         "relays",
-        Kind::Endpoints,
+        Kind::Relays,
         "Submit endpoints of hark relays. Each event goes to all of them at once\n\
          (subscribers drop the copies by uuid); hark publish succeeds once one acks.\n\
-         --relay replaces this list.",
+         --relay replaces this list. {srv: DOMAIN}: the _hark-submit._tcp records of\n\
+         DOMAIN; the event goes to all of the best priority, then to the next if none acks.",
     ),
     s(
         "publish",
@@ -536,6 +552,14 @@ pub const SETTINGS: &[Setting] = &[
         "timeout",
         Kind::Duration,
         "How long hark publish waits for each relay's ack, resending meanwhile.",
+    ),
+    // --- discovery ---
+    s(
+        "discovery",
+        "nameservers",
+        Kind::Addresses,
+        "Nameservers to ask for SRV records and their targets, as ADDRESS:PORT, e.g.\n\
+         [\"192.0.2.53:53\"]; empty: the system's (/etc/resolv.conf).",
     ),
     // --- zmq ---
     s(
@@ -664,7 +688,8 @@ mod tests {
                 Kind::Duration => value
                     .as_str()
                     .is_some_and(|t| crate::duration::parse(t).is_ok()),
-                Kind::Endpoints | Kind::Paths | Kind::Names => value.is_array(),
+                Kind::Endpoints | Kind::Paths | Kind::Names | Kind::Addresses => value.is_array(),
+                Kind::Relays => value.is_array() || value.get("srv").is_some(),
                 Kind::Map => value.is_object(),
             };
             assert!(

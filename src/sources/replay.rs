@@ -20,6 +20,7 @@ use super::{Received, Source};
 use crate::admit::Gap;
 use crate::bus::socket::new_socket;
 use crate::config::ZmqConfig;
+use crate::discovery::{Followed, RelayList, Resolver, Service};
 use crate::event::RelayStamp;
 use crate::journal::replay::{parse_reply, Cursor, Request, Step};
 use crate::metrics::Registry;
@@ -47,6 +48,8 @@ pub type UnrecoverableSink = Arc<Mutex<Vec<Unrecoverable>>>;
 
 pub struct ReplaySource {
     endpoints: Vec<String>,
+    /// Replay endpoints from DNS SRV, in their priority order, instead of `endpoints`.
+    followed: Option<Followed>,
     gaps: Receiver<Gap>,
     zmq: ZmqConfig,
     metrics: Registry,
@@ -63,11 +66,37 @@ impl ReplaySource {
     ) -> Self {
         ReplaySource {
             endpoints,
+            followed: None,
             gaps,
             zmq,
             metrics,
             lost,
         }
+    }
+
+    /// A source for a relay list as hark.yaml or the flags give it: fixed endpoints, or the
+    /// `_hark-replay._tcp` records of a domain, followed as they change. None for an empty
+    /// list (gaps are then only reported).
+    pub fn for_relays(
+        list: &RelayList,
+        nameservers: &[std::net::SocketAddr],
+        gaps: Receiver<Gap>,
+        zmq: ZmqConfig,
+        metrics: Registry,
+        lost: UnrecoverableSink,
+    ) -> anyhow::Result<Option<Self>> {
+        let followed = match list {
+            RelayList::Endpoints(eps) if eps.is_empty() => return Ok(None),
+            RelayList::Endpoints(_) => None,
+            RelayList::Srv(domain) => Some(Followed::start(
+                Resolver::new(nameservers)?,
+                domain,
+                Service::Replay,
+            )),
+        };
+        let mut source = Self::new(list.endpoints().to_vec(), gaps, zmq, metrics, lost);
+        source.followed = followed;
+        Ok(Some(source))
     }
 }
 
@@ -95,7 +124,7 @@ impl Source for ReplaySource {
         "source-replay".into()
     }
 
-    fn run(self: Box<Self>, out: Sender<Received>, stop: Arc<AtomicBool>) {
+    fn run(mut self: Box<Self>, out: Sender<Received>, stop: Arc<AtomicBool>) {
         let ctx = zmq::Context::new();
         let mut wanted: VecDeque<Wanted> = VecDeque::new();
         while !stop.load(Ordering::Relaxed) {
@@ -157,18 +186,30 @@ impl Source for ReplaySource {
 impl ReplaySource {
     /// Ask each replay endpoint in turn until one has the gap's epoch.
     fn fill(
-        &self,
+        &mut self,
         ctx: &zmq::Context,
         w: &mut Wanted,
         out: &Sender<Received>,
         stop: &AtomicBool,
     ) -> Fetch {
+        let endpoints = match &mut self.followed {
+            Some(followed) => {
+                followed.refresh_if_due();
+                followed.tiers().concat()
+            }
+            None => self.endpoints.clone(),
+        };
         let mut unreachable = None;
-        for endpoint in &self.endpoints {
+        for endpoint in &endpoints {
             match self.fetch(ctx, endpoint, w, out, stop) {
                 Fetch::NotHere => continue,
                 Fetch::Unreachable(why) => unreachable = Some(format!("{endpoint}: {why}")),
                 done => return done,
+            }
+        }
+        if unreachable.is_some() {
+            if let Some(followed) = &mut self.followed {
+                followed.connection_failed();
             }
         }
         match unreachable {

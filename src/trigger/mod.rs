@@ -27,6 +27,7 @@ use tracing::{error, info};
 
 use crate::admit::{Admission, Dedupe, Gap, Gate, Mode, Sequences, TrustPolicy};
 use crate::config::ZmqConfig;
+use crate::discovery::RelayList;
 use crate::event::keys::SigningKey;
 use crate::event::Event;
 use crate::jobs::report::Reporter;
@@ -50,10 +51,12 @@ const FRAMES_QUEUE: usize = 10_000;
 const EVENTS_QUEUE: usize = 64;
 
 pub struct TriggerOptions {
-    pub connect: Vec<String>,
+    pub connect: RelayList,
     pub fedmsg: Vec<String>,
     /// Relay replay endpoints: gaps are fetched from there.
-    pub replay: Vec<String>,
+    pub replay: RelayList,
+    /// Where `{srv: DOMAIN}` lists are looked up; empty: the system's resolver.
+    pub nameservers: Vec<std::net::SocketAddr>,
     pub rule_dirs: Vec<PathBuf>,
     pub state: PathBuf,
     pub policy: TrustPolicy,
@@ -151,15 +154,15 @@ pub fn run(
         .relay_seqs()
         .context("reading relay sequence numbers")?;
 
-    let mut endpoints = opts.connect.clone();
-    endpoints.extend(opts.fedmsg.iter().cloned());
+    let connect = opts.connect.to_string();
     let mut components: Vec<Box<dyn Source>> = Vec::new();
-    for (kind, eps) in [("relay", &opts.connect), ("fedmsg", &opts.fedmsg)] {
-        if !eps.is_empty() {
-            components.push(Box::new(
-                ZmqSource::connect(eps, &[], &opts.zmq, kind)?.with_metrics(metrics.clone()),
-            ));
-        }
+    let relays = ZmqSource::for_relays(&opts.connect, &[], &opts.zmq, &opts.nameservers)?;
+    let fedmsg = match opts.fedmsg.is_empty() {
+        true => None,
+        false => Some(ZmqSource::connect(&opts.fedmsg, &[], &opts.zmq, "fedmsg")?),
+    };
+    for source in relays.into_iter().chain(fedmsg) {
+        components.push(Box::new(source.with_metrics(metrics.clone())));
     }
     if let Some(amqp) = &opts.amqp {
         components.push(Box::new(AmqpSource::new(
@@ -167,22 +170,24 @@ pub fn run(
             Consume::Acked,
             metrics.clone(),
         )?));
-        endpoints.push(crate::sources::amqp::redact(
-            amqp.url.as_deref().unwrap_or_default(),
-        ));
     }
+    let amqp = opts
+        .amqp
+        .as_ref()
+        .map(|a| crate::sources::amqp::redact(a.url.as_deref().unwrap_or_default()))
+        .unwrap_or_default();
     let (gap_tx, gap_rx) = crossbeam_channel::unbounded::<Gap>();
     let lost: UnrecoverableSink = Default::default();
-    let replaying = !opts.replay.is_empty();
-    if replaying {
-        components.push(Box::new(ReplaySource::new(
-            opts.replay.clone(),
-            gap_rx,
-            opts.zmq.clone(),
-            metrics.clone(),
-            lost.clone(),
-        )));
-    }
+    let replay = ReplaySource::for_relays(
+        &opts.replay,
+        &opts.nameservers,
+        gap_rx,
+        opts.zmq.clone(),
+        metrics.clone(),
+        lost.clone(),
+    )?;
+    let replaying = replay.is_some();
+    components.extend(replay.map(|r| Box::new(r) as Box<dyn Source>));
     let sources = Sources::start(components, FRAMES_QUEUE)?;
     let (events_tx, events_rx) = crossbeam_channel::bounded::<Vec<Arc<Event>>>(EVENTS_QUEUE);
     let (control_tx, control_rx) = crossbeam_channel::unbounded::<Control>();
@@ -196,7 +201,9 @@ pub fn run(
     if replaying {
         intake = intake.with_replay();
     }
-    intake = intake.expecting_relays(&opts.connect);
+    if !opts.connect.is_empty() {
+        intake = intake.expecting_relays(std::slice::from_ref(&connect));
+    }
     let admission = spawn_admission(
         intake,
         sources.rx.clone(),
@@ -218,8 +225,10 @@ pub fn run(
         .clone()
         .map(|q| -> crate::jobs::report::NoticeSink { Box::new(move |n| q.push(n)) });
     info!(
-        connect = %endpoints.join(" "),
-        replay = %if replaying { opts.replay.join(" ") } else { "off (gaps are only reported)".into() },
+        connect = %connect,
+        fedmsg = %opts.fedmsg.join(" "),
+        amqp = %amqp,
+        replay = %if replaying { opts.replay.to_string() } else { "off (gaps are only reported)".into() },
         rules = sched.rules().len(),
         state = %opts.state.display(),
         pending = sched.pending_count(),

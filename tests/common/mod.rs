@@ -269,19 +269,32 @@ pub struct Proc {
 impl Proc {
     /// Spawn `cmd` with stdin closed and stdout/stderr piped.
     pub fn spawn(name: &str, cmd: &mut Command) -> Proc {
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        Self::spawn_reading(name, cmd.stdin(Stdio::null())).0
+    }
+
+    /// Spawn `cmd` with stdin, stdout and stderr piped; the caller writes to its stdin.
+    pub fn spawn_with_stdin(name: &str, cmd: &mut Command) -> (Proc, std::process::ChildStdin) {
+        let (proc, stdin) = Self::spawn_reading(name, cmd.stdin(Stdio::piped()));
+        (
+            proc,
+            stdin.unwrap_or_else(|| panic!("{name}: stdin was piped but is missing")),
+        )
+    }
+
+    fn spawn_reading(name: &str, cmd: &mut Command) -> (Proc, Option<std::process::ChildStdin>) {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut guard = ChildGuard::spawn(name, cmd).unwrap_or_else(|e| panic!("{e}"));
         let (Some(out), Some(err)) = (guard.take_stdout(), guard.take_stderr()) else {
             panic!("{name}: stdout and stderr were piped but are missing");
         };
-        Proc {
+        let stdin = guard.take_stdin();
+        let proc = Proc {
             name: name.to_string(),
             stdout: Lines::spawn(&format!("{name}:out"), out),
             stderr: Lines::spawn(&format!("{name}:err"), err),
             guard,
-        }
+        };
+        (proc, stdin)
     }
 
     pub fn id(&self) -> u32 {

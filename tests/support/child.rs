@@ -44,6 +44,10 @@ impl ChildGuard {
     }
 
     /// The child's stdout pipe, if it was piped and not taken yet.
+    pub fn take_stdin(&mut self) -> Option<std::process::ChildStdin> {
+        self.child.stdin.take()
+    }
+
     pub fn take_stdout(&mut self) -> Option<ChildStdout> {
         self.child.stdout.take()
     }

@@ -16,7 +16,7 @@ pub fn packaged_defaults() -> Config {
     let mut c = Config::default();
     c.relay.key = Some(PathBuf::from(PACKAGED_RELAY_KEY));
     c.relay.journal = Some(PathBuf::from(PACKAGED_JOURNAL));
-    c.trigger.replay = vec![crate::journal::DEFAULT_REPLAY_ENDPOINT.into()];
+    c.trigger.replay = vec![crate::journal::DEFAULT_REPLAY_ENDPOINT.to_string()].into();
     c
 }
 
