@@ -184,11 +184,12 @@ fn verify_one(
             format!("the OpenPGP certificate {primary} is revoked"),
         ));
     }
+    // Not expiry (alive() below says that): no binding signature the standard policy
+    // accepts at `now`, e.g. one made with SHA-1 or dated in the future.
     let valid = cert.with_policy(&policy, now).map_err(|e| {
-        (
-            Problem::Expired,
-            format!("the OpenPGP certificate {primary} is not valid now: {e}"),
-        )
+        bad(format!(
+            "the OpenPGP certificate {primary} has no self-signature the standard policy accepts now: {e}"
+        ))
     })?;
     if valid.alive().is_err() {
         return Err((
