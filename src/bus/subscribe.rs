@@ -9,7 +9,7 @@
 //! therefore made again here, and reported. Endpoints can be added and removed while it
 //! runs (relays found through DNS come and go); one removed is not made again.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::time::Duration;
 
 use tracing::warn;
@@ -34,7 +34,7 @@ pub struct Subscriber {
     /// [`Subscriber::take_reconnected`].
     reconnected: RefCell<Vec<String>>,
     /// Whether a connection dropped since the last [`Subscriber::take_failed`].
-    failed: RefCell<bool>,
+    failed: Cell<bool>,
     _ctx: zmq::Context,
 }
 
@@ -71,7 +71,7 @@ impl Subscriber {
             monitor,
             endpoints: RefCell::new(endpoints.to_vec()),
             reconnected: RefCell::default(),
-            failed: RefCell::default(),
+            failed: Cell::default(),
             _ctx: ctx,
         })
     }
@@ -133,7 +133,7 @@ impl Subscriber {
             return Ok(());
         };
         let endpoint = endpoint.to_string();
-        self.failed.replace(true);
+        self.failed.set(true);
         if !self.endpoints.borrow().contains(&endpoint) {
             // Removed on purpose: the drop is the removal itself.
             return Ok(());

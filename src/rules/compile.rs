@@ -139,13 +139,7 @@ pub fn parse_str_with(
             }],
         }
     })?;
-    let mut ctx = Ctx {
-        file,
-        src: text,
-        errors: Vec::new(),
-        lints: Vec::new(),
-        unit_users,
-    };
+    let mut ctx = Ctx::new(file, text, unit_users);
     let out = ctx.file(path, &raw);
     ctx.errors.sort_by_key(|d| (d.pos.line, d.pos.column));
     ctx.lints.sort_by_key(|d| (d.pos.line, d.pos.column));
@@ -180,13 +174,7 @@ pub fn parse_condition(origin: &str, text: &str) -> Result<Condition, String> {
         let (line, column, message) = yaml_error(e);
         format!("{origin}:{line}:{column}: error: {}", sanitize(&message))
     })?;
-    let mut ctx = Ctx {
-        file,
-        src: text,
-        errors: Vec::new(),
-        lints: Vec::new(),
-        unit_users: &[],
-    };
+    let mut ctx = Ctx::new(file, text, &[]);
     let condition = ctx.cond_map(&map).simplify();
     match ctx.errors.first() {
         Some(first) => Err(first.to_string()),
@@ -231,6 +219,16 @@ struct Ctx<'a> {
 }
 
 impl<'a> Ctx<'a> {
+    fn new(file: Arc<Path>, src: &'a str, unit_users: &'a [String]) -> Self {
+        Ctx {
+            file,
+            src,
+            errors: Vec::new(),
+            lints: Vec::new(),
+            unit_users,
+        }
+    }
+
     fn pos(&self, loc: &Location) -> SourcePos {
         SourcePos {
             file: self.file.clone(),
