@@ -17,10 +17,71 @@ fn data(sub: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(sub)
 }
 
+/// `hark rules check --no-preflight DIRS`: the files only, whatever this host has installed.
 fn run_check(dirs: Vec<PathBuf>) -> (u8, String) {
+    run_check_on_host(dirs, false)
+}
+
+fn run_check_on_host(dirs: Vec<PathBuf>, preflight: bool) -> (u8, String) {
     let mut out = Vec::new();
-    let code = check_command(&CheckArgs { dirs, config: None }, &mut out);
+    let args = CheckArgs {
+        dirs,
+        config: None,
+        no_preflight: !preflight,
+    };
+    let code = check_command(&args, &mut out);
     (code, String::from_utf8(out).expect("utf-8 output"))
+}
+
+/// A typo in a program's path or a missing workdir is an error at the rule's position
+/// when checked on the host; a workdir rendered from the event is not checked, and
+/// `--no-preflight` checks only the files.
+#[test]
+fn the_preflight_finds_missing_programs_and_workdirs_on_this_host() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(
+        dir.path().join("50-host.yaml"),
+        r#"rules:
+  - name: typo
+    match: {topic: a.b}
+    run: {command: [/usr/bin/no-such-hark-program, x]}
+  - name: off-path
+    match: {topic: a.b}
+    run:
+      command: [sh, -c, "true"]
+      env: {PATH: /nonexistent}
+  - name: nowhere
+    match: {topic: a.b}
+    run: {command: [/bin/true], workdir: /nonexistent/hark}
+  - name: fine
+    match: {topic: a.b}
+    run: {command: [/bin/sh, -c, "true"], workdir: /tmp}
+  - name: templated
+    match: {topic: a.b}
+    run: {command: [/bin/true], workdir: "/nonexistent/${data.repo}"}
+"#,
+    )
+    .unwrap();
+    let file = dir.path().join("50-host.yaml").display().to_string();
+    let (code, text) = run_check_on_host(vec![dir.path().to_path_buf()], true);
+    assert_eq!(code, 1, "{text}");
+    for (line, why) in [
+        (2, "rule \"typo\": run.command[0]: /usr/bin/no-such-hark-program does not exist on this host"),
+        (5, "rule \"off-path\": run.command[0]: sh is not on PATH (/nonexistent) on this host"),
+        (10, "rule \"nowhere\": run.workdir /nonexistent/hark is not a directory on this host"),
+    ] {
+        let want = format!("{file}:{line}:");
+        assert!(
+            text.lines().any(|l| l.starts_with(&want) && l.contains("error: ") && l.ends_with(why)),
+            "no {want} ... {why} in:\n{text}"
+        );
+    }
+    for fine in ["fine", "templated"] {
+        assert!(!text.contains(&format!("rule {fine:?}: run.")), "{text}");
+    }
+    assert!(text.contains("--no-preflight skips that"), "{text}");
+    let (code, text) = run_check(vec![dir.path().to_path_buf()]);
+    assert_eq!(code, 0, "{text}");
 }
 
 #[test]

@@ -47,6 +47,11 @@ pub struct CheckArgs {
     /// /etc/hark/hark.yaml when it exists].
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Do not check this host: by default each rule's program (`command[0]`, found on the
+    /// rule's or this PATH as the daemon would) must exist and be executable, and its
+    /// `workdir` must exist. Use it for rules written here and deployed elsewhere.
+    #[arg(long)]
+    pub no_preflight: bool,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -154,6 +159,9 @@ pub fn check_command(args: &CheckArgs, out: &mut dyn Write) -> u8 {
     }
     let dirs = dirs_or_default(&args.dirs);
     let mut report = check(&dirs);
+    if !args.no_preflight {
+        report.preflight();
+    }
     // A path named on the command line that is not there is an error, not a warning.
     for d in report.diagnostics.iter_mut() {
         if d.message == NO_SUCH_DIRECTORY && args.dirs.iter().any(|a| *a.as_path() == *d.pos.file) {

@@ -181,6 +181,43 @@ pub fn check(paths: &[PathBuf]) -> CheckReport {
     }
 }
 
+impl CheckReport {
+    /// Add what [`super::preflight`] finds on this host (programs, working directories),
+    /// each after its file's other diagnostics.
+    pub fn preflight(&mut self) {
+        let mut any = false;
+        for f in &self.load.files {
+            let FileStatus::Loaded(file) = &f.status else {
+                continue;
+            };
+            let found: Vec<Diagnostic> = file
+                .rules
+                .iter()
+                .flat_map(|r| super::preflight::check_rule(r))
+                .collect();
+            if found.is_empty() {
+                continue;
+            }
+            let after = self
+                .diagnostics
+                .iter()
+                .rposition(|d| *d.pos.file == *f.path)
+                .map_or(self.diagnostics.len(), |i| i + 1);
+            any = true;
+            self.diagnostics.splice(after..after, found);
+        }
+        if any {
+            self.diagnostics.push(diag(
+                &file_pos(Path::new("rules check")),
+                Severity::Note,
+                "programs and working directories were checked on this host; \
+                 --no-preflight skips that for rules meant for another host"
+                    .into(),
+            ));
+        }
+    }
+}
+
 /// Run one inline test against its file's rules; each failure is an error diagnostic.
 pub fn run_inline_test(file: &FileRules, test: &InlineTest) -> Vec<Diagnostic> {
     let label = format!("test {:?}", test.name);

@@ -23,6 +23,7 @@ pub mod lint;
 pub mod load;
 pub mod path;
 pub mod predicate;
+pub mod preflight;
 pub mod rule;
 pub mod set;
 pub mod syntax;
