@@ -14,7 +14,7 @@
 //! - [`record`]: the JSON-lines recording format;
 //! - [`history`]: queries over a journal (topic, time, signer, `where`), keyset paginated;
 //! - [`discovery`]: relays found through DNS SRV records;
-//! - [`config`], [`metrics`], [`duration`], [`systemd`]: shared plumbing;
+//! - [`config`], [`metrics`], [`duration`], [`systemd`], [`queue`]: shared plumbing;
 //! - [`cli`]: the `hark` command.
 pub mod admit;
 pub mod bus;
@@ -27,6 +27,7 @@ pub mod history;
 pub mod jobs;
 pub mod journal;
 pub mod metrics;
+pub mod queue;
 pub mod record;
 pub mod rules;
 pub mod sources;

@@ -182,6 +182,16 @@ impl Stack {
             .collect()
     }
 
+    /// Wait until a job of `rule` runs; that job.
+    fn running_job(&self, rule: &str) -> Value {
+        poll_until(WAIT, || {
+            self.jobs_of(rule)
+                .into_iter()
+                .find(|j| j["state"] == "running")
+        })
+        .unwrap_or_else(|| panic!("no job of {rule} runs: {:?}", self.jobs_of(rule)))
+    }
+
     /// Wait until `rule` has `n` jobs that are no longer live.
     fn wait_finished(&self, rule: &str, n: usize) -> Vec<Value> {
         poll_until(WAIT, || {
@@ -633,13 +643,7 @@ rules:
 "#,
     );
     stack.publish("_lk.test.long", json!({}));
-    let running = poll_until(WAIT, || {
-        stack
-            .jobs_of("long")
-            .into_iter()
-            .find(|j| j["state"] == "running")
-    })
-    .expect("the job runs");
+    let running = stack.running_job("long");
     let id = running["id"].to_string();
     assert!(hark_jobs(&stack, &["cancel", &id]).contains("the daemon will stop it"));
     let cancelled = poll_until(WAIT, || {
@@ -868,4 +872,54 @@ rules:
         !jobs.contains("needs-signature"),
         "fedmsg events carry no verified signer: {jobs}"
     );
+}
+
+/// `hark jobs log -f` shows a running job's output as it comes and ends with the job;
+/// afterwards `hark jobs log` shows the tail the state file keeps.
+#[test]
+fn jobs_log_follows_a_running_job_until_it_ends() {
+    let stack = Stack::start(
+        r#"
+rules:
+  - name: talk
+    match: {topic: _lk.test.talk}
+    run:
+      command: [/bin/sh, -c, 'echo one; while [ ! -e "$GO" ]; do sleep 0.05; done; echo two']
+      env: {GO: "@DIR@/go"}
+"#,
+    );
+    stack.publish("_lk.test.talk", json!({}));
+    let running = stack.running_job("talk");
+    let id = running["id"].to_string();
+    let mut follow = Proc::spawn(
+        "jobs-log",
+        hark_command()
+            .args(["jobs", "log", "--follow", &id, "--state"])
+            .arg(&stack.state),
+    );
+    follow
+        .stdout
+        .wait_for("one", WAIT)
+        .expect("the output so far, while the job runs");
+    assert!(
+        follow.try_status().is_none(),
+        "--follow ended before the job did"
+    );
+    std::fs::write(stack.path("go"), "").unwrap();
+    follow
+        .stdout
+        .wait_for("two", WAIT)
+        .expect("the line written after following began");
+    follow.wait_success(WAIT).expect("ends with the job");
+    let status = follow.stderr.history().join("\n");
+    assert!(
+        status.contains(&format!("job {id} succeeded (exit 0)")),
+        "{status}"
+    );
+    assert_eq!(
+        follow.stdout.history(),
+        ["one", "two"],
+        "each line once, in order"
+    );
+    assert_eq!(hark_jobs(&stack, &["log", &id]), "one\ntwo\n");
 }

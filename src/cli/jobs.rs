@@ -16,6 +16,7 @@ use crate::jobs::store::{Job, Selection, State, Store};
     after_help = "Examples:\n  hark jobs                      # the 30 newest jobs\n  \
 hark jobs list --state-is failed  # what needs attention\n  \
 hark jobs --rule mirror-sync --since 2h --limit 5\n  hark jobs show 42               # argv, events, exit code, output tail\n  \
+hark jobs log -f 42             # its output as it runs, until it ends\n  \
 hark jobs retry 42              # run it again (a new job with the same events)\n  hark jobs cancel 43             # stop it (TERM, grace, KILL) or drop it if pending\n  \
 hark jobs fallbacks             # when each rule's fallback runs next"
 )]
@@ -43,6 +44,15 @@ enum JobsCommand {
         id: i64,
         #[arg(long)]
         json: bool,
+    },
+    /// A job's output: while it runs, what it printed so far (with --follow, as it comes,
+    /// until the job ends); once it ended, the tail the state file keeps. Every line is
+    /// also in the daemon's log (`journalctl -u hark-trigger HARK_JOB=ID`).
+    Log {
+        id: i64,
+        /// Keep printing as the job writes, until it ends (waits for a pending job to start).
+        #[arg(long, short)]
+        follow: bool,
     },
     /// Run a finished job again, with the same events.
     Retry { id: i64 },
@@ -208,6 +218,7 @@ pub fn run(args: JobsArgs) -> ExitCode {
                 ExitCode::SUCCESS
             }
         }),
+        JobsCommand::Log { id, follow } => log(&store, &path, id, follow),
         JobsCommand::Retry { id } => store.retry(id).map(|new| match new {
             None => super::fail(format!("no job {id}"), 1),
             Some(new) => {
@@ -255,6 +266,85 @@ pub fn run(args: JobsArgs) -> ExitCode {
         }),
     };
     result.unwrap_or_else(|e| super::fail(format!("{}: {e}", path.display()), 1))
+}
+
+/// `hark jobs log`: the live file while the job runs, the stored tail after. The status
+/// lines go to stderr, so stdout is the job's output alone.
+fn log(
+    store: &Store,
+    state: &std::path::Path,
+    id: i64,
+    follow: bool,
+) -> rusqlite::Result<ExitCode> {
+    use std::io::{Read as _, Write as _};
+    const POLL: std::time::Duration = std::time::Duration::from_millis(200);
+    let live = crate::jobs::live::path(&crate::jobs::live::dir(state), id);
+    let mut stdout = std::io::stdout().lock();
+    let mut waited = false;
+    let mut file: Option<std::fs::File> = None;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let Some(job) = store.get(id)? else {
+            return Ok(super::fail(format!("no job {id}"), 1));
+        };
+        // What the live file holds now; a reader that opened it reads on after removal.
+        if job.state == State::Running && file.is_none() {
+            file = std::fs::File::open(&live).ok();
+        }
+        if let Some(f) = &mut file {
+            loop {
+                match f.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if stdout
+                            .write_all(&buf[..n])
+                            .and_then(|()| stdout.flush())
+                            .is_err()
+                        {
+                            return Ok(ExitCode::SUCCESS); // the reader went away
+                        }
+                    }
+                }
+            }
+        }
+        match job.state {
+            State::Pending | State::Running if follow => {
+                if job.state == State::Pending && !waited {
+                    eprintln!("job {id} has not started yet; waiting for it");
+                    waited = true;
+                }
+                std::thread::sleep(POLL);
+            }
+            State::Pending => {
+                eprintln!("job {id} has not started yet (--follow waits for it)");
+                return Ok(ExitCode::SUCCESS);
+            }
+            State::Running => {
+                if file.is_none() {
+                    eprintln!(
+                        "job {id} is running, but its output is not at {} (a daemon of another version, or a run as a systemd unit: see journalctl)",
+                        live.display()
+                    );
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            _ => {
+                if file.is_none() {
+                    let tail = job.output_tail.as_deref().unwrap_or("");
+                    if stdout.write_all(tail.as_bytes()).is_err() {
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                    eprintln!("(the tail the state file keeps; every line is in the daemon's log: journalctl -u hark-trigger HARK_JOB={id})");
+                }
+                let exit = job
+                    .exit_code
+                    .map(|c| format!(" (exit {c})"))
+                    .unwrap_or_default();
+                eprintln!("job {id} {}{exit}", job.state.as_str());
+                return Ok(ExitCode::SUCCESS);
+            }
+        }
+    }
 }
 
 fn list_line(job: &Job) -> String {

@@ -192,7 +192,7 @@ pub fn watch(
         Ok(None) => None,
         Err(e) => return super::fail(format!("{e:#}"), 1),
     };
-    let sources = match Sources::start(components, 1024) {
+    let sources = match Sources::start(components, 1024, 64 << 20) {
         Ok(s) => s,
         Err(e) => return super::fail(format!("{e:#}"), 1),
     };

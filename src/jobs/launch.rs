@@ -69,6 +69,8 @@ pub struct Spec {
     pub job: i64,
     /// Run as a transient systemd unit (`run.unit`) rather than as the daemon's child.
     pub unit: Option<crate::rules::unit::UnitSpec>,
+    /// Where the output logged goes as it comes (`live.rs`), for `hark jobs log`.
+    pub live_log: Option<PathBuf>,
 }
 
 /// Output caps from hark.yaml, the same for every job.
@@ -176,6 +178,7 @@ pub fn prepare(
         rule: rule.name.clone(),
         job: id,
         unit: rule.run.unit.clone(),
+        live_log: None,
     })
 }
 

@@ -4,12 +4,14 @@
 //!   retries, drain) that answers every input with [`scheduler::Effect`]s;
 //! - [`launch`]: argv, environment, stdin and working directory of one start;
 //! - [`runner`]: running one command (timeout, output);
+//! - [`live`]: a running job's output as it grows, for `hark jobs log --follow`;
 //! - [`contain`]: the per-job supervisor that keeps every process of a job contained;
 //! - [`store`]: the SQLite state, which applies effects and reserves job ids;
 //! - [`report`]: effects as metrics, log lines and `_hark.job.*` notices.
 
 mod contain;
 pub mod launch;
+pub mod live;
 pub mod report;
 pub mod runner;
 pub mod scheduler;

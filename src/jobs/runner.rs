@@ -76,6 +76,7 @@ struct Sink {
     tail: VecDeque<u8>,
     log_limit: usize,
     tail_limit: usize,
+    live: Option<super::live::LiveLog>,
 }
 
 impl Sink {
@@ -88,6 +89,9 @@ impl Sink {
         }
         if self.logged < self.log_limit {
             self.logged += line.len() + 1;
+            if let Some(live) = &mut self.live {
+                live.line(line);
+            }
             info!(
                 rule = spec_rule,
                 job,
@@ -97,6 +101,13 @@ impl Sink {
             );
         } else if !self.cap_noted {
             self.cap_noted = true;
+            if let Some(live) = &mut self.live {
+                let note = format!(
+                    "[hark: output exceeds {} bytes; the rest is not shown]",
+                    self.log_limit
+                );
+                live.line(note.as_bytes());
+            }
             warn!(
                 rule = spec_rule,
                 job,
@@ -255,6 +266,11 @@ pub async fn run(spec: Spec, mut cancel: watch::Receiver<bool>) -> Finished {
         tail: VecDeque::new(),
         log_limit: spec.log_limit,
         tail_limit: spec.tail_limit,
+        live: spec.live_log.clone().and_then(|path| {
+            super::live::LiveLog::create(path)
+                .inspect_err(|e| warn!(rule = %spec.rule, job = spec.job, "no live output for `hark jobs log`: {e}"))
+                .ok()
+        }),
     }));
     let mut readers = Vec::new();
     if let Some(out) = child.stdout.take() {
@@ -381,6 +397,7 @@ mod tests {
             rule: "r".into(),
             job: 1,
             unit: None,
+            live_log: None,
         }
     }
 
@@ -594,6 +611,40 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(f.outcome, Outcome::Cancelled);
+    }
+
+    /// While the job runs its output is in the live file, line by line; when it has
+    /// ended the file is gone (the store keeps the tail).
+    #[tokio::test]
+    async fn output_is_live_in_a_file_while_the_job_runs() {
+        let tmp = tempfile::tempdir().expect("a temp dir");
+        let live = tmp.path().join("out").join("1.log");
+        let mut s = spec(&[
+            "/bin/sh",
+            "-c",
+            "echo first; echo err >&2; while [ ! -e \"$1\" ]; do sleep 0.05; done; echo last",
+            "sh",
+        ]);
+        let go = tmp.path().join("go");
+        s.argv.push(go.display().to_string());
+        s.live_log = Some(live.clone());
+        let run = tokio::spawn(run(s, no_cancel()));
+        let mut seen = String::new();
+        for _ in 0..200 {
+            seen = std::fs::read_to_string(&live).unwrap_or_default();
+            if seen.lines().count() == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        let mut lines: Vec<&str> = seen.lines().collect();
+        lines.sort();
+        assert_eq!(lines, ["err", "first"], "live output while running");
+        std::fs::write(&go, "").expect("let it finish");
+        let f = run.await.expect("no panic");
+        assert_eq!(f.outcome, Outcome::Success, "{}", f.output_tail);
+        assert!(f.output_tail.ends_with("last\n"), "{}", f.output_tail);
+        assert!(!live.exists(), "the live file outlived its job");
     }
 
     #[tokio::test]

@@ -19,7 +19,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crossbeam_channel::{Sender, TrySendError};
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions, QueueBindOptions,
@@ -32,7 +31,7 @@ use serde_json::{Map, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tracing::{debug, info, warn};
 
-use super::{Received, Source};
+use super::{Received, Sender, Source, TrySendError};
 use crate::config::AmqpConfig;
 use crate::event::{canonical, Ack, Event, Format, Settle};
 use crate::metrics::Registry;

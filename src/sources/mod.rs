@@ -14,7 +14,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use anyhow::Context as _;
-use crossbeam_channel::{Receiver, Sender};
+
+use crate::queue::Weigh;
+pub use crate::queue::{Receiver, SendTimeoutError, Sender, TrySendError};
 
 /// Frames as one source received them.
 #[derive(Debug)]
@@ -54,6 +56,13 @@ impl Received {
     }
 }
 
+impl Weigh for Received {
+    fn weight(&self) -> usize {
+        self.frames.iter().map(Vec::len).sum::<usize>()
+            + self.parsed.as_ref().map_or(0, |e| e.weight())
+    }
+}
+
 /// A component that produces messages. `run` returns when `stop` is set or the receiving
 /// side of `out` is gone; it retries transient errors itself.
 pub trait Source: Send + 'static {
@@ -73,10 +82,15 @@ pub struct Sources {
 }
 
 impl Sources {
-    /// Start every source on its own thread. `capacity` bounds the channel, so a slow
-    /// consumer pushes back on the sources (libzmq then queues up to its HWM).
-    pub fn start(sources: Vec<Box<dyn Source>>, capacity: usize) -> anyhow::Result<Self> {
-        let (tx, rx) = crossbeam_channel::bounded(capacity);
+    /// Start every source on its own thread. `capacity` messages and `bytes` bound the
+    /// channel, so a slow consumer pushes back on the sources (libzmq then queues up to
+    /// its HWM, a broker up to its prefetch).
+    pub fn start(
+        sources: Vec<Box<dyn Source>>,
+        capacity: usize,
+        bytes: usize,
+    ) -> anyhow::Result<Self> {
+        let (tx, rx) = crate::queue::bounded(capacity, bytes);
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
         for source in sources {

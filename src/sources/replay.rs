@@ -13,10 +13,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 use tracing::{info, warn};
 
-use super::{Received, Source};
+use super::{Received, SendTimeoutError, Sender, Source};
 use crate::admit::Gap;
 use crate::bus::socket::new_socket;
 use crate::config::ZmqConfig;

@@ -7,10 +7,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crossbeam_channel::{SendTimeoutError, Sender};
 use tracing::error;
 
-use super::{Received, Source};
+use super::{Received, SendTimeoutError, Sender, Source};
 use crate::bus::subscribe::Subscriber;
 use crate::discovery::{Followed, RelayList, Resolver, Service};
 

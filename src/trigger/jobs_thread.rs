@@ -58,7 +58,7 @@ pub struct JobsThread {
     pub report: Reporter,
     pub metrics: Registry,
     pub runtime: tokio::runtime::Handle,
-    pub events: Receiver<Vec<Arc<Event>>>,
+    pub events: crate::queue::Receiver<Vec<Arc<Event>>>,
     pub control: Receiver<Control>,
     /// For runner tasks to report back on.
     pub control_tx: Sender<Control>,
@@ -66,6 +66,8 @@ pub struct JobsThread {
     pub shutdown_grace: Duration,
     /// Gaps the replay source could not fill, to keep for `hark jobs gaps`.
     pub lost: UnrecoverableSink,
+    /// Where running jobs' output grows (`jobs::live`), for `hark jobs log`.
+    pub live_dir: std::path::PathBuf,
 }
 
 fn log_store_error(what: &str, e: rusqlite::Error, metrics: &Registry) {
@@ -179,11 +181,14 @@ impl Loop {
             let events = if self.t.sched.draining() || self.failing.is_some() {
                 crossbeam_channel::never()
             } else {
-                self.t.events.clone()
+                self.t.events.selectable().clone()
             };
             crossbeam_channel::select! {
                 recv(events) -> batch => match batch {
-                    Ok(batch) => self.file(batch),
+                    Ok(batch) => {
+                        let batch = self.t.events.received(batch);
+                        self.file(batch)
+                    }
                     Err(_) => {
                         // Admission is gone: nothing more can arrive; finish like a drain.
                         self.begin_drain();
@@ -634,8 +639,10 @@ impl Loop {
         self.cancels.insert(l.id, tx);
         let done = self.t.control_tx.clone();
         let id = l.id;
+        let mut spec = l.spec;
+        spec.live_log = Some(crate::jobs::live::path(&self.t.live_dir, id));
         self.t.runtime.spawn(async move {
-            let finished = runner::run(l.spec, rx).await;
+            let finished = runner::run(spec, rx).await;
             let _ = done.send(Control::Finished(id, finished));
         });
     }

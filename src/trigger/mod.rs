@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Sender;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info};
 
@@ -45,10 +45,12 @@ use reload::RuleCache;
 const INTAKE_BATCH: usize = 512;
 /// How often admission looks for relays whose heartbeats stopped.
 const TICK: Duration = Duration::from_secs(1);
-/// Frames waiting for admission.
+/// Frames waiting for admission: at most this many, and this many bytes.
 const FRAMES_QUEUE: usize = 10_000;
-/// Admitted bursts waiting for the jobs thread.
+const FRAMES_QUEUE_BYTES: usize = 64 << 20;
+/// Admitted bursts waiting for the jobs thread, and their events' bytes.
 const EVENTS_QUEUE: usize = 64;
+const EVENTS_QUEUE_BYTES: usize = 64 << 20;
 
 pub struct TriggerOptions {
     pub connect: RelayList,
@@ -78,8 +80,8 @@ pub struct TriggerOptions {
 /// queued goes on as one burst, so the jobs thread files it in one transaction.
 fn spawn_admission(
     mut intake: Admission,
-    frames: Receiver<Received>,
-    events: Sender<Vec<Arc<Event>>>,
+    frames: crate::queue::Receiver<Received>,
+    events: crate::queue::Sender<Vec<Arc<Event>>>,
     gaps: Option<Sender<Gap>>,
 ) -> anyhow::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
@@ -188,8 +190,8 @@ pub fn run(
     )?;
     let replaying = replay.is_some();
     components.extend(replay.map(|r| Box::new(r) as Box<dyn Source>));
-    let sources = Sources::start(components, FRAMES_QUEUE)?;
-    let (events_tx, events_rx) = crossbeam_channel::bounded::<Vec<Arc<Event>>>(EVENTS_QUEUE);
+    let sources = Sources::start(components, FRAMES_QUEUE, FRAMES_QUEUE_BYTES)?;
+    let (events_tx, events_rx) = crate::queue::bounded(EVENTS_QUEUE, EVENTS_QUEUE_BYTES);
     let (control_tx, control_rx) = crossbeam_channel::unbounded::<Control>();
     let mut intake = Admission::new(
         Gate::new(opts.policy, opts.allow_fedmsg, usize::MAX),
@@ -247,7 +249,9 @@ pub fn run(
         reload_interval: opts.reload_interval,
         shutdown_grace: opts.shutdown_grace,
         lost,
+        live_dir: crate::jobs::live::dir(&opts.state),
     };
+    crate::jobs::live::clear(&jobs.live_dir);
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
     let jobs = std::thread::Builder::new()
         .name("trigger-jobs".into())
