@@ -923,3 +923,44 @@ rules:
     );
     assert_eq!(hark_jobs(&stack, &["log", &id]), "one\ntwo\n");
 }
+
+/// `hark status` (another process) shows what the running daemon hears: the relay by
+/// name, with its heartbeats and the last event from it.
+#[test]
+fn hark_status_shows_that_the_daemon_really_receives_from_its_relay() {
+    let stack = Stack::start("rules: []\n");
+    let status = |stack: &Stack| -> Value {
+        serde_json::from_str(&hark_status(stack, &["--json"])).unwrap_or(Value::Null)
+    };
+    let heard = poll_until(WAIT, || {
+        let s = status(&stack);
+        let r1 = s["sources"]
+            .as_array()?
+            .iter()
+            .find(|h| h["name"] == "r1")?
+            .clone();
+        (r1["last_event"].is_i64() && r1["last_heartbeat"].is_i64()).then_some(r1)
+    })
+    .unwrap_or_else(|| panic!("no heartbeat and event from r1 in {}", status(&stack)));
+    assert_eq!(heard["kind"], "relay");
+    assert_eq!(heard["silent"], false);
+    let text = hark_status(&stack, &[]);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("r1 ") && l.contains(" relay "))
+        .unwrap_or_else(|| panic!("no source line for r1 in {text}"));
+    assert!(line.contains(" up ") && line.contains(" ago"), "{line}");
+}
+
+fn hark_status(stack: &Stack, args: &[&str]) -> String {
+    let out = hark_command()
+        .arg("status")
+        .args(args)
+        .arg("--state")
+        .arg(&stack.state)
+        .arg("--rules")
+        .arg(&stack.rules)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

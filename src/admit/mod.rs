@@ -12,6 +12,7 @@
 
 pub mod dedupe;
 pub mod fedmsg;
+pub mod health;
 pub mod refusal;
 pub mod sequence;
 pub mod trust;
@@ -260,6 +261,8 @@ pub struct Admission {
     expected: Vec<String>,
     started: Instant,
     warned_unheard: bool,
+    /// What each source was last heard from, for `hark status`.
+    health: health::Health,
 }
 
 /// A relay is reported silent after this many heartbeat intervals without one.
@@ -290,7 +293,13 @@ impl Admission {
             expected: Vec::new(),
             started: Instant::now(),
             warned_unheard: false,
+            health: health::Health::default(),
         }
+    }
+
+    /// The snapshots of what each source was last heard from, handed over by `tick`.
+    pub fn health(&self) -> health::Shared {
+        self.health.shared()
     }
 
     /// The hark relays connected to (not fedmsg endpoints): if none sends a heartbeat in
@@ -315,9 +324,18 @@ impl Admission {
         }
         self.release_overdue(out);
         let replayed = received.replayed.is_some();
+        let kind = received.source;
         let Some(admitted) = self.admit_one(received) else {
             return;
         };
+        if !replayed {
+            let event = &admitted.event;
+            match (&event.relay, &event.source) {
+                (Some(stamp), _) => self.health.event(&stamp.relay, "relay"),
+                (None, Some(broker)) => self.health.event(broker, "amqp"),
+                (None, None) => self.health.event(kind, kind),
+            }
+        }
         let key = admitted
             .event
             .relay
@@ -489,6 +507,7 @@ impl Admission {
         }
         self.metrics
             .set("hark_relay_up", &[("relay", &beat.relay)], 1.0);
+        self.health.heartbeat(&beat.relay);
         // Heartbeats of the live relays are the clock that notices the dead ones.
         self.tick();
     }
@@ -513,9 +532,11 @@ impl Admission {
                 continue;
             }
             *silent = true;
+            self.health.silent(relay);
             warn!(relay = %relay, "relay {relay} sent no heartbeat for {}s (one is due every {}s): it is down, or the network to it is; events it publishes meanwhile are fetched once it is back", last.elapsed().as_secs(), every.as_secs_f64());
             self.metrics.set("hark_relay_up", &[("relay", relay)], 0.0);
         }
+        self.health.publish();
     }
 
     /// Gaps found since the last call, for a source that can fetch them again (replay).

@@ -46,6 +46,10 @@ struct Status {
     refused: Vec<String>,
     jobs: Vec<LiveJob>,
     relays: Vec<RelayProgress>,
+    /// What each source was last heard from, as the running daemon wrote it.
+    sources: Vec<crate::admit::health::SourceHealth>,
+    /// When the daemon last wrote `sources` (every 5 s while it runs; ms).
+    sources_written: Option<i64>,
     lost: Vec<Lost>,
 }
 
@@ -161,12 +165,16 @@ fn gather(store: &Store, state: PathBuf, dirs: &[PathBuf]) -> rusqlite::Result<S
         .into_iter()
         .map(|(range, noticed)| Lost { range, noticed })
         .collect();
+    let heard = store.sources()?;
+    let sources_written = heard.iter().map(|(_, w)| *w).max();
     Ok(Status {
         state,
         rules,
         refused,
         jobs,
         relays: store.relay_progress()?,
+        sources: heard.into_iter().map(|(s, _)| s).collect(),
+        sources_written,
         lost,
     })
 }
@@ -195,6 +203,68 @@ fn live(j: &Job, now: i64) -> LiveJob {
         elapsed_s: u64::try_from(now.saturating_sub(since) / 1000).unwrap_or(0),
         waiting,
     }
+}
+
+/// Daemons write the sources' health every 5 s; older than this, it is not running.
+const STALE_MS: i64 = 15_000;
+
+/// How long ago `ms` was, for a person: `3s ago`, `2h ago`.
+fn ago(ms: Option<i64>, now: i64) -> String {
+    match ms {
+        None => "never".into(),
+        Some(ms) => {
+            let secs = u64::try_from(now.saturating_sub(ms) / 1000).unwrap_or(0);
+            format!(
+                "{} ago",
+                crate::duration::format(std::time::Duration::from_secs(secs))
+            )
+        }
+    }
+}
+
+/// The sources table: whether the daemon really receives, and from what.
+fn sources(s: &Status, now: i64) -> String {
+    let mut out = String::new();
+    let Some(written) = s.sources_written else {
+        out.push_str("sources: not known (no daemon of this version ran on this state file)\n");
+        return out;
+    };
+    if now.saturating_sub(written) > STALE_MS {
+        out.push_str(&format!(
+            "sources: as the daemon last saw them, {}: it is not running, or stuck\n",
+            ago(Some(written), now)
+        ));
+    }
+    if s.sources.is_empty() {
+        out.push_str("sources: nothing heard from any source yet (no heartbeat, no event)\n");
+        return out;
+    }
+    out.push_str(&format!(
+        "{:<20}  {:<7}  {:<8}  {:<16}  last event
+",
+        "source", "kind", "state", "last heartbeat"
+    ));
+    for h in &s.sources {
+        let state = match (h.kind.as_str(), h.silent) {
+            ("relay", true) => "silent",
+            ("relay", false) if h.last_heartbeat.is_some() => "up",
+            _ => "-",
+        };
+        let beat = if h.kind == "relay" {
+            ago(h.last_heartbeat, now)
+        } else {
+            "-".into()
+        };
+        out.push_str(&format!(
+            "{:<20}  {:<7}  {:<8}  {:<16}  {}\n",
+            h.name,
+            h.kind,
+            state,
+            beat,
+            ago(h.last_event, now)
+        ));
+    }
+    out
 }
 
 fn render(s: &Status, now: i64) -> String {
@@ -274,6 +344,8 @@ fn render(s: &Status, now: i64) -> String {
             ));
         }
     }
+    out.push('\n');
+    out.push_str(&sources(s, now));
     let lost: u64 = s
         .lost
         .iter()
@@ -285,4 +357,72 @@ fn render(s: &Status, now: i64) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admit::health::SourceHealth;
+
+    fn status(sources: Vec<SourceHealth>, written: Option<i64>) -> Status {
+        Status {
+            state: PathBuf::from("state.db"),
+            rules: Vec::new(),
+            refused: Vec::new(),
+            jobs: Vec::new(),
+            relays: Vec::new(),
+            sources,
+            sources_written: written,
+            lost: Vec::new(),
+        }
+    }
+
+    fn source(name: &str, kind: &str, beat: Option<i64>, silent: bool) -> SourceHealth {
+        SourceHealth {
+            name: name.into(),
+            kind: kind.into(),
+            last_heartbeat: beat,
+            last_event: Some(1_000),
+            silent,
+        }
+    }
+
+    #[test]
+    fn sources_say_whether_the_daemon_really_receives() {
+        let now = 100_000;
+        let text = sources(
+            &status(
+                vec![
+                    source("fedora", "amqp", None, false),
+                    source("r1", "relay", Some(97_000), false),
+                    source("r2", "relay", Some(40_000), true),
+                ],
+                Some(98_000),
+            ),
+            now,
+        );
+        let line = |name: &str| {
+            text.lines()
+                .find(|l| l.starts_with(name))
+                .unwrap_or_else(|| panic!("no {name} in {text}"))
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        assert_eq!(line("fedora"), "fedora amqp - - 1m39s ago");
+        assert_eq!(line("r1"), "r1 relay up 3s ago 1m39s ago");
+        assert_eq!(line("r2"), "r2 relay silent 1m ago 1m39s ago");
+        assert!(!text.contains("not running"), "{text}");
+        let stale = sources(&status(Vec::new(), Some(now - 60_000)), now);
+        assert!(
+            stale.contains("1m ago: it is not running, or stuck"),
+            "{stale}"
+        );
+        assert!(
+            stale.contains("nothing heard from any source yet"),
+            "{stale}"
+        );
+        let unknown = sources(&status(Vec::new(), None), now);
+        assert!(unknown.starts_with("sources: not known"), "{unknown}");
+    }
 }

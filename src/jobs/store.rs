@@ -258,6 +258,15 @@ CREATE TABLE IF NOT EXISTS lost_events (
     why TEXT NOT NULL,
     noticed INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS sources (
+    name TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    last_heartbeat INTEGER,
+    last_event INTEGER,
+    silent INTEGER NOT NULL,
+    written INTEGER NOT NULL,
+    PRIMARY KEY (kind, name)
+);
 ";
 
 /// Bring a state file written by an older hark up to [`SCHEMA`]: columns added since.
@@ -792,6 +801,51 @@ impl Store {
                 now_ms()
             ])?;
         Ok(())
+    }
+
+    /// Replace what the sources were last heard from (`admit::health`), stamped now.
+    pub fn put_sources(&mut self, sources: &[crate::admit::health::SourceHealth]) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        tx.execute("DELETE FROM sources", [])?;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO sources (name, kind, last_heartbeat, last_event, silent, written)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            let now = now_ms();
+            for s in sources {
+                insert.execute(params![
+                    s.name,
+                    s.kind,
+                    s.last_heartbeat,
+                    s.last_event,
+                    s.silent,
+                    now
+                ])?;
+            }
+        }
+        tx.commit()
+    }
+
+    /// What the sources were last heard from, with when the daemon wrote it (ms).
+    pub fn sources(&self) -> Result<Vec<(crate::admit::health::SourceHealth, i64)>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT name, kind, last_heartbeat, last_event, silent, written FROM sources
+             ORDER BY kind, name",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                crate::admit::health::SourceHealth {
+                    name: r.get(0)?,
+                    kind: r.get(1)?,
+                    last_heartbeat: r.get(2)?,
+                    last_event: r.get(3)?,
+                    silent: r.get(4)?,
+                },
+                r.get(5)?,
+            ))
+        })?;
+        rows.collect()
     }
 
     /// Ranges of events lost for good, newest first, with when they were noticed (ms).

@@ -35,6 +35,8 @@ use crate::systemd::{notify, NotifyState};
 pub const ID_BLOCK: u32 = 256;
 /// How often `hark jobs` edits are read back.
 const SYNC_EVERY: Duration = Duration::from_secs(1);
+/// How often the sources' health is written for `hark status`.
+const HEALTH_EVERY: Duration = Duration::from_secs(5);
 /// First wait before retrying a transaction the store could not commit; it doubles up to
 /// [`RETRY_MAX`] while the store keeps failing.
 const RETRY_FIRST: Duration = Duration::from_millis(100);
@@ -68,6 +70,8 @@ pub struct JobsThread {
     pub lost: UnrecoverableSink,
     /// Where running jobs' output grows (`jobs::live`), for `hark jobs log`.
     pub live_dir: std::path::PathBuf,
+    /// What admission last heard from each source, written for `hark status`.
+    pub health: crate::admit::health::Shared,
 }
 
 fn log_store_error(what: &str, e: rusqlite::Error, metrics: &Registry) {
@@ -136,6 +140,8 @@ struct Loop {
     held: Option<Vec<Arc<Event>>>,
     /// Job ends (and retries) not yet in the store, written again before the burst.
     unrecorded: Vec<Effect>,
+    /// The sources' health as admission last handed it over.
+    sources: Vec<crate::admit::health::SourceHealth>,
 }
 
 impl JobsThread {
@@ -150,6 +156,7 @@ impl JobsThread {
             failing: None,
             held: None,
             unrecorded: Vec::new(),
+            sources: Vec::new(),
         };
         l.run();
     }
@@ -158,6 +165,7 @@ impl JobsThread {
 impl Loop {
     fn run(&mut self) {
         let mut next_sync = Instant::now() + SYNC_EVERY;
+        let mut next_health = Instant::now();
         let reload_every = self.t.reload_interval.max(Duration::from_millis(100));
         let mut next_reload = Instant::now() + reload_every;
         self.settle();
@@ -234,6 +242,10 @@ impl Loop {
             if now >= next_sync {
                 next_sync = now + SYNC_EVERY;
                 self.sync_store();
+            }
+            if now >= next_health {
+                next_health = now + HEALTH_EVERY;
+                self.write_health();
             }
             if now >= next_reload {
                 next_reload = now + reload_every;
@@ -645,6 +657,18 @@ impl Loop {
             let finished = runner::run(spec, rx).await;
             let _ = done.send(Control::Finished(id, finished));
         });
+    }
+
+    /// Write what admission last heard from each source. Written even when nothing
+    /// changed: its stamp is how `hark status` tells a quiet bus from a stopped daemon.
+    fn write_health(&mut self) {
+        if let Some(sources) = self.t.health.lock().ok().and_then(|mut s| s.take()) {
+            self.sources = sources;
+        }
+        if let Err(e) = self.t.store.put_sources(&self.sources) {
+            // Only `hark status` reads it: logged, nothing held back for it.
+            warn!("state store: cannot write the sources' health: {e}");
+        }
     }
 
     /// Pick up what `hark jobs` changed: cancel requests, cancelled pending jobs, retries.

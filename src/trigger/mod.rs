@@ -206,6 +206,7 @@ pub fn run(
     if !opts.connect.is_empty() {
         intake = intake.expecting_relays(std::slice::from_ref(&connect));
     }
+    let health = intake.health();
     let admission = spawn_admission(
         intake,
         sources.rx.clone(),
@@ -250,6 +251,7 @@ pub fn run(
         shutdown_grace: opts.shutdown_grace,
         lost,
         live_dir: crate::jobs::live::dir(&opts.state),
+        health,
     };
     crate::jobs::live::clear(&jobs.live_dir);
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
