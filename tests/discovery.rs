@@ -13,8 +13,8 @@ use std::process::{ChildStdin, Command};
 use std::time::Duration;
 
 use common::{
-    free_endpoint, free_port, hark_command, poll_until, spawn_ready, temp_dir, write_file, Proc,
-    TempDir,
+    free_endpoint, free_port, hark_command, poll_until, run_ok, spawn_ready, temp_dir, write_file,
+    Proc, TempDir,
 };
 use hark::discovery::{Resolver, Service};
 
@@ -413,4 +413,53 @@ fn a_domain_that_is_not_one_is_refused_before_anything_is_looked_up() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("is not a domain name"), "{err}");
+}
+
+/// `hark tail --srv` and `hark record --srv` find the relay in DNS as the trigger does.
+#[test]
+fn tail_and_record_find_the_relay_through_srv_records() {
+    let Some(mut site) = Site::new() else { return };
+    site.start_relay(0);
+    site.dns.serve(&site.relays[0].records("relay-a", 10));
+    let watch = |what: &str, extra: &[&str]| {
+        let mut cmd = hark_command();
+        cmd.args([what, "--srv", DOMAIN, "--count", "2", "--timeout", "60s"])
+            .args(["--topic", "_lk.test.**"])
+            .args(extra)
+            .arg("--config")
+            .arg(&site.config)
+            .arg("--trusted")
+            .arg(&site.keys.trusted);
+        Proc::spawn(what, &mut cmd)
+    };
+    let recording = site.dir.path().join("recorded.jsonl");
+    let mut tail = watch("tail", &["--json"]);
+    let mut record = watch("record", &["--out", &recording.display().to_string()]);
+    // Both subscribe asynchronously: publish until both have their two events.
+    let mut published = Vec::new();
+    let done = poll_until(WAIT, || {
+        let mut cmd = site.publish_command();
+        cmd.args(["_lk.test.discovery", "--data", "{}"]);
+        if let Ok(out) = run_ok("publish", &mut cmd, WAIT) {
+            published.extend(out);
+        }
+        (tail.try_status().is_some() && record.try_status().is_some()).then_some(())
+    });
+    assert!(
+        done.is_some(),
+        "tail or record never got two events through DNS"
+    );
+    tail.wait_success(WAIT).expect("tail reached --count");
+    record.wait_success(WAIT).expect("record reached --count");
+    let shown = tail.stdout.history().join("\n");
+    let recorded = std::fs::read_to_string(&recording).unwrap_or_default();
+    assert_eq!(recorded.lines().count(), 2, "{recorded}");
+    for text in [&shown, &recorded] {
+        let uuids = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| published.iter().any(|p| v.to_string().contains(p.as_str())))
+            .count();
+        assert_eq!(uuids, 2, "not the events published ({published:?}): {text}");
+    }
 }
