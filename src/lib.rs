@@ -13,6 +13,7 @@
 //! - [`trigger`]: the daemon that ties subscription, rules, scheduler and runner together;
 //! - [`record`]: the JSON-lines recording format;
 //! - [`history`]: queries over a journal (topic, time, signer, `where`), keyset paginated;
+//! - [`http`]: the relay's HTTP API (health, history, datagrepper-compatible `/raw` and `/id`);
 //! - [`discovery`]: relays found through DNS SRV records;
 //! - [`config`], [`metrics`], [`duration`], [`systemd`], [`queue`]: shared plumbing;
 //! - [`cli`]: the `hark` command.
@@ -24,6 +25,7 @@ pub mod discovery;
 pub mod duration;
 pub mod event;
 pub mod history;
+pub mod http;
 pub mod jobs;
 pub mod journal;
 pub mod metrics;

@@ -74,6 +74,21 @@ pub const FAMILIES: &[Family] = &[
         "Events the relay refused, by reason.",
     ),
     f(
+        "hark_http_submissions_total",
+        Kind::Counter,
+        "Submissions over the relay's HTTP API (POST /v1/submit and webhooks), by ack status.",
+    ),
+    f(
+        "hark_http_hooks_refused_total",
+        Kind::Counter,
+        "Webhook deliveries refused for a missing or wrong secret (401), by hook.",
+    ),
+    f(
+        "hark_http_rate_limited_total",
+        Kind::Counter,
+        "HTTP API requests refused by the per-client rate limit (429).",
+    ),
+    f(
         "hark_relay_gap_events_total",
         Kind::Counter,
         "Events missing from a relay's sequence (gaps seen from seqs and heartbeats), by relay.",

@@ -211,6 +211,9 @@ pub fn submit_all(
             let (tx, give_up) = (tx.clone(), &give_up);
             scope.spawn(move || {
                 let result = match target {
+                    Target::Acking { submit: ep } if crate::http::client::is_http(ep) => {
+                        crate::http::client::submit_until(ep, event, timeout, give_up)
+                    }
                     Target::Acking { submit: ep } => {
                         submit_until(ep, event, timeout, zmq_cfg, give_up)
                     }
@@ -370,6 +373,8 @@ pub enum PublishError {
         host: String,
         reason: String,
     },
+    #[error("no ack from relay {endpoint} over HTTP: {reason}")]
+    Http { endpoint: String, reason: String },
     #[error("ZeroMQ error talking to {endpoint}: {source}")]
     Zmq {
         endpoint: String,
@@ -520,14 +525,19 @@ pub fn submit_until(
         if ack.uuid.as_deref().is_some_and(|u| u != uuid) {
             continue;
         }
-        return match ack.status {
-            AckStatus::Accepted | AckStatus::Duplicate => Ok(ack),
-            AckStatus::Refused => Err(PublishError::Refused {
-                endpoint: endpoint.to_string(),
-                reason: ack.reason.unwrap_or_default(),
-                message: ack.message.unwrap_or_default(),
-            }),
-        };
+        return ack_result(endpoint, ack);
+    }
+}
+
+/// A relay's ack as the publisher's outcome: accepted and duplicate are published.
+pub fn ack_result(endpoint: &str, ack: Ack) -> Result<Ack, PublishError> {
+    match ack.status {
+        AckStatus::Accepted | AckStatus::Duplicate => Ok(ack),
+        AckStatus::Refused => Err(PublishError::Refused {
+            endpoint: endpoint.to_string(),
+            reason: ack.reason.unwrap_or_default(),
+            message: ack.message.unwrap_or_default(),
+        }),
     }
 }
 

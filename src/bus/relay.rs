@@ -66,6 +66,9 @@ pub struct RelayOptions {
     pub retention: Retention,
     /// ROUTER endpoints answering replay requests (only with a journal).
     pub replay: Vec<String>,
+    /// The relay's ZeroMQ context. Its submit ROUTER is also bound on
+    /// [`crate::http::submit::INPROC_SUBMIT`] there, for the HTTP API's submissions.
+    pub context: zmq::Context,
 }
 
 impl RelayOptions {
@@ -101,6 +104,7 @@ impl RelayOptions {
                 max_bytes: relay.journal_max_bytes,
             },
             replay: relay.replay.clone(),
+            context: zmq::Context::new(),
         }
     }
 }
@@ -272,7 +276,7 @@ pub fn run(
     shutdown: Arc<AtomicBool>,
     ready: impl FnOnce(),
 ) -> anyhow::Result<()> {
-    let ctx = zmq::Context::new();
+    let ctx = opts.context.clone();
     let router = new_socket(&ctx, zmq::ROUTER, &opts.zmq)?;
     // A hard backstop far above the configured limit: libzmq drops the connection of a peer
     // that sends more, before buffering it; anything between is refused and counted below.
@@ -280,6 +284,10 @@ pub fn run(
         i64::try_from(opts.max_message_size.saturating_mul(16)).unwrap_or(i64::MAX),
     )?;
     bind_all(&router, &opts.submit, "submit")?;
+    // HTTP submissions enter here: the same socket, so the same admission, dedupe and ack.
+    router
+        .bind(crate::http::submit::INPROC_SUBMIT)
+        .context("binding the relay's inproc submit endpoint")?;
     let publisher = new_socket(&ctx, zmq::PUB, &opts.zmq)?;
     bind_all(&publisher, &opts.publish, "publish")?;
     let fedmsg = if opts.fedmsg_inbound.is_empty() {

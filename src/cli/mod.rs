@@ -4,7 +4,7 @@
 
 mod amqp;
 pub mod assets;
-mod history;
+pub(crate) mod history;
 mod jobs;
 mod keygen;
 mod publish;

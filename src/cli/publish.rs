@@ -50,7 +50,7 @@ pub struct PublishArgs {
     #[arg(required_unless_present = "flush_spool")]
     tag: Option<String>,
     /// A relay's submit endpoint (repeatable) [default: publish.relays from hark.yaml,
-    /// tcp://127.0.0.1:5571].
+    /// tcp://127.0.0.1:5571]; https://HOST:PORT submits over the relay's HTTP API.
     #[arg(long, value_name = "EP")]
     relay: Vec<String>,
     /// Find the relays in DNS: the _hark-submit._tcp.DOMAIN records, best priority first

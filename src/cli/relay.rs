@@ -3,6 +3,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use tracing::warn;
 
 use crate::bus::relay::{self, RelayOptions};
@@ -63,6 +66,16 @@ pub struct RelayArgs {
     /// An address that cannot be bound stops the relay before it is ready.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<String>,
+    /// Serve the HTTP API on ADDR:PORT (/healthz, /readyz, /v1/events, datagrepper's /raw
+    /// and /id) [default: http.listen; off]. HTTPS with --tls-cert and --tls-key.
+    #[arg(long, value_name = "ADDR")]
+    http: Option<String>,
+    /// PEM certificate chain for the HTTP API [default: http.tls_cert].
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert [default: http.tls_key].
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 pub fn run(args: RelayArgs) -> ExitCode {
@@ -100,6 +113,13 @@ fn run_inner(args: RelayArgs) -> anyhow::Result<()> {
     if args.metrics.is_some() {
         relay_cfg.metrics = args.metrics;
     }
+    if args.http.is_some() {
+        config.http.listen = args.http;
+    }
+    if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
+        config.http.tls_cert = Some(cert);
+        config.http.tls_key = Some(key);
+    }
     // Bound before the relay's sockets, so an unusable address stops it before it is ready.
     let endpoint = config
         .relay
@@ -120,9 +140,59 @@ fn run_inner(args: RelayArgs) -> anyhow::Result<()> {
     let opts = RelayOptions::new(&config.relay, &config.trust, &config.zmq, policy, key);
     let metrics = Registry::default();
     let _serving = endpoint.map(|e| e.spawn(metrics.clone())).transpose()?;
+    let ready = Arc::new(AtomicBool::new(false));
+    let _http = http_server(&config, &opts, ready.clone(), &metrics)?;
     let result = relay::run(opts, metrics, super::shutdown_flag(), || {
+        ready.store(true, Ordering::Relaxed);
         crate::systemd::notify(&[crate::systemd::NotifyState::Ready]);
     });
+    ready.store(false, Ordering::Relaxed);
     crate::systemd::notify(&[crate::systemd::NotifyState::Stopping]);
     result
+}
+
+/// The HTTP API beside a relay when `http.listen` is set; bound before the relay's sockets,
+/// so an unusable address or certificate stops it before it is ready.
+pub(crate) fn http_server(
+    config: &Config,
+    opts: &RelayOptions,
+    ready: Arc<AtomicBool>,
+    metrics: &Registry,
+) -> anyhow::Result<Option<crate::http::HttpServer>> {
+    let Some(listen) = config.http.listen.clone() else {
+        return Ok(None);
+    };
+    let tls = match (&config.http.tls_cert, &config.http.tls_key) {
+        (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+        (None, None) => None,
+        _ => anyhow::bail!("http.tls_cert and http.tls_key go together: set both or neither"),
+    };
+    let h = &config.http;
+    let hooks = crate::http::hooks::load(&h.hooks)?;
+    for hook in &hooks {
+        // Its events go through this relay's trust like any other: say so now, not with
+        // a refusal at the first push.
+        if opts.policy.keyring().get(&hook.key.name).is_none() {
+            anyhow::bail!(
+                "http.hooks.{}: its key signs as {:?}, which this relay does not trust: put \
+                 its public keyfile in trust.trusted_dir and grant it _hark.hook.{}.** (trust.grants)",
+                hook.name,
+                hook.key.name,
+                hook.name
+            );
+        }
+    }
+    let http = crate::http::HttpOptions {
+        listen,
+        tls,
+        journal: opts.journal.clone(),
+        relay: opts.name.clone(),
+        max_body: h.max_body,
+        request_timeout: h.request_timeout,
+        rate_limit: h.rate_limit,
+        rate_burst: h.rate_burst,
+        hooks: Arc::new(hooks),
+    };
+    crate::http::HttpServer::start(http, Some(opts.context.clone()), ready, metrics.clone())
+        .map(Some)
 }

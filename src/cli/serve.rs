@@ -15,6 +15,8 @@ use crate::event::keys::{read_signing_key, write_keypair, KeyMetadata, SigningKe
 use crate::metrics::Registry;
 
 const KEY_ID: &str = "hark-serve";
+/// Where serve's HTTP API listens unless told otherwise.
+const DEFAULT_HTTP: &str = "127.0.0.1:5574";
 
 #[derive(Debug, clap::Args)]
 #[command(
@@ -42,6 +44,10 @@ pub struct ServeArgs {
     /// Serve Prometheus metrics of the relay and the trigger daemon on ADDR:PORT (GET /metrics).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<String>,
+    /// HTTP API of the embedded relay (history, datagrepper's /raw and /id); "off" for none
+    /// [default: 127.0.0.1:5574, skipped with a warning when that port is taken].
+    #[arg(long, value_name = "ADDR")]
+    http: Option<String>,
     /// Trust and grants for other publishers, as `hark relay` and `hark trigger` take them
     /// (serve's own key is always trusted, with every topic granted).
     #[command(flatten)]
@@ -137,6 +143,25 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         policy.clone(),
         Some(key),
     );
+    let http_ready = Arc::new(AtomicBool::new(false));
+    let _http = match args.http.as_deref() {
+        Some("off") => None,
+        Some(addr) => {
+            config.http.listen = Some(addr.to_string());
+            super::relay::http_server(&config, &relay_opts, http_ready.clone(), &metrics)?
+        }
+        // The default port may be another serve's: a newcomer's second terminal, or tests
+        // running side by side. Only an address asked for is worth stopping over.
+        None => {
+            config.http.listen = Some(DEFAULT_HTTP.to_string());
+            super::relay::http_server(&config, &relay_opts, http_ready.clone(), &metrics)
+                .unwrap_or_else(|e| {
+                    config.http.listen = None;
+                    tracing::warn!("no HTTP API: {e:#}");
+                    None
+                })
+        }
+    };
     let relay_stop = Arc::new(AtomicBool::new(false));
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let relay_thread = {
@@ -145,6 +170,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .name("relay".into())
             .spawn(move || {
                 relay::run(relay_opts, metrics, stop, move || {
+                    http_ready.store(true, Ordering::Relaxed);
                     let _ = ready_tx.send(());
                 })
             })?
@@ -183,6 +209,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         eprintln!("  submit events to   {}", args.submit);
         eprintln!("  subscribe at       {}", args.publish);
         eprintln!("  replay from        {}", args.replay);
+        if let Some(http) = &config.http.listen {
+            eprintln!("  HTTP API on        http://{http}/");
+        }
         eprintln!("  rules from         {}", rules_dir.display());
         eprintln!("  state in           {}", state.display());
         eprintln!("Fire the example rule from another terminal:\n  {publish_line}\n");

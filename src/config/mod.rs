@@ -83,6 +83,7 @@ pub struct Config {
     pub zmq: ZmqConfig,
     pub amqp: AmqpConfig,
     pub discovery: DiscoveryConfig,
+    pub http: HttpConfig,
 }
 
 impl Config {
@@ -352,6 +353,72 @@ impl Default for AmqpConfig {
 pub struct DiscoveryConfig {
     /// Nameservers as `ADDRESS:PORT`; empty: the system's (/etc/resolv.conf).
     pub nameservers: Vec<std::net::SocketAddr>,
+}
+
+/// The relay's HTTP API (src/http/).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// `ADDR:PORT` the relay serves HTTP on; off when unset.
+    pub listen: Option<String>,
+    /// PEM certificate chain (leaf first) for HTTPS; with `tls_key`.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// Largest request body in bytes.
+    pub max_body: usize,
+    /// A request must be read and answered within this.
+    #[serde(with = "serde_text")]
+    pub request_timeout: Duration,
+    /// POST requests per second per client address; 0: no limit.
+    pub rate_limit: u32,
+    /// Requests a client may send at once above the rate.
+    pub rate_burst: u32,
+    /// Forge webhooks by name: `POST /v1/hooks/NAME`.
+    pub hooks: BTreeMap<String, HookConfig>,
+}
+
+/// How a webhook proves it knows the hook's secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HookKind {
+    /// GitLab and Salsa: the secret itself in `X-Gitlab-Token`.
+    Gitlab,
+    /// HMAC-SHA256 of the body in `X-Hub-Signature-256: sha256=<hex>`.
+    Github,
+    Forgejo,
+    Gitea,
+    /// HMAC-SHA256 of the body in `header` (default `X-Hub-Signature-256`).
+    Hmac,
+}
+
+/// One webhook.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HookConfig {
+    pub kind: HookKind,
+    /// File whose first line is the hook's secret.
+    pub secret_file: PathBuf,
+    /// The hook's own secret keyfile: its events are signed with it.
+    pub key: PathBuf,
+    /// For `kind: hmac`: the header with the signature.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: None,
+            tls_cert: None,
+            tls_key: None,
+            max_body: 1024 * 1024,
+            request_timeout: Duration::from_secs(30),
+            rate_limit: 50,
+            rate_burst: 200,
+            hooks: BTreeMap::new(),
+        }
+    }
 }
 
 /// libzmq socket options, set explicitly on every socket.

@@ -169,6 +169,13 @@ pub const SECTIONS: &[Section] = &[
               TTL runs out or a connection fails (docs/architecture.md, \"Finding relays\").",
     },
     Section {
+        name: "http",
+        doc: "The relay's HTTP API (hark relay --http): health, history (native and\n\
+              datagrepper-compatible). Off unless listen is set; plain HTTP unless tls_cert\n\
+              and tls_key are given (or put it behind a reverse proxy that terminates TLS;\n\
+              docs/architecture.md, \"The HTTP API\").",
+    },
+    Section {
         name: "zmq",
         doc: "libzmq socket options, set explicitly on every socket of every command.",
     },
@@ -560,6 +567,67 @@ pub const SETTINGS: &[Setting] = &[
         Kind::Addresses,
         "Nameservers to ask for SRV records and their targets, as ADDRESS:PORT, e.g.\n\
          [\"192.0.2.53:53\"]; empty: the system's (/etc/resolv.conf).",
+    ),
+    // --- http ---
+    s(
+        "http",
+        "listen",
+        Kind::Text,
+        "ADDR:PORT for the HTTP API, e.g. \"127.0.0.1:5574\"; off when unset. An address\n\
+         that cannot be bound stops the relay before it is ready.",
+    ),
+    s(
+        "http",
+        "tls_cert",
+        Kind::Path,
+        "PEM certificate chain (leaf first) to serve HTTPS with rustls; needs tls_key.",
+    ),
+    s(
+        "http",
+        "tls_key",
+        Kind::Path,
+        "PEM private key (PKCS#8, PKCS#1 or SEC1) of tls_cert.",
+    ),
+    s(
+        "http",
+        "max_body",
+        Kind::Integer,
+        "Largest request body in bytes (POST /v1/submit, webhooks); larger ones get 413.\n\
+         The relay's own relay.max_message_size applies to the event as well.",
+    ),
+    s(
+        "http",
+        "request_timeout",
+        Kind::Duration,
+        "A request must be read and answered within this (408 for a slow body, 504 when\n\
+         the relay does not ack in time).",
+    ),
+    s(
+        "http",
+        "rate_limit",
+        Kind::Integer,
+        "POST requests per second per client address (429 with Retry-After beyond);\n\
+         0: no limit. Behind a reverse proxy every client is the proxy: limit there.",
+    ),
+    s(
+        "http",
+        "rate_burst",
+        Kind::Integer,
+        "Requests a client may send at once above rate_limit.",
+    ),
+    s(
+        "http",
+        "hooks",
+        Kind::Map,
+        "Forge webhooks, POST /v1/hooks/NAME, by NAME (one topic segment), each\n\
+         {kind: gitlab|github|forgejo|gitea|hmac, secret_file: FILE, key: SECRETKEYFILE}\n\
+         (hmac also takes header:). gitlab (Salsa) checks X-Gitlab-Token, the others the\n\
+         HMAC-SHA256 in X-Hub-Signature-256, in constant time; wrong or missing: 401.\n\
+         A verified payload becomes the event _hark.hook.NAME.<kind> (push, merge_request,\n\
+         ...) with the payload as data, signed with key: trust its public half and grant\n\
+         it _hark.hook.NAME.** (trust.grants), on the relay and in the trigger.\n\
+         Example: {salsa: {kind: gitlab, secret_file: /etc/hark/hooks/salsa.secret,\n\
+         key: /etc/hark/keys/secret/salsa-hook.key_secret}}",
     ),
     // --- zmq ---
     s(

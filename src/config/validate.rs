@@ -51,6 +51,18 @@ pub fn check(config: &Config) -> Vec<Problem> {
         }),
         _ => {}
     }
+    let h = &config.http;
+    match (&h.tls_cert, &h.tls_key) {
+        (Some(_), None) => problems.push(Problem {
+            path: "http.tls_cert".into(),
+            message: "http.tls_cert needs http.tls_key: set both or neither".into(),
+        }),
+        (None, Some(_)) => problems.push(Problem {
+            path: "http.tls_key".into(),
+            message: "http.tls_key needs http.tls_cert: set both or neither".into(),
+        }),
+        _ => {}
+    }
     problems
 }
 
