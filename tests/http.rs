@@ -29,26 +29,7 @@ fn publish(submit_ep: &str, key: &SigningKey, tag: &str, data: Value) -> String 
     uuid
 }
 
-/// GET `url` with curl: the status and the body as JSON (Null when it is not JSON).
-fn curl(url: &str, extra: &[&str]) -> (u16, Value) {
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "20", "-w", "\n%{http_code}"])
-        .args(extra)
-        .arg(url)
-        .output()
-        .expect("run curl");
-    assert!(
-        out.status.success(),
-        "curl {url}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').expect("status line");
-    (
-        code.trim().parse().expect("status"),
-        serde_json::from_str(body).unwrap_or(Value::Null),
-    )
-}
+use common::curl::curl;
 
 /// `hark relay` submitting on `submit_ep`, with its HTTP API on `port` and its other
 /// sockets on free ports.

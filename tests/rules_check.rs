@@ -97,7 +97,7 @@ fn shipped_rules_pass_check() {
         "shipped rules are lint-clean"
     );
     assert!(report.tests_passed >= 10, "{}", report.summary());
-    assert_eq!(report.load.set.len(), 8);
+    assert_eq!(report.load.set.len(), 9);
     let (code, text) = run_check(vec![data("rules.d")]);
     assert_eq!(code, 0, "{text}");
     assert!(
@@ -346,7 +346,7 @@ fn rules_list_names_each_rule_with_its_file_and_line() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(rules.len(), 8);
+    assert_eq!(rules.len(), 9);
     let hello = rules.iter().find(|r| r["name"] == "hello").expect("hello");
     assert!(
         hello["source"]

@@ -303,6 +303,49 @@ mod tests {
         assert_eq!(kind_segment("a.b*c"), "a-b-c");
     }
 
+    fn hook(kind: HookKind, secret: &str) -> Hook {
+        Hook {
+            name: "h".into(),
+            kind,
+            secret: secret.as_bytes().to_vec(),
+            header: "x-hub-signature-256".into(),
+            key: SigningKey::generate("h-hook"),
+        }
+    }
+
+    #[test]
+    fn github_s_documented_hmac_example_verifies() {
+        // "Validating webhook deliveries", GitHub's documentation: this secret and body
+        // give this signature.
+        let h = hook(HookKind::Github, "It's a Secret to Everybody");
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-hub-signature-256",
+            "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"
+                .parse()
+                .unwrap(),
+        );
+        assert!(h.verify(&headers, b"Hello, World!"));
+        assert!(!h.verify(&headers, b"Hello, World?"));
+        assert!(!hook(HookKind::Github, "another secret").verify(&headers, b"Hello, World!"));
+        assert!(!h.verify(&HeaderMap::new(), b"Hello, World!"));
+    }
+
+    #[test]
+    fn gitlab_tokens_must_match_exactly() {
+        let h = hook(HookKind::Gitlab, "s3cret");
+        let with = |token: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert("x-gitlab-token", token.parse().unwrap());
+            headers
+        };
+        assert!(h.verify(&with("s3cret"), b"{}"));
+        for wrong in ["s3cre", "s3cret ", "S3CRET", ""] {
+            assert!(!h.verify(&with(wrong), b"{}"), "{wrong:?}");
+        }
+        assert!(!h.verify(&HeaderMap::new(), b"{}"));
+    }
+
     #[test]
     fn hex_decoding_refuses_garbage() {
         assert_eq!(decode_hex("00ff"), Some(vec![0, 255]));

@@ -14,6 +14,8 @@
 pub mod anchor;
 #[path = "../support/child.rs"]
 pub mod child;
+#[path = "../support/curl.rs"]
+pub mod curl;
 #[path = "../support/messages.rs"]
 pub mod messages;
 #[path = "../support/net.rs"]
