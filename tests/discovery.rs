@@ -285,12 +285,7 @@ impl Publisher {
 #[test]
 fn publishers_and_the_trigger_follow_the_srv_records_to_a_new_relay() {
     let Some(mut site) = Site::new() else { return };
-    site.start_relay(0);
-    let a = site.relays[0].records("relay-a", 10);
-    site.dns.serve(&a);
-    let trigger = site.start_trigger();
-    let (proc, stdin) = Publisher::spawn(&site);
-    let mut publisher = Publisher { proc, stdin, n: 0 };
+    let (a, trigger, mut publisher) = site.start_on_relay_a();
     let (a_submit, a_publish) = (
         site.relays[0].submit.clone(),
         site.relays[0].publish.clone(),
@@ -350,6 +345,18 @@ fn publishers_and_the_trigger_follow_the_srv_records_to_a_new_relay() {
     let ran = site.wait_ran(&all);
     let twice: Vec<&String> = all.iter().filter(|u| ran[*u] != 1).collect();
     assert!(twice.is_empty(), "ran more than once: {twice:?}");
+}
+
+impl Site {
+    /// Relay a alone in DNS, a trigger and a long-running publisher following the records.
+    fn start_on_relay_a(&mut self) -> (Vec<Srv>, Proc, Publisher) {
+        self.start_relay(0);
+        let a = self.relays[0].records("relay-a", 10);
+        self.dns.serve(&a);
+        let trigger = self.start_trigger();
+        let (proc, stdin) = Publisher::spawn(self);
+        (a, trigger, Publisher { proc, stdin, n: 0 })
+    }
 }
 
 impl Publisher {
@@ -462,4 +469,59 @@ fn tail_and_record_find_the_relay_through_srv_records() {
             .count();
         assert_eq!(uuids, 2, "not the events published ({published:?}): {text}");
     }
+}
+
+/// A relay that joins DNS later is caught up from when the trigger began listening: the
+/// events it took before the trigger knew of it run too, once each.
+#[test]
+fn a_relay_learned_of_later_is_caught_up_on_what_it_took_before() {
+    let Some(mut site) = Site::new() else { return };
+    let (a, trigger, mut publisher) = site.start_on_relay_a();
+    let mut all = publisher.publish(3);
+    site.wait_ran(&all);
+
+    // Relay b takes events while no record names it yet.
+    site.start_relay(1);
+    let b_submit = site.relays[1].submit.clone();
+    for n in 0..4 {
+        let mut cmd = hark_command();
+        cmd.args([
+            "publish",
+            "--relay",
+            &b_submit,
+            "--timeout",
+            "10s",
+            "--no-spool",
+        ])
+        .arg("--key")
+        .arg(site.keys.trusted.join("archive.key_secret"))
+        .args([
+            "_lk.test.discovery",
+            "--data",
+            &format!("{{\"early\": {n}}}"),
+        ]);
+        all.extend(run_ok("publish to b", &mut cmd, WAIT).expect("relay b took it"));
+    }
+
+    // Now DNS names b for subscribers (publish and replay records) as well.
+    let b: Vec<Srv> = site.relays[1]
+        .records("relay-b", 10)
+        .into_iter()
+        .filter(|r| r.0 != Service::Submit)
+        .collect();
+    site.dns
+        .serve(&a.iter().chain(&b).copied().collect::<Vec<Srv>>());
+    trigger
+        .stderr
+        .wait_for(&format!("added={}", site.relays[1].publish), WAIT)
+        .expect("the trigger subscribed to relay b");
+    all.extend(publisher.publish(2));
+
+    let ran = site.wait_ran(&all);
+    let twice: Vec<&String> = all.iter().filter(|u| ran[*u] != 1).collect();
+    assert!(twice.is_empty(), "ran more than once: {twice:?}");
+    trigger
+        .stderr
+        .wait_for("is new here: fetching what it received since", WAIT)
+        .expect("the catch-up is logged");
 }

@@ -25,7 +25,7 @@ use tracing::{debug, info, warn};
 
 pub use dedupe::Dedupe;
 pub use refusal::{Refusal, RefusalLog};
-pub use sequence::{Gap, Sequences};
+pub use sequence::{Gap, NewRelays, Sequences};
 pub use trust::{load_keyring, parse_event_time, parse_grant, TrustPolicy};
 
 use crate::bus::heartbeat::Heartbeat;
@@ -465,18 +465,23 @@ impl Admission {
 
     fn gap(&mut self, gap: Option<Gap>) {
         let Some(gap) = gap else { return };
-        if self.replaying {
-            // fedmsg pass-through takes seqs too, so a gap may hold nothing new: the
-            // replay source says what it recovered.
-            debug!(relay = %gap.relay, epoch = %gap.epoch, "seq {}..={} of relay {} not seen here; fetching them", gap.after + 1, gap.before - 1, gap.relay);
-        } else {
-            warn!(relay = %gap.relay, epoch = %gap.epoch, "missed {} event(s) from relay {} (seq {}..={}; lost on the network, or published while this subscriber was down; no replay endpoint is configured to fetch them)", gap.missing(), gap.relay, gap.after + 1, gap.before - 1);
+        // A relay first heard of while listening (`since_ms`): what it received since is
+        // fetched (the replay source logs it); how much that is is not known, so it is
+        // not counted as a gap.
+        if gap.since_ms.is_none() {
+            if self.replaying {
+                // fedmsg pass-through takes seqs too, so a gap may hold nothing new: the
+                // replay source says what it recovered.
+                debug!(relay = %gap.relay, epoch = %gap.epoch, "seq {}..={} of relay {} not seen here; fetching them", gap.after + 1, gap.before - 1, gap.relay);
+            } else {
+                warn!(relay = %gap.relay, epoch = %gap.epoch, "missed {} event(s) from relay {} (seq {}..={}; lost on the network, or published while this subscriber was down; no replay endpoint is configured to fetch them)", gap.missing(), gap.relay, gap.after + 1, gap.before - 1);
+            }
+            self.metrics.add(
+                "hark_relay_gap_events_total",
+                &[("relay", &gap.relay)],
+                gap.missing() as f64,
+            );
         }
-        self.metrics.add(
-            "hark_relay_gap_events_total",
-            &[("relay", &gap.relay)],
-            gap.missing() as f64,
-        );
         if self.replaying {
             let h = self
                 .held

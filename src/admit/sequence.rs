@@ -14,6 +14,10 @@ pub struct Gap {
     pub epoch: String,
     pub after: u64,
     pub before: u64,
+    /// For a relay first heard of while this subscriber was already listening: only what
+    /// it received from this time on (ms since the Unix epoch, its clock) is missing,
+    /// not its whole journal.
+    pub since_ms: Option<i64>,
 }
 
 impl Gap {
@@ -29,7 +33,26 @@ pub struct Sequences {
     /// The highest seq known to exist per (relay, epoch): gaps up to here were reported.
     noticed: HashMap<(String, String), u64>,
     relays: HashSet<String>,
+    /// Where a relay never seen before starts: at its head, or (with replay) at what it
+    /// received since this subscriber has been listening.
+    new_relays: NewRelays,
 }
+
+/// Where a relay never heard of before starts.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum NewRelays {
+    /// At its head: nothing before is fetched (no replay, or a subscriber's first relay).
+    #[default]
+    AtHead,
+    /// From what it received since this time (ms): the subscriber was listening then,
+    /// so events published to that relay since were meant for it. `None` until the first
+    /// relay is heard of, which starts at its head and sets the time.
+    Since(Option<i64>),
+}
+
+/// Clocks of relay hosts and of this one differ: a new relay is asked for a little more
+/// than what it received since, and what came twice is dropped by uuid.
+pub const CLOCK_SKEW_MS: i64 = 30_000;
 
 impl Sequences {
     /// Start from what an earlier run persisted.
@@ -40,13 +63,45 @@ impl Sequences {
             noticed: last.clone(),
             last,
             relays,
+            new_relays: NewRelays::AtHead,
+        }
+    }
+
+    /// Catch up on relays first heard of later (`NewRelays::Since`), for a subscriber
+    /// that can fetch from the relays' journals.
+    pub fn with_new_relays(mut self, new_relays: NewRelays) -> Self {
+        self.new_relays = new_relays;
+        self
+    }
+
+    /// A relay heard of for the first time, whose next seq is `next`: where it starts.
+    fn first_heard(&mut self, relay: &str, epoch: &str, next: u64) -> Option<Gap> {
+        self.relays.insert(relay.to_string());
+        let now = chrono::Utc::now().timestamp_millis();
+        match self.new_relays {
+            NewRelays::AtHead => None,
+            NewRelays::Since(None) => {
+                self.new_relays = NewRelays::Since(Some(now));
+                None
+            }
+            NewRelays::Since(Some(since)) => (next > 1).then(|| Gap {
+                relay: relay.to_string(),
+                epoch: epoch.to_string(),
+                after: 0,
+                before: next,
+                since_ms: Some(since.saturating_sub(CLOCK_SKEW_MS)),
+            }),
         }
     }
 
     /// Note an event's stamp; the gap before it, if this relay epoch skipped numbers, or if
     /// it is a new epoch of a relay seen before (its first events never arrived here).
     pub fn observe(&mut self, stamp: &RelayStamp) -> Option<Gap> {
-        let gap = self.gap_before(&stamp.relay, &stamp.epoch, stamp.seq);
+        let gap = if self.relays.contains(&stamp.relay) {
+            self.gap_before(&stamp.relay, &stamp.epoch, stamp.seq)
+        } else {
+            self.first_heard(&stamp.relay, &stamp.epoch, stamp.seq)
+        };
         let key = (stamp.relay.clone(), stamp.epoch.clone());
         let last = self.last.entry(key.clone()).or_insert(0);
         *last = (*last).max(stamp.seq);
@@ -62,11 +117,12 @@ impl Sequences {
     pub fn heartbeat(&mut self, relay: &str, epoch: &str, head: u64) -> Option<Gap> {
         let key = (relay.to_string(), epoch.to_string());
         if !self.relays.contains(relay) {
-            // A relay never seen before: start at its head rather than replaying its history.
-            self.relays.insert(relay.to_string());
+            // A relay never seen before: at its head, or from what it received since this
+            // subscriber listens; never its whole history.
+            let gap = self.first_heard(relay, epoch, head.saturating_add(1));
             self.last.insert(key.clone(), head);
             self.noticed.insert(key, head);
-            return None;
+            return gap;
         }
         let gap = self.gap_before(relay, epoch, head.saturating_add(1));
         let noticed = self.noticed.entry(key.clone()).or_insert(0);
@@ -87,6 +143,7 @@ impl Sequences {
             epoch: epoch.to_string(),
             after: known,
             before: next,
+            since_ms: None,
         })
     }
 
@@ -149,5 +206,41 @@ mod tests {
         let mut s = Sequences::default();
         assert_eq!(s.observe(&stamp(318)), None);
         assert_eq!(s.last("r", "e"), Some(318));
+    }
+
+    #[test]
+    fn a_relay_first_heard_of_later_is_caught_up_from_then_and_the_first_at_its_head() {
+        let mut s = Sequences::default();
+        assert_eq!(
+            s.heartbeat("a", "e", 9),
+            None,
+            "without replay: at its head"
+        );
+        let mut s = Sequences::default().with_new_relays(NewRelays::Since(None));
+        let before = chrono::Utc::now().timestamp_millis();
+        assert_eq!(
+            s.heartbeat("a", "e", 9),
+            None,
+            "the first relay: at its head"
+        );
+        let gap = s.heartbeat("b", "f", 5).expect("b is caught up");
+        assert_eq!((gap.relay.as_str(), gap.after, gap.before), ("b", 0, 6));
+        let since = gap.since_ms.expect("by time");
+        assert!(
+            since >= before - CLOCK_SKEW_MS && since <= before,
+            "{since} {before}"
+        );
+        assert_eq!(s.heartbeat("b", "f", 5), None, "once");
+        let c = RelayStamp {
+            relay: "c".into(),
+            ..stamp(3)
+        };
+        let gap = s.observe(&c).expect("an event first: the seqs before it");
+        assert_eq!((gap.after, gap.before), (0, 3));
+        assert_eq!(s.heartbeat("d", "g", 0), None, "nothing published yet");
+        // After a restart: from when the daemon last stored an event.
+        let mut s = Sequences::default().with_new_relays(NewRelays::Since(Some(1_000_000)));
+        let gap = s.heartbeat("a", "e", 2).expect("even the first");
+        assert_eq!(gap.since_ms, Some(1_000_000 - CLOCK_SKEW_MS));
     }
 }

@@ -12,7 +12,9 @@ use serde_json::{json, Value};
 
 use crossbeam_channel::RecvTimeoutError;
 
-use crate::admit::{load_keyring, Admission, Dedupe, Gap, Gate, Mode, Sequences, TrustPolicy};
+use crate::admit::{
+    load_keyring, Admission, Dedupe, Gap, Gate, Mode, NewRelays, Sequences, TrustPolicy,
+};
 use crate::config::Config;
 use crate::discovery::RelayList;
 use crate::event::{sign, Event};
@@ -212,7 +214,12 @@ pub fn watch(
         Gate::new(policy, true, usize::MAX),
         Mode::Observe,
         Dedupe::new(config.trust.dedupe_window, config.trust.dedupe_capacity),
-        Sequences::default(),
+        // With replay, a relay heard of after the first is caught up from then.
+        Sequences::default().with_new_relays(if gaps.is_some() {
+            NewRelays::Since(None)
+        } else {
+            NewRelays::AtHead
+        }),
         Registry::default(),
     );
     if !args.replay.is_empty() {

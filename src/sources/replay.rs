@@ -135,7 +135,14 @@ impl Source for ReplaySource {
                 .min(POLL);
             match self.gaps.recv_timeout(wait) {
                 Ok(gap) => {
-                    info!(relay = %gap.relay, epoch = %gap.epoch, "fetching seq {}..={} from the replay socket(s)", gap.after + 1, gap.before - 1);
+                    match gap.since_ms {
+                        Some(since) => {
+                            info!(relay = %gap.relay, epoch = %gap.epoch, "relay {} is new here: fetching what it received since {} (up to seq {}) from the replay socket(s)", gap.relay, chrono::DateTime::from_timestamp_millis(since).map(|t| t.to_rfc3339()).unwrap_or_default(), gap.before - 1)
+                        }
+                        None => {
+                            info!(relay = %gap.relay, epoch = %gap.epoch, "fetching seq {}..={} from the replay socket(s)", gap.after + 1, gap.before - 1)
+                        }
+                    }
                     wanted.push_back(Wanted {
                         from: gap.after + 1,
                         gap,
@@ -234,9 +241,18 @@ impl ReplaySource {
             Err(e) => return Fetch::Unreachable(e.to_string()),
         };
         let last = w.gap.before - 1;
-        let mut cursor = Cursor::new(Request {
-            to_seq: Some(last),
-            ..Request::after(&w.gap.epoch, w.from - 1)
+        let mut cursor = Cursor::new(match w.gap.since_ms {
+            // A new relay, nothing fetched yet: from its receive time, not its first seq.
+            Some(since) if w.from == w.gap.after + 1 => Request {
+                epoch: Some(w.gap.epoch.clone()),
+                from_ms: Some(since),
+                to_seq: Some(last),
+                ..Request::default()
+            },
+            _ => Request {
+                to_seq: Some(last),
+                ..Request::after(&w.gap.epoch, w.from - 1)
+            },
         });
         if let Err(e) = socket.send(cursor.request(), 0) {
             return Fetch::Unreachable(e.to_string());
@@ -289,7 +305,13 @@ impl ReplaySource {
                 }) => {
                     // The oldest part is past retention: report it, then fetch the rest.
                     let gone_to = first_available.saturating_sub(1).min(last);
-                    self.lose(w, gone_to, "older than the relay's journal retention");
+                    if w.gap.since_ms.is_some() && w.from == w.gap.after + 1 {
+                        // How many of its pruned events came after the time asked for
+                        // is not known: say so rather than count its whole past as lost.
+                        warn!(relay = %w.gap.relay, "relay {}'s journal no longer reaches back to the time asked for; events it received before seq {first_available} are not fetched", w.gap.relay);
+                    } else {
+                        self.lose(w, gone_to, "older than the relay's journal retention");
+                    }
                     if first_available > last {
                         return Fetch::Done;
                     }

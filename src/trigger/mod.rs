@@ -25,7 +25,7 @@ use crossbeam_channel::Sender;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info};
 
-use crate::admit::{Admission, Dedupe, Gap, Gate, Mode, Sequences, TrustPolicy};
+use crate::admit::{Admission, Dedupe, Gap, Gate, Mode, NewRelays, Sequences, TrustPolicy};
 use crate::config::ZmqConfig;
 use crate::discovery::RelayList;
 use crate::event::keys::SigningKey;
@@ -155,6 +155,18 @@ pub fn run(
     let last_seq = store
         .relay_seqs()
         .context("reading relay sequence numbers")?;
+    // The last time this daemon stored an event from a relay: it was listening then, so a
+    // relay it first hears of now is caught up from that time (with replay). A new daemon
+    // is listening from now on: what is published before its subscriptions are live is
+    // fetched too, so "ready" does not lose the first events.
+    let listening_since = store
+        .relay_progress()
+        .context("reading relay sequence numbers")?
+        .iter()
+        .map(|p| p.updated)
+        .filter(|&t| t > 0)
+        .max()
+        .unwrap_or_else(crate::jobs::now_ms);
 
     let connect = opts.connect.to_string();
     let mut components: Vec<Box<dyn Source>> = Vec::new();
@@ -197,7 +209,11 @@ pub fn run(
         Gate::new(opts.policy, opts.allow_fedmsg, usize::MAX),
         Mode::Enforce,
         Dedupe::new(opts.dedupe_window, opts.dedupe_capacity),
-        Sequences::new(last_seq),
+        Sequences::new(last_seq).with_new_relays(if replaying {
+            NewRelays::Since(Some(listening_since))
+        } else {
+            NewRelays::AtHead
+        }),
         metrics.clone(),
     );
     if replaying {
