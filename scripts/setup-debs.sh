@@ -20,6 +20,8 @@ NEEDED=(
     "amqp-consume     amqp-tools        bench/amqp compares hark with amqp-consume"
     "openssl          openssl           tests/amqp.rs makes a throw-away CA for the TLS broker"
     "dnsmasq          dnsmasq-base      tests/discovery.rs serves SRV records on loopback"
+    "chromium         chromium          tests/bus_page.rs opens the live bus page headless"
+    "curl             curl              tests/http.rs, tests/webhooks.rs are the HTTP clients"
 )
 
 missing=()

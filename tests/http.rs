@@ -11,23 +11,11 @@ use std::time::Duration;
 use common::{free_endpoint, free_port, hark_command, poll_until, spawn_ready, temp_dir};
 use hark::bus::publish::{build_event, submit};
 use hark::config::ZmqConfig;
-use hark::event::keys::SigningKey;
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-fn publish(submit_ep: &str, key: &SigningKey, tag: &str, data: Value) -> String {
-    let event = build_event(tag, data, key, None, None).expect("build");
-    let uuid = event["uuid"].as_str().expect("uuid").to_string();
-    submit(
-        submit_ep,
-        &event,
-        Duration::from_secs(15),
-        &ZmqConfig::default(),
-    )
-    .expect("acked");
-    uuid
-}
+use common::publish_acked as publish;
 
 use common::curl::curl;
 

@@ -67,7 +67,8 @@ pub struct RelayOptions {
     /// ROUTER endpoints answering replay requests (only with a journal).
     pub replay: Vec<String>,
     /// The relay's ZeroMQ context. Its submit ROUTER is also bound on
-    /// [`crate::http::submit::INPROC_SUBMIT`] there, for the HTTP API's submissions.
+    /// [`crate::http::submit::INPROC_SUBMIT`] there, for the HTTP API's submissions, and
+    /// its PUB on [`crate::http::stream::INPROC_PUBLISH`], for the live stream.
     pub context: zmq::Context,
 }
 
@@ -290,6 +291,10 @@ pub fn run(
         .context("binding the relay's inproc submit endpoint")?;
     let publisher = new_socket(&ctx, zmq::PUB, &opts.zmq)?;
     bind_all(&publisher, &opts.publish, "publish")?;
+    // The HTTP API's live stream subscribes here, on the relay's own context.
+    publisher
+        .bind(crate::http::stream::INPROC_PUBLISH)
+        .context("binding the relay's inproc publish endpoint")?;
     let fedmsg = if opts.fedmsg_inbound.is_empty() {
         None
     } else {

@@ -20,7 +20,9 @@ const DEFAULT_LIMIT: usize = 100;
 
 pub fn router(state: Arc<State>) -> Router {
     Router::new()
+        .route("/", get(super::page::page))
         .route("/healthz", get(healthz))
+        .route("/v1/stream", get(super::stream::stream))
         .route("/readyz", get(readyz))
         .route("/v1/events", get(events))
         .route("/raw", get(datagrepper::raw))

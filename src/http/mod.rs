@@ -1,7 +1,8 @@
 //! The relay's HTTP API (`hark relay --http ADDR`, `http.listen`; on loopback in `hark
 //! serve`): health and readiness, history over the journal (native `/v1/events` and
-//! datagrepper-compatible `/raw` and `/id`), and submissions (`POST /v1/submit`) through
-//! the relay's own submit path. axum on a thread and a runtime of its own,
+//! datagrepper-compatible `/raw` and `/id`), submissions (`POST /v1/submit`) and forge
+//! webhooks through the relay's own submit path, the live stream (`/v1/stream`, SSE) and
+//! the bus page (`/`). axum on a thread and a runtime of its own,
 //! as for the metrics endpoint: the relay itself has no async runtime. Everything that
 //! touches SQLite runs in `spawn_blocking`.
 
@@ -11,6 +12,8 @@ pub mod datagrepper;
 pub mod hooks;
 pub mod limit;
 pub mod listen;
+pub mod page;
+pub mod stream;
 pub mod submit;
 
 use std::net::SocketAddr;
@@ -63,6 +66,8 @@ pub struct State {
     pub metrics: Registry,
     /// The relay's submit path; `None` without a relay's ZeroMQ context.
     pub bridge: Option<Arc<submit::Bridge>>,
+    /// The relay's published events, for `/v1/stream`.
+    pub feed: Option<stream::Feed>,
     pub limiter: limit::Limiter,
     journals: Mutex<Vec<Journal>>,
 }
@@ -189,6 +194,7 @@ impl HttpServer {
             opts,
             ready,
             metrics,
+            feed: relay.as_ref().map(stream::Feed::start).transpose()?,
             bridge: relay.map(|ctx| Arc::new(submit::Bridge::new(ctx))),
             journals: Mutex::new(Vec::new()),
         });

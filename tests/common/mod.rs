@@ -59,6 +59,25 @@ pub fn signed(
     messages::signed_event(tag, data, key, None).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// Sign an event with `key`, submit it to a relay and wait for its ack: its uuid.
+pub fn publish_acked(
+    submit_ep: &str,
+    key: &hark::event::keys::SigningKey,
+    tag: &str,
+    data: serde_json::Value,
+) -> String {
+    let event = hark::bus::publish::build_event(tag, data, key, None, None).expect("build");
+    let uuid = event["uuid"].as_str().expect("uuid").to_string();
+    hark::bus::publish::submit(
+        submit_ep,
+        &event,
+        Duration::from_secs(15),
+        &hark::config::ZmqConfig::default(),
+    )
+    .expect("acked");
+    uuid
+}
+
 /// `event` as the canonical JSON frame a DEALER submits.
 pub fn event_bytes(event: &serde_json::Value) -> Vec<u8> {
     messages::event_frame(event).unwrap_or_else(|e| panic!("{e}"))
