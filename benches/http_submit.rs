@@ -2,7 +2,7 @@
 //! in the same run, to the same relay (`harness = false`): `cargo bench --bench http_submit`.
 //!
 //! One `hark relay` with a journal (`synchronous=FULL`, as packaged) and its HTTP API on
-//! TLS (a throw-away CA and certificate made with openssl), signed Laniakea events built
+//! TLS (a throw-away CA and certificate made with openssl, as for the broker tests), signed Laniakea events built
 //! before the clock starts. Each case runs `HARK_BENCH_CLIENTS` (8) clients at once, each
 //! sending one event and waiting for its ack before the next (closed loop, as `hark
 //! publish` does): HTTPS clients are reqwest with kept-alive connections, ZeroMQ clients a
@@ -22,78 +22,6 @@ use support::net::{try_free_endpoint, try_free_port};
 use support::{bench_hark_bin, bench_keys, env_num, exit_with, machine_lines, median, LoggedChild};
 
 const TAG: &str = "_lk.bench.http";
-
-fn test_ca(dir: &std::path::Path) -> Result<(), String> {
-    let run = |args: &[&str]| -> Result<(), String> {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .map_err(|e| format!("openssl: {e}"))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            ))
-        }
-    };
-    std::fs::write(dir.join("san.cnf"), "subjectAltName=IP:127.0.0.1\n")
-        .map_err(|e| e.to_string())?;
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-    ];
-    run(&[
-        &["req", "-x509"][..],
-        &ec,
-        &[
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=bench CA",
-        ],
-    ]
-    .concat())?;
-    run(&[
-        &["req"][..],
-        &ec,
-        &[
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=127.0.0.1",
-        ],
-    ]
-    .concat())?;
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "server.pem",
-        "-days",
-        "1",
-        "-extfile",
-        "san.cnf",
-    ])
-}
 
 /// Events per second for `clients` closed-loop clients sharing `frames`.
 fn run_case(
@@ -133,7 +61,8 @@ fn main() {
         env_num("HARK_BENCH_CLIENTS", 8),
     );
     let dir = tempfile::tempdir().unwrap_or_else(|e| exit_with(&e.to_string()));
-    test_ca(dir.path()).unwrap_or_else(|e| exit_with(&e));
+    let certs =
+        support::rabbitmq::make_certs(&dir.path().join("tls")).unwrap_or_else(|e| exit_with(&e));
     let keys = bench_keys(dir.path()).unwrap_or_else(|e| exit_with(&e));
     let config = dir.path().join("hark.yaml");
     std::fs::write(&config, "http:\n  rate_limit: 0\n")
@@ -158,9 +87,9 @@ fn main() {
     .arg("--config")
     .arg(&config)
     .arg("--tls-cert")
-    .arg(dir.path().join("server.pem"))
+    .arg(&certs.server_cert)
     .arg("--tls-key")
-    .arg(dir.path().join("server.key"))
+    .arg(&certs.server_key)
     .arg("--journal")
     .arg(dir.path().join("journal.db"))
     .arg("--key")
@@ -173,7 +102,7 @@ fn main() {
         .wait_for_output("relay ready", Duration::from_secs(30))
         .unwrap_or_else(|e| exit_with(&e));
 
-    let ca = std::fs::read(dir.path().join("ca.pem")).unwrap_or_default();
+    let ca = std::fs::read(&certs.ca).unwrap_or_default();
     let cert = reqwest::Certificate::from_pem(&ca).unwrap_or_else(|e| exit_with(&e.to_string()));
     let https: Vec<reqwest::blocking::Client> = (0..clients)
         .map(|_| {

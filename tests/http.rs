@@ -347,73 +347,12 @@ fn dg_replay(base: &str, inbound: &str, id: &str, dir: &Path) {
     panic!("the message fedmsg-dg-replay published never reached the relay");
 }
 
-/// A CA and a server certificate for 127.0.0.1 made with openssl, now.
+/// A CA and a server certificate for 127.0.0.1 made with openssl, now (the CA files the
+/// broker tests make too).
 fn test_ca(dir: &Path) -> Option<(std::path::PathBuf, std::path::PathBuf, std::path::PathBuf)> {
-    let run = |args: &[&str]| {
-        Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    std::fs::write(
-        dir.join("san.cnf"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
-    )
-    .ok()?;
-    let ok = run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=hark test CA",
-    ]) && run(&[
-        "req",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        "-subj",
-        "/CN=127.0.0.1",
-    ]) && run(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "server.pem",
-        "-days",
-        "1",
-        "-extfile",
-        "san.cnf",
-    ]);
-    ok.then(|| {
-        (
-            dir.join("ca.pem"),
-            dir.join("server.pem"),
-            dir.join("server.key"),
-        )
-    })
+    let certs = common::rabbitmq::make_certs(&dir.join("tls")).ok()?;
+    std::fs::copy(dir.join("tls/ca.key"), dir.join("ca.key")).ok()?;
+    Some((certs.ca, certs.server_cert, certs.server_key))
 }
 
 #[test]

@@ -12,6 +12,8 @@ pub mod child;
 pub mod messages;
 #[path = "../../tests/support/net.rs"]
 pub mod net;
+#[path = "../../tests/support/rabbitmq.rs"]
+pub mod rabbitmq;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
