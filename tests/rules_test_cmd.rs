@@ -78,6 +78,10 @@ fn recording_in_json_mode() {
                 "reason": "topic \"_lk.archive.package-upload-accepted\" does not match _hark.example.hello"
             },
             {
+                "rule": "salsa-push-rebuild",
+                "reason": "topic \"_lk.archive.package-upload-accepted\" does not match _hark.hook.salsa.push"
+            },
+            {
                 "rule": "mirror-sync",
                 "reason": "topic \"_lk.archive.package-upload-accepted\" does not match _lk.archive.*.published"
             },
