@@ -4,216 +4,15 @@
 
 mod common;
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{
-    free_endpoint, hark_command, poll_until, spawn_ready, temp_dir, write_file, Proc, TempDir,
-};
+use common::bus::{counts, publish_to, Bus, WAIT};
+use common::{free_endpoint, hark_command, poll_until, spawn_ready, temp_dir, write_file};
 use hark::bus::ack::AckStatus;
-use hark::bus::publish::{build_event, submit, submit_all, Target};
+use hark::bus::publish::{build_event, submit, Target};
 use hark::config::ZmqConfig;
 use hark::event::keys::SigningKey;
 use serde_json::json;
-
-const WAIT: Duration = Duration::from_secs(60);
-
-const RULES: &str = r#"
-rules:
-  - name: record
-    match: {topic: _lk.test.delivery}
-    run:
-      command: [/bin/sh, -c, 'echo "$HARK_UUID" >> "$LOG"']
-      env: {LOG: "@DIR@/ran.log"}
-      stdin: none
-"#;
-
-/// One relay's endpoints and journal; the process when it runs.
-struct Relay {
-    name: String,
-    submit: String,
-    publish: String,
-    replay: String,
-    journal: PathBuf,
-    extra: Vec<String>,
-    proc: Option<Proc>,
-}
-
-struct Bus {
-    dir: TempDir,
-    trusted: PathBuf,
-    relay_key: PathBuf,
-    key: SigningKey,
-    relays: Vec<Relay>,
-    /// The trigger's hark.yaml.
-    trigger_yaml: String,
-    trigger: Option<Proc>,
-}
-
-impl Bus {
-    fn new(relays: usize) -> Bus {
-        let dir = temp_dir();
-        let keys = common::test_keys(dir.path());
-        let d = dir.path().display().to_string();
-        write_file(
-            &dir.path().join("rules.d"),
-            "50-test.yaml",
-            &RULES.replace("@DIR@", &d),
-        );
-        let relays = (0..relays)
-            .map(|i| Relay {
-                name: format!("r{i}"),
-                submit: free_endpoint(),
-                publish: free_endpoint(),
-                replay: free_endpoint(),
-                journal: dir.path().join(format!("journal-{i}.db")),
-                extra: Vec::new(),
-                proc: None,
-            })
-            .collect();
-        let mut bus = Bus {
-            dir,
-            trusted: keys.trusted,
-            relay_key: keys.relay_secret,
-            key: keys.archive,
-            relays,
-            trigger_yaml: String::new(),
-            trigger: None,
-        };
-        for i in 0..bus.relays.len() {
-            bus.start_relay(i);
-        }
-        bus
-    }
-
-    fn start_relay(&mut self, i: usize) {
-        let r = &self.relays[i];
-        let proc = spawn_ready(
-            &r.name,
-            hark_command()
-                .args(["relay", "--submit", &r.submit, "--publish", &r.publish])
-                .args([
-                    "--replay",
-                    &r.replay,
-                    "--grant",
-                    "archive=**",
-                    "--name",
-                    &r.name,
-                ])
-                .arg("--journal")
-                .arg(&r.journal)
-                .arg("--key")
-                .arg(&self.relay_key)
-                .arg("--trusted")
-                .arg(&self.trusted)
-                .args(&r.extra),
-            "relay ready",
-        );
-        self.relays[i].proc = Some(proc);
-    }
-
-    fn kill_relay(&mut self, i: usize) {
-        if let Some(mut p) = self.relays[i].proc.take() {
-            p.kill();
-        }
-    }
-
-    fn start_trigger(&mut self) {
-        let mut cmd = hark_command();
-        cmd.args(["trigger", "--grant", "archive=**"]);
-        for r in &self.relays {
-            cmd.args(["--connect", &r.publish, "--replay", &r.replay]);
-        }
-        cmd.arg("--rules")
-            .arg(self.dir.path().join("rules.d"))
-            .arg("--state")
-            .arg(self.dir.path().join("state.db"))
-            .arg("--trusted")
-            .arg(&self.trusted)
-            .arg("--config")
-            .arg(write_file(self.dir.path(), "hark.yaml", &self.trigger_yaml));
-        self.trigger = Some(spawn_ready("trigger", &mut cmd, "trigger ready"));
-    }
-
-    fn kill_trigger(&mut self) {
-        if let Some(mut t) = self.trigger.take() {
-            t.kill();
-        }
-    }
-
-    fn targets(&self) -> Vec<Target> {
-        self.relays
-            .iter()
-            .map(|r| Target::Acking {
-                submit: r.submit.clone(),
-            })
-            .collect()
-    }
-
-    /// Publish one event to every relay; its uuid if at least one acked.
-    fn publish(&self, n: usize) -> Option<String> {
-        publish_to(&self.targets(), &self.key, n)
-    }
-
-    fn ran(&self) -> Vec<String> {
-        read_lines(&self.dir.path().join("ran.log"))
-    }
-
-    /// Wait until every uuid in `expected` ran; return how often each ran.
-    fn wait_all_ran(&self, expected: &[String]) -> HashMap<String, usize> {
-        let done = poll_until(WAIT, || {
-            let counts = counts(&self.ran());
-            expected
-                .iter()
-                .all(|u| counts.contains_key(u))
-                .then_some(counts)
-        });
-        done.unwrap_or_else(|| {
-            let counts = counts(&self.ran());
-            let missing: Vec<&String> = expected
-                .iter()
-                .filter(|u| !counts.contains_key(*u))
-                .collect();
-            panic!(
-                "{} of {} events never ran, e.g. {:?}",
-                missing.len(),
-                expected.len(),
-                &missing[..missing.len().min(5)]
-            )
-        })
-    }
-}
-
-fn publish_to(targets: &[Target], key: &SigningKey, n: usize) -> Option<String> {
-    let event = build_event("_lk.test.delivery", json!({"n": n}), key, None, None).ok()?;
-    let uuid = event["uuid"].as_str()?.to_string();
-    submit_all(
-        targets,
-        &event,
-        Duration::from_secs(15),
-        &ZmqConfig::default(),
-    )
-    .into_iter()
-    .any(|(_, r)| r.is_ok())
-    .then_some(uuid)
-}
-
-fn read_lines(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
-
-fn counts(lines: &[String]) -> HashMap<String, usize> {
-    let mut c = HashMap::new();
-    for l in lines {
-        *c.entry(l.clone()).or_insert(0) += 1;
-    }
-    c
-}
 
 /// Publish `count` events from a thread, at most `rate` per second; the acked uuids.
 fn publisher(
@@ -228,7 +27,7 @@ fn publisher(
         for n in 0..count {
             let due = started + Duration::from_secs_f64(n as f64 / f64::from(rate));
             std::thread::sleep(due.saturating_duration_since(Instant::now()));
-            if let Some(uuid) = publish_to(&targets, &key, n) {
+            if let Some(uuid) = publish_to(&targets, &key, json!({"n": n})) {
                 acked.push(uuid);
             }
         }

@@ -23,6 +23,8 @@ pub mod net;
 #[path = "../support/rabbitmq.rs"]
 pub mod rabbitmq;
 
+pub mod bus;
+
 pub use child::ChildGuard;
 
 use std::io::{BufRead, BufReader, Read};
