@@ -241,7 +241,7 @@ fn alive(pid: i32) -> bool {
     std::fs::read(format!("/proc/{pid}/cmdline"))
         .map(|c| {
             let c = String::from_utf8_lossy(&c);
-            c.contains("HARK_UUID") || c == "sleep\u{0}30\u{0}"
+            c.contains("INV_TRIGGER") || c == "sleep\u{0}30\u{0}"
         })
         .unwrap_or(false)
 }
@@ -361,15 +361,23 @@ fn check(run: &mut Run) {
                 let gone = poll_until(deadline.saturating_duration_since(Instant::now()), || {
                     (!alive(*pid)).then_some(())
                 });
-                assert!(gone.is_some(), "pid {pid} of {uuid}'s job outlives it");
+                assert!(
+                    gone.is_some(),
+                    "pid {pid} of {uuid}'s job outlives it: {} {:?}; ran.log:\n{}",
+                    std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default(),
+                    std::fs::read(format!("/proc/{pid}/cmdline"))
+                        .map(|c| String::from_utf8_lossy(&c).into_owned())
+                        .unwrap_or_default(),
+                    read_lines(&dir.join("ran.log")).join("\n")
+                );
             }
         }
     }
 }
 
-#[test]
-fn acked_events_run_once_or_again_only_after_a_kill_and_no_job_outlives_its_timeout() {
-    let mut config = prop_support::config("invariants", 8);
+/// `cases` scenarios; failures saved to proptest-regressions/`name`.txt.
+fn property(name: &'static str, cases: u32) {
+    let mut config = prop_support::config(name, cases);
     // Each case is seconds of real processes: report the failing case, do not shrink it.
     config.max_shrink_iters = 0;
     let mut runner = TestRunner::new(config);
@@ -407,4 +415,9 @@ fn acked_events_run_once_or_again_only_after_a_kill_and_no_job_outlives_its_time
     if let Err(e) = result {
         panic!("{e}");
     }
+}
+
+#[test]
+fn acked_events_run_once_or_again_only_after_a_kill_and_no_job_outlives_its_timeout() {
+    property("invariants", 8);
 }

@@ -243,6 +243,13 @@ pub fn run(
     let sink = results
         .clone()
         .map(|q| -> crate::jobs::report::NoticeSink { Box::new(move |n| q.push(n)) });
+    // The signal handlers go in before "trigger ready" is logged: a SIGHUP right after it
+    // must reload the rules, not kill the daemon (the default action) as it did while the
+    // handlers were installed later (found by tests/invariants.rs).
+    let signals = {
+        let _in_runtime = rt.enter();
+        Signals::install()?
+    };
     info!(
         connect = %connect,
         fedmsg = %opts.fedmsg.join(" "),
@@ -279,7 +286,7 @@ pub fn run(
         })
         .context("starting the jobs thread")?;
 
-    let result = rt.block_on(event_loop(control_tx, stop, done_rx, ready));
+    let result = rt.block_on(event_loop(control_tx, stop, done_rx, ready, signals));
     let _ = jobs.join();
     if let Some(q) = &results {
         q.close();
@@ -293,16 +300,36 @@ pub fn run(
     result
 }
 
+/// The daemon's SIGHUP, SIGTERM and SIGINT handlers (installed inside the runtime).
+struct Signals {
+    hup: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        Ok(Signals {
+            hup: signal(SignalKind::hangup())?,
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+}
+
 /// The tokio side: signals; returns once the jobs thread is done.
 async fn event_loop(
     control: Sender<Control>,
     stop: Arc<AtomicBool>,
     mut done: tokio::sync::oneshot::Receiver<()>,
     ready: impl FnOnce(),
+    signals: Signals,
 ) -> anyhow::Result<()> {
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
+    let Signals {
+        mut hup,
+        mut term,
+        mut int,
+    } = signals;
     let mut stop_tick = tokio::time::interval(Duration::from_millis(200));
     notify(&[crate::systemd::NotifyState::Ready]);
     ready();
