@@ -155,9 +155,9 @@ impl Run {
         }
     }
 
-    /// Until the trigger has filed an event of the relay, it has not seen the relay, and
-    /// would start at the relay's head after a restart ("a relay never seen before starts
-    /// at its head"): the guarantees hold from then on. Those first events are not counted.
+    /// Until the trigger has stored an event of the relay, "when it last stored an event"
+    /// (what a restarted trigger catches up from) is not defined by the scenario: the
+    /// guarantees are checked from then on. Those first events are not counted.
     fn warm_up(&self) {
         let started = poll_until(WAIT, || {
             let uuid =
