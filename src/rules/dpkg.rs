@@ -38,6 +38,7 @@ enum Invalid {
     EpochEmpty,
     EpochNotNumber,
     EpochTooBig,
+    EpochNegative,
     NothingAfterColon,
     RevisionEmpty,
     UpstreamEmpty,
@@ -50,6 +51,7 @@ impl Invalid {
             Invalid::EmbeddedSpaces => format!("version {text:?} has embedded spaces"),
             Invalid::EpochEmpty => format!("epoch in version {text:?} is empty"),
             Invalid::EpochNotNumber => format!("epoch in version {text:?} is not a number"),
+            Invalid::EpochNegative => format!("epoch in version {text:?} is negative"),
             Invalid::EpochTooBig => format!("epoch in version {text:?} is too big"),
             Invalid::NothingAfterColon => format!("nothing after colon in version {text:?}"),
             Invalid::RevisionEmpty => format!("revision in version {text:?} is empty"),
@@ -76,17 +78,30 @@ fn parts(text: &str) -> Result<Parts<'_>, Invalid> {
     }
     let (epoch, rest) = match trimmed.split_once(':') {
         Some((epoch, rest)) => {
-            if epoch.is_empty() {
+            // dpkg reads the epoch with strtol(3): leading white space (blanks were
+            // refused above, so \n \r \v \f) and a sign are part of it.
+            let number = epoch.trim_start_matches(['\n', '\r', '\u{b}', '\u{c}']);
+            let (negative, digits) = match number.as_bytes().first() {
+                Some(b'-') => (true, &number[1..]),
+                Some(b'+') => (false, &number[1..]),
+                _ => (false, number),
+            };
+            let numeric = digits.bytes().take_while(u8::is_ascii_digit).count();
+            if numeric == 0 {
                 return Err(Invalid::EpochEmpty);
             }
-            if !epoch.bytes().all(|b| b.is_ascii_digit()) {
+            if numeric < digits.len() {
                 return Err(Invalid::EpochNotNumber);
             }
-            let epoch: u32 = epoch
-                .parse()
+            let epoch: u32 = digits
+                .parse::<u64>()
                 .ok()
+                .and_then(|e| u32::try_from(e).ok())
                 .filter(|e| *e <= i32::MAX as u32)
                 .ok_or(Invalid::EpochTooBig)?;
+            if negative && epoch > 0 {
+                return Err(Invalid::EpochNegative);
+            }
             if rest.is_empty() {
                 return Err(Invalid::NothingAfterColon);
             }
@@ -392,6 +407,20 @@ mod tests {
         assert_eq!(compare("0\n ", "0"), Ok(Ordering::Greater));
         assert!(compare("0 \n", "0").is_err());
         assert!(compare("0 a", "0").is_err());
+    }
+
+    /// Found by tests/prop_dpkg.rs: dpkg reads the epoch with strtol(3), which skips
+    /// leading white space and takes a sign; `-0` is 0, not negative.
+    #[test]
+    fn the_epoch_is_read_as_strtol_reads_it() {
+        assert_eq!(compare("\n0:1", "1"), Ok(Ordering::Equal));
+        assert_eq!(compare("\r\u{b}2:1", "2:1"), Ok(Ordering::Equal));
+        assert_eq!(compare("+1:2", "1:2"), Ok(Ordering::Equal));
+        assert_eq!(compare("-0:1", "1"), Ok(Ordering::Equal));
+        assert_eq!(compare("\n0:.", "0"), Ok(Ordering::Greater));
+        assert!(compare("-1:1", "1").is_err());
+        assert!(compare("+:1", "1").is_err());
+        assert!(compare("1a:1", "1").is_err());
     }
 
     fn generated_pairs() -> Vec<(String, String)> {
