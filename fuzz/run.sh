@@ -1,6 +1,7 @@
 #!/bin/bash
 # `make fuzz`: build the fuzz targets with cargo-afl (AFL++ instrumentation on the stable
-# toolchain) and run each for FUZZ_SECONDS (default 60) at nice 19, one after the other.
+# toolchain) and run each for FUZZ_SECONDS (default 60) at nice 19, one after the other;
+# with FUZZ_EXECS=N a target stops after about N executions, if that comes first.
 # FUZZ_TARGETS picks some ("frames topics"). Prints executions and crashes per target;
 # copies each crash to fuzz/crashes/<target>/ (commit it with the fix: tests/prop_fuzz_corpus.rs
 # replays it) and exits 1 if there was any. State is kept in fuzz/out/ (not committed), and
@@ -9,14 +10,23 @@ set -euo pipefail
 cd "$(dirname "$0")"
 CARGO=${CARGO:-cargo}
 SECONDS_EACH=${FUZZ_SECONDS:-60}
-TARGETS=${FUZZ_TARGETS:-frames canonical rules templates topics dpkg}
+EXECS=()
+if [ -n "${FUZZ_EXECS:-}" ]; then EXECS=(-E "$FUZZ_EXECS"); fi
+TARGETS=${FUZZ_TARGETS:-frames canonical rules templates topics dpkg amqp}
 CARGO_AFL_VERSION=0.18.2
 
 if ! $CARGO afl --version 2>/dev/null | grep -q "$CARGO_AFL_VERSION"; then
     $CARGO install cargo-afl --version "$CARGO_AFL_VERSION" --locked
 fi
-# Builds AFL++ and its runtime once per rustc; says so (and fails) when already built.
-$CARGO afl config --build >/dev/null 2>&1 || true
+# Builds AFL++ and its runtime once per rustc. When they are already built, cargo-afl says
+# so and exits non-zero: that alone stays quiet; any other failure shows its output and stops.
+if ! config_log=$($CARGO afl config --build 2>&1); then
+    if ! grep -q "was already built" <<<"$config_log"; then
+        echo "building AFL++ (cargo afl config --build) failed:" >&2
+        echo "$config_log" >&2
+        exit 1
+    fi
+fi
 nice -n 19 $CARGO afl build --release --bins
 
 export AFL_SKIP_CPUFREQ=1 AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1 AFL_NO_UI=1 \
@@ -24,7 +34,7 @@ export AFL_SKIP_CPUFREQ=1 AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1 AFL_NO_UI=1 \
 crashed=0
 for t in $TARGETS; do
     mkdir -p out
-    nice -n 19 $CARGO afl fuzz -i "corpus/$t" -o "out/$t" -V "$SECONDS_EACH" "target/release/$t" \
+    nice -n 19 $CARGO afl fuzz -i "corpus/$t" -o "out/$t" -V "$SECONDS_EACH" "${EXECS[@]}" "target/release/$t" \
         >"out/$t.log" 2>&1 || { echo "$t: afl-fuzz failed, see fuzz/out/$t.log"; tail -20 "out/$t.log"; exit 1; }
     stats="out/$t/default/fuzzer_stats"
     execs=$(awk -F': *' '$1 ~ /^execs_done/ {print $2}' "$stats")

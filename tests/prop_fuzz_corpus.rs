@@ -60,3 +60,8 @@ fn topics() {
 fn dpkg() {
     replay("dpkg", targets::dpkg);
 }
+
+#[test]
+fn amqp() {
+    replay("amqp", targets::amqp);
+}

@@ -6,7 +6,8 @@
 //!
 //! This file is also compiled into hark's test suite (tests/prop_fuzz_corpus.rs), which
 //! replays every committed corpus file and crash through it: a crash once found stays a
-//! regression test. It may use only `hark`, `serde_json`, `chrono` and `std`.
+//! regression test. It may use only `hark`, `lapin` (a dependency of hark's, for the AMQP
+//! types), `serde_json`, `chrono` and `std`.
 
 use std::cmp::Ordering;
 use std::path::Path;
@@ -21,7 +22,10 @@ use hark::rules::index::TopicIndex;
 use hark::rules::path::FieldPath;
 use hark::rules::set::RuleSet;
 use hark::rules::template::{Template, Var};
+use hark::sources::amqp;
 use hark::topic::TopicPattern;
+use lapin::message::Delivery;
+use lapin::protocol::basic::parse_properties;
 use serde_json::{json, Value};
 
 /// The signer whose key the frames target trusts: seeds signed with it reach the rules.
@@ -222,5 +226,67 @@ pub fn dpkg(data: &[u8]) {
                 );
             }
         }
+    }
+}
+
+/// AMQP deliveries as the AMQP source maps them to events (`sources::amqp::to_event`): the
+/// routing key up to the first NUL, then the basic properties as they are on the wire (the
+/// content header's property flags and fields, parsed by lapin's own amq-protocol parser,
+/// so the headers table may hold every AMQP field type), then the body. An event made is
+/// the routing key's, keeps a non-empty message id, holds only finite numbers, and its frame
+/// is the canonical envelope; the headers, written back as AMQP fields for the sinks and
+/// read again, are stable after one such round.
+pub fn amqp(data: &[u8]) {
+    let Some(nul) = data.iter().position(|b| *b == 0) else {
+        return;
+    };
+    let Ok(key) = std::str::from_utf8(&data[..nul]) else {
+        return;
+    };
+    if key.len() > 255 {
+        return; // a routing key is an AMQP short string
+    }
+    let Ok((body, props)) = parse_properties(&data[nul + 1..]) else {
+        return;
+    };
+    let mut d = Delivery::mock(1, "amq.topic".into(), key.into(), false, body.to_vec());
+    d.properties = props;
+    let Ok(event) = amqp::to_event("fuzz", &d) else {
+        return;
+    };
+    assert_eq!(event.topic, key);
+    if let Some(id) = d
+        .properties
+        .message_id()
+        .as_ref()
+        .filter(|id| !id.as_str().is_empty())
+    {
+        assert_eq!(event.uuid, id.as_str(), "the message id is the event's id");
+    }
+    assert!(
+        canonical::non_finite(&event.body).is_none(),
+        "an event holds a non-finite number"
+    );
+    let frame = event.json_bytes();
+    let parsed = parse_json(&frame).expect("the event's frame parses");
+    assert_eq!(
+        canonical::to_vec(&parsed).expect("serializes"),
+        frame.as_ref(),
+        "the frame is canonical"
+    );
+    assert_eq!(
+        canonical::to_vec(&event.body).expect("serializes"),
+        frame.as_ref(),
+        "the frame is the envelope"
+    );
+    if let Value::Object(headers) = &event.headers {
+        let once = amqp::table_to_json(&amqp::json_to_table(headers));
+        let Value::Object(once_map) = &once else {
+            panic!("headers come back as {once}");
+        };
+        let twice = amqp::table_to_json(&amqp::json_to_table(once_map));
+        assert_eq!(once, twice, "headers are not stable through AMQP fields");
+    } else {
+        panic!("headers are {}", event.headers);
     }
 }
