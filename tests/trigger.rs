@@ -319,9 +319,11 @@ rules:
       command: [/bin/sh, -c, 'n=$(tr -cd "{" | wc -c); echo "$HARK_EVENT_COUNT $n" >> "$LOG"; sleep 0.5']
       env: {LOG: "@DIR@/runs.log"}
       stdin: batch
-    coalesce: {quiet: 500ms, max_delay: 20s}
+    coalesce: {quiet: 3s, max_delay: 60s}
 "#,
     );
+    // The quiet period must outlast any pause in the burst's delivery: on a loaded CI
+    // machine 500 ms passed between two events of the burst, a legitimate second run.
     let ctx = zmq::Context::new();
     let dealer = ctx.socket(zmq::DEALER).unwrap();
     dealer.connect(&stack.submit).unwrap();
