@@ -123,6 +123,16 @@ pub const FAMILIES: &[Family] = &[
         Kind::Counter,
         "AMQP connections that failed or were lost and were tried again (with backoff), by broker.",
     ),
+    f(
+        "hark_amqp_out_published_total",
+        Kind::Counter,
+        "Messages an AMQP sink published and the broker confirmed, by sink (results, relay).",
+    ),
+    f(
+        "hark_amqp_out_dropped_total",
+        Kind::Counter,
+        "Messages an AMQP sink dropped because 1,000 were already waiting for the broker, by sink.",
+    ),
     // --- relay ---
     f(
         "hark_relay_received_total",

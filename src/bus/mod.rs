@@ -16,6 +16,7 @@
 //! other threads talk to it through channels.
 
 pub mod ack;
+pub mod amqp_out;
 pub mod heartbeat;
 pub mod journal_thread;
 pub mod publish;

@@ -70,6 +70,8 @@ pub struct RelayOptions {
     /// [`crate::http::submit::INPROC_SUBMIT`] there, for the HTTP API's submissions, and
     /// its PUB on [`crate::http::stream::INPROC_PUBLISH`], for the live stream.
     pub context: zmq::Context,
+    /// Forward every published event to this AMQP exchange too (`--amqp-out`).
+    pub amqp_out: Option<crate::bus::amqp_out::AmqpOut>,
 }
 
 impl RelayOptions {
@@ -106,6 +108,7 @@ impl RelayOptions {
             },
             replay: relay.replay.clone(),
             context: zmq::Context::new(),
+            amqp_out: None,
         }
     }
 }
@@ -703,6 +706,15 @@ impl Relay {
                 }
                 // On disk with its seq: subscribers fetch it through replay.
                 warn!(uuid = %o.uuid, seq = self.seq, "cannot publish: {e}; subscribers fetch it from the journal");
+            }
+            if let Some(out) = &self.opts.amqp_out {
+                out.push(crate::bus::amqp_out::from_frames(
+                    &o.topic,
+                    &o.uuid,
+                    o.format,
+                    &o.frames,
+                    &self.opts.name,
+                ));
             }
             if o.format == "fedmsg" {
                 fedmsg += 1.0;

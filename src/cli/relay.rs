@@ -76,6 +76,19 @@ pub struct RelayArgs {
     /// PEM private key of --tls-cert [default: http.tls_key].
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Forward every event the relay publishes to an AMQP 0-9-1 broker too (RabbitMQ), in
+    /// fedora-messaging's format, so its consumers see the bus: an amqp:// or amqps:// URL
+    /// (TLS files from amqp.ca, amqp.cert, amqp.key) [default: off].
+    #[arg(long, value_name = "URL")]
+    amqp_out: Option<String>,
+    /// The exchange --amqp-out publishes to (routing key = topic) [default: amq.topic].
+    #[arg(
+        long,
+        value_name = "EXCHANGE",
+        default_value = "amq.topic",
+        requires = "amqp_out"
+    )]
+    amqp_out_exchange: String,
 }
 
 pub fn run(args: RelayArgs) -> ExitCode {
@@ -137,8 +150,18 @@ fn run_inner(args: RelayArgs) -> anyhow::Result<()> {
     let policy = args
         .trust
         .policy(&mut config, key.as_ref().map(|k| k.name.as_str()))?;
-    let opts = RelayOptions::new(&config.relay, &config.trust, &config.zmq, policy, key);
+    let mut opts = RelayOptions::new(&config.relay, &config.trust, &config.zmq, policy, key);
     let metrics = Registry::default();
+    if let Some(url) = args.amqp_out {
+        let mut amqp = config.amqp.clone();
+        amqp.url = Some(url);
+        opts.amqp_out = Some(crate::bus::amqp_out::AmqpOut::spawn(
+            &amqp,
+            args.amqp_out_exchange,
+            "relay",
+            metrics.clone(),
+        )?);
+    }
     let _serving = endpoint.map(|e| e.spawn(metrics.clone())).transpose()?;
     let ready = Arc::new(AtomicBool::new(false));
     let _http = http_server(&config, &opts, ready.clone(), &metrics)?;

@@ -328,6 +328,8 @@ pub struct AmqpConfig {
     pub cert: Option<PathBuf>,
     /// The client certificate's key (PEM, PKCS#8).
     pub key: Option<PathBuf>,
+    /// Publish `_hark.job.*` results to this exchange (fedora-messaging's format).
+    pub results_exchange: Option<String>,
 }
 
 impl Default for AmqpConfig {
@@ -343,6 +345,7 @@ impl Default for AmqpConfig {
             ca: None,
             cert: None,
             key: None,
+            results_exchange: None,
         }
     }
 }

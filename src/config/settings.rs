@@ -276,6 +276,13 @@ pub const SETTINGS: &[Setting] = &[
         Kind::Path,
         "The client certificate's private key (PEM).",
     ),
+    s(
+        "amqp",
+        "results_exchange",
+        Kind::Text,
+        "Publish the trigger's `_hark.job.*` results to this exchange of the broker, in\n\
+         fedora-messaging's format (routing key = topic), e.g. amq.topic. Unset: not.",
+    ),
     // --- relay ---
     s(
         "relay",

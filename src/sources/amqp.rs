@@ -75,13 +75,7 @@ impl AmqpSource {
     /// Check the settings and read the TLS files now, so a bad path or a missing URL stops
     /// the daemon at start with the file named, not later in a reconnect loop.
     pub fn new(config: &AmqpConfig, consume: Consume, metrics: Registry) -> anyhow::Result<Self> {
-        let Some(url) = config.url.clone() else {
-            anyhow::bail!("amqp.url is not set");
-        };
-        let url = url.trim().to_string();
-        if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
-            anyhow::bail!("amqp.url {url:?} must start with amqp:// or amqps://");
-        }
+        let url = checked_url(config)?;
         let tls = tls_config(config)?;
         Ok(AmqpSource {
             config: config.clone(),
@@ -364,11 +358,6 @@ pub fn to_event(broker: &str, d: &Delivery) -> Result<Event, Poison> {
         .as_ref()
         .map(table_to_json)
         .unwrap_or_else(|| Value::Object(Map::new()));
-    let id = match d.properties.message_id() {
-        Some(id) if !id.as_str().is_empty() => id.to_string(),
-        // Without a message_id a redelivery cannot be told from a new message.
-        _ => uuid::Uuid::new_v4().to_string(),
-    };
     let time = headers
         .get("sent-at")
         .and_then(Value::as_str)
@@ -379,6 +368,10 @@ pub fn to_event(broker: &str, d: &Delivery) -> Result<Event, Poison> {
                     .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
             })
         });
+    let id = match d.properties.message_id() {
+        Some(id) if !id.as_str().is_empty() => id.to_string(),
+        _ => derived_id(topic, &d.data, time.as_deref()),
+    };
     let envelope = envelope(topic, &id, &headers, &data, broker);
     let json = canonical::to_vec(&envelope).map_err(|e| Poison {
         reason: "malformed-json",
@@ -400,6 +393,28 @@ pub fn to_event(broker: &str, d: &Delivery) -> Result<Event, Poison> {
         source: Some(broker.to_string()),
         ack: None,
     })
+}
+
+/// The uuid of a message without a `message_id`: a UUIDv8 from SHA-256 over the routing
+/// key, the body and the send time (`sent-at`, else the `timestamp` property). A fresh
+/// random one would make a redelivery (its ack lost in a broker restart) look new and run
+/// again; this one is the same each time the broker sends the same message, so the
+/// store files it once per rule. The price: two messages alike in key, body and send
+/// time (to the second, with only a `timestamp`) are taken as one (docs/formats.md).
+pub fn derived_id(topic: &str, body: &[u8], time: Option<&str>) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    // Lengths first, so that no two different triples hash the same bytes.
+    for part in [topic.as_bytes(), body, time.unwrap_or("").as_bytes()] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part);
+    }
+    let digest = h.finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_custom_bytes(bytes)
+        .into_uuid()
+        .to_string()
 }
 
 /// fedora-messaging's JSON form of a message (`fedora_messaging.message.dumps`: topic,
@@ -476,9 +491,21 @@ fn json_to_value(v: &Value) -> AMQPValue {
     }
 }
 
+/// `amqp.url`, trimmed, if it is an amqp:// or amqps:// URL.
+pub(crate) fn checked_url(c: &AmqpConfig) -> anyhow::Result<String> {
+    let Some(url) = c.url.as_deref() else {
+        anyhow::bail!("amqp.url is not set");
+    };
+    let url = url.trim().to_string();
+    if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
+        anyhow::bail!("amqp.url {url:?} must start with amqp:// or amqps://");
+    }
+    Ok(url)
+}
+
 /// The TLS settings: the CA bundle that must have signed the broker's certificate, and
 /// the client certificate and key (PEM) the broker may ask for.
-fn tls_config(c: &AmqpConfig) -> anyhow::Result<OwnedTLSConfig> {
+pub(crate) fn tls_config(c: &AmqpConfig) -> anyhow::Result<OwnedTLSConfig> {
     let read = |what: &str, path: &Path| -> anyhow::Result<Vec<u8>> {
         std::fs::read(path)
             .map_err(|e| anyhow::anyhow!("amqp.{what}: cannot read {}: {e}", path.display()))
@@ -504,7 +531,7 @@ fn tls_config(c: &AmqpConfig) -> anyhow::Result<OwnedTLSConfig> {
     })
 }
 
-fn clone_tls(t: &OwnedTLSConfig) -> OwnedTLSConfig {
+pub(crate) fn clone_tls(t: &OwnedTLSConfig) -> OwnedTLSConfig {
     OwnedTLSConfig {
         identity: t.identity.as_ref().map(|i| match i {
             OwnedIdentity::PKCS12 { der, password } => OwnedIdentity::PKCS12 {
@@ -521,7 +548,7 @@ fn clone_tls(t: &OwnedTLSConfig) -> OwnedTLSConfig {
 }
 
 /// lapin's error with its cause, so a TLS refusal says which certificate check failed.
-fn explain(e: &lapin::Error) -> String {
+pub(crate) fn explain(e: &lapin::Error) -> String {
     let mut text = e.to_string();
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
@@ -531,6 +558,29 @@ fn explain(e: &lapin::Error) -> String {
             text.push_str(&more);
         }
         source = s.source();
+    }
+    // rustls names the failed check; say which setting it is about.
+    for (cause, hint) in [
+        (
+            "UnknownIssuer",
+            "the broker's certificate is not signed by a CA in amqp.ca (or, unset, the system's roots)",
+        ),
+        (
+            "NotValidForName",
+            "the broker's certificate is not for the host name in amqp.url",
+        ),
+        (
+            "CertificateRequired",
+            "the broker asks for a client certificate: set amqp.cert and amqp.key",
+        ),
+        (
+            "UnknownCA",
+            "the broker does not trust the CA that signed amqp.cert",
+        ),
+    ] {
+        if text.contains(cause) {
+            text.push_str(&format!(" ({hint})"));
+        }
     }
     text
 }
@@ -637,6 +687,42 @@ mod tests {
             let d = delivery(key, body, BasicProperties::default());
             assert_eq!(to_event("b", &d).unwrap_err().reason, reason);
         }
+    }
+
+    #[test]
+    fn a_message_without_message_id_gets_the_same_uuid_each_time_it_is_sent() {
+        let sent = |at: &str| {
+            let mut headers = FieldTable::default();
+            headers.insert("sent-at".into(), AMQPValue::LongString(at.into()));
+            BasicProperties::default().with_headers(headers)
+        };
+        let a = to_event(
+            "b",
+            &delivery("t.x", b"{}", sent("2026-12-02T16:00:00+00:00")),
+        )
+        .unwrap();
+        let again = to_event(
+            "b",
+            &delivery("t.x", b"{}", sent("2026-12-02T16:00:00+00:00")),
+        )
+        .unwrap();
+        assert_eq!(a.uuid, again.uuid, "a redelivery keeps its uuid");
+        assert!(uuid::Uuid::parse_str(&a.uuid).is_ok(), "{}", a.uuid);
+        for other in [
+            delivery("t.y", b"{}", sent("2026-12-02T16:00:00+00:00")),
+            delivery("t.x", b"{\"n\":1}", sent("2026-12-02T16:00:00+00:00")),
+            delivery("t.x", b"{}", sent("2026-12-02T16:00:01+00:00")),
+            delivery("t.x", b"{}", BasicProperties::default()),
+        ] {
+            assert_ne!(to_event("b", &other).unwrap().uuid, a.uuid);
+        }
+        // The timestamp property stands in for a missing sent-at.
+        let ts = |t: u64| BasicProperties::default().with_timestamp(t);
+        let one = to_event("b", &delivery("t.x", b"{}", ts(1_700_000_000))).unwrap();
+        let same = to_event("b", &delivery("t.x", b"{}", ts(1_700_000_000))).unwrap();
+        let later = to_event("b", &delivery("t.x", b"{}", ts(1_700_000_001))).unwrap();
+        assert_eq!(one.uuid, same.uuid);
+        assert_ne!(one.uuid, later.uuid);
     }
 
     #[test]

@@ -240,9 +240,32 @@ pub fn run(
         None => None,
     };
     let _serving = endpoint.map(|e| e.spawn(metrics.clone())).transpose()?;
-    let sink = results
-        .clone()
-        .map(|q| -> crate::jobs::report::NoticeSink { Box::new(move |n| q.push(n)) });
+    let amqp_results = match opts.amqp.as_ref().and_then(|a| {
+        let x = a.results_exchange.clone()?;
+        Some((a, x))
+    }) {
+        Some((a, exchange)) => {
+            match crate::bus::amqp_out::AmqpOut::spawn(a, exchange, "results", metrics.clone()) {
+                Ok(out) => Some(out),
+                Err(e) => {
+                    error!("cannot start the AMQP results publisher: {e:#}");
+                    None
+                }
+            }
+        }
+        None => None,
+    };
+    let sink: Option<crate::jobs::report::NoticeSink> = match (results.clone(), amqp_results) {
+        (None, None) => None,
+        (zmq, amqp) => Some(Box::new(move |n| {
+            if let Some(out) = &amqp {
+                results::push_amqp(out, &n);
+            }
+            if let Some(q) = &zmq {
+                q.push(n);
+            }
+        })),
+    };
     // The signal handlers go in before "trigger ready" is logged: a SIGHUP right after it
     // must reload the rules, not kill the daemon (the default action) as it did while the
     // handlers were installed later (found by tests/invariants.rs).

@@ -124,6 +124,27 @@ impl Results {
     }
 }
 
+/// A notice as a fedora-messaging message on the AMQP results exchange
+/// (`amqp.results_exchange`): routing key `_hark.job.KIND`, body the notice, the id fresh.
+pub fn push_amqp(out: &crate::bus::amqp_out::AmqpOut, notice: &Notice) {
+    let body = match serde_json::to_value(notice) {
+        Ok(body) => body,
+        Err(e) => {
+            error!(job = notice.job, "cannot encode a notice for AMQP: {e}");
+            return;
+        }
+    };
+    let mut headers = serde_json::Map::new();
+    headers.insert("hark-rule".into(), Value::String(notice.rule.clone()));
+    out.push(crate::bus::amqp_out::Outgoing {
+        routing_key: format!("_hark.job.{}", notice.kind),
+        message_id: uuid::Uuid::new_v4().to_string(),
+        body,
+        headers,
+        sent_at: None,
+    });
+}
+
 /// Start the publisher thread for `endpoint` (a relay's submit socket).
 pub fn spawn(
     endpoint: String,

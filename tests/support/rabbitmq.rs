@@ -392,7 +392,12 @@ pub struct Message {
     pub headers: serde_json::Map<String, serde_json::Value>,
 }
 
-/// Publish `messages` (persistent, with publisher confirms) to the broker at `url`.
+/// Longest a [`publish`] may take: a broker that is stopping or still booting can accept
+/// the TCP connection and then never answer, and the caller retries.
+const PUBLISH_LIMIT: Duration = Duration::from_secs(20);
+
+/// Publish `messages` (persistent, with publisher confirms) to the broker at `url`; an
+/// error (retry it) if not all are confirmed within [`PUBLISH_LIMIT`].
 pub fn publish(url: &str, messages: &[Message]) -> Result<(), String> {
     use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
     use lapin::{BasicProperties, Connection, ConnectionProperties};
@@ -400,7 +405,7 @@ pub fn publish(url: &str, messages: &[Message]) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    rt.block_on(async {
+    let publishing = async {
         let conn = Connection::connect(url, ConnectionProperties::default())
             .await
             .map_err(|e| format!("connect {url}: {e}"))?;
@@ -427,6 +432,49 @@ pub fn publish(url: &str, messages: &[Message]) -> Result<(), String> {
             .map_err(|e| e.to_string())?
             .await
             .map_err(|e| format!("confirm: {e}"))?;
+        }
+        let _ = conn.close(200, "done".into()).await;
+        Ok(())
+    };
+    rt.block_on(async {
+        tokio::time::timeout(PUBLISH_LIMIT, publishing)
+            .await
+            .unwrap_or_else(|_| Err(format!("not confirmed within {PUBLISH_LIMIT:?}")))
+    })
+}
+
+/// Declare the durable queue `queue` and bind it with each `(exchange, routing key)`, so
+/// that messages wait there for a consumer that has not started yet.
+pub fn declare(url: &str, queue: &str, bindings: &[(&str, &str)]) -> Result<(), String> {
+    use lapin::options::{QueueBindOptions, QueueDeclareOptions};
+    use lapin::types::FieldTable;
+    use lapin::{Connection, ConnectionProperties};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let conn = Connection::connect(url, ConnectionProperties::default())
+            .await
+            .map_err(|e| format!("connect {url}: {e}"))?;
+        let ch = conn.create_channel().await.map_err(|e| e.to_string())?;
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        ch.queue_declare(queue.into(), durable, FieldTable::default())
+            .await
+            .map_err(|e| format!("declare {queue}: {e}"))?;
+        for (exchange, key) in bindings {
+            ch.queue_bind(
+                queue.into(),
+                (*exchange).into(),
+                (*key).into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| format!("bind {queue} to {exchange} {key}: {e}"))?;
         }
         let _ = conn.close(200, "done".into()).await;
         Ok(())
