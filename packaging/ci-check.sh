@@ -9,6 +9,9 @@
 # the daemons it started are stopped, the test key and temporary files are removed. The
 # system user `hark` stays, as Debian leaves system users in place (docs/packaging.md).
 #
+# HARK_CI_ONLY=units runs only what the transient-unit checks need (build, install, the
+# container, its run.unit phase, purge), for working on them.
+#
 # It refuses to run when hark is already installed and it did not install it itself, so
 # that it cannot purge a real installation; set HARK_CI_REPLACE_INSTALLED=1 to allow that.
 set -euo pipefail
@@ -38,6 +41,7 @@ t_phase=$SECONDS
 phase_name=""
 
 log() { printf '\n==> %s\n' "$*"; }
+only_units() { [[ ${HARK_CI_ONLY:-} == units ]]; }
 fail() {
     printf '\nFAIL: %s\n' "$*" >&2
     exit 1
@@ -186,6 +190,7 @@ arch="$(dpkg-deb -f "$deb" Architecture)"
 echo "built $deb ($(du -h "$deb" | cut -f1))"
 
 # ---------------------------------------------------------------------------------------
+if ! only_units; then
 phase "static checks"
 changelog_version="$(dpkg-parsechangelog -l packaging/changelog -S Version)"
 [[ $changelog_version == "$version" ]] ||
@@ -234,6 +239,7 @@ expect_in_deb -rw-r--r-- /usr/share/doc/hark/copyright
 expect_in_deb -rw-r--r-- /usr/share/doc/hark/changelog.Debian.gz
 expect_in_deb -rw-r--r-- /usr/share/doc/hark/README.md
 expect_in_deb -rw-r--r-- /usr/share/doc/hark/packaging.md
+expect_in_deb -rw-r--r-- /usr/share/polkit-1/rules.d/50-hark.rules
 for rule in rules.d/*.yaml; do expect_in_deb -rw-r--r-- "/usr/share/hark/rules.d/$(basename "$rule")"; done
 for sub in $(target/release/hark --help | sed -n '/^Commands:/,/^$/s/^  \([a-z-]*\) .*/\1/p' | grep -vx help); do
     expect_in_deb -rw-r--r-- "/usr/share/man/man1/hark-$sub.1.gz"
@@ -253,6 +259,7 @@ if grep -qE '^(E|W):' "$tmp/lintian.out"; then
     fail "lintian reports errors or warnings (fix them, or override them with a reason in packaging/lintian-overrides and docs/packaging.md)"
 fi
 echo "lintian: $(grep -c '^E:' "$tmp/lintian.out" || true) error(s), $(grep -c '^W:' "$tmp/lintian.out" || true) warning(s), $(grep -c '^[IP]:' "$tmp/lintian.out" || true) info/pedantic, $(grep -c '^O:' "$tmp/lintian.out" || true) overridden"
+fi # only_units
 
 # ---------------------------------------------------------------------------------------
 phase "install"
@@ -332,16 +339,16 @@ done
 [[ -L /etc/systemd/system/timers.target.wants/hark-spool-flush.timer ]] || fail "hark-spool-flush.timer is not enabled"
 
 # ---------------------------------------------------------------------------------------
+# A test signer the relay and the daemon trust, with a grant for the example topics given
+# on the command line (the shipped hark.yaml stays untouched).
+hark keygen --id "$TEST_SIGNER" --out "$tmp/keys" >/dev/null
+install -m 0644 "$tmp/keys/$TEST_SIGNER.key" "$TEST_KEY_FILE"
+if ! only_units; then
 phase "daemons as under systemd (runuser -u hark, unit command lines, sd_notify)"
 # Where systemd does run, postinst has started the services: make room for ours.
 if [[ -d /run/systemd/system ]]; then
     systemctl stop hark-relay.service hark-trigger.service || true
 fi
-# A test signer the relay and the daemon trust, with a grant for the example topics
-# given on the command line (the shipped hark.yaml stays untouched).
-hark keygen --id "$TEST_SIGNER" --out "$tmp/keys" >/dev/null
-install -m 0644 "$tmp/keys/$TEST_SIGNER.key" "$TEST_KEY_FILE"
-
 # sd_notify listeners: one datagram socket per daemon, messages logged one per line.
 cat >"$tmp/notify.py" <<'EOF'
 import os, socket, sys
@@ -459,6 +466,146 @@ done
 notified trigger STOPPING=1 || fail "the trigger did not send STOPPING=1"
 echo "notify messages: relay: $(paste -sd' ' "$tmp/relay.notify" | tr -s ' ')"
 echo "notify messages: trigger: $(paste -sd' ' "$tmp/trigger.notify" | tr -s ' ')"
+fi # only_units
+
+# ---------------------------------------------------------------------------------------
+# run.unit under a real systemd (used in the container below). Rules that run as root in
+# transient units: a stand-in for piuparts in a narrow sandbox, a job that leaves a setsid
+# grandchild ignoring SIGTERM behind and times out, and one that is cancelled.
+setup_unit_rules() {
+    ct mkdir -p /srv/hark-ci/out /etc/hark/ci
+    ct sh -c 'cat >/etc/hark/ci/piuparts-standin && chmod 0755 /etc/hark/ci/piuparts-standin' <<'EOF'
+#!/bin/sh
+# Stands in for piuparts: root, and only /srv/hark-ci/out is writable.
+out=/srv/hark-ci/out
+id -u >"$out/uid"
+cat >"$out/stdin"
+if : >/etc/hark/ci/written-outside 2>/dev/null; then
+    echo "wrote outside ReadWritePaths"
+else
+    echo "outside ReadWritePaths: refused"
+fi
+echo "stand-in ran as uid $(id -u)"
+exit 7
+EOF
+    ct sh -c 'cat >/etc/hark/ci/escaper && chmod 0755 /etc/hark/ci/escaper' <<'EOF'
+#!/bin/sh
+# Leaves a grandchild in a session of its own that ignores SIGTERM, then hangs.
+setsid sh -c 'trap "" TERM; echo $$ >/srv/hark-ci/out/escaper.pid; while :; do sleep 1; done' \
+    </dev/null >/dev/null 2>&1 &
+sleep 600
+EOF
+    ct sh -c 'cat >/etc/hark/rules.d/60-ci-units.yaml' <<'EOF'
+rules:
+  - name: ci-unit-root
+    match: {topic: _hark.example.ci-unit}
+    run:
+      command: [/etc/hark/ci/piuparts-standin]
+      timeout: 60s
+      unit:
+        user: root
+        properties: {ProtectSystem: strict, ReadWritePaths: [/srv/hark-ci/out], PrivateTmp: true, NoNewPrivileges: true}
+  - name: ci-unit-timeout
+    match: {topic: _hark.example.ci-unit-timeout}
+    run:
+      command: [/etc/hark/ci/escaper]
+      timeout: 3s
+      grace: 2s
+      unit: {user: root}
+  - name: ci-unit-cancel
+    match: {topic: _hark.example.ci-unit-cancel}
+    run:
+      command: [/bin/sleep, "600"]
+      unit: {user: root}
+EOF
+    # Not in rules.d: a user hark.yaml's trigger.unit_users (default [root]) does not allow.
+    ct sh -c 'cat >/etc/hark/ci/nobody.yaml' <<'EOF'
+rules:
+  - name: ci-unit-nobody
+    match: {topic: _hark.example.ci-unit-nobody}
+    run:
+      command: [/bin/true]
+      unit:
+        user: nobody
+EOF
+}
+
+# The newest job of RULE as JSON ("" if none), from hark jobs list --json.
+ct_job() {
+    ct hark jobs list --json 2>/dev/null | python3 -c '
+import json, sys
+jobs = [json.loads(l) for l in sys.stdin if l.strip()]
+jobs = [j for j in jobs if j.get("rule") == sys.argv[1]]
+print(json.dumps(max(jobs, key=lambda j: j["id"])) if jobs else "")' "$1"
+}
+job_field() { python3 -c 'import json, sys; v = json.loads(sys.argv[1]).get(sys.argv[2]); print("" if v is None else v)' "$1" "$2"; }
+# Publish TOPIC (again every 5 s until RULE has a job: the subscription is asynchronous),
+# then wait until that job is in STATE; prints the job's JSON.
+ct_run_job() { # RULE TOPIC STATE
+    local rule="$1" topic="$2" want="$3" job="" next=$SECONDS
+    local deadline=$((SECONDS + WAIT))
+    while :; do
+        job="$(ct_job "$rule")"
+        if [[ -z $job ]] && ((SECONDS >= next)); then
+            next=$((SECONDS + 5))
+            ct hark publish --key "/run/hark-ci-keys/$TEST_SIGNER.key_secret" --timeout 10s \
+                "$topic" --data '{"probe": "stdin-probe-'"$rule"'"}' >/dev/null || fail "hark publish $topic"
+        fi
+        [[ -n $job && $(job_field "$job" state) == "$want" ]] && break
+        ((SECONDS < deadline)) || fail "rule $rule: no job in state $want after ${WAIT}s (last: ${job:-none}); $(ct journalctl -u hark-trigger --no-pager | tail -n 15)"
+        sleep 0.3
+    done
+    printf '%s\n' "$job"
+}
+unit_gone() { # UNIT: not running (collected, or inactive)
+    local state
+    state="$(ct systemctl show -P ActiveState "$1" 2>/dev/null || true)"
+    [[ $state == inactive || $state == failed || -z $state ]]
+}
+check_unit_jobs() {
+    phase "under systemd: jobs as transient units (run.unit)"
+    local job id unit show pid out
+    # 1. root, a narrow sandbox, the event on stdin, the exit status and output tail.
+    job="$(ct_run_job ci-unit-root _hark.example.ci-unit failed)"
+    id="$(job_field "$job" id)"
+    unit="$(job_field "$job" unit)"
+    [[ $unit == "hark-job-$id.service" ]] || fail "job $id ran as unit '$unit', not hark-job-$id.service: $job"
+    [[ $(job_field "$job" exit_code) == 7 ]] || fail "job $id: exit code is not 7: $job"
+    [[ $(ct cat /srv/hark-ci/out/uid) == 0 ]] || fail "the stand-in did not run as root: uid $(ct cat /srv/hark-ci/out/uid)"
+    ct grep -q '"stdin-probe-ci-unit-root"' /srv/hark-ci/out/stdin ||
+        fail "the event was not on the unit's stdin: $(ct cat /srv/hark-ci/out/stdin)"
+    ct test ! -e /etc/hark/ci/written-outside || fail "the unit wrote outside its ReadWritePaths"
+    show="$(ct hark jobs show "$id")"
+    for want in "  unit:     hark-job-$id.service (systemd; journalctl -u hark-job-$id.service)" "  exit:     7" \
+        "    | outside ReadWritePaths: refused" "    | stand-in ran as uid 0"; do
+        grep -qxF -- "$want" <<<"$show" || fail "hark jobs show $id lacks '$want':
+$show"
+    done
+    echo "job $id ran as root in hark-job-$id.service: uid 0, the event on stdin, a write outside ReadWritePaths refused, exit 7 and the output tail in hark jobs show"
+    # 2. A timeout stops the unit: systemd kills the cgroup, setsid grandchild included.
+    job="$(ct_run_job ci-unit-timeout _hark.example.ci-unit-timeout timed_out)"
+    id="$(job_field "$job" id)"
+    pid="$(ct cat /srv/hark-ci/out/escaper.pid)" || fail "the timeout job's grandchild wrote no pid"
+    if ct kill -0 "$pid" 2>/dev/null; then fail "job $id timed out but its setsid grandchild $pid still runs"; fi
+    unit_gone "hark-job-$id.service" || fail "hark-job-$id.service is still active after the timeout"
+    echo "job $id timed out: hark-job-$id.service stopped, its setsid grandchild (pid $pid, ignoring SIGTERM) is gone"
+    # 3. Cancel stops the unit.
+    job="$(ct_run_job ci-unit-cancel _hark.example.ci-unit-cancel running)"
+    id="$(job_field "$job" id)"
+    unit_active() { [[ $(ct systemctl show -P ActiveState "hark-job-$id.service") == active ]]; }
+    wait_for "hark-job-$id.service to be active" unit_active
+    ct runuser -u hark -- hark jobs cancel "$id" >/dev/null || fail "hark jobs cancel $id"
+    ct_run_job ci-unit-cancel _hark.example.ci-unit-cancel cancelled >/dev/null
+    unit_gone "hark-job-$id.service" || fail "hark-job-$id.service is still active after the cancel"
+    echo "job $id cancelled: hark-job-$id.service stopped"
+    # 4. A user hark.yaml does not allow is refused, at the user's file:line:col.
+    if out="$(ct hark rules check --config /etc/hark/hark.yaml /etc/hark/ci/nobody.yaml 2>&1)"; then
+        fail "hark rules check accepted run.unit.user nobody"
+    fi
+    grep -qF "/etc/hark/ci/nobody.yaml:7:15: error: run.unit.user nobody is not in trigger.unit_users" <<<"$out" ||
+        fail "hark rules check did not refuse user nobody at its file:line:col: $out"
+    echo "run.unit.user nobody refused: $(grep -m1 -F 'nobody.yaml:7:15' <<<"$out")"
+}
 
 # ---------------------------------------------------------------------------------------
 # The same installation under a real systemd: boot this machine's own root in a container
@@ -493,8 +640,10 @@ if [[ ${HARK_CI_NSPAWN:-1} == 1 ]]; then
     ct systemd-analyze security --no-pager hark-relay.service hark-trigger.service 2>/dev/null | tail -n 3
     # The test grant, in the container's copy of hark.yaml only.
     ct sh -c "printf 'trust:\n  grants:\n    $TEST_SIGNER: [\"_hark.example.**\"]\n' >>/etc/hark/hark.yaml"
+    setup_unit_rules
     ct systemctl restart hark-relay hark-trigger || fail "systemctl restart"
     ct_jobs() { ct hark jobs list --json 2>/dev/null; }
+    if ! only_units; then
     # (The state file the container started from already holds the "hello, ci" job.)
     ct_hello_succeeded() { ct_jobs | grep '"rule":"hello"' | grep '"state":"succeeded"' | grep -q 'hello, systemd'; }
     deadline=$((SECONDS + WAIT))
@@ -522,6 +671,9 @@ if [[ ${HARK_CI_NSPAWN:-1} == 1 ]]; then
     ct systemctl reload hark-trigger || fail "systemctl reload hark-trigger"
     ct systemctl is-active --quiet hark-trigger || fail "hark-trigger is not active after a reload"
     ct journalctl -u hark-trigger --no-pager | grep -q 'SIGHUP: reloading rules' || fail "the reload did not reach the daemon"
+    fi # only_units
+    check_unit_jobs
+    phase "under systemd: stop and shut down"
     ct systemctl stop hark-trigger hark-relay || fail "systemctl stop"
     for unit in hark-relay hark-trigger; do
         result="$(ct systemctl show -P Result "$unit")"
@@ -536,6 +688,7 @@ if [[ ${HARK_CI_NSPAWN:-1} == 1 ]]; then
 fi
 
 # ---------------------------------------------------------------------------------------
+if ! only_units; then
 phase "reinstall keeps conffiles and the key"
 key_sum="$(sha256sum /etc/hark/keys/secret/relay.key_secret)"
 echo "# edited by ci-check" >>/etc/hark/hark.yaml
@@ -546,6 +699,7 @@ for f in /etc/hark/keys/secret/* /etc/hark/keys/secret/.[!.]*; do
     [[ -e $f ]] || continue
     case "$f" in */relay.key | */relay.key_secret) ;; *) fail "stray file $f" ;; esac
 done
+fi # only_units
 
 # ---------------------------------------------------------------------------------------
 phase "purge"

@@ -385,6 +385,11 @@ fn show(job: &Job) -> String {
             serde_json::to_string(&job.argv).unwrap_or_default()
         ));
     }
+    if let Some(unit) = &job.unit {
+        out.push_str(&format!(
+            "  unit:     {unit} (systemd; journalctl -u {unit})\n"
+        ));
+    }
     if let Some(err) = &job.error {
         out.push_str(&format!("  error:    {err}\n"));
     }

@@ -6,6 +6,9 @@
 //! runs. stdout and stderr are logged line by line with the rule and job id, capped per
 //! job; the tail is kept for the job store.
 //!
+//! A rule with `run.unit` runs as a transient systemd unit instead (`unit.rs`), with the
+//! same output handling.
+//!
 //! Never a shell: `argv[0]` is executed directly. A rule that wants a shell says so and the
 //! renderer puts `/bin/sh -c` in front itself.
 
@@ -69,7 +72,7 @@ pub struct Finished {
 }
 
 /// Output accounting shared by the stdout and stderr readers.
-struct Sink {
+pub(super) struct Sink {
     logged: usize,
     total: u64,
     cap_noted: bool,
@@ -80,6 +83,22 @@ struct Sink {
 }
 
 impl Sink {
+    pub(super) fn for_spec(spec: &Spec) -> Sink {
+        Sink {
+            logged: 0,
+            total: 0,
+            cap_noted: false,
+            tail: VecDeque::new(),
+            log_limit: spec.log_limit,
+            tail_limit: spec.tail_limit,
+            live: spec.live_log.clone().and_then(|path| {
+                super::live::LiveLog::create(path)
+                    .inspect_err(|e| warn!(rule = %spec.rule, job = spec.job, "no live output for `hark jobs log`: {e}"))
+                    .ok()
+            }),
+        }
+    }
+
     fn line(&mut self, spec_rule: &str, job: i64, stream: &str, line: &[u8]) {
         self.total += line.len() as u64 + 1;
         self.tail.extend(line);
@@ -122,7 +141,7 @@ impl Sink {
 /// grow memory.
 const MAX_LINE: usize = 8192;
 
-async fn pump(
+pub(super) async fn pump(
     mut reader: impl AsyncRead + Unpin,
     sink: Arc<Mutex<Sink>>,
     rule: String,
@@ -181,7 +200,7 @@ impl Drop for StopOnDrop {
     }
 }
 
-async fn cancelled(rx: &mut watch::Receiver<bool>) {
+pub(super) async fn cancelled(rx: &mut watch::Receiver<bool>) {
     loop {
         if *rx.borrow() {
             return;
@@ -205,14 +224,7 @@ pub async fn run(spec: Spec, mut cancel: watch::Receiver<bool>) -> Finished {
         };
     };
     if spec.unit.is_some() {
-        return Finished {
-            outcome: Outcome::SpawnFailed(
-                "run.unit: this daemon cannot start transient systemd units yet".into(),
-            ),
-            output_tail: String::new(),
-            output_bytes: 0,
-            duration: Duration::ZERO,
-        };
+        return super::unit::run(spec, cancel).await;
     }
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(args)
@@ -259,19 +271,7 @@ pub async fn run(spec: Spec, mut cancel: watch::Receiver<bool>) -> Finished {
             let _ = stdin.shutdown().await;
         });
     }
-    let sink = Arc::new(Mutex::new(Sink {
-        logged: 0,
-        total: 0,
-        cap_noted: false,
-        tail: VecDeque::new(),
-        log_limit: spec.log_limit,
-        tail_limit: spec.tail_limit,
-        live: spec.live_log.clone().and_then(|path| {
-            super::live::LiveLog::create(path)
-                .inspect_err(|e| warn!(rule = %spec.rule, job = spec.job, "no live output for `hark jobs log`: {e}"))
-                .ok()
-        }),
-    }));
+    let sink = Arc::new(Mutex::new(Sink::for_spec(&spec)));
     let mut readers = Vec::new();
     if let Some(out) = child.stdout.take() {
         readers.push(tokio::spawn(pump(
@@ -357,18 +357,35 @@ pub async fn run(spec: Spec, mut cancel: watch::Receiver<bool>) -> Finished {
             r.abort();
         }
     }
-    let (output_tail, output_bytes) = match sink.lock() {
-        Ok(s) => (
-            String::from_utf8_lossy(&s.tail.iter().copied().collect::<Vec<u8>>()).into_owned(),
-            s.total,
-        ),
-        Err(_) => (String::new(), 0),
-    };
+    let (output_tail, output_bytes) = collect(&sink);
     Finished {
         outcome,
         output_tail,
         output_bytes,
         duration: started.elapsed(),
+    }
+}
+
+/// The output tail and the byte count once the readers are done.
+pub(super) fn collect(sink: &Mutex<Sink>) -> (String, u64) {
+    match sink.lock() {
+        Ok(s) => (
+            String::from_utf8_lossy(&s.tail.iter().copied().collect::<Vec<u8>>()).into_owned(),
+            s.total,
+        ),
+        Err(_) => (String::new(), 0),
+    }
+}
+
+/// Wait up to `bound` for the readers to reach EOF, then stop waiting for them.
+pub(super) async fn drain(readers: &mut [tokio::task::JoinHandle<()>], bound: Duration) {
+    if tokio::time::timeout(bound, futures_join(readers))
+        .await
+        .is_err()
+    {
+        for r in readers.iter() {
+            r.abort();
+        }
     }
 }
 

@@ -145,6 +145,8 @@ pub struct Job {
     pub cancel_requested: bool,
     /// `event`, or `fallback` for a run of the rule's safety-net schedule.
     pub reason: Reason,
+    /// The transient systemd unit it ran as (`run.unit`), if it did.
+    pub unit: Option<String>,
     pub events: Vec<StoredEvent>,
 }
 
@@ -218,7 +220,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     error TEXT,
     output_tail TEXT,
     cancel_requested INTEGER NOT NULL DEFAULT 0,
-    reason TEXT NOT NULL DEFAULT 'event'
+    reason TEXT NOT NULL DEFAULT 'event',
+    unit TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_live ON jobs(state) WHERE state IN ('pending', 'running');
 CREATE TABLE IF NOT EXISTS job_events (
@@ -278,6 +281,14 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     )?;
     if !has_reason {
         conn.execute_batch("ALTER TABLE jobs ADD COLUMN reason TEXT NOT NULL DEFAULT 'event'")?;
+    }
+    let has_unit: bool = conn.query_row(
+        "SELECT COUNT(*) FROM pragma_table_info('jobs') WHERE name = 'unit'",
+        [],
+        |r| r.get::<_, i64>(0).map(|n| n > 0),
+    )?;
+    if !has_unit {
+        conn.execute_batch("ALTER TABLE jobs ADD COLUMN unit TEXT")?;
     }
     let has_updated: bool = conn.query_row(
         "SELECT COUNT(*) FROM pragma_table_info('relay_seq') WHERE name = 'updated'",
@@ -467,7 +478,13 @@ impl Store {
                 ..
             } => self.append_event_at(*id, *pos, event, *due)?,
             Effect::Start(launch) => {
-                let started = self.mark_running(launch.id, &launch.spec.argv)?;
+                let unit = launch
+                    .spec
+                    .unit
+                    .as_ref()
+                    .map(|_| crate::jobs::unit::unit_name(launch.id));
+                let started =
+                    self.mark_running_as(launch.id, &launch.spec.argv, unit.as_deref())?;
                 // The clock moves in the same transaction as the start it counts.
                 if let (true, Some(fb)) = (started, &launch.rule.fallback) {
                     let every = i64::try_from(fb.every.as_millis()).unwrap_or(i64::MAX);
@@ -511,10 +528,20 @@ impl Store {
 
     /// pending → running, only if still pending (a `hark jobs cancel` may have won).
     pub fn mark_running(&mut self, job: i64, argv: &[String]) -> Result<bool> {
+        self.mark_running_as(job, argv, None)
+    }
+
+    /// [`Store::mark_running`], naming the transient systemd unit it runs as.
+    pub fn mark_running_as(
+        &mut self,
+        job: i64,
+        argv: &[String],
+        unit: Option<&str>,
+    ) -> Result<bool> {
         let argv = serde_json::to_string(argv).unwrap_or_else(|_| "[]".into());
-        let n = self.conn.prepare_cached("UPDATE jobs SET state = 'running', started = ?2, argv = ?3, finished = NULL, exit_code = NULL, error = NULL
+        let n = self.conn.prepare_cached("UPDATE jobs SET state = 'running', started = ?2, argv = ?3, unit = ?4, finished = NULL, exit_code = NULL, error = NULL
              WHERE id = ?1 AND state = 'pending'")?.execute(
-            params![job, now_ms(), argv],
+            params![job, now_ms(), argv, unit],
         )?;
         Ok(n == 1)
     }
@@ -926,7 +953,7 @@ impl Store {
     }
 }
 
-const JOB_SELECT: &str = "SELECT id, rule, key, state, attempt, created, due, started, finished, exit_code, argv, error, output_tail, cancel_requested, reason FROM jobs";
+const JOB_SELECT: &str = "SELECT id, rule, key, state, attempt, created, due, started, finished, exit_code, argv, error, output_tail, cancel_requested, reason, unit FROM jobs";
 
 /// A row or file the store cannot make sense of: an error that says where, never a guess
 /// (a corrupt state shown as `pending` would be run again; one shown as `failed`, never).
@@ -969,6 +996,7 @@ fn row_to_job(r: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
         output_tail: r.get(12)?,
         cancel_requested: r.get::<_, i64>(13)? != 0,
         reason: Reason::parse(&r.get::<_, String>(14)?),
+        unit: r.get(15)?,
         events: Vec::new(),
     })
 }
