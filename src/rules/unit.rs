@@ -211,16 +211,22 @@ impl UnitSpec {
 
 /// The users `run.unit.user` may name: `trigger.unit_users`, set by the daemon and by
 /// `hark rules check`/`test` from hark.yaml before they load rules.
-static ALLOWED_USERS: RwLock<Vec<String>> = RwLock::new(Vec::new());
+/// `None` until set: hark.yaml's default, `[root]`, so that commands reading rules without
+/// a hark.yaml (`hark rules list`) accept the shipped ones.
+static ALLOWED_USERS: RwLock<Option<Vec<String>>> = RwLock::new(None);
 
 pub fn set_allowed_users(users: &[String]) {
     if let Ok(mut list) = ALLOWED_USERS.write() {
-        *list = users.to_vec();
+        *list = Some(users.to_vec());
     }
 }
 
 pub fn allowed_users() -> Vec<String> {
-    ALLOWED_USERS.read().map(|l| l.clone()).unwrap_or_default()
+    ALLOWED_USERS
+        .read()
+        .ok()
+        .and_then(|l| l.clone())
+        .unwrap_or_else(|| vec!["root".to_string()])
 }
 
 /// The allow-list as documentation lines (`name: takes; effect`).
