@@ -559,20 +559,34 @@ async fn serve(
                 response
             },
         ));
-    let (grace, graceful) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(Limited::new(listener), app).with_graceful_shutdown(async move {
-        let _ = graceful.await;
-    });
-    let deadline = async move {
-        // A dropped sender is a stop too.
-        let _ = stopped.await;
-        let _ = grace.send(());
-        tokio::time::sleep(STOP_GRACE).await;
-    };
+    let (graceful, deadline) = shutdown(stopped, STOP_GRACE);
+    let server = axum::serve(Limited::new(listener), app).with_graceful_shutdown(graceful);
     tokio::select! {
         _ = server => {}
         _ = deadline => {}
     }
+}
+
+/// How an axum server on a runtime of its own stops: the graceful-shutdown signal, given
+/// when `stopped` fires (a dropped sender is a stop too), and a deadline `grace` later
+/// that ends it with requests still in flight. Shared with the relay's HTTP API.
+pub(crate) fn shutdown(
+    stopped: tokio::sync::oneshot::Receiver<()>,
+    grace: Duration,
+) -> (
+    impl std::future::Future<Output = ()> + Send + 'static,
+    impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let graceful = async move {
+        let _ = rx.await;
+    };
+    let deadline = async move {
+        let _ = stopped.await;
+        let _ = tx.send(());
+        tokio::time::sleep(grace).await;
+    };
+    (graceful, deadline)
 }
 
 /// Running endpoint; dropping it stops serving and closes the port.

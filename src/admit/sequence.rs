@@ -108,7 +108,6 @@ impl Sequences {
         let last = *last;
         let noticed = self.noticed.entry(key).or_insert(0);
         *noticed = (*noticed).max(last);
-        self.relays.insert(stamp.relay.clone());
         gap
     }
 

@@ -235,16 +235,8 @@ async fn serve(
     stopped: tokio::sync::oneshot::Receiver<()>,
 ) {
     let app = api::router(state).into_make_service_with_connect_info::<listen::Peer>();
-    let (grace, graceful) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        let _ = graceful.await;
-    });
-    let deadline = async move {
-        // A dropped sender is a stop too.
-        let _ = stopped.await;
-        let _ = grace.send(());
-        tokio::time::sleep(STOP_GRACE).await;
-    };
+    let (graceful, deadline) = crate::metrics::shutdown(stopped, STOP_GRACE);
+    let server = axum::serve(listener, app).with_graceful_shutdown(graceful);
     tokio::select! {
         _ = server => {}
         _ = deadline => {}
