@@ -133,6 +133,11 @@ pub const FAMILIES: &[Family] = &[
         Kind::Counter,
         "Messages an AMQP sink dropped because 1,000 were already waiting for the broker, by sink.",
     ),
+    f(
+        "hark_amqp_out_retried_total",
+        Kind::Counter,
+        "Messages an AMQP sink sends again because the broker refused them (nacked) or their confirm was lost with the connection (unconfirmed), by sink and reason.",
+    ),
     // --- relay ---
     f(
         "hark_relay_received_total",

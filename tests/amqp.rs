@@ -162,8 +162,305 @@ fn a_trigger_consumes_a_queue_on_a_real_broker() {
     tail_and_record_watch_a_broker_and_rules_test_reads_the_recording(&broker);
     tls_with_a_client_certificate_works_and_a_wrong_ca_is_named(&broker, &certs);
     fedora_messaging_receives_results_and_relayed_events(&broker);
-    // Last: it restarts the broker.
+    relay_amqp_out_over_amqps_with_a_client_certificate(&broker, &certs);
+    let mut sink = SinkRelay::start(&broker.url());
+    a_fedmsg_event_through_amqp_out_reaches_fedora_messaging(&broker, &sink);
+    a_refused_message_is_sent_again_and_the_relay_keeps_serving(&broker, &sink);
+    // These two restart the broker.
+    a_broker_gone_fills_the_sink_then_drops_with_a_counter(&mut broker, &mut sink);
     a_broker_restart_mid_stream_loses_nothing_and_runs_nothing_twice(&mut broker);
+}
+
+/// A `hark relay --amqp-out URL --metrics ADDR --fedmsg-inbound EP`, name `sink-relay`,
+/// granting `archive` `org.hark.sink.**`.
+struct SinkRelay {
+    dir: TempDir,
+    relay: Proc,
+    submit: String,
+    fedmsg: String,
+    metrics: String,
+    key: hark::event::keys::SigningKey,
+}
+
+impl SinkRelay {
+    fn start(url: &str) -> SinkRelay {
+        let dir = temp_dir();
+        let keys = dir.path().join("keys");
+        std::fs::create_dir_all(&keys).expect("keys dir");
+        let key = common::keypair(&keys, "archive");
+        let (submit, fedmsg) = (common::free_endpoint(), common::free_endpoint());
+        let metrics = format!("127.0.0.1:{}", common::free_port());
+        let mut cmd = hark_command();
+        cmd.args(["relay", "--submit", &submit, "--fedmsg-inbound", &fedmsg])
+            .args(["--publish", &common::free_endpoint(), "--metrics", &metrics])
+            .args(["--no-journal", "--name", "sink-relay", "--trusted"])
+            .arg(&keys)
+            .args(["--grant", "archive=org.hark.sink.**"])
+            .args(["--amqp-out", url])
+            .arg("--config")
+            .arg(write_file(dir.path(), "relay.yaml", ""));
+        let relay = spawn_ready("relay", &mut cmd, "relay ready");
+        relay
+            .stderr
+            .wait_for("amqp relay sink: publishing to exchange", WAIT)
+            .unwrap_or_else(|e| panic!("{e}"));
+        SinkRelay {
+            dir,
+            relay,
+            submit,
+            fedmsg,
+            metrics,
+            key,
+        }
+    }
+
+    /// Submit an event on `topic` and wait for the relay's ack: its uuid.
+    fn publish(&self, topic: &str, data: Value) -> String {
+        common::publish_acked(&self.submit, &self.key, topic, data)
+    }
+
+    /// A sample of the relay's /metrics, 0 when absent.
+    fn metric(&self, sample: &str) -> f64 {
+        let text = common::net::try_http(&self.metrics, "GET /metrics HTTP/1.0\r\n\r\n", WAIT)
+            .unwrap_or_else(|e| panic!("{e}"));
+        text.lines()
+            .find_map(|l| l.strip_prefix(sample)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// The relay's log lines so far that contain `needle`.
+    fn logged(&self, needle: &str) -> Vec<String> {
+        self.relay
+            .stderr
+            .history()
+            .into_iter()
+            .filter(|l| l.contains(needle))
+            .collect()
+    }
+}
+
+/// Take messages from `queue` until there are `n` (or the wait is over).
+fn take_n(broker: &Broker, queue: &str, n: usize) -> Vec<rabbitmq::Taken> {
+    let mut got = Vec::new();
+    poll_until(WAIT, || {
+        got.extend(
+            rabbitmq::take(&broker.url(), queue, n - got.len()).unwrap_or_else(|e| panic!("{e}")),
+        );
+        (got.len() >= n).then_some(())
+    })
+    .unwrap_or_else(|| panic!("{n} messages in {queue}; got {}: {got:?}", got.len()));
+    got
+}
+
+/// `hark relay --amqp-out amqps://...` with amqp.ca, amqp.cert and amqp.key from
+/// hark.yaml (the broker verifies the client's certificate): what it admits arrives, and
+/// no log line shows the password.
+fn relay_amqp_out_over_amqps_with_a_client_certificate(broker: &Broker, certs: &rabbitmq::Certs) {
+    let queue = "relay-tls";
+    rabbitmq::declare(&broker.url(), queue, &[("amq.topic", "org.hark.tls.#")])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let dir = temp_dir();
+    let keys = dir.path().join("keys");
+    std::fs::create_dir_all(&keys).expect("keys dir");
+    let key = common::keypair(&keys, "archive");
+    let config = write_file(
+        dir.path(),
+        "relay.yaml",
+        &format!(
+            "amqp:\n  ca: \"{}\"\n  cert: \"{}\"\n  key: \"{}\"\n",
+            certs.ca.display(),
+            certs.client_cert.display(),
+            certs.client_key.display()
+        ),
+    );
+    let submit = common::free_endpoint();
+    let tls_url = broker.tls_url().expect("the broker has an amqps listener");
+    let mut cmd = hark_command();
+    cmd.args([
+        "relay",
+        "--submit",
+        &submit,
+        "--publish",
+        &common::free_endpoint(),
+    ])
+    .args(["--no-journal", "--name", "tls-relay", "--trusted"])
+    .arg(&keys)
+    .args(["--grant", "archive=org.hark.tls.**"])
+    .args(["--amqp-out", &tls_url])
+    .arg("--config")
+    .arg(&config);
+    let relay = spawn_ready("relay", &mut cmd, "relay ready");
+    let line = relay
+        .stderr
+        .wait_for("amqp relay sink: publishing to exchange", WAIT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(line.contains("amqps://guest:***@localhost:"), "{line}");
+    let uuid = common::publish_acked(&submit, &key, "org.hark.tls.x", json!({"over": "amqps"}));
+    let got = take_n(broker, queue, 1);
+    assert_eq!(got[0].message_id.as_deref(), Some(uuid.as_str()));
+    assert_eq!(got[0].routing_key, "org.hark.tls.x");
+    let body: Value = serde_json::from_slice(&got[0].body).expect("a JSON body");
+    assert_eq!(body, json!({"over": "amqps"}));
+    assert_eq!(got[0].headers["hark-relay"], "tls-relay");
+    let leaked: Vec<String> = relay
+        .stderr
+        .history()
+        .into_iter()
+        .filter(|l| l.contains("guest:guest"))
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "the password stays out of logs: {leaked:?}"
+    );
+}
+
+/// A fedmsg message (as Python's fedmsg sends it to the relay's inbound socket) through
+/// `--amqp-out`, read by fedora-messaging's own consumer: its `msg` is the body, its
+/// `msg_id` the message id, its `timestamp` the `sent-at` header.
+fn a_fedmsg_event_through_amqp_out_reaches_fedora_messaging(broker: &Broker, sink: &SinkRelay) {
+    let queue = "fm-fedmsg";
+    let topic = "org.fedoraproject.prod.buildsys.build.state.change";
+    rabbitmq::declare(&broker.url(), queue, &[("amq.topic", topic)])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let ctx = zmq::Context::new();
+    let publisher = ctx.socket(zmq::PUB).expect("PUB");
+    publisher.connect(&sink.fedmsg).expect("connect");
+    let msg = r#"{"build_id": 42, "name": "caf\u00e9", "new": 1}"#;
+    // PUB connect has its own slow-joiner window: send (fresh ids) until one arrives.
+    let mut sent = Vec::new();
+    poll_until(WAIT, || {
+        let id = format!("2026-fedmsg-{}", sent.len());
+        let body = common::messages::python_fedmsg_body(topic, &id, msg);
+        publisher
+            .send_multipart([topic.as_bytes(), body.as_bytes()], 0)
+            .expect("send");
+        sent.push(id);
+        std::thread::sleep(Duration::from_millis(200));
+        broker.queue_depth(queue).ok().filter(|d| d.0 >= 1)
+    })
+    .unwrap_or_else(|| panic!("no fedmsg message reached {queue}"));
+    let mut consume = common::peer_command("fm_consume.py");
+    consume.args([&broker.url(), queue, "1"]);
+    let lines = common::run_ok("fm_consume", &mut consume, WAIT).unwrap_or_else(|e| panic!("{e}"));
+    let m: Value = serde_json::from_str(lines.last().expect("a message")).expect("JSON line");
+    assert_eq!(m["topic"], topic, "{m}");
+    assert!(
+        sent.iter().any(|id| m["id"] == id.as_str()),
+        "the msg_id is the message id: {m}"
+    );
+    assert_eq!(
+        m["body"],
+        json!({"build_id": 42, "name": "café", "new": 1}),
+        "{m}"
+    );
+    assert_eq!(m["headers"]["hark-format"], "fedmsg", "{m}");
+    assert_eq!(m["headers"]["hark-relay"], "sink-relay", "{m}");
+    assert_eq!(
+        m["headers"]["sent-at"], "2023-11-14T22:13:20.000000+00:00",
+        "fedmsg's timestamp: {m}"
+    );
+    assert_eq!(m["severity"], 20, "{m}");
+}
+
+/// A queue that refuses publishes when full (x-overflow: reject-publish): the broker nacks
+/// the relay's second message. The sink logs and counts it, sends it again after the
+/// backoff until the queue has room, and loses and doubles nothing; the relay acks every
+/// submission meanwhile.
+fn a_refused_message_is_sent_again_and_the_relay_keeps_serving(broker: &Broker, sink: &SinkRelay) {
+    let queue = "sink-full";
+    let arguments = serde_json::Map::from_iter([
+        ("x-max-length".to_string(), json!(1)),
+        ("x-overflow".to_string(), json!("reject-publish")),
+    ]);
+    rabbitmq::declare_with(
+        &broker.url(),
+        queue,
+        &[("amq.topic", "org.hark.sink.full.#")],
+        &arguments,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let retried = r#"hark_amqp_out_retried_total{sink="relay",reason="nacked"}"#;
+    let before = sink.metric(retried);
+    let first = sink.publish("org.hark.sink.full.x", json!({"n": 1}));
+    let second = sink.publish("org.hark.sink.full.x", json!({"n": 2}));
+    sink.relay
+        .stderr
+        .wait_for("the broker refused (nacked) a message", WAIT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    poll_until(WAIT, || (sink.metric(retried) > before).then_some(()))
+        .unwrap_or_else(|| panic!("{retried} counts the refusal"));
+    // The relay keeps serving while its sink is refused.
+    let third = sink.publish("org.hark.sink.full.x", json!({"n": 3}));
+    // Each take makes room for one more; the sink's retries fill it again.
+    let mut got: Vec<String> = Vec::new();
+    poll_until(Duration::from_secs(60), || {
+        for m in rabbitmq::take(&broker.url(), queue, 10).unwrap_or_else(|e| panic!("{e}")) {
+            got.push(m.message_id.expect("a message id"));
+        }
+        (got.len() >= 3).then_some(())
+    })
+    .unwrap_or_else(|| panic!("all three arrive in the end: {got:?}"));
+    assert_eq!(got, [first, second, third], "in order, each once");
+    std::thread::sleep(Duration::from_millis(500));
+    let more = rabbitmq::take(&broker.url(), queue, 10).unwrap_or_else(|e| panic!("{e}"));
+    assert!(more.is_empty(), "nothing twice: {more:?}");
+}
+
+/// The broker stopped under a relay with `--amqp-out`: the relay acks every submission;
+/// its sink keeps the first 1,000 (and the batch it was sending) and drops the rest with
+/// one log line and `hark_amqp_out_dropped_total`; once the broker is back, the kept ones
+/// arrive in order, once each, and the sink says how many were dropped.
+fn a_broker_gone_fills_the_sink_then_drops_with_a_counter(
+    broker: &mut Broker,
+    sink: &mut SinkRelay,
+) {
+    let queue = "sink-outage";
+    rabbitmq::declare(
+        &broker.url(),
+        queue,
+        &[("amq.topic", "org.hark.sink.outage.#")],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let dropped_metric = r#"hark_amqp_out_dropped_total{sink="relay"}"#;
+    assert_eq!(sink.metric(dropped_metric), 0.0);
+    broker.stop();
+    let total = hark::bus::amqp_out::CAPACITY + hark::bus::amqp_out::BATCH + 150;
+    let ids: Vec<String> = (0..total)
+        .map(|i| sink.publish("org.hark.sink.outage.x", json!({"i": i})))
+        .collect();
+    let dropped = sink.metric(dropped_metric) as usize;
+    assert!(
+        (150..=total - hark::bus::amqp_out::CAPACITY).contains(&dropped),
+        "{dropped} of {total} dropped"
+    );
+    let warned = sink.logged("dropping new ones");
+    assert_eq!(warned.len(), 1, "one line for the outage: {warned:?}");
+    broker.restart().unwrap_or_else(|e| panic!("{e}"));
+    let kept = total - dropped;
+    let got = take_n(broker, queue, kept);
+    let got: Vec<String> = got.into_iter().map(|m| m.message_id.expect("id")).collect();
+    assert_eq!(
+        got,
+        ids[..kept],
+        "the first {kept} arrive, in order, once each"
+    );
+    let back = sink
+        .relay
+        .stderr
+        .wait_for("the broker takes messages again", WAIT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        back.contains(&format!("{dropped} were dropped meanwhile")),
+        "{back}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let more = rabbitmq::take(&broker.url(), queue, 10).unwrap_or_else(|e| panic!("{e}"));
+    assert!(more.is_empty(), "nothing twice: {more:?}");
+    // The relay still serves, and its sink with it.
+    let after = sink.publish("org.hark.sink.outage.x", json!({"after": true}));
+    let got = take_n(broker, queue, 1);
+    assert_eq!(got[0].message_id.as_deref(), Some(after.as_str()));
+    let _ = &sink.dir;
 }
 
 /// `hark tail --amqp --json` and `hark record --amqp --out` watch Fedora-style traffic
@@ -192,6 +489,21 @@ fn tail_and_record_watch_a_broker_and_rules_test_reads_the_recording(broker: &Br
         p
     };
     let mut tail = watch("tail");
+    // The start-up line names the broker (without the password), the queue and bindings.
+    let subscribing = poll_until(WAIT, || {
+        tail.stderr
+            .history()
+            .into_iter()
+            .find(|l| l.contains("subscribing to"))
+    })
+    .expect("tail says what it subscribes to");
+    let shown_url = broker.url().replace("guest:guest", "guest:***");
+    assert!(
+        subscribing.contains(&format!(
+            "subscribing to amqp broker fedora at {shown_url}, a server-named queue bound to amq.topic:org.fedoraproject.prod.#"
+        )),
+        "{subscribing}"
+    );
     let mut record = watch("record");
     let data = common::repo_root().join("tests/data/amqp");
     let mut publish = common::peer_command("fm_publish.py");

@@ -10,11 +10,18 @@
 //! (`fedora_messaging_schema`, `fedora_messaging_severity`, `priority`, `sent-at`) plus
 //! whatever the caller adds (docs/formats.md, "AMQP sinks").
 //!
-//! A message is taken off the queue only once the broker confirmed it; while the broker is
-//! away the queue holds up to [`CAPACITY`] and further messages are dropped, logged once per
-//! outage and counted (`hark_amqp_out_dropped_total{sink}`), so a dead broker never stalls
-//! the relay or the jobs thread.
+//! A message is taken off the queue only once the broker confirmed it. Up to [`BATCH`] are
+//! published before their confirms are awaited (one round trip per batch, not per message);
+//! a message the broker nacks, or whose confirm was lost with the connection, is sent again
+//! after the backoff (counted in `hark_amqp_out_retried_total{sink,reason}`), so a message
+//! may arrive twice with the same `message_id`, never not at all while it is queued. While
+//! the broker is away the queue holds up to [`CAPACITY`] and further messages are dropped,
+//! logged once per outage and counted (`hark_amqp_out_dropped_total{sink}`), so a dead
+//! broker never stalls the relay or the jobs thread.
 
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
@@ -31,6 +38,8 @@ use crate::sources::amqp::{checked_url, clone_tls, explain, json_to_table, redac
 
 /// Messages waiting for the broker at most.
 pub const CAPACITY: usize = 1000;
+/// Messages published before their confirms are awaited, at most.
+pub const BATCH: usize = 100;
 const BACKOFF_FIRST: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
@@ -92,6 +101,9 @@ pub struct AmqpOut {
     tx: Sender<Outgoing>,
     sink: &'static str,
     metrics: Registry,
+    /// Messages dropped since the publisher last connected: the first drop of an outage
+    /// is logged, and the publisher reports the sum once the broker is back.
+    dropping: Arc<AtomicU64>,
 }
 
 impl AmqpOut {
@@ -106,6 +118,7 @@ impl AmqpOut {
         let url = checked_url(config)?;
         let tls = tls_config(config)?;
         let (tx, rx) = channel(CAPACITY);
+        let dropping = Arc::new(AtomicU64::new(0));
         let thread = Publisher {
             url,
             tls,
@@ -113,6 +126,7 @@ impl AmqpOut {
             sink,
             name: config.name.clone(),
             metrics: metrics.clone(),
+            dropping: dropping.clone(),
         };
         std::thread::Builder::new()
             .name(format!("amqp-out-{sink}"))
@@ -125,7 +139,12 @@ impl AmqpOut {
                     Err(e) => tracing::error!("amqp {sink} sink: cannot start its runtime: {e}"),
                 }
             })?;
-        Ok(AmqpOut { tx, sink, metrics })
+        Ok(AmqpOut {
+            tx,
+            sink,
+            metrics,
+            dropping,
+        })
     }
 
     /// Queue a message; when the queue is full (the broker away), it is dropped and counted.
@@ -133,13 +152,10 @@ impl AmqpOut {
         match self.tx.try_send(m) {
             Ok(()) => {}
             Err(TrySendError::Full(m)) => {
-                let before = self
-                    .metrics
-                    .get("hark_amqp_out_dropped_total", &[("sink", self.sink)]);
                 self.metrics
                     .inc("hark_amqp_out_dropped_total", &[("sink", self.sink)]);
-                if before == 0.0 {
-                    warn!(sink = self.sink, topic = %m.routing_key, "amqp {} sink: {CAPACITY} messages wait for the broker; dropping new ones until it is back", self.sink);
+                if self.dropping.fetch_add(1, Ordering::Relaxed) == 0 {
+                    warn!(sink = self.sink, topic = %m.routing_key, uuid = %m.message_id, "amqp {} sink: {CAPACITY} messages wait for the broker; dropping new ones (counted in hark_amqp_out_dropped_total) until it takes them again", self.sink);
                 }
             }
             Err(TrySendError::Closed(_)) => {}
@@ -160,22 +176,24 @@ struct Publisher {
     sink: &'static str,
     name: String,
     metrics: Registry,
+    dropping: Arc<AtomicU64>,
 }
 
 impl Publisher {
     async fn run(self, mut rx: Receiver<Outgoing>) {
         let mut backoff = BACKOFF_FIRST;
-        // The message being delivered: kept across reconnects until confirmed.
-        let mut current: Option<Outgoing> = None;
+        // Taken off the queue, not yet confirmed: kept across reconnects, in order.
+        let mut pending: VecDeque<Outgoing> = VecDeque::new();
         loop {
-            match self.session(&mut rx, &mut current, &mut backoff).await {
+            match self.session(&mut rx, &mut pending, &mut backoff).await {
                 Ok(()) => return,
                 Err(e) => {
                     warn!(
                         sink = self.sink,
-                        "amqp {} sink ({}): {e}; connecting again in {backoff:?}",
+                        "amqp {} sink ({}): {e}; {} message(s) kept to send again; connecting again in {backoff:?}",
                         self.sink,
-                        redact(&self.url)
+                        redact(&self.url),
+                        pending.len()
                     );
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(BACKOFF_MAX);
@@ -185,11 +203,11 @@ impl Publisher {
     }
 
     /// One connection: publish with confirms until the queue closes (`Ok`) or the
-    /// connection fails (`Err`).
+    /// connection fails or the broker refuses a message (`Err`).
     async fn session(
         &self,
         rx: &mut Receiver<Outgoing>,
-        current: &mut Option<Outgoing>,
+        pending: &mut VecDeque<Outgoing>,
         backoff: &mut Duration,
     ) -> Result<(), String> {
         let runtime = lapin::runtime::default_runtime().map_err(|e| e.to_string())?;
@@ -207,7 +225,6 @@ impl Publisher {
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .map_err(|e| format!("enabling publisher confirms: {e}"))?;
-        *backoff = BACKOFF_FIRST;
         info!(
             sink = self.sink,
             "amqp {} sink: publishing to exchange {:?} of {}",
@@ -215,54 +232,104 @@ impl Publisher {
             self.exchange,
             redact(&self.url)
         );
-        let dropped = self
-            .metrics
-            .get("hark_amqp_out_dropped_total", &[("sink", self.sink)]);
-        if dropped > 0.0 {
-            info!(
-                sink = self.sink,
-                "amqp {} sink: the broker is back; {dropped} message(s) were dropped in all",
-                self.sink
-            );
-        }
+        let labels = [("sink", self.sink)];
         loop {
-            let m = match current.take() {
-                Some(m) => m,
-                None => match rx.recv().await {
-                    Some(m) => m,
+            if pending.is_empty() {
+                match rx.recv().await {
+                    Some(m) => pending.push_back(m),
                     None => {
                         let _ = conn.close(200, ShortString::from("hark stopping")).await;
                         return Ok(());
                     }
-                },
+                }
+            }
+            let mut caught_up = false;
+            while pending.len() < BATCH {
+                match rx.try_recv() {
+                    Ok(m) => pending.push_back(m),
+                    Err(_) => {
+                        caught_up = true;
+                        break;
+                    }
+                }
+            }
+            // Publish the batch, then await its confirms in order.
+            let mut confirms = Vec::with_capacity(pending.len());
+            let mut failed = None;
+            for m in pending.iter() {
+                let body = serde_json::to_vec(&m.body).unwrap_or_else(|_| b"null".to_vec());
+                match channel
+                    .basic_publish(
+                        ShortString::from(self.exchange.as_str()),
+                        ShortString::from(m.routing_key.as_str()),
+                        BasicPublishOptions::default(),
+                        &body,
+                        properties(m),
+                    )
+                    .await
+                {
+                    Ok(confirm) => confirms.push(confirm),
+                    Err(e) => {
+                        failed = Some(format!("publishing: {}", explain(&e)));
+                        break;
+                    }
+                }
+            }
+            let mut confirmed = 0;
+            for confirm in confirms {
+                match confirm.await {
+                    Ok(Confirmation::Nack(_)) => {
+                        failed.get_or_insert_with(|| {
+                            "the broker refused (nacked) a message".to_string()
+                        });
+                        break;
+                    }
+                    Ok(_) => confirmed += 1,
+                    Err(e) => {
+                        failed
+                            .get_or_insert_with(|| format!("awaiting a confirm: {}", explain(&e)));
+                        break;
+                    }
+                }
+            }
+            // The confirmed head of the batch is done; from the first refused or
+            // unconfirmed message on, all are sent again (some of those after it may have
+            // been taken: they arrive twice, with the same message_id).
+            pending.drain(..confirmed);
+            // Reset only once the broker takes messages: one that keeps refusing them (a
+            // full queue with reject-publish) is asked again ever more rarely.
+            if confirmed > 0 {
+                *backoff = BACKOFF_FIRST;
+            }
+            self.metrics
+                .add("hark_amqp_out_published_total", &labels, confirmed as f64);
+            if let Some(why) = failed {
+                let reason = if why.contains("nacked") {
+                    "nacked"
+                } else {
+                    "unconfirmed"
+                };
+                self.metrics.add(
+                    "hark_amqp_out_retried_total",
+                    &[("sink", self.sink), ("reason", reason)],
+                    pending.len() as f64,
+                );
+                let _ = conn.close(200, ShortString::from("sending again")).await;
+                return Err(why);
+            }
+            // The backlog is gone: an outage (or overload) that dropped messages is over,
+            // and the next drop is logged again.
+            let dropped = if caught_up {
+                self.dropping.swap(0, Ordering::Relaxed)
+            } else {
+                0
             };
-            let body = serde_json::to_vec(&m.body).unwrap_or_else(|_| b"null".to_vec());
-            let confirm = channel
-                .basic_publish(
-                    ShortString::from(self.exchange.as_str()),
-                    ShortString::from(m.routing_key.as_str()),
-                    BasicPublishOptions::default(),
-                    &body,
-                    properties(&m),
-                )
-                .await;
-            let confirmed = match confirm {
-                Ok(pending) => pending.await,
-                Err(e) => Err(e),
-            };
-            match confirmed {
-                Ok(Confirmation::Nack(_)) => {
-                    *current = Some(m);
-                    return Err("the broker refused (nacked) a message".into());
-                }
-                Ok(_) => {
-                    self.metrics
-                        .inc("hark_amqp_out_published_total", &[("sink", self.sink)]);
-                }
-                Err(e) => {
-                    *current = Some(m);
-                    return Err(format!("publishing: {}", explain(&e)));
-                }
+            if dropped > 0 {
+                info!(
+                    sink = self.sink,
+                    "amqp {} sink: the broker takes messages again; {dropped} were dropped meanwhile",
+                    self.sink
+                );
             }
         }
     }

@@ -162,12 +162,20 @@ pub fn watch(
         Ok(None) => {}
         Err(e) => return super::fail(format!("{e:#}"), 1),
     }
+    // What the start-up line names: the relays (when any) and the broker (when --amqp).
+    let mut watched = Vec::new();
+    if !relays.is_empty() {
+        watched.push(format!("{relays} ({} trusted signers)", keyring.len()));
+    }
     if amqp {
         // The trigger's queue is not a tail's to drain: only a queue named here is used.
         config.amqp.queue = None;
         args.amqp.clone().apply(&mut config.amqp);
         match AmqpSource::new(&config.amqp, Consume::Auto, Registry::default()) {
-            Ok(s) => components.push(Box::new(s)),
+            Ok(s) => {
+                watched.push(s.describe());
+                components.push(Box::new(s));
+            }
             Err(e) => return super::fail(format!("{e:#}"), super::EXIT_USAGE),
         }
     }
@@ -201,8 +209,8 @@ pub fn watch(
     // Not "connected": libzmq connects in the background, and nothing says a relay is there
     // until it sends something (a hark relay's first heartbeat is logged).
     tracing::info!(
-        "subscribing to {relays} ({} trusted signers); events show as they arrive",
-        keyring.len()
+        "subscribing to {}; events show as they arrive",
+        watched.join(" and ")
     );
     // Observe mode: everything is shown with what its signatures say, so the grants and
     // freshness of the policy do not matter here.

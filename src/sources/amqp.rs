@@ -91,6 +91,27 @@ impl AmqpSource {
         redact(&self.url)
     }
 
+    /// What this source consumes, for a start-up log line: the broker's name and URL
+    /// (without the password), the queue (or that the broker names one) and its bindings.
+    pub fn describe(&self) -> String {
+        let c = &self.config;
+        let queue = match c.queue.as_deref().filter(|q| !q.is_empty()) {
+            Some(q) => format!("queue {q}"),
+            None => "a server-named queue".to_string(),
+        };
+        let bindings: Vec<String> = c
+            .bindings
+            .iter()
+            .flat_map(|(x, keys)| keys.iter().map(move |k| format!("{x}:{k}")))
+            .collect();
+        format!(
+            "amqp broker {} at {}, {queue} bound to {}",
+            c.name,
+            self.shown_url(),
+            bindings.join(" ")
+        )
+    }
+
     async fn serve(&self, out: Sender<Received>, stop: Arc<AtomicBool>) {
         let (settle_tx, mut settle_rx) = unbounded_channel::<Settlement>();
         let mut backoff = BACKOFF_FIRST;

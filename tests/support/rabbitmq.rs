@@ -294,7 +294,7 @@ impl Broker {
     }
 
     /// The Erlang VM's PID (the wrapper script waits for it), from the PID file.
-    fn beam_pid(&self) -> Option<i32> {
+    pub fn beam_pid(&self) -> Option<i32> {
         std::fs::read_to_string(self.dir.join("rabbitmq.pid"))
             .ok()?
             .trim()
@@ -446,8 +446,17 @@ pub fn publish(url: &str, messages: &[Message]) -> Result<(), String> {
 /// Declare the durable queue `queue` and bind it with each `(exchange, routing key)`, so
 /// that messages wait there for a consumer that has not started yet.
 pub fn declare(url: &str, queue: &str, bindings: &[(&str, &str)]) -> Result<(), String> {
+    declare_with(url, queue, bindings, &serde_json::Map::new())
+}
+
+/// [`declare`] with queue arguments (`x-max-length`, `x-overflow`, ...).
+pub fn declare_with(
+    url: &str,
+    queue: &str,
+    bindings: &[(&str, &str)],
+    arguments: &serde_json::Map<String, serde_json::Value>,
+) -> Result<(), String> {
     use lapin::options::{QueueBindOptions, QueueDeclareOptions};
-    use lapin::types::FieldTable;
     use lapin::{Connection, ConnectionProperties};
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -462,7 +471,8 @@ pub fn declare(url: &str, queue: &str, bindings: &[(&str, &str)]) -> Result<(), 
             durable: true,
             ..QueueDeclareOptions::default()
         };
-        ch.queue_declare(queue.into(), durable, FieldTable::default())
+        let arguments = hark::sources::amqp::json_to_table(arguments);
+        ch.queue_declare(queue.into(), durable, arguments)
             .await
             .map_err(|e| format!("declare {queue}: {e}"))?;
         for (exchange, key) in bindings {
@@ -471,12 +481,74 @@ pub fn declare(url: &str, queue: &str, bindings: &[(&str, &str)]) -> Result<(), 
                 (*exchange).into(),
                 (*key).into(),
                 QueueBindOptions::default(),
-                FieldTable::default(),
+                Default::default(),
             )
             .await
             .map_err(|e| format!("bind {queue} to {exchange} {key}: {e}"))?;
         }
         let _ = conn.close(200, "done".into()).await;
         Ok(())
+    })
+}
+
+/// A message taken from a queue by [`take`].
+#[derive(Debug, Clone)]
+pub struct Taken {
+    pub routing_key: String,
+    pub message_id: Option<String>,
+    pub body: Vec<u8>,
+    pub headers: serde_json::Value,
+}
+
+/// Take (basic.get, acked) what `queue` holds now, up to `limit` messages, in order.
+pub fn take(url: &str, queue: &str, limit: usize) -> Result<Vec<Taken>, String> {
+    use lapin::options::{BasicAckOptions, BasicGetOptions};
+    use lapin::{Connection, ConnectionProperties};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let taking = async {
+        let conn = Connection::connect(url, ConnectionProperties::default())
+            .await
+            .map_err(|e| format!("connect {url}: {e}"))?;
+        let ch = conn.create_channel().await.map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        while out.len() < limit {
+            let Some(m) = ch
+                .basic_get(queue.into(), BasicGetOptions::default())
+                .await
+                .map_err(|e| format!("get from {queue}: {e}"))?
+            else {
+                break;
+            };
+            m.delivery
+                .acker
+                .ack(BasicAckOptions::default())
+                .await
+                .map_err(|e| format!("ack: {e}"))?;
+            let p = &m.delivery.properties;
+            out.push(Taken {
+                routing_key: m.delivery.routing_key.to_string(),
+                message_id: p.message_id().as_ref().map(|i| i.to_string()),
+                body: m.delivery.data.clone(),
+                headers: p
+                    .headers()
+                    .as_ref()
+                    .map(hark::sources::amqp::table_to_json)
+                    .unwrap_or_default(),
+            });
+        }
+        let _ = conn.close(200, "done".into()).await;
+        Ok(out)
+    };
+    rt.block_on(async {
+        tokio::time::timeout(PUBLISH_LIMIT, taking)
+            .await
+            .unwrap_or_else(|_| {
+                Err(format!(
+                    "taking from {queue}: no answer within {PUBLISH_LIMIT:?}"
+                ))
+            })
     })
 }
