@@ -275,10 +275,15 @@ pub struct Registry {
     inner: Arc<Mutex<Series>>,
 }
 
-fn escape_label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+fn escape_label(v: &str) -> std::borrow::Cow<'_, str> {
+    if !v.contains(['\\', '"', '\n']) {
+        return std::borrow::Cow::Borrowed(v);
+    }
+    std::borrow::Cow::Owned(
+        v.replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n"),
+    )
 }
 
 fn label_body(labels: &[(&str, &str)]) -> String {
@@ -287,7 +292,10 @@ fn label_body(labels: &[(&str, &str)]) -> String {
         if i > 0 {
             out.push(',');
         }
-        let _ = write!(out, "{k}=\"{}\"", escape_label(v));
+        out.push_str(k);
+        out.push_str("=\"");
+        out.push_str(&escape_label(v));
+        out.push('"');
     }
     out
 }
@@ -313,27 +321,35 @@ fn braces(body: &str) -> String {
     }
 }
 
+/// The series `body` of family `name`; the family's name is copied only the first time
+/// (every increment used to allocate it, under the lock).
+fn series<'a, V>(
+    families: &'a mut BTreeMap<String, BTreeMap<String, V>>,
+    name: &str,
+    body: String,
+) -> std::collections::btree_map::Entry<'a, String, V> {
+    if !families.contains_key(name) {
+        families.insert(name.to_string(), BTreeMap::new());
+    }
+    families.get_mut(name).expect("inserted above").entry(body)
+}
+
 impl Registry {
     pub fn inc(&self, name: &str, labels: &[(&str, &str)]) {
         self.add(name, labels, 1.0);
     }
 
     pub fn add(&self, name: &str, labels: &[(&str, &str)], by: f64) {
+        let body = label_body(labels);
         if let Ok(mut s) = self.inner.lock() {
-            *s.scalars
-                .entry(name.to_string())
-                .or_default()
-                .entry(label_body(labels))
-                .or_insert(0.0) += by;
+            *series(&mut s.scalars, name, body).or_insert(0.0) += by;
         }
     }
 
     pub fn set(&self, name: &str, labels: &[(&str, &str)], value: f64) {
+        let body = label_body(labels);
         if let Ok(mut s) = self.inner.lock() {
-            s.scalars
-                .entry(name.to_string())
-                .or_default()
-                .insert(label_body(labels), value);
+            *series(&mut s.scalars, name, body).or_insert(0.0) = value;
         }
     }
 
@@ -384,26 +400,21 @@ impl Registry {
     /// Record `value` in a histogram with the given upper bounds; the first observation of
     /// a series fixes its bounds.
     pub fn observe(&self, name: &str, labels: &[(&str, &str)], value: f64, buckets: &[f64]) {
+        let body = label_body(labels);
         let Ok(mut s) = self.inner.lock() else {
             return;
         };
-        let h = s
-            .histograms
-            .entry(name.to_string())
-            .or_default()
-            .entry(label_body(labels))
-            .or_insert_with(|| {
-                let mut bounds: Vec<f64> =
-                    buckets.iter().copied().filter(|b| b.is_finite()).collect();
-                bounds.sort_by(f64::total_cmp);
-                bounds.dedup();
-                let counts = vec![0; bounds.len() + 1];
-                Histogram {
-                    bounds,
-                    counts,
-                    sum: 0.0,
-                }
-            });
+        let h = series(&mut s.histograms, name, body).or_insert_with(|| {
+            let mut bounds: Vec<f64> = buckets.iter().copied().filter(|b| b.is_finite()).collect();
+            bounds.sort_by(f64::total_cmp);
+            bounds.dedup();
+            let counts = vec![0; bounds.len() + 1];
+            Histogram {
+                bounds,
+                counts,
+                sum: 0.0,
+            }
+        });
         let slot = h.bounds.iter().take_while(|b| value > **b).count();
         h.counts[slot] += 1;
         h.sum += value;
