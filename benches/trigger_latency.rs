@@ -1152,11 +1152,54 @@ impl Rig {
 /// spawning and reaping `/bin/true`, and the stamp script's start-up (spawn → stamp) when
 /// started directly (as hark does) and through fedmsg-trigger's `echo '<json>' | CMD` bash
 /// line.
-fn calibrate(rig: &Rig) -> Vec<(String, Vec<f64>)> {
+/// The floors the goals are measured against (issue 14), from the same run.
+#[derive(Default)]
+struct Floors {
+    /// `/bin/true` spawned and reaped one after the other: commands/s on one core.
+    spawn_one_core: Option<f64>,
+    /// The same from one thread per core at once: commands/s the machine can start.
+    spawn_all_cores: Option<f64>,
+    cores: usize,
+    /// Median ms from spawn to the stamp script's first line (its own start-up).
+    stamp_startup_ms: Option<f64>,
+    /// Median ms of a one-row `synchronous=FULL` commit (an fsync).
+    fsync_ms: Option<f64>,
+}
+
+/// Commands/s of `threads` threads each spawning and reaping `/bin/true` `per_thread` times.
+fn spawn_rate(threads: usize, per_thread: usize) -> Option<f64> {
+    let t = Instant::now();
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            std::thread::spawn(move || {
+                (0..per_thread)
+                    .filter(|_| {
+                        Command::new("/bin/true")
+                            .stdin(Stdio::null())
+                            .stdout(Stdio::null())
+                            .stderr(Stdio::null())
+                            .status()
+                            .is_ok_and(|s| s.success())
+                    })
+                    .count()
+            })
+        })
+        .collect();
+    let done: usize = handles.into_iter().filter_map(|h| h.join().ok()).sum();
+    let secs = t.elapsed().as_secs_f64();
+    (done > 0 && secs > 0.0).then(|| done as f64 / secs)
+}
+
+fn calibrate(rig: &Rig) -> (Vec<(String, Vec<f64>)>, Floors) {
     let mut out = Vec::new();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut floors = Floors {
+        cores,
+        ..Floors::default()
+    };
     let dir = rig.tmp.path().join("calibration");
     if std::fs::create_dir_all(&dir).is_err() {
-        return out;
+        return (out, floors);
     }
     for sync in ["FULL", "NORMAL"] {
         let path = dir.join(format!("commit-{sync}.db"));
@@ -1177,11 +1220,16 @@ fn calibrate(rig: &Rig) -> Vec<(String, Vec<f64>)> {
                 Some(t.elapsed().as_secs_f64() * 1000.0)
             })
             .collect();
+        if sync == "FULL" {
+            floors.fsync_ms = median(times.clone());
+        }
         out.push((
             format!("SQLite commit of one row, WAL, `synchronous={sync}` (same file system as the job store; 500 commits)"),
             times,
         ));
     }
+    floors.spawn_one_core = spawn_rate(1, 400);
+    floors.spawn_all_cores = spawn_rate(cores, 400);
     let spawn = |mut cmd: Command| -> Option<f64> {
         let t = Instant::now();
         cmd.stdin(Stdio::null())
@@ -1251,6 +1299,7 @@ fn calibrate(rig: &Rig) -> Vec<(String, Vec<f64>)> {
             }
         }
     }
+    floors.stamp_startup_ms = median(direct.clone());
     out.push((
         "spawn → stamp: the stamp script started directly, event on stdin (as hark starts it; 50 runs)"
             .into(),
@@ -1262,7 +1311,7 @@ fn calibrate(rig: &Rig) -> Vec<(String, Vec<f64>)> {
         piped,
     ));
     out.retain(|(_, v)| !v.is_empty());
-    out
+    (out, floors)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1398,15 +1447,186 @@ fn main() {
         std::process::exit(code);
     }
     eprintln!("calibrating...");
-    let calibration = calibrate(&rig);
-    report(&rig, &cases, &results, &calibration);
+    let (calibration, floors) = calibrate(&rig);
+    report(&rig, &cases, &results, &calibration, &floors);
     if std::env::var_os("HARK_BENCH_KEEP").is_some() {
         let path = rig.tmp.keep();
         eprintln!("kept the run directories in {}", path.display());
     }
 }
 
-fn report(rig: &Rig, cases: &[Case], results: &Results, calibration: &[(String, Vec<f64>)]) {
+/// One figure per round (the rounds that produced it).
+fn per_round_values(
+    results: &Results,
+    runs: usize,
+    case: Case,
+    f: &dyn Fn(&RunOut) -> Option<f64>,
+) -> Vec<f64> {
+    (1..=runs)
+        .filter_map(|round| {
+            results
+                .iter()
+                .find(|(c, r, _)| *c == case && *r == round)
+                .and_then(|(_, _, o)| o.as_ref().ok())
+                .and_then(f)
+        })
+        .collect()
+}
+
+type Med<'a> = dyn Fn(Case, &dyn Fn(&RunOut) -> Option<f64>) -> Option<f64> + 'a;
+type Rounds<'a> = dyn Fn(Case, &dyn Fn(&RunOut) -> Option<f64>) -> Vec<f64> + 'a;
+
+/// Issue 14's goals, each measured figure next to its target and the ratio (medians over
+/// rounds; floors from the same run, after the rounds).
+fn goals(s: &Settings, floors: &Floors, med: &Med<'_>, rounds: &Rounds<'_>) {
+    let lat = |route| Case::new(Kind::Latency, route, true);
+    let burst = |route, wide| Case::new(Kind::Burst, route, wide);
+    let p50 = |r: &RunOut| r.pct(50.0);
+    let spread = |r: &RunOut| r.pct(99.0).zip(r.pct(50.0)).map(|(a, b)| a / b);
+    let done = |r: &RunOut| r.done_rate();
+    let daemon_us = |r: &RunOut| r.cpu_per_event_us(r.cpu.daemon);
+    let startup = floors.stamp_startup_ms;
+    let over = |ms: Option<f64>| ms.zip(startup).map(|(ms, st)| (ms - st).max(0.0));
+    println!("## Goals (issue 14): each figure next to its target\n");
+    println!("| goal | measured (median) | per round | target | ratio to target | met |");
+    println!("|---|---:|---|---:|---:|:---:|");
+    let list = |v: Vec<f64>, f: &dyn Fn(f64) -> String| {
+        if v.is_empty() {
+            "—".to_string()
+        } else {
+            v.into_iter().map(f).collect::<Vec<_>>().join(", ")
+        }
+    };
+    // (goal, measured, per-round figures, target, lower is better, format)
+    let row = |goal: &str,
+               got: Option<f64>,
+               per: Vec<f64>,
+               target: f64,
+               lower: bool,
+               fmt: &dyn Fn(f64) -> String| {
+        let ratio = got.map(|g| g / target);
+        let met = got.map(|g| if lower { g <= target } else { g >= target });
+        println!(
+            "| {goal} | {} | {} | {} {} | {} | {} |",
+            opt(got, fmt),
+            list(per, fmt),
+            if lower { "≤" } else { "≥" },
+            fmt(target),
+            opt(ratio, |r| format!("{r:.2}×")),
+            match met {
+                Some(true) => "yes",
+                Some(false) => "**no**",
+                None => "—",
+            }
+        );
+    };
+    let ms2 = |v: f64| format!("{v:.2} ms");
+    let x2 = |v: f64| format!("{v:.2}×");
+    let us = |v: f64| format!("{} µs", thousands(v));
+    let pct = |v: f64| format!("{:.0} %", v * 100.0);
+    row(
+        "1. publish → command start p50, direct, minus the stamp script's start-up",
+        over(med(lat(Route::Direct), &p50)),
+        rounds(lat(Route::Direct), &p50)
+            .into_iter()
+            .filter_map(|v| over(Some(v)))
+            .collect(),
+        1.0,
+        true,
+        &ms2,
+    );
+    row(
+        "1. the same through the relay",
+        over(med(lat(Route::Relay), &p50)),
+        rounds(lat(Route::Relay), &p50)
+            .into_iter()
+            .filter_map(|v| over(Some(v)))
+            .collect(),
+        1.5,
+        true,
+        &ms2,
+    );
+    row(
+        "1. p99 ÷ p50, direct",
+        med(lat(Route::Direct), &spread),
+        rounds(lat(Route::Direct), &spread),
+        3.0,
+        true,
+        &x2,
+    );
+    row(
+        "1. p99 ÷ p50, through the relay",
+        med(lat(Route::Relay), &spread),
+        rounds(lat(Route::Relay), &spread),
+        3.0,
+        true,
+        &x2,
+    );
+    for (what, case) in [
+        ("latency, direct", lat(Route::Direct)),
+        ("burst, direct, limit 1", burst(Route::Direct, false)),
+        ("burst, direct, wide limit", burst(Route::Direct, true)),
+    ] {
+        row(
+            &format!("2. daemon CPU per job ({what})"),
+            med(case, &daemon_us),
+            rounds(case, &daemon_us),
+            300.0,
+            true,
+            &us,
+        );
+    }
+    let share = |case: Case, floor: Option<f64>| {
+        let per: Vec<f64> = floor
+            .map(|f| rounds(case, &done).into_iter().map(|v| v / f).collect())
+            .unwrap_or_default();
+        (med(case, &done).zip(floor).map(|(v, f)| v / f), per)
+    };
+    for (route, name) in [
+        (Route::Direct, "direct"),
+        (Route::Relay, "through the relay"),
+    ] {
+        let (got, per) = share(burst(route, true), floors.spawn_all_cores);
+        row(
+            &format!(
+                "3. burst at limit {} ÷ spawn-and-reap floor on {} cores, {name}",
+                s.burst_limit, floors.cores
+            ),
+            got,
+            per,
+            0.8,
+            false,
+            &pct,
+        );
+        let (got, per) = share(burst(route, false), floors.spawn_one_core);
+        row(
+            &format!("3. burst at limit 1 ÷ one core's spawn-and-reap floor, {name}"),
+            got,
+            per,
+            0.9,
+            false,
+            &pct,
+        );
+    }
+    println!();
+    println!(
+        "Floors of this run: spawn and reap `/bin/true` {} /s on one core, {} /s on {} cores; the stamp script's start-up {}; a `synchronous=FULL` commit {}. Daemon CPU is the trigger's own (utime + stime), not the commands'; goal 1 subtracts the start-up floor from each round's p50.",
+        opt(floors.spawn_one_core, thousands),
+        opt(floors.spawn_all_cores, thousands),
+        floors.cores,
+        opt(startup, ms2),
+        opt(floors.fsync_ms, ms2),
+    );
+    println!();
+}
+
+fn report(
+    rig: &Rig,
+    cases: &[Case],
+    results: &Results,
+    calibration: &[(String, Vec<f64>)],
+    floors: &Floors,
+) {
     let s = &rig.settings;
     let ok = |case: Case| -> Vec<&RunOut> {
         results
@@ -1474,6 +1694,10 @@ fn report(rig: &Rig, cases: &[Case], results: &Results, calibration: &[(String, 
         );
     }
     println!();
+
+    goals(s, floors, &|c, f| med(c, f), &|c, f| {
+        per_round_values(results, s.runs, c, f)
+    });
 
     // Summary: hark vs the anchor.
     println!("## Summary (medians over rounds)\n");
