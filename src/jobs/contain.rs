@@ -38,6 +38,12 @@ const KILL_EVERY_MS: i64 = 20;
 /// Run the command of `cmd` under a supervisor; `grace` is between SIGTERM and SIGKILL.
 /// The child the runner gets (and signals) is the supervisor.
 pub fn supervise(cmd: &mut tokio::process::Command, grace: Duration) {
+    supervise_std(cmd.as_std_mut(), grace);
+}
+
+/// [`supervise`] for std's `Command` (the job spawner's).
+pub fn supervise_std(cmd: &mut std::process::Command, grace: Duration) {
+    use std::os::unix::process::CommandExt;
     let grace_ms = i64::try_from(grace.as_millis()).unwrap_or(i64::MAX);
     let mut table: Vec<(i32, i32)> = Vec::with_capacity(TABLE);
     // SAFETY: the closure runs between fork and exec; `split` only makes

@@ -6,6 +6,7 @@
 //! - [`runner`]: running one command (timeout, output);
 //! - [`live`]: a running job's output as it grows, for `hark jobs log --follow`;
 //! - [`contain`]: the per-job supervisor that keeps every process of a job contained;
+//! - [`spawner`]: the small process that forks those supervisors, so the daemon never does;
 //! - [`unit`]: a job of a rule with `run.unit` as a transient systemd unit;
 //! - [`store`]: the SQLite state, which applies effects and reserves job ids;
 //! - [`report`]: effects as metrics, log lines and `_hark.job.*` notices.
@@ -16,6 +17,7 @@ pub mod live;
 pub mod report;
 pub mod runner;
 pub mod scheduler;
+pub mod spawner;
 pub mod store;
 pub mod unit;
 

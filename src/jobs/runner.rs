@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -213,18 +213,47 @@ pub(super) async fn cancelled(rx: &mut watch::Receiver<bool>) {
 }
 
 /// Run `spec` to completion. Setting `cancel` to true stops it (TERM, grace, KILL).
-pub async fn run(spec: Spec, mut cancel: watch::Receiver<bool>) -> Finished {
-    let started = Instant::now();
-    let Some((program, args)) = spec.argv.split_first() else {
-        return Finished {
-            outcome: Outcome::SpawnFailed("empty command".into()),
-            output_tail: String::new(),
-            output_bytes: 0,
-            duration: Duration::ZERO,
-        };
-    };
-    if spec.unit.is_some() {
-        return super::unit::run(spec, cancel).await;
+pub async fn run(spec: Spec, cancel: watch::Receiver<bool>) -> Finished {
+    run_with(spec, cancel, None).await
+}
+
+/// A started command: its supervisor's pid, pipes and exit status, whoever forked it.
+struct Child {
+    pid: Option<u32>,
+    stdin: Option<Box<dyn AsyncWrite + Send + Unpin>>,
+    stdout: Option<Box<dyn AsyncRead + Send + Unpin>>,
+    stderr: Option<Box<dyn AsyncRead + Send + Unpin>>,
+    exit: Exit,
+}
+
+enum Exit {
+    /// Forked from the daemon (tokio reaps it).
+    Local(tokio::process::Child),
+    /// Forked by the job spawner, which reports its status.
+    Spawned(super::spawner::Spawned),
+}
+
+impl Child {
+    async fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        match &mut self.exit {
+            Exit::Local(c) => c.wait().await,
+            Exit::Spawned(s) => s.wait().await,
+        }
+    }
+}
+
+/// Start the supervisor through the spawner when there is one and it takes the job,
+/// else fork it from here.
+async fn start(
+    spec: &Spec,
+    program: &str,
+    args: &[String],
+    spawner: Option<&super::spawner::Spawner>,
+) -> std::io::Result<Child> {
+    if let Some(spawner) = spawner {
+        if let Some(child) = start_spawned(spec, spawner).await? {
+            return Ok(child);
+        }
     }
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(args)
@@ -244,7 +273,96 @@ pub async fn run(spec: Spec, mut cancel: watch::Receiver<bool>) -> Finished {
     // signal stops the job rather than leaving it running unsupervised while the restarted
     // daemon runs the same job again.
     super::contain::supervise(&mut cmd, spec.grace);
-    let mut child = match cmd.spawn() {
+    let mut child = cmd.spawn()?;
+    Ok(Child {
+        pid: child.id(),
+        stdin: child
+            .stdin
+            .take()
+            .map(|s| Box::new(s) as Box<dyn AsyncWrite + Send + Unpin>),
+        stdout: child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn AsyncRead + Send + Unpin>),
+        stderr: child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn AsyncRead + Send + Unpin>),
+        exit: Exit::Local(child),
+    })
+}
+
+/// `None`: the spawner cannot take this job; fork it here.
+async fn start_spawned(
+    spec: &Spec,
+    spawner: &super::spawner::Spawner,
+) -> std::io::Result<Option<Child>> {
+    use super::spawner::{ChildFds, Unavailable};
+    use std::os::fd::OwnedFd;
+    use tokio::net::unix::pipe;
+    let stdin = match spec.stdin.is_null() {
+        true => None,
+        false => Some(std::io::pipe()?),
+    };
+    let (out_r, out_w) = std::io::pipe()?;
+    let (err_r, err_w) = std::io::pipe()?;
+    let (stdin_r, stdin_w) = match stdin {
+        Some((r, w)) => (Some(OwnedFd::from(r)), Some(w)),
+        None => (None, None),
+    };
+    let fds = ChildFds {
+        stdin: stdin_r,
+        stdout: out_w.into(),
+        stderr: err_w.into(),
+    };
+    let spawned = match spawner
+        .spawn(
+            &spec.argv,
+            &spec.env,
+            spec.workdir.as_deref(),
+            spec.grace,
+            fds,
+        )
+        .await
+    {
+        Ok(s) => s,
+        Err(Unavailable::Fallback) => return Ok(None),
+        Err(Unavailable::Failed(message)) => return Err(std::io::Error::other(message)),
+    };
+    let stdin =
+        match stdin_w {
+            Some(w) => Some(Box::new(pipe::Sender::from_owned_fd(w.into())?)
+                as Box<dyn AsyncWrite + Send + Unpin>),
+            None => None,
+        };
+    Ok(Some(Child {
+        pid: Some(spawned.pid),
+        stdin,
+        stdout: Some(Box::new(pipe::Receiver::from_owned_fd(out_r.into())?)),
+        stderr: Some(Box::new(pipe::Receiver::from_owned_fd(err_r.into())?)),
+        exit: Exit::Spawned(spawned),
+    }))
+}
+
+/// [`run`], with the supervisor forked by the job spawner when there is one.
+pub async fn run_with(
+    spec: Spec,
+    mut cancel: watch::Receiver<bool>,
+    spawner: Option<Arc<super::spawner::Spawner>>,
+) -> Finished {
+    let started = Instant::now();
+    let Some((program, args)) = spec.argv.split_first() else {
+        return Finished {
+            outcome: Outcome::SpawnFailed("empty command".into()),
+            output_tail: String::new(),
+            output_bytes: 0,
+            duration: Duration::ZERO,
+        };
+    };
+    if spec.unit.is_some() {
+        return super::unit::run(spec, cancel).await;
+    }
+    let mut child = match start(&spec, program, args, spawner.as_deref()).await {
         Ok(c) => c,
         Err(e) => {
             let where_ = spec
@@ -260,7 +378,7 @@ pub async fn run(spec: Spec, mut cancel: watch::Receiver<bool>) -> Finished {
             };
         }
     };
-    let pgid = child.id();
+    let pgid = child.pid;
     // A run dropped before its end (runtime shutdown) still stops the whole job.
     let mut guard = StopOnDrop(pgid);
     if let Some(mut stdin) = child.stdin.take() {

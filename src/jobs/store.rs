@@ -333,12 +333,24 @@ impl Store {
         let conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        // FULL: a job must be on disk before its command starts, even across power loss.
-        conn.pragma_update(None, "synchronous", "FULL")?;
+        // NORMAL: a commit is in the WAL (the kernel's page cache) before anything runs, so
+        // a killed daemon (SIGKILL, OOM, panic) loses nothing; only a power loss can take
+        // the last commits, and then the relay journals and the catch-up by sequence
+        // number bring their events back (docs/architecture.md, "Durability"). Commits
+        // that let a broker forget a delivery fsync anyway ([`Store::durable`]).
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.execute_batch(SCHEMA)?;
         migrate(&conn)?;
         Ok(Store { conn })
+    }
+
+    /// Until `durable(false)`, commits fsync (`synchronous=FULL`): for transactions after
+    /// which nobody else keeps their events, such as AMQP deliveries acked once stored.
+    /// The fsync also makes every earlier commit durable (they are before it in the WAL).
+    pub fn durable(&mut self, on: bool) -> Result<()> {
+        self.conn
+            .pragma_update(None, "synchronous", if on { "FULL" } else { "NORMAL" })
     }
 
     /// Start a group commit: the writes until [`Store::commit`] become durable with one

@@ -72,6 +72,8 @@ pub struct JobsThread {
     pub live_dir: std::path::PathBuf,
     /// What admission last heard from each source, written for `hark status`.
     pub health: crate::admit::health::Shared,
+    /// Forks the jobs' supervisors, so the daemon does not (`None`: the daemon does).
+    pub spawner: Option<Arc<crate::jobs::spawner::Spawner>>,
 }
 
 fn log_store_error(what: &str, e: rusqlite::Error, metrics: &Registry) {
@@ -375,6 +377,38 @@ impl Loop {
         if let Err(e) = self.reserve_ids(needed) {
             return Err(self.rolled_back(Vec::new(), "reserving job ids", e));
         }
+        // A broker forgets what is acked, and acks follow this commit: it must survive a
+        // power loss too. Relay events come back from the relay's journal instead.
+        let acks = batch.iter().any(|e| e.ack.is_some());
+        if acks {
+            if let Err(e) = self.t.store.durable(true) {
+                return Err(self.rolled_back(Vec::new(), "making the commit durable", e));
+            }
+        }
+        let filed = self.file_in_txn(&set, matched, now);
+        if acks {
+            if let Err(e) = self.t.store.durable(false) {
+                log_store_error("going back to synchronous=NORMAL", e, &self.t.metrics);
+            }
+        }
+        filed?;
+        // Stored: the broker may forget these deliveries. Until here they stay unacked, so
+        // a burst held while the store fails is redelivered if the daemon stops meanwhile.
+        for event in batch {
+            if let Some(ack) = &event.ack {
+                ack.settle(crate::event::Settle::Ack);
+            }
+        }
+        Ok(())
+    }
+
+    /// The transaction of [`Loop::try_file`]: the burst's jobs, relay seqs and starts.
+    fn file_in_txn(
+        &mut self,
+        set: &Arc<crate::rules::RuleSet>,
+        matched: Vec<(&Arc<Event>, Vec<u32>)>,
+        now: i64,
+    ) -> Result<(), RolledBack> {
         if let Err(e) = self.t.store.begin() {
             return Err(self.rolled_back(Vec::new(), "starting a batch", e));
         }
@@ -433,15 +467,7 @@ impl Loop {
             }
         }
         self.t.sched.dispatch(now);
-        self.commit(Vec::new(), true)?;
-        // Stored: the broker may forget these deliveries. Until here they stay unacked, so
-        // a burst held while the store fails is redelivered if the daemon stops meanwhile.
-        for event in batch {
-            if let Some(ack) = &event.ack {
-                ack.settle(crate::event::Settle::Ack);
-            }
-        }
-        Ok(())
+        self.commit(Vec::new(), true)
     }
 
     /// Roll back the open transaction and what the scheduler queued for it.
@@ -653,8 +679,9 @@ impl Loop {
         let id = l.id;
         let mut spec = l.spec;
         spec.live_log = Some(crate::jobs::live::path(&self.t.live_dir, id));
+        let spawner = self.t.spawner.clone();
         self.t.runtime.spawn(async move {
-            let finished = runner::run(spec, rx).await;
+            let finished = runner::run_with(spec, rx, spawner).await;
             let _ = done.send(Control::Finished(id, finished));
         });
     }

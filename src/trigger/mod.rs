@@ -23,7 +23,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use crossbeam_channel::Sender;
 use tokio::signal::unix::{signal, SignalKind};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::admit::{Admission, Dedupe, Gap, Gate, Mode, NewRelays, Sequences, TrustPolicy};
 use crate::config::ZmqConfig;
@@ -139,6 +139,15 @@ pub fn run(
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    // Before the daemon grows: starting the spawner is its one fork of the whole daemon.
+    let spawner = {
+        let _in_runtime = rt.enter();
+        crate::jobs::spawner::Spawner::start()
+            .inspect_err(|e| {
+                warn!("cannot start the job spawner ({e}); jobs are forked from the daemon")
+            })
+            .ok()
+    };
     // Opening the store, recovering jobs and the first rule walk happen here, before the
     // event loop exists.
     let mut store = Store::open(&opts.state)
@@ -298,6 +307,7 @@ pub fn run(
         lost,
         live_dir: crate::jobs::live::dir(&opts.state),
         health,
+        spawner,
     };
     crate::jobs::live::clear(&jobs.live_dir);
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
