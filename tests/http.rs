@@ -746,10 +746,11 @@ fn https_submissions_go_through_the_relay_s_own_admission() {
 #[test]
 fn rate_limit_and_slow_bodies_get_4xx_and_the_relay_keeps_serving() {
     let dir = temp_dir();
+    // The test is its own reverse proxy: it may name other clients in X-Forwarded-For.
     let config = common::write_file(
         dir.path(),
         "hark.yaml",
-        "http:\n  rate_limit: 1\n  rate_burst: 2\n  request_timeout: 2s\n",
+        "http:\n  rate_limit: 1\n  rate_burst: 2\n  request_timeout: 2s\n  trusted_proxies: [127.0.0.1]\n",
     );
     let port = free_port();
     let mut relay = spawn_ready(
@@ -797,6 +798,44 @@ fn rate_limit_and_slow_bodies_get_4xx_and_the_relay_keeps_serving() {
     let reply = String::from_utf8_lossy(&reply);
     assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
 
+    // A request head that never ends (slowloris): the connection is closed after
+    // request_timeout, so such clients cannot hold the server's connection slots.
+    let mut slow = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let started = std::time::Instant::now();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let mut dribbled = 0;
+    let closed = loop {
+        // One more header line every half second, never the blank line that ends the head.
+        if slow.write_all(b"X-Slow: 1\r\n").is_err() {
+            break true;
+        }
+        dribbled += 1;
+        slow.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        match slow.read(&mut chunk) {
+            Ok(0) => break true,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => break true,
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            break false;
+        }
+    };
+    let took = started.elapsed();
+    assert!(
+        closed,
+        "a dribbled request head kept its connection for {took:?}"
+    );
+    assert!(
+        took >= Duration::from_millis(1500) && dribbled >= 2,
+        "closed after {took:?} ({dribbled} header lines), before request_timeout"
+    );
+
     // The bucket holds two; the slow body took one two seconds ago, which came back.
     assert_eq!(post(&url, &event(), &[], dir.path()).0, 200);
     assert_eq!(post(&url, &event(), &[], dir.path()).0, 200);
@@ -808,6 +847,17 @@ fn rate_limit_and_slow_bodies_get_4xx_and_the_relay_keeps_serving() {
             .is_some_and(|e| e.contains("retry")),
         "{answer}"
     );
+    // Behind a trusted proxy each forwarded client has its own bucket; the proxy's own
+    // (the test's, without the header) is still empty.
+    let forwarded = ["-H", "X-Forwarded-For: 192.0.2.1"];
+    assert_eq!(post(&url, &event(), &forwarded, dir.path()).0, 200);
+    assert_eq!(post(&url, &event(), &[], dir.path()).0, 429);
+    // A client cannot pick its bucket: the proxy's view (rightmost) counts, not an entry
+    // the client wrote to the left.
+    // 192.0.2.1 has one token left, then none.
+    let spoofed = ["-H", "X-Forwarded-For: 192.0.2.77, 192.0.2.1"];
+    assert_eq!(post(&url, &event(), &spoofed, dir.path()).0, 200);
+    assert_eq!(post(&url, &event(), &spoofed, dir.path()).0, 429);
     // Reads are not rate limited, and the relay still answers.
     for _ in 0..5 {
         assert_eq!(get(&format!("http://127.0.0.1:{port}"), "/healthz").0, 200);

@@ -214,6 +214,7 @@ pub(crate) fn http_server(
         request_timeout: h.request_timeout,
         rate_limit: h.rate_limit,
         rate_burst: h.rate_burst,
+        trusted_proxies: h.trusted_proxies.clone(),
         hooks: Arc::new(hooks),
     };
     crate::http::HttpServer::start(http, Some(opts.context.clone()), ready, metrics.clone())

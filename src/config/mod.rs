@@ -377,6 +377,8 @@ pub struct HttpConfig {
     pub rate_limit: u32,
     /// Requests a client may send at once above the rate.
     pub rate_burst: u32,
+    /// Reverse proxies trusted to name the client in `X-Forwarded-For`.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
     /// Forge webhooks by name: `POST /v1/hooks/NAME`.
     pub hooks: BTreeMap<String, HookConfig>,
 }
@@ -419,6 +421,7 @@ impl Default for HttpConfig {
             request_timeout: Duration::from_secs(30),
             rate_limit: 50,
             rate_burst: 200,
+            trusted_proxies: Vec::new(),
             hooks: BTreeMap::new(),
         }
     }

@@ -22,6 +22,8 @@ pub enum Kind {
     Relays,
     /// `ADDRESS:PORT` socket addresses.
     Addresses,
+    /// A list of IP addresses, without ports.
+    IpAddresses,
     Paths,
     Names,
     Map,
@@ -39,6 +41,7 @@ impl Kind {
             Kind::Endpoints => "list of endpoints",
             Kind::Relays => "list of endpoints, or {srv: DOMAIN}",
             Kind::Addresses => "list of ADDRESS:PORT",
+            Kind::IpAddresses => "list of IP addresses",
             Kind::Paths => "list of paths",
             Kind::Names => "list of names",
             Kind::Map => "mapping",
@@ -606,21 +609,30 @@ pub const SETTINGS: &[Setting] = &[
         "http",
         "request_timeout",
         Kind::Duration,
-        "A request must be read and answered within this (408 for a slow body, 504 when\n\
-         the relay does not ack in time).",
+        "A request must be read and answered within this: a connection whose request\n\
+         head (line and headers) takes longer is closed, a slow body gets 408, and 504\n\
+         when the relay does not ack in time.",
     ),
     s(
         "http",
         "rate_limit",
         Kind::Integer,
         "POST requests per second per client address (429 with Retry-After beyond);\n\
-         0: no limit. Behind a reverse proxy every client is the proxy: limit there.",
+         0: no limit. Behind a reverse proxy, list it in trusted_proxies.",
     ),
     s(
         "http",
         "rate_burst",
         Kind::Integer,
         "Requests a client may send at once above rate_limit.",
+    ),
+    s(
+        "http",
+        "trusted_proxies",
+        Kind::IpAddresses,
+        "Reverse proxies (IP addresses, e.g. [\"127.0.0.1\", \"::1\"]) whose X-Forwarded-For\n\
+         names the client, for rate_limit: read from the right, past every listed proxy.\n\
+         Empty: every client is the address it connects from.",
     ),
     s(
         "http",
@@ -763,7 +775,11 @@ mod tests {
                 Kind::Duration => value
                     .as_str()
                     .is_some_and(|t| crate::duration::parse(t).is_ok()),
-                Kind::Endpoints | Kind::Paths | Kind::Names | Kind::Addresses => value.is_array(),
+                Kind::Endpoints
+                | Kind::Paths
+                | Kind::Names
+                | Kind::Addresses
+                | Kind::IpAddresses => value.is_array(),
                 Kind::Relays => value.is_array() || value.get("srv").is_some(),
                 Kind::Map => value.is_object(),
             };

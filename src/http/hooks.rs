@@ -244,7 +244,7 @@ pub async fn hook(
     body: Body,
 ) -> Response {
     let deadline = Instant::now() + state.opts.request_timeout;
-    if let Err(wait) = state.limiter.take(peer.0.ip()) {
+    if let Err(wait) = state.limiter.take(peer.client) {
         state.metrics.inc("hark_http_rate_limited_total", &[]);
         return submit::too_many(wait);
     }
@@ -263,7 +263,7 @@ pub async fn hook(
         state
             .metrics
             .inc("hark_http_hooks_refused_total", &[("hook", &hook.name)]);
-        tracing::warn!(hook = %hook.name, peer = %peer.0, "webhook refused: missing or wrong secret");
+        tracing::warn!(hook = %hook.name, client = %peer.client, "webhook refused: missing or wrong secret");
         return Failure::new(
             StatusCode::UNAUTHORIZED,
             "missing or wrong secret for this hook",

@@ -49,11 +49,13 @@ pub struct HttpOptions {
     pub relay: String,
     /// Largest request body accepted (413 beyond).
     pub max_body: usize,
-    /// A request must be read and answered within this.
+    /// A request (its head included) must be read and answered within this.
     pub request_timeout: Duration,
     /// POST requests per second per client address (0: no limit), and the burst.
     pub rate_limit: u32,
     pub rate_burst: u32,
+    /// Reverse proxies whose `X-Forwarded-For` names the client (`http.trusted_proxies`).
+    pub trusted_proxies: Vec<std::net::IpAddr>,
     /// Forge webhooks, loaded.
     pub hooks: Arc<Vec<hooks::Hook>>,
 }
@@ -234,9 +236,11 @@ async fn serve(
     state: Arc<State>,
     stopped: tokio::sync::oneshot::Receiver<()>,
 ) {
-    let app = api::router(state).into_make_service_with_connect_info::<listen::Peer>();
+    let trusted_proxies = Arc::new(state.opts.trusted_proxies.clone());
+    let header_deadline = state.opts.request_timeout;
+    let app = api::router(state);
     let (graceful, deadline) = crate::metrics::shutdown(stopped, STOP_GRACE);
-    let server = axum::serve(listener, app).with_graceful_shutdown(graceful);
+    let server = listen::serve(listener, app, header_deadline, trusted_proxies, graceful);
     tokio::select! {
         _ = server => {}
         _ = deadline => {}

@@ -208,7 +208,7 @@ pub async fn submit(
     body: Body,
 ) -> Response {
     let deadline = Instant::now() + state.opts.request_timeout;
-    if let Err(wait) = state.limiter.take(peer.0.ip()) {
+    if let Err(wait) = state.limiter.take(peer.client) {
         state.metrics.inc("hark_http_rate_limited_total", &[]);
         return too_many(wait);
     }
