@@ -179,14 +179,21 @@ if ((${#missing[@]})); then
 fi
 
 # ---------------------------------------------------------------------------------------
-phase "make deb"
-make deb </dev/null
-debs=(target/debian/"${PKG}"_*.deb)
-[[ ${#debs[@]} -eq 1 && -f ${debs[0]} ]] || fail "expected one target/debian/${PKG}_*.deb, got: ${debs[*]}"
-deb="${debs[0]}"
+if [[ -n ${HARK_CI_DEB:-} ]]; then
+    # For working on the later checks: a package built earlier (make deb), not rebuilt.
+    phase "the package given in HARK_CI_DEB"
+    [[ -f $HARK_CI_DEB ]] || fail "HARK_CI_DEB=$HARK_CI_DEB is not a file"
+    deb="$HARK_CI_DEB"
+else
+    phase "make deb"
+    make deb </dev/null
+    debs=(target/debian/"${PKG}"_*.deb)
+    [[ ${#debs[@]} -eq 1 && -f ${debs[0]} ]] || fail "expected one target/debian/${PKG}_*.deb, got: ${debs[*]}"
+    deb="${debs[0]}"
+fi
 version="$(dpkg-deb -f "$deb" Version)"
 arch="$(dpkg-deb -f "$deb" Architecture)"
-[[ $(basename "$deb") == "${PKG}_${version}_${arch}.deb" ]] || fail "unexpected file name $deb"
+[[ -n ${HARK_CI_DEB:-} || $(basename "$deb") == "${PKG}_${version}_${arch}.deb" ]] || fail "unexpected file name $deb"
 echo "built $deb ($(du -h "$deb" | cut -f1))"
 
 # ---------------------------------------------------------------------------------------
@@ -298,6 +305,7 @@ check_stat /etc/hark/keys/secret root:hark 750
 check_stat /etc/hark/keys/secret/relay.key_secret root:hark 640
 check_stat /etc/hark/keys/secret/relay.key root:root 644
 check_stat /var/lib/hark hark:hark 750
+check_stat /var/lib/hark/piuparts root:root 755
 check_stat /var/spool/hark root:hark 2770
 check_stat /usr/share/hark/scripts/matrix-notify root:root 755
 relay_signer="$(sed -n 's/^ *id = "\(.*\)"$/\1/p' /etc/hark/keys/secret/relay.key | head -1)"
@@ -342,6 +350,9 @@ done
 # A test signer the relay and the daemon trust, with a grant for the example topics given
 # on the command line (the shipped hark.yaml stays untouched).
 hark keygen --id "$TEST_SIGNER" --out "$tmp/keys" >/dev/null
+# The signer the shipped piuparts rule wants (signed_by: [archive-master]); trusted only
+# inside the container.
+hark keygen --id archive-master --out "$tmp/keys" >/dev/null
 install -m 0644 "$tmp/keys/$TEST_SIGNER.key" "$TEST_KEY_FILE"
 if ! only_units; then
 phase "daemons as under systemd (runuser -u hark, unit command lines, sd_notify)"
@@ -480,7 +491,7 @@ setup_unit_rules() {
 out=/srv/hark-ci/out
 id -u >"$out/uid"
 cat >"$out/stdin"
-if : >/etc/hark/ci/written-outside 2>/dev/null; then
+if touch /etc/hark/ci/written-outside 2>/dev/null; then
     echo "wrote outside ReadWritePaths"
 else
     echo "outside ReadWritePaths: refused"
@@ -495,6 +506,21 @@ setsid sh -c 'trap "" TERM; echo $$ >/srv/hark-ci/out/escaper.pid; while :; do s
     </dev/null >/dev/null 2>&1 &
 sleep 600
 EOF
+    # Stands in for piuparts under the shipped rule (60-piuparts.yaml, as installed).
+    ct sh -c 'cat >/usr/sbin/piuparts && chmod 0755 /usr/sbin/piuparts' <<'EOF'
+#!/bin/sh
+# Stands in for piuparts: records who and where it ran, with which arguments.
+{
+    echo "uid=$(id -u)"
+    echo "cwd=$(pwd)"
+    for a in "$@"; do echo "arg=$a"; done
+} >/var/lib/hark/piuparts/standin.out
+if touch /etc/hark/ci/written-by-piuparts 2>/dev/null; then echo "wrote /etc"; else echo "/etc: read-only"; fi
+if [ -e /root/hark-ci-marker ]; then echo "/root visible"; else echo "/root: hidden"; fi
+echo "piuparts stand-in done"
+EOF
+    ct touch /root/hark-ci-marker # ProtectHome=true must hide it
+    ct install -m 0644 /run/hark-ci-keys/archive-master.key /etc/hark/keys/trusted/archive-master.key
     ct sh -c 'cat >/etc/hark/rules.d/60-ci-units.yaml' <<'EOF'
 rules:
   - name: ci-unit-root
@@ -541,15 +567,17 @@ print(json.dumps(max(jobs, key=lambda j: j["id"])) if jobs else "")' "$1"
 job_field() { python3 -c 'import json, sys; v = json.loads(sys.argv[1]).get(sys.argv[2]); print("" if v is None else v)' "$1" "$2"; }
 # Publish TOPIC (again every 5 s until RULE has a job: the subscription is asynchronous),
 # then wait until that job is in STATE; prints the job's JSON.
-ct_run_job() { # RULE TOPIC STATE
+ct_run_job() { # RULE TOPIC STATE [SIGNER DATA]
     local rule="$1" topic="$2" want="$3" job="" next=$SECONDS
+    local signer="${4:-$TEST_SIGNER}" data="${5:-}"
+    [[ -n $data ]] || data='{"probe": "stdin-probe-'"$rule"'"}'
     local deadline=$((SECONDS + WAIT))
     while :; do
         job="$(ct_job "$rule")"
         if [[ -z $job ]] && ((SECONDS >= next)); then
             next=$((SECONDS + 5))
-            ct hark publish --key "/run/hark-ci-keys/$TEST_SIGNER.key_secret" --timeout 10s \
-                "$topic" --data '{"probe": "stdin-probe-'"$rule"'"}' >/dev/null || fail "hark publish $topic"
+            ct hark publish --key "/run/hark-ci-keys/$signer.key_secret" --timeout 10s \
+                "$topic" --data "$data" >/dev/null || fail "hark publish $topic"
         fi
         [[ -n $job && $(job_field "$job" state) == "$want" ]] && break
         ((SECONDS < deadline)) || fail "rule $rule: no job in state $want after ${WAIT}s (last: ${job:-none}); $(ct journalctl -u hark-trigger --no-pager | tail -n 15)"
@@ -605,6 +633,29 @@ $show"
     grep -qF "/etc/hark/ci/nobody.yaml:7:15: error: run.unit.user nobody is not in trigger.unit_users" <<<"$out" ||
         fail "hark rules check did not refuse user nobody at its file:line:col: $out"
     echo "run.unit.user nobody refused: $(grep -m1 -F 'nobody.yaml:7:15' <<<"$out")"
+    # 5. Where systemd names the unit, polkit lets hark manage hark-job-* units only.
+    if out="$(ct runuser -u hark -- systemctl --no-ask-password stop hark-relay.service 2>&1)"; then
+        fail "user hark could stop hark-relay.service"
+    fi
+    ct systemctl is-active --quiet hark-relay || fail "hark-relay stopped although polkit refused"
+    echo "user hark may not stop hark-relay.service: $out"
+    # 6. The shipped piuparts rule as installed: root, its workdir writable, the rest not.
+    local upload='{"repo": "master", "suite": "landing", "upload_name": "hello_2.10-3_amd64", "is_new": false, "files": ["hello_2.10-3.dsc", "hello_2.10-3_amd64.deb"], "source_name": "hello", "source_version": "2.10-3"}'
+    job="$(ct_run_job piuparts _lk.archive.package-upload-accepted succeeded archive-master "$upload")"
+    id="$(job_field "$job" id)"
+    [[ $(job_field "$job" unit) == "hark-job-$id.service" ]] || fail "the piuparts job did not run as a unit: $job"
+    out="$(ct cat /var/lib/hark/piuparts/standin.out)" || fail "the piuparts stand-in wrote nothing in its workdir"
+    for want in uid=0 cwd=/var/lib/hark/piuparts arg=--distribution=landing \
+        "arg=--mirror=https://archive.example.org/master main" \
+        arg=/srv/archive/master/done/hello_2.10-3_amd64.changes; do
+        grep -qxF -- "$want" <<<"$out" || fail "the piuparts stand-in lacks '$want': $out"
+    done
+    show="$(ct hark jobs show "$id")"
+    for want in "    | /etc: read-only" "    | /root: hidden" "    | piuparts stand-in done"; do
+        grep -qxF -- "$want" <<<"$show" || fail "hark jobs show $id lacks '$want':
+$show"
+    done
+    echo "the shipped piuparts rule ran in hark-job-$id.service as root, in /var/lib/hark/piuparts, /etc read-only and /root hidden"
 }
 
 # ---------------------------------------------------------------------------------------
@@ -623,8 +674,11 @@ if [[ ${HARK_CI_NSPAWN:-1} == 1 ]]; then
         --register=no --keep-unit --link-journal=no --console=passive \
         --bind-ro="$tmp/keys:/run/hark-ci-keys" --boot >"$tmp/nspawn.log" 2>&1 &
     nspawn_pid=$!
-    wait_for "the container to start" has_child "$nspawn_pid"
-    ct_leader="$(child_of "$nspawn_pid")"
+    # nspawn's first child is a short-lived helper; the container's PID 1 is the child
+    # that runs systemd.
+    ct_init() { pgrep -P "$nspawn_pid" -x systemd >/dev/null; }
+    wait_for "the container to start" ct_init
+    ct_leader="$(pgrep -P "$nspawn_pid" -x systemd | head -1)"
     ct() { nsenter -t "$ct_leader" -a "$@"; }
     booted() {
         local state
@@ -639,7 +693,7 @@ if [[ ${HARK_CI_NSPAWN:-1} == 1 ]]; then
     echo "both services started at boot (Type=notify: READY=1 reached systemd)"
     ct systemd-analyze security --no-pager hark-relay.service hark-trigger.service 2>/dev/null | tail -n 3
     # The test grant, in the container's copy of hark.yaml only.
-    ct sh -c "printf 'trust:\n  grants:\n    $TEST_SIGNER: [\"_hark.example.**\"]\n' >>/etc/hark/hark.yaml"
+    ct sh -c "printf 'trust:\n  grants:\n    $TEST_SIGNER: [\"_hark.example.**\"]\n    archive-master: [\"_lk.archive.**\"]\n' >>/etc/hark/hark.yaml"
     setup_unit_rules
     ct systemctl restart hark-relay hark-trigger || fail "systemctl restart"
     ct_jobs() { ct hark jobs list --json 2>/dev/null; }
@@ -672,9 +726,7 @@ if [[ ${HARK_CI_NSPAWN:-1} == 1 ]]; then
     ct systemctl is-active --quiet hark-trigger || fail "hark-trigger is not active after a reload"
     ct journalctl -u hark-trigger --no-pager | grep -q 'SIGHUP: reloading rules' || fail "the reload did not reach the daemon"
     fi # only_units
-    # Unit jobs are refused by polkit on bookworm (InteractiveAuthorizationRequired); run
-    # this phase with HARK_CI_UNITS=1 until the authorization is fixed (issue 13).
-    if [[ ${HARK_CI_UNITS:-0} == 1 ]]; then check_unit_jobs; fi
+    check_unit_jobs
     phase "under systemd: stop and shut down"
     ct systemctl stop hark-trigger hark-relay || fail "systemctl stop"
     for unit in hark-relay hark-trigger; do

@@ -331,7 +331,7 @@ pub(super) async fn run(spec: Spec, mut cancel: watch::Receiver<bool>) -> Finish
                 if n.as_str().contains("AccessDenied")
                     || n.as_str().contains("InteractiveAuthorizationRequired") =>
             {
-                " (the package's polkit rule lets user hark manage hark-job-*.service units; is polkitd running?)"
+                " (user hark needs the package's polkit rule, /usr/share/polkit-1/rules.d/50-hark.rules, and polkitd installed)"
             }
             _ => "",
         };
