@@ -2,6 +2,7 @@
 //! and a replayed submission must not run twice.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Remembers uuids for a window, bounded in memory. Owned by one thread.
@@ -9,8 +10,10 @@ use std::time::{Duration, Instant};
 pub struct Dedupe {
     window: Duration,
     capacity: usize,
-    seen: HashMap<String, Instant>,
-    order: VecDeque<(Instant, String)>,
+    /// The map and the queue share each uuid: one allocation per event on the relay's
+    /// pass-through path, not two.
+    seen: HashMap<Arc<str>, Instant>,
+    order: VecDeque<(Instant, Arc<str>)>,
 }
 
 impl Dedupe {
@@ -38,8 +41,9 @@ impl Dedupe {
         if self.seen.contains_key(uuid) {
             return false;
         }
-        self.seen.insert(uuid.to_string(), now);
-        self.order.push_back((now, uuid.to_string()));
+        let uuid: Arc<str> = Arc::from(uuid);
+        self.seen.insert(uuid.clone(), now);
+        self.order.push_back((now, uuid));
         true
     }
 

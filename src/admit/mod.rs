@@ -109,6 +109,45 @@ impl Gate {
         Ok(event)
     }
 
+    /// Several submissions at once, in order: each parsed, then every Ed25519 signature of
+    /// them verified in one batch ([`sign::verify_batch`]), then the rest of the policy per
+    /// event. An admitted event comes with its claims, whose signed bytes a countersignature
+    /// can reuse.
+    pub fn check_submissions(
+        &self,
+        batch: Vec<(Vec<u8>, DateTime<Utc>)>,
+    ) -> Vec<Result<(Event, sign::Claims), Refused>> {
+        type Parsed = Result<(Event, sign::Claims, DateTime<Utc>), Refused>;
+        let mut parsed: Vec<Parsed> = batch
+            .into_iter()
+            .map(|(frame, now)| {
+                let event = Event::from_submission(frame)?;
+                let claims = match event.format {
+                    Format::Laniakea => self.policy.claims(&event),
+                    _ => sign::Claims::default(),
+                };
+                Ok((event, claims, now))
+            })
+            .collect();
+        let mut claims: Vec<sign::Claims> = parsed
+            .iter_mut()
+            .filter_map(|r| r.as_mut().ok())
+            .map(|(_, c, _)| std::mem::take(c))
+            .collect();
+        sign::verify_batch(&mut claims);
+        let mut claims = claims.into_iter();
+        parsed
+            .into_iter()
+            .map(|r| {
+                let (mut event, _, now) = r?;
+                let mut c = claims.next().unwrap_or_default();
+                let report = std::mem::take(&mut c.report);
+                self.trust_checked(&mut event, report, now)?;
+                Ok((event, c))
+            })
+            .collect()
+    }
+
     /// Frames from a PUB socket (a relay, or a fedmsg endpoint), or from a relay's journal
     /// (`from_journal`).
     pub fn check_frames(
@@ -136,8 +175,26 @@ impl Gate {
     }
 
     fn trust(&self, event: &mut Event, now: DateTime<Utc>) -> Result<(), Refused> {
+        let report = match event.format {
+            Format::Laniakea => {
+                let mut claims = self.policy.claims(event);
+                claims.verify_each();
+                claims.report
+            }
+            _ => SignatureReport::default(),
+        };
+        self.trust_checked(event, report, now)
+    }
+
+    /// [`Gate::trust`] with the Ed25519 signatures already checked into `report`.
+    fn trust_checked(
+        &self,
+        event: &mut Event,
+        report: SignatureReport,
+        now: DateTime<Utc>,
+    ) -> Result<(), Refused> {
         let refusal = match event.format {
-            Format::Laniakea => self.policy.admit(event, now).err(),
+            Format::Laniakea => self.policy.admit_checked(event, report, now).err(),
             Format::Fedmsg if !self.allow_fedmsg => Some(Refusal::FedmsgNotAllowed),
             Format::Fedmsg => None,
             // Only the AMQP source builds these (as parsed events, never from frames): the

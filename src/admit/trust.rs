@@ -127,7 +127,24 @@ impl TrustPolicy {
 
     /// Verify signatures and fill `event.signers`; then grants, unsigned and freshness.
     pub fn admit(&self, event: &mut Event, now: DateTime<Utc>) -> Result<(), Refusal> {
-        let mut report = sign::check(&event.body, &self.keyring);
+        let mut claims = self.claims(event);
+        claims.verify_each();
+        self.admit_checked(event, claims.report, now)
+    }
+
+    /// The Ed25519 signatures of `event` by trusted signers, decoded and not yet verified
+    /// (for [`sign::verify_batch`] over several events); then [`TrustPolicy::admit_checked`].
+    pub fn claims(&self, event: &Event) -> sign::Claims {
+        sign::claims(&event.body, &self.keyring)
+    }
+
+    /// [`TrustPolicy::admit`] with the Ed25519 signatures already checked into `report`.
+    pub fn admit_checked(
+        &self,
+        event: &mut Event,
+        mut report: sign::SignatureReport,
+        now: DateTime<Utc>,
+    ) -> Result<(), Refusal> {
         if let Some((signer, reason)) = report.bad.into_iter().next() {
             return Err(Refusal::BadSignature { signer, reason });
         }

@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use chrono::{DateTime, SecondsFormat, Utc};
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender, TrySendError};
-use serde_json::json;
 use tracing::{info, warn};
 
 use super::ack::{Ack, AckStatus};
@@ -31,7 +30,7 @@ use super::socket::{bind_all, new_socket};
 use crate::admit::{Counters, Dedupe, Gate, Refusal, Refusals, Refused, TrustPolicy};
 use crate::config::{RelayConfig, TrustConfig, ZmqConfig};
 use crate::event::keys::SigningKey;
-use crate::event::{canonical, sign, Event};
+use crate::event::{canonical, sign};
 use crate::journal::replay::MAX_CHUNK;
 use crate::journal::{Journal, NewEntry, Retention};
 use crate::metrics::Registry;
@@ -141,7 +140,16 @@ struct Verdict {
     ticket: u64,
     origin: Origin,
     received: DateTime<Utc>,
-    outcome: Result<Event, Refused>,
+    outcome: Result<Ready, Refused>,
+}
+
+/// A verified (and countersigned) event as a worker hands it to the socket thread: its
+/// canonical JSON with a gap for the `unsigned` stamp, so that the socket thread neither
+/// serializes nor frees a parsed event.
+struct Ready {
+    topic: String,
+    uuid: String,
+    body: canonical::Gapped,
 }
 
 /// After a restart, the uuids journaled within the dedupe window are duplicates still:
@@ -178,21 +186,44 @@ fn remember_journaled(journal: &Journal, dedupe: &mut Dedupe, opts: &RelayOption
     }
 }
 
-/// Admission, then the countersignature: the CPU-heavy part, on a worker thread.
+/// Submissions a worker takes from the queue at once at most: their signatures are verified
+/// in one batch, and a batch waits for its slowest member.
+const VERIFY_BATCH: usize = 32;
+
+/// Admission, then the countersignature over the bytes verification computed, then the
+/// canonical JSON to publish: the CPU-heavy part, on a worker thread.
 fn verify(
     gate: &Gate,
     key: Option<&SigningKey>,
-    frame: Vec<u8>,
-    received: DateTime<Utc>,
-) -> Result<Event, Refused> {
-    let mut event = gate.check_submission(frame, received)?;
-    if let Some(key) = key {
-        sign::sign(&mut event.body, key).map_err(|e| Refused {
-            uuid: Some(event.uuid.clone()),
-            refusal: Refusal::RelayError(format!("countersigning: {e}")),
-        })?;
-    }
-    Ok(event)
+    batch: Vec<(Vec<u8>, DateTime<Utc>)>,
+) -> Vec<Result<Ready, Refused>> {
+    gate.check_submissions(batch)
+        .into_iter()
+        .map(|checked| {
+            let (mut event, mut claims) = checked?;
+            let relay_error = |uuid: &str, what: String| Refused {
+                uuid: Some(uuid.to_string()),
+                refusal: Refusal::RelayError(what),
+            };
+            if let Some(key) = key {
+                let signed = claims
+                    .message(&event.body)
+                    .map_err(|e| relay_error(&event.uuid, format!("countersigning: {e}")))?;
+                sign::sign_message(&mut event.body, key, signed)
+                    .map_err(|e| relay_error(&event.uuid, format!("countersigning: {e}")))?;
+            }
+            let body = match canonical::Gapped::new(&event.body, "unsigned") {
+                Ok(Some(body)) => body,
+                Ok(None) => return Err(relay_error(&event.uuid, "encoding: not an object".into())),
+                Err(e) => return Err(relay_error(&event.uuid, format!("encoding: {e}"))),
+            };
+            Ok(Ready {
+                topic: event.topic,
+                uuid: event.uuid,
+                body,
+            })
+        })
+        .collect()
 }
 
 fn worker(
@@ -212,26 +243,60 @@ fn worker(
             return;
         }
     };
-    for sub in jobs {
-        let outcome = verify(&gate, key.as_ref(), sub.frame, sub.received);
-        let verdict = Verdict {
-            ticket: sub.ticket,
-            origin: sub.origin,
-            received: sub.received,
-            outcome,
-        };
-        if results.send(verdict).is_err() {
-            return;
+    while let Ok(first) = jobs.recv() {
+        let mut subs = vec![first];
+        while subs.len() < VERIFY_BATCH {
+            match jobs.try_recv() {
+                Ok(sub) => subs.push(sub),
+                Err(_) => break,
+            }
+        }
+        let frames = subs
+            .iter_mut()
+            .map(|s| (std::mem::take(&mut s.frame), s.received))
+            .collect();
+        let outcomes = verify(&gate, key.as_ref(), frames);
+        for (sub, outcome) in subs.into_iter().zip(outcomes) {
+            let verdict = Verdict {
+                ticket: sub.ticket,
+                origin: sub.origin,
+                received: sub.received,
+                outcome,
+            };
+            if results.send(verdict).is_err() {
+                return;
+            }
         }
         // A full doorbell means the socket thread already has wake-ups pending.
         let _ = doorbell.send(&b""[..], zmq::DONTWAIT);
     }
 }
 
+/// The `unsigned` stamp `{relay, epoch, seq, received}` as canonical JSON, written directly
+/// (keys in canonical order): the socket thread does this once per native event.
+fn unsigned_stamp(
+    relay: &str,
+    epoch: &str,
+    seq: u64,
+    received: &str,
+) -> Result<Vec<u8>, serde_json::Error> {
+    let mut out = Vec::with_capacity(128);
+    out.extend_from_slice(b"{\"epoch\":");
+    serde_json::to_writer(&mut out, epoch)?;
+    out.extend_from_slice(b",\"received\":");
+    serde_json::to_writer(&mut out, received)?;
+    out.extend_from_slice(b",\"relay\":");
+    serde_json::to_writer(&mut out, relay)?;
+    out.extend_from_slice(b",\"seq\":");
+    out.extend_from_slice(seq.to_string().as_bytes());
+    out.push(b'}');
+    Ok(out)
+}
+
 /// An event ready to publish, waiting for the journal's commit.
 pub struct Outgoing {
+    /// `[topic, json]`; frame 0 is valid UTF-8 (checked for fedmsg, built for native).
     frames: Vec<Vec<u8>>,
-    topic: String,
     uuid: String,
     received_ms: i64,
     format: &'static str,
@@ -239,11 +304,20 @@ pub struct Outgoing {
     reply: Option<Origin>,
 }
 
+impl Outgoing {
+    fn topic(&self) -> &str {
+        self.frames
+            .first()
+            .and_then(|t| std::str::from_utf8(t).ok())
+            .unwrap_or_default()
+    }
+}
+
 impl Journaled for Outgoing {
     fn entry(&self) -> NewEntry<'_> {
         NewEntry {
             frames: &self.frames,
-            topic: &self.topic,
+            topic: self.topic(),
             uuid: &self.uuid,
             received_ms: self.received_ms,
         }
@@ -487,12 +561,29 @@ impl Relay {
 
     /// Read what the ROUTER has queued (bounded, so publishing never starves).
     fn read_submissions(&mut self, router: &zmq::Socket, jobs: &Sender<Submission>) {
+        let mut received = 0.0;
+        self.read_submissions_counting(router, jobs, &mut received);
+        // Once per round: a counter update formats its series name.
+        if received > 0.0 {
+            self.metrics.add(
+                "hark_relay_received_total",
+                &[("source", "submit")],
+                received,
+            );
+        }
+    }
+
+    fn read_submissions_counting(
+        &mut self,
+        router: &zmq::Socket,
+        jobs: &Sender<Submission>,
+        received: &mut f64,
+    ) {
         for _ in 0..1024 {
             let Ok(mut frames) = router.recv_multipart(zmq::DONTWAIT) else {
                 return;
             };
-            self.metrics
-                .inc("hark_relay_received_total", &[("source", "submit")]);
+            *received += 1.0;
             let identity = frames.remove(0);
             let delimited = frames.len() == 2 && frames[0].is_empty();
             if delimited {
@@ -543,7 +634,7 @@ impl Relay {
                     refused.uuid.as_deref(),
                     &refused.refusal,
                 ),
-                Ok(event) => self.stage_native(router, verdict.origin, verdict.received, event),
+                Ok(ready) => self.stage_native(router, verdict.origin, verdict.received, ready),
             }
         }
     }
@@ -553,7 +644,7 @@ impl Relay {
         router: &zmq::Socket,
         origin: Origin,
         received: DateTime<Utc>,
-        mut event: Event,
+        event: Ready,
     ) {
         if !self.dedupe.first_seen(&event.uuid, Instant::now()) {
             let refusal = Refusal::Duplicate {
@@ -576,19 +667,9 @@ impl Relay {
             return;
         }
         let seq = self.staged + self.outbox.len() as u64 + 1;
-        if let Some(obj) = event.body.as_object_mut() {
-            obj.insert(
-                "unsigned".into(),
-                json!({
-                    "relay": self.opts.name,
-                    "epoch": self.epoch,
-                    "seq": seq,
-                    "received": received.to_rfc3339_opts(SecondsFormat::Micros, true),
-                }),
-            );
-        }
-        let bytes = match canonical::to_vec(&event.body) {
-            Ok(b) => b,
+        let at = received.to_rfc3339_opts(SecondsFormat::Micros, true);
+        let bytes = match unsigned_stamp(&self.opts.name, &self.epoch, seq, &at) {
+            Ok(stamp) => event.body.fill(&stamp),
             Err(e) => {
                 self.dedupe.forget(&event.uuid);
                 let refusal = Refusal::RelayError(format!("encoding: {e}"));
@@ -597,8 +678,7 @@ impl Relay {
             }
         };
         self.outbox.push(Outgoing {
-            frames: vec![event.topic.as_bytes().to_vec(), bytes],
-            topic: event.topic,
+            frames: vec![event.topic.into_bytes(), bytes],
             uuid: event.uuid,
             received_ms: received.timestamp_millis(),
             format: "laniakea",
@@ -690,9 +770,15 @@ impl Relay {
     fn publish(&mut self, router: &zmq::Socket, publisher: &zmq::Socket, events: Vec<Outgoing>) {
         let (mut native, mut fedmsg) = (0.0, 0.0);
         let journaled = self.journal.is_some();
-        for o in events {
+        for mut o in events {
             self.seq += 1;
-            if let Err(e) = publisher.send_multipart(&o.frames, 0) {
+            // Moved, not copied, unless AMQP needs them after: libzmq takes the buffers over.
+            let sent = if self.opts.amqp_out.is_some() {
+                publisher.send_multipart(&o.frames, 0)
+            } else {
+                publisher.send_multipart(std::mem::take(&mut o.frames), 0)
+            };
+            if let Err(e) = sent {
                 self.metrics.inc("hark_relay_publish_failures_total", &[]);
                 if !journaled {
                     // Nothing else has it: the publisher must send it again.
@@ -709,7 +795,7 @@ impl Relay {
             }
             if let Some(out) = &self.opts.amqp_out {
                 out.push(crate::bus::amqp_out::from_frames(
-                    &o.topic,
+                    o.topic(),
                     &o.uuid,
                     o.format,
                     &o.frames,
@@ -746,6 +832,8 @@ impl Relay {
 
     fn read_fedmsg(&mut self, sub: &zmq::Socket) {
         let mut received = 0.0;
+        // One clock reading per round: what is read here was all queued by now.
+        let (now, now_ms) = (Instant::now(), chrono::Utc::now().timestamp_millis());
         for _ in 0..1024 {
             let Ok(frames) = sub.recv_multipart(zmq::DONTWAIT) else {
                 break;
@@ -758,7 +846,7 @@ impl Relay {
                     continue;
                 }
             };
-            if !self.dedupe.first_seen(&uuid, Instant::now()) {
+            if !self.dedupe.first_seen(&uuid, now) {
                 self.refusals.refuse(
                     "fedmsg",
                     Some(&uuid),
@@ -767,10 +855,9 @@ impl Relay {
                 continue;
             }
             self.outbox.push(Outgoing {
-                topic: String::from_utf8_lossy(&frames[0]).into_owned(),
                 frames,
                 uuid,
-                received_ms: chrono::Utc::now().timestamp_millis(),
+                received_ms: now_ms,
                 format: "fedmsg",
                 reply: None,
             });
@@ -818,5 +905,23 @@ impl Relay {
         };
         // Laniakea emitters never read acks and may be gone already; that is fine.
         let _ = result;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_stamp_is_the_canonical_json_of_its_fields() {
+        for (relay, epoch, seq) in [("relay", "e", 1), ("r\u{e9}\"\\x", "", u64::MAX)] {
+            let at = "2026-12-03T06:00:00.123456Z";
+            let value = json!({"relay": relay, "epoch": epoch, "seq": seq, "received": at});
+            assert_eq!(
+                unsigned_stamp(relay, epoch, seq, at).expect("stamp"),
+                canonical::to_vec(&value).expect("canonical")
+            );
+        }
     }
 }

@@ -61,6 +61,71 @@ pub fn to_vec_without(value: &Value, skip: &[&str]) -> Result<Vec<u8>, serde_jso
     Ok(out)
 }
 
+/// An object's canonical JSON with one top-level key left out and a gap where that key
+/// sorts, so that its value can be put in later without serializing the rest again: the
+/// relay's workers serialize an event once, and the socket thread only splices in the
+/// `unsigned` stamp, whose seq it hands out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gapped {
+    /// `{` and the members before the gap, without a trailing comma.
+    head: Vec<u8>,
+    /// The members after the gap and `}`.
+    tail: Vec<u8>,
+    /// The left-out key as a JSON string.
+    key: Vec<u8>,
+}
+
+impl Gapped {
+    /// `None` unless `value` is an object. Any `key` already in it is left out.
+    pub fn new(value: &Value, key: &str) -> Result<Option<Gapped>, serde_json::Error> {
+        let Value::Object(map) = value else {
+            return Ok(None);
+        };
+        let mut head = Vec::with_capacity(256);
+        let mut tail = Vec::with_capacity(64);
+        head.push(b'{');
+        let (mut head_empty, mut tail_empty) = (true, true);
+        for (k, item) in map {
+            let (out, empty) = match k.as_str().cmp(key) {
+                std::cmp::Ordering::Less => (&mut head, &mut head_empty),
+                std::cmp::Ordering::Equal => continue,
+                std::cmp::Ordering::Greater => (&mut tail, &mut tail_empty),
+            };
+            if !std::mem::replace(empty, false) {
+                out.push(b',');
+            }
+            serde_json::to_writer(&mut *out, k)?;
+            out.push(b':');
+            write_value(out, item)?;
+        }
+        tail.push(b'}');
+        Ok(Some(Gapped {
+            head,
+            tail,
+            key: serde_json::to_vec(key)?,
+        }))
+    }
+
+    /// The whole object's canonical JSON with `value` (itself canonical JSON) at the gap.
+    pub fn fill(&self, value: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(
+            self.head.len() + self.tail.len() + self.key.len() + value.len() + 3,
+        );
+        out.extend_from_slice(&self.head);
+        if self.head.len() > 1 {
+            out.push(b',');
+        }
+        out.extend_from_slice(&self.key);
+        out.push(b':');
+        out.extend_from_slice(value);
+        if self.tail.len() > 1 {
+            out.push(b',');
+        }
+        out.extend_from_slice(&self.tail);
+        out
+    }
+}
+
 fn write_value(out: &mut Vec<u8>, value: &Value) -> Result<(), serde_json::Error> {
     match value {
         Value::Null => out.extend_from_slice(b"null"),
@@ -239,6 +304,35 @@ mod tests {
             canon(r#"["\u0001\u001f\u007f\b\f\n\r\t\"\\/\u2028"]"#),
             "[\"\\u0001\\u001f\u{7f}\\b\\f\\n\\r\\t\\\"\\\\/\u{2028}\"]"
         );
+    }
+
+    #[test]
+    fn a_gapped_object_filled_is_the_object_with_that_key_set() {
+        let stamp: Value = serde_json::from_str(r#"{"seq":7,"relay":"r\u00e9"}"#).unwrap();
+        let stamp_bytes = to_vec(&stamp).unwrap();
+        for body in [
+            r#"{}"#,
+            r#"{"a":1}"#,
+            r#"{"z":[1,2.5e-7]}"#,
+            r#"{"a":{"unsigned":1},"z":"x"}"#,
+            r#"{"data":{"k":"v"},"signatures":{"s":{"ed25519:0":"x"}},"tag":"t","time":"now","unsigned":{"seq":1,"old":true},"uuid":"u"}"#,
+            r#"{"unsigned":null}"#,
+            r#"{"unsigned":null,"uuid":"u"}"#,
+            r#"{"tag":"t","unsigned":3}"#,
+        ] {
+            let mut value: Value = serde_json::from_str(body).unwrap();
+            let gapped = Gapped::new(&value, "unsigned").unwrap().unwrap();
+            value
+                .as_object_mut()
+                .unwrap()
+                .insert("unsigned".into(), stamp.clone());
+            assert_eq!(
+                String::from_utf8(gapped.fill(&stamp_bytes)).unwrap(),
+                String::from_utf8(to_vec(&value).unwrap()).unwrap(),
+                "{body}"
+            );
+        }
+        assert_eq!(Gapped::new(&Value::from(1), "unsigned").unwrap(), None);
     }
 
     #[test]
