@@ -3,9 +3,12 @@
 //!
 //! A journal file has one `epoch` (a UUID made when the file is created) and seq numbers
 //! that keep increasing across reopens of that file; a new epoch starts only with a new
-//! file. Rows are contiguous: appends add at the head, [`Journal::prune`] only removes a
-//! prefix, so the retained rows are exactly `first_seq..=head_seq`. The replay protocol
-//! built on it lives in [`replay`]; its wire format is in docs/architecture.md.
+//! file. Events are contiguous: appends add at the head, [`Journal::prune`] only removes a
+//! prefix, so the retained events are exactly `first_seq..=head_seq`. Each append is
+//! stored as one SQLite row holding all its events (split past [`ROW_EVENTS`]), so a
+//! relay's burst costs one row, not one per event; the API below is per event all the
+//! same. The replay protocol built on it lives in [`replay`]; its wire format is in
+//! docs/architecture.md.
 //!
 //! Everything here blocks on disk. The relay's socket thread is a plain thread, which is
 //! where it belongs; never call it from the tokio loop.
@@ -160,22 +163,31 @@ pub struct Selected {
     pub done: bool,
 }
 
+/// The journal as stored. One row holds one append's events (a relay's poll round, or
+/// several rounds that shared a commit), so that a burst costs one row insert instead of
+/// one per event with two index updates each: that was most of the journal's CPU
+/// (docs/benchmarks.md, "With the journal on and off"). `round_topics` keeps one row per
+/// topic per row of `rounds`, which is what history's topic walks seek through; receive
+/// times never decrease with seq (appends clamp them), so `rounds_last_ms` finds a time.
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS entries (
-    seq INTEGER PRIMARY KEY,
-    received_ms INTEGER NOT NULL,
-    topic TEXT NOT NULL,
-    uuid TEXT NOT NULL,
+CREATE TABLE IF NOT EXISTS rounds (
+    first_seq INTEGER PRIMARY KEY,
+    last_seq INTEGER NOT NULL,
+    first_ms INTEGER NOT NULL,
+    last_ms INTEGER NOT NULL,
     bytes INTEGER NOT NULL,
-    frames BLOB NOT NULL
+    events BLOB NOT NULL
 );
-CREATE INDEX IF NOT EXISTS entries_received ON entries(received_ms);
-CREATE INDEX IF NOT EXISTS entries_topic ON entries(topic);
-DROP INDEX IF EXISTS entries_uuid;
+CREATE INDEX IF NOT EXISTS rounds_last_ms ON rounds(last_ms);
+CREATE TABLE IF NOT EXISTS round_topics (
+    topic TEXT NOT NULL,
+    first_seq INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS round_topics_walk ON round_topics(topic, first_seq);
 ";
 
 /// One ordered walk over journal rows for [`Journal::scan`] (history queries): rows past
@@ -199,19 +211,26 @@ pub struct Scan<'a> {
 /// SQLite page size of a new journal file, in bytes.
 const JOURNAL_PAGE_SIZE: i64 = 16_384;
 
-/// The journal format this code writes; a file with another one is refused, not guessed at.
-const FORMAT: i64 = 1;
+/// The journal format this code writes; a file with another one is refused, not guessed at,
+/// except format 1 (one row per event), which a writer converts when it opens it.
+const FORMAT: i64 = 2;
+const FORMAT_PER_EVENT: i64 = 1;
+
+/// Most events, and most bytes of frames, in one stored row: a bigger append is split, so
+/// that a reader decoding one row for a page of results never decodes much more.
+const ROW_EVENTS: usize = 1024;
+const ROW_BYTES: usize = 1 << 20;
 
 pub struct Journal {
     conn: Connection,
     epoch: String,
     read_only: bool,
-    /// The file has `entries_topic` (a read-only open of a journal from before it may not).
-    topic_index: bool,
     retention: Retention,
     /// The last seq written; survives pruning through `meta.pruned_seq`.
     head_seq: u64,
-    /// Sum of `entries.bytes`, kept here so appends need not ask SQLite.
+    /// The newest receive time written: later appends are stamped no earlier.
+    last_ms: i64,
+    /// Sum of `rounds.bytes`, kept here so appends need not ask SQLite.
     stored_bytes: u64,
     /// A writer holds an exclusive lock on `<file>.lock` while open: `head_seq` is
     /// cached here, so a second writer would hand out the same seqs.
@@ -269,6 +288,7 @@ impl Journal {
                 put.execute(params!["pruned_seq", 0i64])?;
             }
             Some(FORMAT) => {}
+            Some(FORMAT_PER_EVENT) => convert_per_event_rows(&tx)?,
             Some(other) => {
                 return Err(JournalError::NotAJournal(
                     path.display().to_string(),
@@ -298,28 +318,48 @@ impl Journal {
         let not_journal =
             |why: &str| JournalError::NotAJournal(path.display().to_string(), why.into());
         let epoch: String = meta_get(&conn, "epoch")?.ok_or_else(|| not_journal("no epoch"))?;
+        match meta_get::<i64>(&conn, "format")? {
+            Some(FORMAT) => {}
+            Some(FORMAT_PER_EVENT) => {
+                return Err(not_journal(
+                    "format 1 (one row per event): the relay converts it when it next opens it",
+                ))
+            }
+            other => {
+                return Err(not_journal(&format!(
+                    "format {}, this hark reads format {FORMAT}",
+                    other.map_or("none".into(), |f| f.to_string())
+                )))
+            }
+        }
         let (head_seq, _) = head_and_first(&conn)?;
         // Only the writer needs the sum, and it reads every row: a reader (a history
         // query, the HTTP API) opening a journal of 10^6 events must not pay for it.
-        let stored: i64 = if read_only {
-            0
+        let (stored, last_ms): (i64, Option<i64>) = if read_only {
+            (0, None)
         } else {
-            conn.query_row("SELECT COALESCE(SUM(bytes), 0) FROM entries", [], |r| {
-                r.get(0)
-            })?
+            (
+                conn.query_row("SELECT COALESCE(SUM(bytes), 0) FROM rounds", [], |r| {
+                    r.get(0)
+                })?,
+                conn.query_row(
+                    "SELECT (SELECT last_ms FROM rounds ORDER BY first_seq DESC LIMIT 1)",
+                    [],
+                    |r| r.get(0),
+                )?,
+            )
         };
-        let topic_index: bool = conn.query_row(
-            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'entries_topic')",
-            [],
-            |r| r.get(0),
-        )?;
+        let last_ms = match last_ms {
+            Some(ms) => ms,
+            None => meta_get(&conn, "pruned_ms")?.unwrap_or(i64::MIN),
+        };
         Ok(Journal {
             conn,
             epoch,
             read_only,
-            topic_index,
             retention: Retention::default(),
             head_seq,
+            last_ms,
             stored_bytes: u64::try_from(stored).unwrap_or(0),
             _lock: None,
         })
@@ -385,7 +425,8 @@ impl Journal {
 
     /// Append a burst in one transaction (one fsync). The entries get consecutive seqs
     /// starting at [`Journal::next_seq`], which is returned; on error none is written
-    /// and the seqs are not used up.
+    /// and the seqs are not used up. A receive time earlier than one already written (the
+    /// clock stepped back) is stored as that one, so that times never decrease with seq.
     pub fn append_batch(&mut self, entries: &[NewEntry<'_>]) -> Result<u64> {
         if self.read_only {
             return Err(JournalError::ReadOnly);
@@ -395,38 +436,29 @@ impl Journal {
             return Ok(first);
         }
         let mut added = 0u64;
+        let mut last_ms = self.last_ms;
         let tx = self.conn.transaction()?;
         {
-            let mut insert = tx.prepare_cached(
-                "INSERT INTO entries (seq, received_ms, topic, uuid, bytes, frames)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )?;
-            let mut blob = Vec::new();
+            let mut rows = RowWriter::new(&tx, true)?;
             for (seq, entry) in (first..).zip(entries) {
-                blob.clear();
-                encode_frames(entry.frames, &mut blob);
-                let bytes: u64 = entry.frames.iter().map(|f| f.len() as u64).sum();
-                insert.execute(params![
-                    seq_sql(seq),
-                    entry.received_ms,
-                    entry.topic,
-                    entry.uuid,
-                    i64::try_from(bytes).unwrap_or(i64::MAX),
-                    blob,
-                ])?;
-                added += bytes;
+                last_ms = last_ms.max(entry.received_ms);
+                added += rows.push(seq, last_ms, entry.topic, entry.uuid, entry.frames)?;
             }
+            rows.finish()?;
         }
         // A failed commit drops `tx`, which rolls back; the counters below only move once
         // the rows are on disk, so a failure leaves nothing half-counted.
         tx.commit()?;
         self.head_seq += entries.len() as u64;
+        self.last_ms = last_ms;
         self.stored_bytes += added;
         Ok(first)
     }
 
-    /// Drop the oldest rows that are older than `max_age` at `now_ms` or that push the
-    /// stored bytes over `max_bytes`, at most a bounded number per call.
+    /// Drop the oldest events that are older than `max_age` at `now_ms` or that push the
+    /// stored bytes over `max_bytes`, at most [`PRUNE_BATCH`] per call (or one stored row,
+    /// if that holds more). Over `max_bytes`, whole stored rows go, the oldest first; by
+    /// age, a stored row whose first events are too old is written again with the rest.
     pub fn prune(&mut self, now_ms: i64) -> Result<Pruned> {
         if self.read_only {
             return Err(JournalError::ReadOnly);
@@ -435,47 +467,114 @@ impl Journal {
         let cutoff_ms = now_ms.saturating_sub(max_age_ms);
         let excess = self.stored_bytes.saturating_sub(self.retention.max_bytes);
         let tx = self.conn.transaction()?;
-        // Walk from the oldest row: it goes while it is too old or bytes are still in
-        // excess. Stopping at the first row that may stay keeps the rows contiguous even
-        // if the clock once jumped backwards.
-        let mut last: Option<(u64, i64)> = None;
+        // Walk from the oldest event: it goes while it is too old or bytes are still in
+        // excess. Stopping at the first event that may stay keeps the events contiguous.
         let mut rows = 0u64;
         let mut freed = 0u64;
         let mut more = false;
+        let mut horizon: Option<i64> = None;
+        // Whole stored rows that go, and the row cut in two (its first seq, how many
+        // topics it has, the events that stay).
+        let mut whole_through: Option<u64> = None;
+        let mut split: Option<(u64, usize, Vec<Entry>)> = None;
         {
-            let mut oldest = tx.prepare_cached(
-                "SELECT seq, received_ms, bytes FROM entries ORDER BY seq LIMIT ?1",
-            )?;
-            let mut cursor = oldest.query(params![PRUNE_BATCH + 1])?;
-            while let Some(row) = cursor.next()? {
-                let seq: i64 = row.get(0)?;
-                let received: i64 = row.get(1)?;
-                let bytes: i64 = row.get(2)?;
-                if received >= cutoff_ms && freed >= excess {
-                    break;
+            let mut oldest =
+                tx.prepare_cached("SELECT first_seq, events FROM rounds ORDER BY first_seq")?;
+            let mut cursor = oldest.query([])?;
+            'rows: while let Some(row) = cursor.next()? {
+                let first_seq = seq_from_sql(row.get(0)?);
+                let events = decode_round(first_seq, blob_of(row)?)?;
+                if freed < excess {
+                    // Over the size limit: the whole row goes, so that a journal at its
+                    // limit never writes a big row again for every small append.
+                    let n = events.len() as u64;
+                    if rows > 0 && rows + n > PRUNE_BATCH as u64 {
+                        more = true;
+                        break 'rows;
+                    }
+                    rows += n;
+                    for e in &events {
+                        freed += e.bytes();
+                        horizon = Some(horizon.map_or(e.received_ms, |h| h.max(e.received_ms)));
+                    }
+                    whole_through = Some(first_seq);
+                    continue;
                 }
-                if rows == PRUNE_BATCH as u64 {
-                    more = true;
-                    break;
+                for (i, e) in events.iter().enumerate() {
+                    let stays = e.received_ms >= cutoff_ms;
+                    if stays || rows == PRUNE_BATCH as u64 {
+                        more = !stays;
+                        if i > 0 {
+                            let rest = events[i..].iter().map(EventRef::to_entry).collect();
+                            let mut topics: Vec<&str> = events.iter().map(|e| e.topic).collect();
+                            topics.sort_unstable();
+                            topics.dedup();
+                            split = Some((first_seq, topics.len(), rest));
+                        }
+                        break 'rows;
+                    }
+                    rows += 1;
+                    freed += e.bytes();
+                    horizon = Some(horizon.map_or(e.received_ms, |h| h.max(e.received_ms)));
                 }
-                rows += 1;
-                freed += u64::try_from(bytes).unwrap_or(0);
-                let horizon = last.map_or(received, |(_, ms)| ms.max(received));
-                last = Some((u64::try_from(seq).unwrap_or(0), horizon));
+                whole_through = Some(first_seq);
             }
         }
-        let Some((through_seq, newest_ms)) = last else {
+        let Some(newest_ms) = horizon else {
             return Ok(Pruned::default());
         };
-        tx.execute(
-            "DELETE FROM entries WHERE seq <= ?1",
-            params![seq_sql(through_seq)],
-        )?;
+        // Topic rows are written in seq order, so the ones of removed rows are a rowid
+        // prefix: those before the first that points at a row still there.
+        let drop_topics = |through: u64| {
+            tx.execute(
+                "DELETE FROM round_topics WHERE rowid < COALESCE(
+                     (SELECT rowid FROM round_topics WHERE first_seq > ?1 ORDER BY rowid LIMIT 1),
+                     (SELECT MAX(rowid) FROM round_topics) + 1)",
+                params![seq_sql(through)],
+            )
+        };
+        let mut through_seq = 0;
+        if let Some(first) = whole_through {
+            tx.execute(
+                "DELETE FROM rounds WHERE first_seq <= ?1",
+                params![seq_sql(first)],
+            )?;
+            drop_topics(first)?;
+            through_seq = tx.query_row(
+                "SELECT COALESCE((SELECT first_seq FROM rounds ORDER BY first_seq LIMIT 1), ?1) - 1",
+                params![seq_sql(self.head_seq + 1)],
+                |r| r.get::<_, i64>(0),
+            )?;
+        }
+        if let Some((old_first, topics, rest)) = split {
+            let new_first = rest.first().map_or(old_first, |e| e.seq);
+            tx.execute(
+                "DELETE FROM rounds WHERE first_seq = ?1",
+                params![seq_sql(old_first)],
+            )?;
+            let mut writer = RowWriter::new(&tx, false)?;
+            for e in &rest {
+                writer.push(e.seq, e.received_ms, &e.topic, &e.uuid, &e.frames)?;
+            }
+            writer.finish()?;
+            // Its topic rows stay where they are in rowid order, pointing at the rewritten
+            // row (a topic only its pruned part had matches nothing there, which is fine).
+            tx.execute(
+                "UPDATE round_topics SET first_seq = ?2 WHERE rowid IN
+                     (SELECT rowid FROM round_topics WHERE first_seq = ?1 ORDER BY rowid LIMIT ?3)",
+                params![
+                    seq_sql(old_first),
+                    seq_sql(new_first),
+                    i64::try_from(topics).unwrap_or(i64::MAX)
+                ],
+            )?;
+            through_seq = seq_sql(new_first) - 1;
+        }
         let previous_ms: Option<i64> = meta_get(&tx, "pruned_ms")?;
         let horizon = previous_ms.map_or(newest_ms, |p| p.max(newest_ms));
         tx.execute(
             "INSERT OR REPLACE INTO meta (key, value) VALUES ('pruned_seq', ?1), ('pruned_ms', ?2)",
-            params![seq_sql(through_seq), horizon],
+            params![through_seq, horizon],
         )?;
         tx.commit()?;
         self.stored_bytes = self.stored_bytes.saturating_sub(freed);
@@ -524,19 +623,59 @@ impl Journal {
         Ok(out)
     }
 
-    /// The seq span that can hold rows received in `from_ms..=to_ms`: from the first
+    /// The seq span that holds the rows received in `from_ms..=to_ms`: from the first
     /// seq received at or after `from_ms` to the last received at or before `to_ms`.
-    /// Receive times follow seq except across a clock step, which is why rows in the span
-    /// are still filtered by time.
+    /// Receive times never decrease with seq (appends see to that), so this is two seeks
+    /// in the time index and a look into the two stored rows at the ends.
     pub fn seqs_for_time(&self, from_ms: i64, to_ms: i64) -> Result<Option<(u64, u64)>> {
-        let span: (Option<i64>, Option<i64>) = self.conn.query_row(
-            "SELECT (SELECT MIN(seq) FROM entries WHERE received_ms >= ?1),
-                    (SELECT MAX(seq) FROM entries WHERE received_ms <= ?2)",
-            params![from_ms, to_ms],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+        let mut first_after = self.conn.prepare_cached(
+            "SELECT first_seq, events FROM rounds WHERE last_ms >= ?1
+             ORDER BY last_ms, first_seq LIMIT 1",
         )?;
-        Ok(match span {
-            (Some(a), Some(b)) if a <= b => Some((seq_from_sql(a), seq_from_sql(b))),
+        let first = match first_after.query(params![from_ms])?.next()? {
+            Some(row) => {
+                let first_seq = seq_from_sql(row.get(0)?);
+                decode_round(first_seq, blob_of(row)?)?
+                    .iter()
+                    .find(|e| e.received_ms >= from_ms)
+                    .map(|e| e.seq)
+            }
+            None => None,
+        };
+        let Some(first) = first else { return Ok(None) };
+        // The last row that starts at or before `to_ms` holds the span's end: the first
+        // row ending after it, if that starts in time, else the row before that one.
+        let mut after = self.conn.prepare_cached(
+            "SELECT first_seq, first_ms, events FROM rounds WHERE last_ms > ?1
+             ORDER BY last_ms, first_seq LIMIT 1",
+        )?;
+        let mut last = None;
+        if let Some(row) = after.query(params![to_ms])?.next()? {
+            let first_ms: i64 = row.get(1)?;
+            if first_ms <= to_ms {
+                let first_seq = seq_from_sql(row.get(0)?);
+                let events = decode_round(first_seq, blob_of_column(row, 2)?)?;
+                last = events
+                    .iter()
+                    .rev()
+                    .find(|e| e.received_ms <= to_ms)
+                    .map(|e| e.seq);
+            }
+        }
+        if last.is_none() {
+            last = self
+                .conn
+                .query_row(
+                    "SELECT last_seq FROM rounds WHERE last_ms <= ?1
+                     ORDER BY last_ms DESC, first_seq DESC LIMIT 1",
+                    params![to_ms],
+                    |r| r.get::<_, i64>(0),
+                )
+                .optional()?
+                .map(seq_from_sql);
+        }
+        Ok(match last {
+            Some(last) if first <= last => Some((first, last)),
             _ => None,
         })
     }
@@ -556,36 +695,23 @@ impl Journal {
             });
         }
         let window_end = end.min(from.saturating_add(scan.max(1) as u64 - 1));
-        let mut sql = String::from(
-            "SELECT seq, received_ms, topic, uuid, frames FROM entries
-             WHERE seq >= ?1 AND seq <= ?2 AND received_ms >= ?3 AND received_ms <= ?4",
-        );
-        let mut args: Vec<rusqlite::types::Value> = vec![
-            seq_sql(from).into(),
-            seq_sql(window_end).into(),
-            selection.from_ms.unwrap_or(i64::MIN).into(),
-            selection.to_ms.unwrap_or(i64::MAX).into(),
-        ];
-        let prefixes: Vec<&String> = selection.topic_prefixes.iter().collect();
-        if !prefixes.is_empty() && !prefixes.iter().any(|p| p.is_empty()) {
-            sql.push_str(" AND (");
-            for (i, prefix) in prefixes.iter().enumerate() {
-                if i > 0 {
-                    sql.push_str(" OR ");
-                }
-                let n = args.len() + 1;
-                // substr/length count characters on TEXT; for a valid UTF-8 prefix that is
-                // the same test as a bytewise prefix, which is what a SUB socket does.
-                sql.push_str(&format!("substr(topic, 1, length(?{n})) = ?{n}"));
-                args.push((*prefix).clone().into());
+        let from_ms = selection.from_ms.unwrap_or(i64::MIN);
+        let to_ms = selection.to_ms.unwrap_or(i64::MAX);
+        let prefixes = &selection.topic_prefixes;
+        let every_topic = prefixes.is_empty() || prefixes.iter().any(|p| p.is_empty());
+        let mut entries = Vec::new();
+        self.walk(from, window_end, None, false, |e| {
+            if e.received_ms >= from_ms
+                && e.received_ms <= to_ms
+                && (every_topic
+                    || prefixes
+                        .iter()
+                        .any(|p| e.topic.as_bytes().starts_with(p.as_bytes())))
+            {
+                entries.push(e.to_entry());
             }
-            sql.push(')');
-        }
-        sql.push_str(&format!(" ORDER BY seq LIMIT ?{}", args.len() + 1));
-        args.push(i64::try_from(limit).unwrap_or(i64::MAX).into());
-        let mut stmt = self.conn.prepare_cached(&sql)?;
-        let rows = stmt.query(rusqlite::params_from_iter(args))?;
-        let entries = collect_entries(rows)?;
+            entries.len() < limit
+        })?;
         let next_seq = if entries.len() == limit {
             entries.last().map_or(window_end + 1, |e| e.seq + 1)
         } else {
@@ -598,8 +724,8 @@ impl Journal {
         })
     }
 
-    /// Rows of one [`Scan`] in its order. With a topic, the topic index (topic, seq) makes
-    /// this a seek and a walk of that topic's rows only, however long the journal is.
+    /// Rows of one [`Scan`] in its order. With a topic, `round_topics` makes this a seek
+    /// and a walk of the stored rows holding that topic only, however long the journal is.
     pub fn scan(&self, scan: &Scan<'_>) -> Result<Vec<Entry>> {
         let (lo, hi) = if scan.descending {
             (scan.bound, scan.after.map(|a| a.saturating_sub(1)))
@@ -611,44 +737,77 @@ impl Journal {
         if lo > hi || scan.limit == 0 {
             return Ok(Vec::new());
         }
-        let order = if scan.descending { "DESC" } else { "ASC" };
-        let (index, topic_test) = match (scan.topic, self.topic_index) {
-            (Some(_), true) => ("INDEXED BY entries_topic", "topic = ?5"),
-            (Some(_), false) => ("", "topic = ?5"),
-            (None, _) => ("NOT INDEXED", "?5 IS NULL"),
+        let from_ms = scan.from_ms.unwrap_or(i64::MIN);
+        let to_ms = scan.to_ms.unwrap_or(i64::MAX);
+        let mut out = Vec::new();
+        self.walk(lo, hi, scan.topic, scan.descending, |e| {
+            if e.received_ms >= from_ms
+                && e.received_ms <= to_ms
+                && scan.topic.is_none_or(|t| t == e.topic)
+            {
+                out.push(e.to_entry());
+            }
+            out.len() < scan.limit
+        })?;
+        Ok(out)
+    }
+
+    /// Visit the events with seqs in `lo..=hi` in seq order (reversed when `descending`),
+    /// only from stored rows holding `topic` if one is given, until `visit` says stop.
+    fn walk(
+        &self,
+        lo: u64,
+        hi: u64,
+        topic: Option<&str>,
+        descending: bool,
+        mut visit: impl FnMut(&EventRef<'_>) -> bool,
+    ) -> Result<()> {
+        let order = if descending { "DESC" } else { "ASC" };
+        // The row holding `lo` starts at or before it.
+        let start = "(SELECT COALESCE(MAX(first_seq), 0) FROM rounds WHERE first_seq <= ?1)";
+        let sql = match topic {
+            Some(_) => format!(
+                "SELECT r.first_seq, r.events FROM round_topics t INDEXED BY round_topics_walk
+                 JOIN rounds r ON r.first_seq = t.first_seq
+                 WHERE t.topic = ?3 AND t.first_seq >= {start} AND t.first_seq <= ?2
+                 ORDER BY t.first_seq {order}"
+            ),
+            None => format!(
+                "SELECT first_seq, events FROM rounds
+                 WHERE first_seq >= {start} AND first_seq <= ?2
+                 ORDER BY first_seq {order}"
+            ),
         };
-        // NOT INDEXED keeps a walk without a topic on the rowid (seq) order: with a time
-        // bound SQLite would otherwise pick the time index and sort.
-        let sql = format!(
-            "SELECT seq, received_ms, topic, uuid, frames FROM entries {index}
-             WHERE seq >= ?1 AND seq <= ?2 AND received_ms >= ?3 AND received_ms <= ?4
-               AND {topic_test}
-             ORDER BY seq {order} LIMIT ?6"
-        );
         let mut stmt = self.conn.prepare_cached(&sql)?;
-        let rows = stmt.query(params![
-            seq_sql(lo),
-            seq_sql(hi),
-            scan.from_ms.unwrap_or(i64::MIN),
-            scan.to_ms.unwrap_or(i64::MAX),
-            scan.topic,
-            i64::try_from(scan.limit).unwrap_or(i64::MAX),
-        ])?;
-        collect_entries(rows)
+        let mut rows = match topic {
+            Some(t) => stmt.query(params![seq_sql(lo), seq_sql(hi), t])?,
+            None => stmt.query(params![seq_sql(lo), seq_sql(hi)])?,
+        };
+        while let Some(row) = rows.next()? {
+            let first_seq = seq_from_sql(row.get(0)?);
+            let mut events = decode_round(first_seq, blob_of(row)?)?;
+            events.retain(|e| e.seq >= lo && e.seq <= hi);
+            if descending {
+                events.reverse();
+            }
+            for e in &events {
+                if !visit(e) {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The distinct topics starting with `prefix`, in byte order, found by skipping
     /// through the topic index (one seek per topic, not a walk over the rows); `None` when
-    /// there are more than `max` or the file has no topic index.
+    /// there are more than `max`.
     pub fn topics_with_prefix(&self, prefix: &str, max: usize) -> Result<Option<Vec<String>>> {
-        if !self.topic_index {
-            return Ok(None);
-        }
         let mut next = self.conn.prepare_cached(
-            "SELECT MIN(topic) FROM entries INDEXED BY entries_topic WHERE topic > ?1",
+            "SELECT MIN(topic) FROM round_topics INDEXED BY round_topics_walk WHERE topic > ?1",
         )?;
         let mut first = self.conn.prepare_cached(
-            "SELECT MIN(topic) FROM entries INDEXED BY entries_topic WHERE topic >= ?1",
+            "SELECT MIN(topic) FROM round_topics INDEXED BY round_topics_walk WHERE topic >= ?1",
         )?;
         let mut found = Vec::new();
         let mut current: Option<String> = first.query_row([prefix], |r| r.get(0))?;
@@ -670,12 +829,14 @@ impl Journal {
     /// an index on uuid (random keys) tripled the journal thread's CPU per append
     /// (docs/benchmarks.md), so a lookup by id pays instead of every write.
     pub fn with_uuid(&self, uuid: &str) -> Result<Vec<Entry>> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT seq, received_ms, topic, uuid, frames FROM entries WHERE uuid = ?1
-             ORDER BY seq DESC LIMIT 16",
-        )?;
-        let rows = stmt.query([uuid])?;
-        collect_entries(rows)
+        let mut out = Vec::new();
+        self.walk(0, u64::MAX, None, true, |e| {
+            if e.uuid == uuid {
+                out.push(e.to_entry());
+            }
+            out.len() < 16
+        })?;
+        Ok(out)
     }
 
     /// The row of one seq, if retained.
@@ -712,22 +873,211 @@ impl Journal {
     }
 }
 
-/// Rows of `SELECT seq, received_ms, topic, uuid, frames` as entries.
-fn collect_entries(mut rows: rusqlite::Rows<'_>) -> Result<Vec<Entry>> {
-    let mut entries = Vec::new();
-    while let Some(row) = rows.next()? {
-        let seq = seq_from_sql(row.get(0)?);
-        let blob: Vec<u8> = row.get(4)?;
-        let frames = decode_frames(&blob).map_err(|why| JournalError::Damaged { seq, why })?;
-        entries.push(Entry {
+/// Writes events into stored rows of at most [`ROW_EVENTS`] events and [`ROW_BYTES`]
+/// bytes, with their `round_topics`, inside the caller's transaction.
+struct RowWriter<'t> {
+    insert: rusqlite::CachedStatement<'t>,
+    topic: rusqlite::CachedStatement<'t>,
+    blob: Vec<u8>,
+    first: Option<(u64, i64)>,
+    last: (u64, i64),
+    events: usize,
+    bytes: u64,
+    topics: Vec<String>,
+    /// Write `round_topics` rows (not when a pruned row is written again: it keeps its own).
+    with_topics: bool,
+}
+
+impl<'t> RowWriter<'t> {
+    fn new(tx: &'t rusqlite::Transaction<'_>, with_topics: bool) -> Result<Self> {
+        Ok(RowWriter {
+            with_topics,
+            insert: tx.prepare_cached(
+                "INSERT INTO rounds (first_seq, last_seq, first_ms, last_ms, bytes, events)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?,
+            topic: tx
+                .prepare_cached("INSERT INTO round_topics (topic, first_seq) VALUES (?1, ?2)")?,
+            blob: Vec::new(),
+            first: None,
+            last: (0, 0),
+            events: 0,
+            bytes: 0,
+            topics: Vec::new(),
+        })
+    }
+
+    /// Add one event; the bytes of its frames.
+    fn push(
+        &mut self,
+        seq: u64,
+        received_ms: i64,
+        topic: &str,
+        uuid: &str,
+        frames: &[Vec<u8>],
+    ) -> Result<u64> {
+        if self.events == ROW_EVENTS || self.blob.len() >= ROW_BYTES {
+            self.finish()?;
+        }
+        let bytes: u64 = frames.iter().map(|f| f.len() as u64).sum();
+        encode_event(&mut self.blob, received_ms, topic, uuid, frames);
+        self.first.get_or_insert((seq, received_ms));
+        self.last = (seq, received_ms);
+        self.events += 1;
+        self.bytes += bytes;
+        if self.with_topics && !self.topics.iter().any(|t| t == topic) {
+            self.topics.push(topic.to_string());
+        }
+        Ok(bytes)
+    }
+
+    /// Store what was pushed since the last row.
+    fn finish(&mut self) -> Result<()> {
+        let Some((first_seq, first_ms)) = self.first.take() else {
+            return Ok(());
+        };
+        self.insert.execute(params![
+            seq_sql(first_seq),
+            seq_sql(self.last.0),
+            first_ms,
+            self.last.1,
+            i64::try_from(self.bytes).unwrap_or(i64::MAX),
+            self.blob,
+        ])?;
+        for topic in self.topics.drain(..) {
+            self.topic.execute(params![topic, seq_sql(first_seq)])?;
+        }
+        self.blob.clear();
+        self.events = 0;
+        self.bytes = 0;
+        Ok(())
+    }
+}
+
+/// Format 1 stored one row per event with indexes on time and topic; convert its rows into
+/// stored rows of [`ROW_EVENTS`] in the opening transaction, clamping receive times so that
+/// they never decrease with seq.
+fn convert_per_event_rows(tx: &rusqlite::Transaction<'_>) -> Result<()> {
+    {
+        let mut read =
+            tx.prepare("SELECT seq, received_ms, topic, uuid, frames FROM entries ORDER BY seq")?;
+        let mut rows = read.query([])?;
+        let mut writer = RowWriter::new(tx, true)?;
+        let mut last_ms = i64::MIN;
+        while let Some(row) = rows.next()? {
+            let seq = seq_from_sql(row.get(0)?);
+            last_ms = last_ms.max(row.get(1)?);
+            let topic: String = row.get(2)?;
+            let uuid: String = row.get(3)?;
+            let blob: Vec<u8> = row.get(4)?;
+            let frames = decode_frames(&blob).map_err(|why| JournalError::Damaged { seq, why })?;
+            writer.push(seq, last_ms, &topic, &uuid, &frames)?;
+        }
+        writer.finish()?;
+    }
+    tx.execute_batch("DROP TABLE entries; UPDATE meta SET value = 2 WHERE key = 'format';")?;
+    Ok(())
+}
+
+/// One event inside a stored row, borrowed from its blob.
+struct EventRef<'a> {
+    seq: u64,
+    received_ms: i64,
+    topic: &'a str,
+    uuid: &'a str,
+    /// The event's frames, encoded as [`encode_frames`] does.
+    frames: &'a [u8],
+}
+
+impl EventRef<'_> {
+    fn to_entry(&self) -> Entry {
+        Entry {
+            seq: self.seq,
+            received_ms: self.received_ms,
+            topic: self.topic.to_string(),
+            uuid: self.uuid.to_string(),
+            // Checked by decode_round already.
+            frames: decode_frames(self.frames).unwrap_or_default(),
+        }
+    }
+
+    /// Bytes of frames, without their length prefixes (what `max_bytes` counts).
+    fn bytes(&self) -> u64 {
+        let mut n = 0u64;
+        let mut rest = self.frames;
+        while let Some((len, tail)) = rest.split_first_chunk::<4>() {
+            let len = u32::from_le_bytes(*len) as usize;
+            n += len as u64;
+            rest = tail.get(len..).unwrap_or_default();
+        }
+        n
+    }
+}
+
+/// One event of a stored row: received_ms (i64), topic and uuid (u32 length, UTF-8), the
+/// frames' encoded length (u32) and the frames as [`encode_frames`] writes them; all
+/// little-endian.
+fn encode_event(out: &mut Vec<u8>, received_ms: i64, topic: &str, uuid: &str, frames: &[Vec<u8>]) {
+    let len32 = |n: usize| u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes();
+    out.extend_from_slice(&received_ms.to_le_bytes());
+    out.extend_from_slice(&len32(topic.len()));
+    out.extend_from_slice(topic.as_bytes());
+    out.extend_from_slice(&len32(uuid.len()));
+    out.extend_from_slice(uuid.as_bytes());
+    let encoded: usize = frames.iter().map(|f| f.len() + 4).sum();
+    out.extend_from_slice(&len32(encoded));
+    encode_frames(frames, out);
+}
+
+/// The events of one stored row, which starts at `first_seq`.
+fn decode_round(first_seq: u64, mut blob: &[u8]) -> Result<Vec<EventRef<'_>>> {
+    let mut events = Vec::new();
+    let mut seq = first_seq;
+    while !blob.is_empty() {
+        let damaged = |why: &str| JournalError::Damaged {
             seq,
-            received_ms: row.get(1)?,
-            topic: row.get(2)?,
-            uuid: row.get(3)?,
+            why: why.to_string(),
+        };
+        let (ms, rest) = blob
+            .split_first_chunk::<8>()
+            .ok_or_else(|| damaged("truncated receive time"))?;
+        let received_ms = i64::from_le_bytes(*ms);
+        let (topic, rest) = take_counted(rest).ok_or_else(|| damaged("truncated topic"))?;
+        let (uuid, rest) = take_counted(rest).ok_or_else(|| damaged("truncated uuid"))?;
+        let (frames, rest) = take_counted(rest).ok_or_else(|| damaged("truncated frames"))?;
+        decode_frames(frames).map_err(|why| damaged(&why))?;
+        events.push(EventRef {
+            seq,
+            received_ms,
+            topic: std::str::from_utf8(topic).map_err(|_| damaged("topic is not UTF-8"))?,
+            uuid: std::str::from_utf8(uuid).map_err(|_| damaged("uuid is not UTF-8"))?,
             frames,
         });
+        seq += 1;
+        blob = rest;
     }
-    Ok(entries)
+    Ok(events)
+}
+
+/// A u32 little-endian length and that many bytes; the rest.
+fn take_counted(blob: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (len, rest) = blob.split_first_chunk::<4>()?;
+    let len = u32::from_le_bytes(*len) as usize;
+    (rest.len() >= len).then(|| rest.split_at(len))
+}
+
+fn blob_of<'r>(row: &'r rusqlite::Row<'_>) -> Result<&'r [u8]> {
+    blob_of_column(row, 1)
+}
+
+fn blob_of_column<'r>(row: &'r rusqlite::Row<'_>, i: usize) -> Result<&'r [u8]> {
+    row.get_ref(i)?.as_blob().map_err(|e| {
+        JournalError::Sqlite(rusqlite::Error::FromSqlConversionFailure(
+            i,
+            rusqlite::types::Type::Blob,
+            Box::new(e),
+        ))
+    })
 }
 
 fn lock_writer(path: &Path) -> Result<std::fs::File> {
@@ -759,10 +1109,12 @@ fn meta_get<T: rusqlite::types::FromSql>(conn: &Connection, key: &str) -> Result
 /// (head seq, first retained seq), from the rows, or from the prune mark once every row
 /// is gone, so seqs never restart after a full prune.
 fn head_and_first(conn: &Connection) -> Result<(u64, u64)> {
-    let (max, min): (Option<i64>, Option<i64>) =
-        conn.query_row("SELECT MAX(seq), MIN(seq) FROM entries", [], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })?;
+    let (max, min): (Option<i64>, Option<i64>) = conn.query_row(
+        "SELECT (SELECT last_seq FROM rounds ORDER BY first_seq DESC LIMIT 1),
+                (SELECT MIN(first_seq) FROM rounds)",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
     match (max, min) {
         (Some(max), Some(min)) => Ok((seq_from_sql(max), seq_from_sql(min))),
         _ => {

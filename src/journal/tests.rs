@@ -560,3 +560,132 @@ fn a_second_writer_is_refused_while_the_first_is_open() {
     drop(first);
     assert!(Journal::open(&path, big_retention()).is_ok());
 }
+
+#[test]
+fn a_format_1_file_is_converted_by_its_writer_and_refused_by_a_reader() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("old.sqlite");
+    {
+        let conn = Connection::open(&path).expect("sqlite");
+        conn.execute_batch(
+            "CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+             CREATE TABLE entries (seq INTEGER PRIMARY KEY, received_ms INTEGER NOT NULL,
+                 topic TEXT NOT NULL, uuid TEXT NOT NULL, bytes INTEGER NOT NULL,
+                 frames BLOB NOT NULL);
+             CREATE INDEX entries_received ON entries(received_ms);
+             CREATE INDEX entries_topic ON entries(topic);
+             INSERT INTO meta VALUES ('format', 1), ('epoch', 'old-epoch'),
+                 ('created_ms', 0), ('pruned_seq', 4), ('pruned_ms', 50);",
+        )
+        .expect("format 1 schema");
+        // Seqs 5..=7 (1..=4 were pruned); 7 was stamped before 6 (a clock step).
+        for (seq, ms, topic) in [(5u64, 100i64, "a.x"), (6, 300, "b.y"), (7, 200, "a.x")] {
+            let mut blob = Vec::new();
+            let f = frames(topic, seq);
+            encode_frames(&f, &mut blob);
+            let bytes: usize = f.iter().map(Vec::len).sum();
+            conn.execute(
+                "INSERT INTO entries VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![seq as i64, ms, topic, format!("u{seq}"), bytes as i64, blob],
+            )
+            .expect("row");
+        }
+    }
+    let err = Journal::open_read_only(&path).expect_err("a reader cannot convert");
+    assert!(err.to_string().contains("format 1"), "{err}");
+    let mut j = Journal::open(&path, big_retention()).expect("convert");
+    assert_eq!(j.epoch(), "old-epoch");
+    assert_eq!(
+        (j.first_seq().expect("first"), j.head_seq().expect("head")),
+        (5, 7)
+    );
+    let got = j.range(1, 10).expect("range");
+    assert_eq!(
+        got.iter()
+            .map(|e| (e.seq, e.received_ms, e.topic.as_str(), e.uuid.as_str()))
+            .collect::<Vec<_>>(),
+        vec![
+            (5, 100, "a.x", "u5"),
+            (6, 300, "b.y", "u6"),
+            (7, 300, "a.x", "u7")
+        ]
+    );
+    assert_eq!(got[0].frames, frames("a.x", 5));
+    assert_eq!(
+        j.topics_with_prefix("", 10).expect("topics"),
+        Some(vec!["a.x".to_string(), "b.y".to_string()])
+    );
+    assert_eq!(
+        j.stored_bytes(),
+        got.iter()
+            .map(|e| e.frames.iter().map(|f| f.len() as u64).sum::<u64>())
+            .sum::<u64>()
+    );
+    // Later appends are never stamped before the newest time written.
+    assert_eq!(
+        j.append(&frames("a.x", 8), "a.x", "u8", 250)
+            .expect("append"),
+        8
+    );
+    assert_eq!(j.entry(8).expect("entry").map(|e| e.received_ms), Some(300));
+    drop(j);
+    assert!(Journal::open_read_only(&path).is_ok(), "converted for good");
+}
+
+#[test]
+fn pruning_by_age_cuts_a_stored_row_and_its_topics_still_lead_to_the_rest() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut j = Journal::open(
+        &dir.path().join("j.sqlite"),
+        Retention {
+            max_age: Duration::from_secs(1),
+            max_bytes: u64::MAX,
+        },
+    )
+    .expect("open");
+    // One append, so one stored row: three old events, two young ones of another topic.
+    let f: Vec<Vec<Vec<u8>>> = (0..5)
+        .map(|i| frames(if i < 3 { "old" } else { "young" }, i))
+        .collect();
+    let uuids: Vec<String> = (0..5).map(|i| format!("u{i}")).collect();
+    let burst: Vec<NewEntry> = (0..5)
+        .map(|i| NewEntry {
+            frames: &f[i],
+            topic: if i < 3 { "old" } else { "young" },
+            uuid: &uuids[i],
+            received_ms: if i < 3 { 0 } else { DAY_MS },
+        })
+        .collect();
+    j.append_batch(&burst).expect("append");
+    append_n(&mut j, "old", 1, DAY_MS);
+    let pruned = j.prune(DAY_MS).expect("prune");
+    assert_eq!((pruned.rows, pruned.more), (3, false));
+    assert_eq!(j.first_seq().expect("first"), 4);
+    let young = j
+        .scan(&Scan {
+            topic: Some("young"),
+            limit: 10,
+            ..Scan::default()
+        })
+        .expect("scan");
+    assert_eq!(young.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![4, 5]);
+    assert_eq!(young[0].frames, frames("young", 3));
+    let old = j
+        .scan(&Scan {
+            topic: Some("old"),
+            descending: true,
+            limit: 10,
+            ..Scan::default()
+        })
+        .expect("scan");
+    assert_eq!(old.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![6]);
+    // Once every row of a topic is gone, the topic is not listed any more.
+    j.retention = Retention {
+        max_age: Duration::from_secs(1),
+        max_bytes: 0,
+    };
+    assert_eq!(j.prune(DAY_MS).expect("prune").rows, 3);
+    assert_eq!(j.topics_with_prefix("", 10).expect("topics"), Some(vec![]));
+    assert_eq!(j.first_seq().expect("first"), 7);
+    assert_eq!(j.head_seq().expect("head"), 6);
+}
