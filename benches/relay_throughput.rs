@@ -14,6 +14,9 @@
 //! before it is published and acked costs. The floor under that, one fsynced commit of this
 //! machine's disk, is measured in the same run.
 //!
+//! A fan-out case runs pass-through with many subscribers (`HARK_BENCH_SUBSCRIBERS`), to
+//! see whether the relay's CPU per message stays flat as subscribers are added.
+//!
 //! A further row, the **generator ceiling**, connects the same generator straight to the sink
 //! (no relay) so that readers can see the generator is not what limits the relay rows.
 //!
@@ -27,8 +30,13 @@
 //! `HARK_BENCH_RUN_TIMEOUT` (60 s), `HARK_BENCH_IDLE_MS` (1000: the sink stops after this
 //! much silence once the generator is done), `HARK_BENCH_PYTHON_VENV` (else `.venv`, else
 //! `bench/.venv-anchor`), `HARK_BIN` (else the `hark` binary cargo built for this bench).
-//! Positional arguments select cases: `ceiling`, `hark`, `hark-journal`, `fedmsg`, `signed`,
-//! `signed-journal`.
+//! `HARK_BENCH_SUBSCRIBERS` (100) and `HARK_BENCH_FANOUT_COUNT` (20000 messages) for the
+//! fan-out case. Positional arguments select cases: `ceiling`, `hark`, `hark-journal`,
+//! `fedmsg`, `signed`, `signed-journal`, `hark-fanout`.
+//!
+//! After the tables, a goals table puts each ratio that issues 14 and 9 set a target for
+//! next to that target, with the floors (generator ceiling, Ed25519 sign and verify on one
+//! core, one fsynced commit) measured in the same run.
 
 #[path = "support/mod.rs"]
 mod support;
@@ -72,6 +80,9 @@ struct Settings {
     size: usize,
     generators: usize,
     senders: usize,
+    /// Subscribers in the fan-out case, and messages per fan-out run.
+    subscribers: usize,
+    fanout_count: usize,
     run_timeout: Duration,
     /// The sink stops when nothing arrived for this long after every sender finished.
     idle: Duration,
@@ -102,6 +113,8 @@ impl Settings {
                 size: 500,
                 generators: 1,
                 senders: 1,
+                subscribers: 5,
+                fanout_count: 500,
                 run_timeout: Duration::from_secs(30),
                 idle: Duration::from_secs(1),
                 cases: vec![
@@ -110,6 +123,7 @@ impl Settings {
                     Case::HarkPassJournal,
                     Case::HarkSigned,
                     Case::HarkSignedJournal,
+                    Case::HarkFanout,
                 ],
                 hark_bin,
                 root,
@@ -126,6 +140,8 @@ impl Settings {
             size: env_num("HARK_BENCH_SIZE", 500).max(300),
             generators: env_num("HARK_BENCH_GENERATORS", 1).max(1),
             senders: env_num("HARK_BENCH_SENDERS", 1).max(1),
+            subscribers: env_num("HARK_BENCH_SUBSCRIBERS", 100).max(1),
+            fanout_count: env_num("HARK_BENCH_FANOUT_COUNT", 20_000).max(1),
             run_timeout: Duration::from_secs(env_num("HARK_BENCH_RUN_TIMEOUT", 60).max(5) as u64),
             idle: Duration::from_millis(env_num("HARK_BENCH_IDLE_MS", 1000).max(100) as u64),
             cases,
@@ -149,16 +165,19 @@ enum Case {
     HarkSigned,
     /// The same with the journal on: journaled before it is published and acked.
     HarkSignedJournal,
+    /// Pass-through to many subscribers at once (the sink and `subscribers - 1` others).
+    HarkFanout,
 }
 
 impl Case {
-    const ALL: [Case; 6] = [
+    const ALL: [Case; 7] = [
         Case::Ceiling,
         Case::HarkPass,
         Case::HarkPassJournal,
         Case::FedmsgPass,
         Case::HarkSigned,
         Case::HarkSignedJournal,
+        Case::HarkFanout,
     ];
 
     fn key(self) -> &'static str {
@@ -169,6 +188,7 @@ impl Case {
             Case::FedmsgPass => "fedmsg",
             Case::HarkSigned => "signed",
             Case::HarkSignedJournal => "signed-journal",
+            Case::HarkFanout => "hark-fanout",
         }
     }
 
@@ -188,6 +208,7 @@ impl Case {
             Case::FedmsgPass => "fedmsg-relay (Python anchor), pass-through",
             Case::HarkSigned => "hark relay, verify + countersign",
             Case::HarkSignedJournal => "hark relay, verify + countersign, journal on",
+            Case::HarkFanout => "hark relay, pass-through to many subscribers",
         }
     }
 }
@@ -583,6 +604,43 @@ impl Rig {
         LoggedChild::spawn(cmd, self.tmp.path().join("hark-relay.log"), "hark relay")
     }
 
+    /// `n` SUB sockets on `endpoint` that read and drop everything until the sink is done.
+    fn drainers(
+        &self,
+        endpoint: &str,
+        n: usize,
+        shared: Arc<Shared>,
+    ) -> Result<JoinHandle<()>, String> {
+        let ctx = zmq::Context::new();
+        let mut socks = Vec::new();
+        for _ in 0..n {
+            let sock = ctx.socket(zmq::SUB).map_err(|e| e.to_string())?;
+            sock.set_rcvhwm(0).map_err(|e| e.to_string())?;
+            sock.set_linger(0).map_err(|e| e.to_string())?;
+            sock.set_subscribe(b"").map_err(|e| e.to_string())?;
+            sock.connect(endpoint).map_err(|e| e.to_string())?;
+            socks.push(sock);
+        }
+        std::thread::Builder::new()
+            .name("bench-drain".into())
+            .spawn(move || {
+                let _ctx = ctx;
+                let mut msg = zmq::Message::new();
+                while !shared.sink_done.load(Ordering::Acquire)
+                    && !shared.abort.load(Ordering::Relaxed)
+                {
+                    let mut items: Vec<zmq::PollItem> =
+                        socks.iter().map(|s| s.as_poll_item(zmq::POLLIN)).collect();
+                    let _ = zmq::poll(&mut items, 20);
+                    drop(items);
+                    for sock in &socks {
+                        while sock.recv(&mut msg, zmq::DONTWAIT).is_ok() {}
+                    }
+                }
+            })
+            .map_err(|e| e.to_string())
+    }
+
     fn start_fedmsg(&self, inbound: &str, outbound: &str) -> Result<LoggedChild, String> {
         let venv = self.anchor.as_ref().map_err(Clone::clone)?;
         let home = self.tmp.path().join("home");
@@ -611,7 +669,11 @@ impl Rig {
         );
         let mut relay = match case {
             Case::Ceiling => None,
-            Case::HarkPass | Case::HarkPassJournal | Case::HarkSigned | Case::HarkSignedJournal => {
+            Case::HarkPass
+            | Case::HarkPassJournal
+            | Case::HarkSigned
+            | Case::HarkSignedJournal
+            | Case::HarkFanout => {
                 Some(self.start_hark(&submit_ep, &out_ep, &in_ep, case.journal())?)
             }
             Case::FedmsgPass => Some(self.start_fedmsg(&in_ep, &out_ep)?),
@@ -619,10 +681,20 @@ impl Rig {
         let signed = case.signed();
         let (load, n_gen, topic, warm_prefix) = if signed {
             (self.signed_load.clone(), s.senders, SIGNED_TAG, SIGNED_WARM)
+        } else if case == Case::HarkFanout {
+            let n = s.fanout_count.min(self.pass_load.len());
+            let load = Arc::new(self.pass_load[..n].to_vec());
+            (load, s.generators, PASS_TOPIC, PASS_WARM)
         } else {
             (self.pass_load.clone(), s.generators, PASS_TOPIC, PASS_WARM)
         };
         let shared = Shared::new(n_gen);
+        // The other subscribers of the fan-out case: one thread drains them all.
+        let extra_subs = if case == Case::HarkFanout {
+            Some(self.drainers(&out_ep, s.subscribers.saturating_sub(1), shared.clone())?)
+        } else {
+            None
+        };
 
         // Separate contexts so that the sink and the generator each have an I/O thread.
         let sink_ctx = zmq::Context::new();
@@ -747,6 +819,9 @@ impl Rig {
             std::thread::sleep(Duration::from_millis(10));
         }
         let cpu_after = pid.map(thread_cpu).unwrap_or_default();
+        if let Some(drainers) = extra_subs {
+            let _ = drainers.join();
+        }
         let rig_cpu = own_cpu().saturating_sub(rig_before);
         let machine_after = machine_ticks();
         let machine_busy = {
@@ -833,7 +908,7 @@ impl Rig {
         let parsed: Option<Value> = serde_json::from_slice(body).ok();
         match case {
             Case::Ceiling => String::new(),
-            Case::HarkPass | Case::HarkPassJournal | Case::FedmsgPass => {
+            Case::HarkPass | Case::HarkPassJournal | Case::FedmsgPass | Case::HarkFanout => {
                 let i = parsed
                     .as_ref()
                     .and_then(|v| v.get("i"))
@@ -867,10 +942,24 @@ fn machine() -> Vec<String> {
     lines
 }
 
+/// The in-process floors, measured after the rounds.
+#[derive(Default)]
+struct Calibration {
+    steps: Vec<(&'static str, f64)>,
+    /// Ed25519 alone on one core, CPU µs: signing one event, verifying one, and verifying
+    /// one within a batch of [`BATCH`].
+    sign_us: Option<f64>,
+    verify_us: Option<f64>,
+    batch_verify_us: Option<f64>,
+}
+
+/// Signatures per `verify_batch` call in the calibration, as the relay's workers batch.
+const BATCH: usize = 32;
+
 /// What each step of the relay's per-message work costs on one thread of this machine,
 /// without sockets: the floor under the relay rows. Median of five passes, CPU µs per
 /// message.
-fn calibrate(rig: &Rig) -> Vec<(&'static str, f64)> {
+fn calibrate(rig: &Rig) -> Calibration {
     use hark::admit::TrustPolicy;
     use hark::config::TrustConfig;
     use hark::event::keys::Keyring;
@@ -881,8 +970,9 @@ fn calibrate(rig: &Rig) -> Vec<(&'static str, f64)> {
     ring.insert(rig.keys.publisher.verify_key());
     let grants = vec![(PUBLISHER.to_string(), vec!["_lk.bench.**".to_string()])];
     let Ok(policy) = TrustPolicy::new(ring, &grants, &TrustConfig::default()) else {
-        return Vec::new();
+        return Calibration::default();
     };
+    let mut cal = Calibration::default();
     let countersign = SigningKey::generate(RELAY_NAME);
     let time = |f: &mut dyn FnMut(usize)| -> f64 {
         let passes: Vec<f64> = (0..5)
@@ -941,9 +1031,75 @@ fn calibrate(rig: &Rig) -> Vec<(&'static str, f64)> {
                     std::hint::black_box(canonical::to_vec(&parsed[i].body).ok());
                 }),
             ));
+            // The Ed25519 floor: the curve and hash work alone, on the bytes the relay signs.
+            use ed25519_dalek::Signer as _;
+            let messages: Vec<Vec<u8>> = parsed
+                .iter()
+                .filter_map(|e| sign::signed_bytes(&e.body).ok())
+                .collect();
+            let (sk, vk) = (&countersign.key, countersign.verify_key().key);
+            let sigs: Vec<ed25519_dalek::Signature> = messages.iter().map(|m| sk.sign(m)).collect();
+            if messages.len() == n {
+                let sign_us = time(&mut |i| {
+                    std::hint::black_box(sk.sign(&messages[i]));
+                });
+                let verify_us = time(&mut |i| {
+                    std::hint::black_box(vk.verify_strict(&messages[i], &sigs[i]).is_ok());
+                });
+                let refs: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
+                let keys = vec![vk; n];
+                let batch_us = time(&mut |i| {
+                    if i % BATCH == 0 {
+                        let end = (i + BATCH).min(n);
+                        std::hint::black_box(
+                            ed25519_dalek::verify_batch(
+                                &refs[i..end],
+                                &sigs[i..end],
+                                &keys[i..end],
+                            )
+                            .is_ok(),
+                        );
+                    }
+                });
+                out.push((
+                    "Ed25519 alone: sign one event (`SigningKey::sign`)",
+                    sign_us,
+                ));
+                out.push((
+                    "Ed25519 alone: verify one event (`verify_strict`)",
+                    verify_us,
+                ));
+                out.push((
+                    "Ed25519 alone: verify one event within a batch of 32 (`verify_batch`)",
+                    batch_us,
+                ));
+                (cal.sign_us, cal.verify_us, cal.batch_verify_us) =
+                    (Some(sign_us), Some(verify_us), Some(batch_us));
+            }
+            // What a relay worker does per event: batches of 32 parsed, verified in one
+            // batch, granted, countersigned over the same bytes, serialized with a gap.
+            let gate = hark::admit::Gate::new(policy.clone(), false, 1 << 20);
+            let now = chrono::Utc::now();
+            out.push((
+                "relay worker: parse + batch verify + grants + countersign + JSON (`Gate::check_submissions`, batches of 32)",
+                time(&mut |i| {
+                    if i % BATCH == 0 {
+                        let end = (i + BATCH).min(n);
+                        let batch = signed[i..end].iter().map(|f| (f[0].clone(), now)).collect();
+                        for (mut ev, mut claims) in gate.check_submissions(batch).into_iter().flatten() {
+                            if let Ok(m) = claims.message(&ev.body) {
+                                let m = m.to_vec();
+                                let _ = sign::sign_message(&mut ev.body, &countersign, &m);
+                            }
+                            std::hint::black_box(canonical::Gapped::new(&ev.body, "unsigned").ok());
+                        }
+                    }
+                }),
+            ));
         }
     }
-    out
+    cal.steps = out;
+    cal
 }
 
 fn setup(settings: Settings) -> Result<Rig, String> {
@@ -1083,20 +1239,144 @@ fn main() {
     report(&rig, &cases, &results, &calibration);
 }
 
+/// The runs of `case` that succeeded.
+fn successful(results: &[(Case, usize, Result<RunOut, String>)], case: Case) -> Vec<&RunOut> {
+    results
+        .iter()
+        .filter(|(c, _, _)| *c == case)
+        .filter_map(|(_, _, r)| r.as_ref().ok())
+        .collect()
+}
+
+/// Each goal of issues 14 (item 4: the relay near the machine's limits) and 9 (the
+/// journal's cost) as measured in this run, next to its target. Ratios between cases are
+/// medians of the per-round ratios; the floors are this run's.
+fn goals(
+    rig: &Rig,
+    results: &[(Case, usize, Result<RunOut, String>)],
+    cal: &Calibration,
+    per_round: &dyn Fn(Case, Case) -> Vec<f64>,
+) {
+    let ok = |case: Case| successful(results, case);
+    let med = |xs: Vec<f64>| median(xs).filter(|x| x.is_finite());
+    let met = |ok: bool| if ok { "**met**" } else { "not met" };
+    let mut rows: Vec<[String; 4]> = Vec::new();
+    let mut ratio_row = |what: &str,
+                         value: Option<f64>,
+                         show: &dyn Fn(f64) -> String,
+                         target: &str,
+                         pass: &dyn Fn(f64) -> bool| {
+        if let Some(v) = value {
+            rows.push([what.into(), show(v), target.into(), met(pass(v)).into()]);
+        }
+    };
+    let pct = |r: f64| format!("{:.0} %", 100.0 * r);
+    let times = |r: f64| format!("{r:.1}×");
+    ratio_row(
+        "pass-through msg/s ÷ generator ceiling (same round)",
+        med(per_round(Case::HarkPass, Case::Ceiling)),
+        &pct,
+        "≥ 50 %",
+        &|r| r >= 0.5,
+    );
+    ratio_row(
+        "pass-through msg/s ÷ fedmsg-relay (same round)",
+        med(per_round(Case::HarkPass, Case::FedmsgPass)),
+        &times,
+        "≥ 25×",
+        &|r| r >= 25.0,
+    );
+    ratio_row(
+        "relay CPU per pass-through message, µs",
+        med(ok(Case::HarkPass)
+            .iter()
+            .filter_map(|r| r.cpu_us_per_msg())
+            .collect()),
+        &|c| format!("{c:.2}"),
+        "≤ 4",
+        &|c| c <= 4.0,
+    );
+    let signed = med(ok(Case::HarkSigned).iter().map(|r| r.rate()).collect());
+    if let (Some(rate), Some(sign), Some(verify)) = (signed, cal.sign_us, cal.verify_us) {
+        let floor = 2.0 * 1e6 / (sign + verify);
+        ratio_row(
+            &format!(
+                "verify + countersign ev/s ÷ what 2 cores can do at this run's Ed25519 cost (sign {sign:.1} + verify {verify:.1} µs: {} ev/s)",
+                thousands(floor)
+            ),
+            Some(rate / floor),
+            &pct,
+            "≥ 80 %",
+            &|r| r >= 0.8,
+        );
+        if let Some(batch) = cal.batch_verify_us {
+            let floor = 2.0 * 1e6 / (sign + batch);
+            ratio_row(
+                &format!(
+                    "same, against the batch-verification floor (sign {sign:.1} + verify in a batch {batch:.1} µs: {} ev/s)",
+                    thousands(floor)
+                ),
+                Some(rate / floor),
+                &pct,
+                "(stricter form of the same goal)",
+                &|r| r >= 0.8,
+            );
+        }
+    }
+    ratio_row(
+        "pass-through with the journal ÷ without (same round)",
+        med(per_round(Case::HarkPassJournal, Case::HarkPass)),
+        &|r| format!("{} ({:+.0} %)", pct(r), 100.0 * (r - 1.0)),
+        "≥ 80 % (the journal costs at most a fifth)",
+        &|r| r >= 0.8,
+    );
+    ratio_row(
+        "pass-through with the journal ÷ fedmsg-relay (same round)",
+        med(per_round(Case::HarkPassJournal, Case::FedmsgPass)),
+        &times,
+        "≥ 10×",
+        &|r| r >= 10.0,
+    );
+    ratio_row(
+        "verify + countersign with the journal ÷ without (same round)",
+        med(per_round(Case::HarkSignedJournal, Case::HarkSigned)),
+        &|r| format!("{} ({:+.0} %)", pct(r), 100.0 * (r - 1.0)),
+        "≥ 80 %",
+        &|r| r >= 0.8,
+    );
+    let cpu = |case: Case| med(ok(case).iter().filter_map(|r| r.cpu_us_per_msg()).collect());
+    if let (Some(one), Some(many)) = (cpu(Case::HarkPass), cpu(Case::HarkFanout)) {
+        ratio_row(
+            &format!(
+                "relay CPU per message with {} subscribers ÷ with 1 ({many:.2} vs {one:.2} µs)",
+                rig.settings.subscribers
+            ),
+            Some(many / one),
+            &times,
+            "flat (≤ 1.2×)",
+            &|r| r <= 1.2,
+        );
+    }
+    if rows.is_empty() {
+        return;
+    }
+    println!("## Goals (issue 14 item 4 and 6, issue 9), this run\n");
+    println!("| goal | measured | target | |");
+    println!("|---|---:|---|---|");
+    for [what, value, target, verdict] in rows {
+        println!("| {what} | {value} | {target} | {verdict} |");
+    }
+    println!();
+}
+
 fn report(
     rig: &Rig,
     cases: &[Case],
     results: &[(Case, usize, Result<RunOut, String>)],
-    calibration: &[(&str, f64)],
+    calibration: &Calibration,
 ) {
     let s = &rig.settings;
-    let ok = |case: Case| -> Vec<&RunOut> {
-        results
-            .iter()
-            .filter(|(c, _, _)| *c == case)
-            .filter_map(|(_, _, r)| r.as_ref().ok())
-            .collect()
-    };
+    let ok = |case: Case| successful(results, case);
     let med_rate = |case: Case| median(ok(case).iter().map(|r| r.rate()).collect());
     let med_loss = |case: Case| median(ok(case).iter().map(|r| r.loss()).collect());
     let med_cpu = |case: Case| median(ok(case).iter().filter_map(|r| r.cpu_us_per_msg()).collect());
@@ -1142,7 +1422,7 @@ fn report(
             Case::FedmsgPass if rate.is_some() => {
                 ("1.0 (anchor)".to_string(), "1.0 (anchor)".to_string())
             }
-            Case::HarkPass | Case::HarkPassJournal => (
+            Case::HarkPass | Case::HarkPassJournal | Case::HarkFanout => (
                 rate.zip(anchor)
                     .map_or("—".into(), |(r, a)| format!("**{:.1}×**", r / a)),
                 cpu.zip(anchor_cpu)
@@ -1239,6 +1519,8 @@ fn report(
     if let Some(floor) = &rig.fsync_floor {
         println!("{floor}");
     }
+    println!();
+    goals(rig, results, calibration, &per_round);
     println!("Throughput = messages received by the sink / time from the first send to the last receive.");
     println!("Relay CPU = user + system time of the relay process over the same interval, per message received.");
     println!();
@@ -1292,14 +1574,14 @@ fn report(
             ),
         }
     }
-    if !calibration.is_empty() {
+    if !calibration.steps.is_empty() {
         println!();
         println!(
             "## In-process CPU cost per message (one thread, no sockets, median of 5 × 2000)\n"
         );
         println!("| step | CPU µs per message |");
         println!("|---|---:|");
-        for (step, us) in calibration {
+        for (step, us) in &calibration.steps {
             println!("| {step} | {us:.1} |");
         }
     }
