@@ -52,16 +52,21 @@ CARGO_DEB_VERSION := 3.8.0
 # --strip: the release profile keeps line tables, which cargo-deb would otherwise ship.
 # `make deb CARGO_DEB_FLAGS=--dbgsym` puts them in a hark-dbgsym .ddeb instead.
 CARGO_DEB_FLAGS ?= --strip
+# DEB_PROFILE=dev packages the dev-profile binary `make test` has built already, so the CI
+# check needs no release build (cargo-deb 3.8 warns that it does not support dev; it
+# works). The package for users is the release one.
+DEB_PROFILE ?= release
+DEB_BIN := target/$(if $(filter dev,$(DEB_PROFILE)),debug,$(DEB_PROFILE))/hark
 deb:
 	@$(CARGO) deb --version 2>/dev/null | grep -qx 'cargo-deb $(CARGO_DEB_VERSION)' \
 		|| $(CARGO) install cargo-deb --version $(CARGO_DEB_VERSION) --locked
 	CFLAGS="$$(dpkg-buildflags --get CFLAGS) $$(dpkg-buildflags --get CPPFLAGS)" \
 	CXXFLAGS="$$(dpkg-buildflags --get CXXFLAGS) $$(dpkg-buildflags --get CPPFLAGS)" \
-		$(CARGO) build --release
+		$(CARGO) build --profile $(DEB_PROFILE)
 	rm -rf target/assets target/debian
 	SOURCE_DATE_EPOCH=$$(dpkg-parsechangelog -l packaging/changelog -S Timestamp) \
-		target/release/hark generate-assets target/assets >/dev/null
-	$(CARGO) deb --no-build $(CARGO_DEB_FLAGS) --output target/debian/
+		$(DEB_BIN) generate-assets target/assets >/dev/null
+	$(CARGO) deb --no-build --profile $(DEB_PROFILE) $(CARGO_DEB_FLAGS) --output target/debian/
 	SOURCE_DATE_EPOCH=$$(dpkg-parsechangelog -l packaging/changelog -S Timestamp) \
 		sh packaging/add-md5sums.sh target/debian/hark_*.deb
 

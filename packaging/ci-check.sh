@@ -24,6 +24,12 @@ TEST_KEY_FILE=/etc/hark/keys/trusted/$TEST_SIGNER.key
 TEST_GRANT="$TEST_SIGNER=_hark.example.**"
 UNITS=/usr/lib/systemd/system
 WAIT=30                                      # seconds, for every bounded wait
+# The cargo profile of the package: release (what users get), or dev, which reuses the
+# build `make test` has just made (.ci/run: the release build of every dependency is the
+# slowest step of the check, and the checks do not depend on optimization).
+DEB_PROFILE="${HARK_CI_PROFILE:-release}"
+bin_dir="target/$DEB_PROFILE"
+if [[ $DEB_PROFILE == dev ]]; then bin_dir=target/debug; fi
 
 tmp="$(mktemp -d /tmp/hark-ci-check.XXXXXX)"
 chmod 0755 "$tmp"
@@ -136,6 +142,9 @@ cleanup() {
     exit "$status"
 }
 trap cleanup EXIT
+# Killed: exit with the signal's status, so that cleanup reports the run as failed.
+trap 'exit 143' TERM
+trap 'exit 130' INT
 
 # Wait up to $WAIT seconds for a command to succeed.
 wait_for() {
@@ -185,8 +194,8 @@ if [[ -n ${HARK_CI_DEB:-} ]]; then
     [[ -f $HARK_CI_DEB ]] || fail "HARK_CI_DEB=$HARK_CI_DEB is not a file"
     deb="$HARK_CI_DEB"
 else
-    phase "make deb"
-    make deb </dev/null
+    phase "make deb (profile $DEB_PROFILE)"
+    make deb DEB_PROFILE="$DEB_PROFILE" </dev/null
     debs=(target/debian/"${PKG}"_*.deb)
     [[ ${#debs[@]} -eq 1 && -f ${debs[0]} ]] || fail "expected one target/debian/${PKG}_*.deb, got: ${debs[*]}"
     deb="${debs[0]}"
@@ -248,7 +257,7 @@ expect_in_deb -rw-r--r-- /usr/share/doc/hark/README.md
 expect_in_deb -rw-r--r-- /usr/share/doc/hark/packaging.md
 expect_in_deb -rw-r--r-- /usr/share/polkit-1/rules.d/50-hark.rules
 for rule in rules.d/*.yaml; do expect_in_deb -rw-r--r-- "/usr/share/hark/rules.d/$(basename "$rule")"; done
-for sub in $(target/release/hark --help | sed -n '/^Commands:/,/^$/s/^  \([a-z-]*\) .*/\1/p' | grep -vx help); do
+for sub in $("$bin_dir/hark" --help | sed -n '/^Commands:/,/^$/s/^  \([a-z-]*\) .*/\1/p' | grep -vx help); do
     expect_in_deb -rw-r--r-- "/usr/share/man/man1/hark-$sub.1.gz"
 done
 if grep -q 'generate-assets' "$tmp/contents"; then fail "the hidden generate-assets has a man page"; fi
