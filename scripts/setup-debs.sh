@@ -17,7 +17,7 @@ NEEDED=(
     "gpg              gpg               tests/openpgp.rs makes throw-away OpenPGP keys"
     "gpg-agent        gpg-agent         tests/openpgp.rs signs through gpg's agent"
     "rabbitmq-server  rabbitmq-server   tests/amqp.rs runs a throw-away broker (/usr/lib/rabbitmq/bin/rabbitmq-server)"
-    "amqp-consume     amqp-tools        bench/amqp compares hark with amqp-consume"
+    "amqp-consume     amqp-tools        benches/amqp_trigger.rs compares hark with amqp-consume"
     "openssl          openssl           tests/amqp.rs makes a throw-away CA for the TLS broker"
     "dnsmasq          dnsmasq-base      tests/discovery.rs serves SRV records on loopback"
     "chromium         chromium          tests/bus_page.rs opens the live bus page headless"

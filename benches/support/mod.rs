@@ -67,6 +67,89 @@ pub fn process_cpu_ns(pid: &str) -> u64 {
         .map_or(0, |c| stat_ticks(&stat[c + 1..]) * 10_000_000)
 }
 
+/// (own, reaped children) CPU seconds of a process so far: utime+stime and cutime+cstime
+/// from `/proc/PID/stat` (10 ms ticks; threads that have exited included).
+pub fn process_cpu_secs(pid: u32) -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest: Vec<u64> = stat[stat.rfind(')')? + 1..]
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    // rest[0] is field 3 (state); utime, stime, cutime, cstime are fields 14–17.
+    let tick = |i: usize| rest.get(i).copied().unwrap_or(0) as f64 / 100.0;
+    Some((tick(11) + tick(12), tick(13) + tick(14)))
+}
+
+/// The 1-minute load average; 0 if unknown.
+pub fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(0.0)
+}
+
+/// Nearest-rank percentile of unsorted samples.
+pub fn percentile(xs: &[f64], q: f64) -> Option<f64> {
+    if xs.is_empty() {
+        return None;
+    }
+    let mut v = xs.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let rank = ((q / 100.0) * v.len() as f64).ceil() as usize;
+    Some(v[rank.clamp(1, v.len()) - 1])
+}
+
+/// Per-round ratios a ÷ b (the rounds where both are positive) and their median, for a
+/// report: `1.02×, 0.98× (median **1.00×**)`; `None` without any.
+pub fn ratios_text(pairs: impl IntoIterator<Item = (Option<f64>, Option<f64>)>) -> Option<String> {
+    let v: Vec<f64> = pairs
+        .into_iter()
+        .filter_map(|(a, b)| a.zip(b))
+        .filter(|(a, b)| *a > 0.0 && *b > 0.0)
+        .map(|(a, b)| a / b)
+        .collect();
+    let shown: Vec<String> = v.iter().map(|r| format!("{r:.2}×")).collect();
+    median(v).map(|m| format!("{} (median **{m:.2}×**)", shown.join(", ")))
+}
+
+/// The report's line on the machine's load over the runs: 1-minute load averages and the
+/// share of the machine that was busy, ranges and medians.
+pub fn load_line(loads: &[f64], busy: &[f64]) -> Option<String> {
+    let range = |v: &[f64]| {
+        (
+            v.iter().copied().fold(f64::INFINITY, f64::min),
+            v.iter().copied().fold(0.0, f64::max),
+            median(v.to_vec()).unwrap_or(0.0),
+        )
+    };
+    (!loads.is_empty()).then(|| {
+        let (l0, l1, lm) = range(loads);
+        let (b0, b1, bm) = range(busy);
+        format!(
+            "machine load during the runs: 1-minute load average {l0:.1}–{l1:.1} (median {lm:.1}); whole machine {b0:.0}–{b1:.0} % busy (median {bm:.0} %)"
+        )
+    })
+}
+
+/// The cases the bench's positional arguments select by key prefix (`lat`, `burst-hark`);
+/// all of them without any.
+pub fn selected<T: Copy>(all: &[T], key: impl Fn(T) -> &'static str) -> Vec<T> {
+    let selectors: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let chosen: Vec<T> = all
+        .iter()
+        .copied()
+        .filter(|&c| selectors.iter().any(|s| key(c).starts_with(s.as_str())))
+        .collect();
+    if chosen.is_empty() {
+        all.to_vec()
+    } else {
+        chosen
+    }
+}
+
 /// Delete an SQLite file and its WAL and shared-memory files, so a run starts afresh.
 pub fn remove_sqlite(path: &Path) {
     for suffix in ["", "-wal", "-shm"] {
