@@ -117,3 +117,73 @@ sleep 60
     assert_eq!(job["state"], "timed_out", "{job}");
     assert_gone(grandchild(dir.path()));
 }
+
+/// The pid of the daemon's job spawner (`hark __job-spawner`), a child of `daemon`.
+fn spawner_of(daemon: u32) -> Option<i32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+        let ppid: u32 = stat[stat.rfind(')')? + 4..]
+            .split(' ')
+            .next()?
+            .parse()
+            .ok()?;
+        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+        (ppid == daemon && cmdline.windows(13).any(|w| w == b"__job-spawner")).then_some(pid)
+    })
+}
+
+fn jobs(dir: &Path) -> Vec<Value> {
+    let mut cmd = common::hark_command();
+    cmd.args(["jobs", "list", "--json", "--state"])
+        .arg(dir.join("state/state.db"));
+    common::run_ok("hark jobs", &mut cmd, WAIT)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// Killing the spawner stops the jobs it started (their supervisors' parent-death signal),
+/// setsid grandchildren included, and records them; later jobs are forked by the daemon.
+#[test]
+fn a_killed_job_spawner_stops_its_jobs_and_the_daemon_runs_the_next_ones_itself() {
+    let dir = common::temp_dir();
+    let script = r#"
+if [ -e "$1.ran" ]; then exit 0; fi
+touch "$1.ran"
+setsid /bin/sh -c 'echo $$ > "$0.tmp"; mv "$0.tmp" "$0"; exec sleep 60' "$1" </dev/null >/dev/null 2>&1 &
+sleep 60
+"#;
+    let (serve, line) = serve(dir.path(), script, "");
+    let spawner = common::poll_until(WAIT, || spawner_of(serve.id())).expect("a job spawner");
+    publish(dir.path(), &line);
+    let pidfile = dir.path().join("grandchild.pid");
+    common::poll_until(WAIT, || pidfile.exists().then_some(())).expect("the job runs");
+    let pid = grandchild(dir.path());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(spawner),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the spawner");
+    let first = common::poll_until(WAIT, || {
+        jobs(dir.path())
+            .into_iter()
+            .find(|j| j["state"] != "pending" && j["state"] != "running")
+    })
+    .expect("the first job is recorded ended");
+    assert_eq!(first["state"], "failed", "{first}");
+    common::poll_until(WAIT, || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_err()
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("grandchild {pid} outlived the spawner"));
+    publish(dir.path(), &line);
+    let second = common::poll_until(WAIT, || {
+        jobs(dir.path())
+            .into_iter()
+            .find(|j| j["state"] == "succeeded")
+    });
+    assert!(second.is_some(), "the next job ran: {:?}", jobs(dir.path()));
+}
