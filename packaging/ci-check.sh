@@ -255,7 +255,8 @@ expect_in_deb -rw-r--r-- /usr/share/doc/hark/copyright
 expect_in_deb -rw-r--r-- /usr/share/doc/hark/changelog.Debian.gz
 expect_in_deb -rw-r--r-- /usr/share/doc/hark/README.md
 expect_in_deb -rw-r--r-- /usr/share/doc/hark/packaging.md
-expect_in_deb -rw-r--r-- /usr/share/polkit-1/rules.d/50-hark.rules
+expect_in_deb -rw-r--r-- /usr/share/hark/polkit/50-hark.rules
+if grep -q "polkit-1/rules.d" "$tmp/contents"; then fail "the package enables a polkit rule by itself"; fi
 for rule in rules.d/*.yaml; do expect_in_deb -rw-r--r-- "/usr/share/hark/rules.d/$(basename "$rule")"; done
 for sub in $("$bin_dir/hark" --help | sed -n '/^Commands:/,/^$/s/^  \([a-z-]*\) .*/\1/p' | grep -vx help); do
     expect_in_deb -rw-r--r-- "/usr/share/man/man1/hark-$sub.1.gz"
@@ -547,6 +548,11 @@ rules:
       timeout: 3s
       grace: 2s
       unit: {user: root}
+  - name: ci-unit-off
+    match: {topic: _hark.example.ci-unit-off}
+    run:
+      command: [/bin/true]
+      unit: {user: root}
   - name: ci-unit-cancel
     match: {topic: _hark.example.ci-unit-cancel}
     run:
@@ -602,6 +608,17 @@ unit_gone() { # UNIT: not running (collected, or inactive)
 check_unit_jobs() {
     phase "under systemd: jobs as transient units (run.unit)"
     local job id unit show pid out
+    # 0. As installed, run.unit is off: polkit refuses hark the transient unit, and the job
+    #    says what to enable. Then the admin's step (docs/packaging.md): link the rule.
+    job="$(ct_run_job ci-unit-off _hark.example.ci-unit-off failed)"
+    id="$(job_field "$job" id)"
+    show="$(ct hark jobs show "$id")"
+    grep -qF 'ln -s /usr/share/hark/polkit/50-hark.rules /etc/polkit-1/rules.d/' <<<"$show" ||
+        fail "run.unit without the polkit rule: job $id does not say how to enable it:
+$show"
+    echo "as installed, run.unit is refused by polkit (job $id names the rule to link)"
+    ct ln -s /usr/share/hark/polkit/50-hark.rules /etc/polkit-1/rules.d/50-hark.rules
+    ct systemctl restart polkit || fail "systemctl restart polkit"
     # 1. root, a narrow sandbox, the event on stdin, the exit status and output tail.
     job="$(ct_run_job ci-unit-root _hark.example.ci-unit failed)"
     id="$(job_field "$job" id)"

@@ -331,7 +331,7 @@ pub(super) async fn run(spec: Spec, mut cancel: watch::Receiver<bool>) -> Finish
                 if n.as_str().contains("AccessDenied")
                     || n.as_str().contains("InteractiveAuthorizationRequired") =>
             {
-                " (user hark needs the package's polkit rule, /usr/share/polkit-1/rules.d/50-hark.rules, and polkitd installed)"
+                " (run.unit needs polkitd and the polkit rule, which the admin enables: ln -s /usr/share/hark/polkit/50-hark.rules /etc/polkit-1/rules.d/; docs/packaging.md, \"Commands that need root\", says what it grants)"
             }
             _ => "",
         };
