@@ -101,6 +101,27 @@ while [ ! -s "$1" ]; do sleep 0.01; done
 }
 
 #[test]
+fn a_job_starts_with_no_signal_blocked_so_a_shell_s_wait_returns() {
+    let dir = common::temp_dir();
+    // Blocked SIGCHLD (the job spawner's, for its signalfd) would make `wait` hang until the
+    // timeout; the mask itself is in /proc.
+    let script = r#"
+sleep 0 & wait $!
+grep '^SigBlk:' /proc/self/status > "$1"
+"#;
+    let (_serve, line) = serve(dir.path(), script, "      timeout: 10s\n");
+    publish(dir.path(), &line);
+    let job = finished_job(dir.path());
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let blocked = std::fs::read_to_string(dir.path().join("grandchild.pid")).expect("the job ran");
+    assert_eq!(
+        blocked.trim(),
+        "SigBlk:\t0000000000000000",
+        "the job's signal mask"
+    );
+}
+
+#[test]
 fn a_timeout_kills_a_setsid_grandchild_that_ignores_term() {
     let dir = common::temp_dir();
     let script = r#"

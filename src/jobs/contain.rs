@@ -59,9 +59,8 @@ unsafe fn split(grace_ms: i64, table: &mut Vec<(i32, i32)>) -> std::io::Result<(
     // Every signal is blocked from before the fork, so none is lost before the supervisor
     // waits for them with sigtimedwait (the daemon's handlers are still installed here).
     let mut all: libc::sigset_t = std::mem::zeroed();
-    let mut old: libc::sigset_t = std::mem::zeroed();
     libc::sigfillset(&mut all);
-    libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+    libc::pthread_sigmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
     // The daemon dying (kill -9, OOM) stops the job like a cancel does.
     if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong) != 0
         || libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong) != 0
@@ -74,14 +73,18 @@ unsafe fn split(grace_ms: i64, table: &mut Vec<(i32, i32)>) -> std::io::Result<(
         return Err(std::io::Error::last_os_error());
     }
     if leader == 0 {
-        // The command: it dies with its supervisor, and gets the daemon's signal mask back.
+        // The command: it dies with its supervisor, and starts with no signal blocked. Not
+        // with the forking thread's mask: the job spawner blocks SIGCHLD for its signalfd,
+        // and a shell that inherits that waits for ever in `wait` (a mask survives exec).
         if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
             return Err(std::io::Error::last_os_error());
         }
         if libc::getppid() != supervisor {
             libc::_exit(1);
         }
-        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
         return Ok(());
     }
     run_supervisor(leader, grace_ms, table)
