@@ -34,7 +34,14 @@ export AFL_SKIP_CPUFREQ=1 AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1 AFL_NO_UI=1 \
 crashed=0
 for t in $TARGETS; do
     mkdir -p out
-    nice -n 19 $CARGO afl fuzz -i "corpus/$t" -o "out/$t" -V "$SECONDS_EACH" "${EXECS[@]}" "target/release/$t" \
+    # hark's targets have coverage maps larger than afl-fuzz's default, which it refuses to
+    # guess at ("AFL_MAP_SIZE is not set"): ask the target for its size.
+    map_size=$(AFL_DUMP_MAP_SIZE=1 "target/release/$t" </dev/null 2>/dev/null || true)
+    if [[ $map_size =~ ^[0-9]+$ ]]; then export AFL_MAP_SIZE=$map_size; else unset AFL_MAP_SIZE; fi
+    # -t: a generous per-input limit (ms), so that a busy machine's slow first runs are not
+    # taken for hangs.
+    nice -n 19 $CARGO afl fuzz -i "corpus/$t" -o "out/$t" -V "$SECONDS_EACH" -t "${FUZZ_TIMEOUT_MS:-5000}" \
+        "${EXECS[@]}" "target/release/$t" \
         >"out/$t.log" 2>&1 || { echo "$t: afl-fuzz failed, see fuzz/out/$t.log"; tail -20 "out/$t.log"; exit 1; }
     stats="out/$t/default/fuzzer_stats"
     execs=$(awk -F': *' '$1 ~ /^execs_done/ {print $2}' "$stats")
