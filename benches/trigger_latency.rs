@@ -47,8 +47,9 @@ use support::anchor::{bench_venvs, find_anchor};
 use support::messages::{epoch_secs, fedmsg_load, signed_load, Frames, Message};
 use support::net::try_free_endpoint;
 use support::{
-    anchor_versions, bench_keys, command_output, env_num, exit_with, machine_lines, machine_ticks,
-    median, thousands, BenchKeys, LoggedChild, PUBLISHER,
+    anchor_versions, bench_keys, command_output, env_num, exit_with, load_average, machine_lines,
+    machine_ticks, median, percentile, process_cpu_secs, thousands, BenchKeys, LoggedChild,
+    PUBLISHER,
 };
 
 const FEDMSG_PREFIX: &str = "org.fedoraproject.dev.bench.";
@@ -241,26 +242,6 @@ fn topic(route: Route, what: &str) -> String {
 // ---------------------------------------------------------------------------------------
 // Clocks and CPU accounting from /proc
 
-/// (own, reaped children) CPU seconds of a process so far: utime+stime and cutime+cstime
-/// from `/proc/PID/stat` (10 ms ticks; includes threads that have exited).
-fn proc_cpu(pid: u32) -> Option<(f64, f64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest: Vec<u64> = stat[stat.rfind(')')? + 1..]
-        .split_whitespace()
-        .map(|f| f.parse().unwrap_or(0))
-        .collect();
-    // rest[0] is field 3 (state); utime, stime, cutime, cstime are fields 14–17.
-    let tick = |i: usize| rest.get(i).copied().unwrap_or(0) as f64 / 100.0;
-    Some((tick(11) + tick(12), tick(13) + tick(14)))
-}
-
-fn load_average() -> f64 {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|l| l.split_whitespace().next().and_then(|v| v.parse().ok()))
-        .unwrap_or(0.0)
-}
-
 /// CPU use of the daemons and the machine over a run's measured interval.
 struct CpuMark {
     trigger: Option<(f64, f64)>,
@@ -271,8 +252,8 @@ struct CpuMark {
 impl CpuMark {
     fn take(trigger: u32, relay: Option<u32>) -> CpuMark {
         CpuMark {
-            trigger: proc_cpu(trigger),
-            relay: relay.and_then(proc_cpu),
+            trigger: process_cpu_secs(trigger),
+            relay: relay.and_then(process_cpu_secs),
             machine: machine_ticks(),
         }
     }
@@ -560,17 +541,6 @@ impl RunOut {
     fn cpu_per_event_us(&self, secs: f64) -> Option<f64> {
         (self.ran > 0).then(|| secs * 1e6 / self.ran as f64)
     }
-}
-
-/// Nearest-rank percentile of unsorted samples.
-fn percentile(xs: &[f64], q: f64) -> Option<f64> {
-    if xs.is_empty() {
-        return None;
-    }
-    let mut v = xs.to_vec();
-    v.sort_by(|a, b| a.total_cmp(b));
-    let rank = ((q / 100.0) * v.len() as f64).ceil() as usize;
-    Some(v[rank.clamp(1, v.len()) - 1])
 }
 
 fn yaml_str(s: &str) -> String {
