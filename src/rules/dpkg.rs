@@ -206,6 +206,11 @@ pub fn compare(a: &str, b: &str) -> Result<Ordering, String> {
 
 /// dpkg's character weight: `~` below the end of the string (0), letters at their code,
 /// everything else above all letters.
+///
+/// dpkg reads the bytes through a `char`, which is signed on amd64 and i386, so a byte of a
+/// non-ASCII character (dpkg warns about it and goes on) weighs `byte - 256 + 256`: below
+/// `+`, `-` and `.`, though above every letter. hark follows amd64, Debian's reference
+/// architecture; dpkg on arm64, where `char` is unsigned, ranks them above every ASCII symbol.
 fn order(c: u8) -> i32 {
     if c.is_ascii_digit() {
         0
@@ -214,7 +219,7 @@ fn order(c: u8) -> i32 {
     } else if c == b'~' {
         -1
     } else if c != 0 {
-        c as i32 + 256
+        i32::from(c as i8) + 256
     } else {
         0
     }
@@ -312,6 +317,10 @@ mod tests {
             ("9:1.18.36:5.4-20", "10:0.5.1-22", Less),
             ("1:0.1.2-1", "0.1-1", Greater),
             ("1.0~a", "1.0~b", Less),
+            // Non-ASCII bytes, as dpkg on amd64 weighs them (see `order`).
+            ("4\u{e9}", "4+", Less),
+            ("4\u{e9}", "4z", Greater),
+            ("4\u{e9}", "4~", Greater),
         ];
         for (a, b, want) in cases {
             assert_eq!(cmp(a, b), want, "{a} vs {b}");
