@@ -5,12 +5,36 @@
 //! Included with `#[path]` from `tests/common/mod.rs` and `benches/support/mod.rs`.
 #![allow(dead_code)]
 
+use std::hash::{BuildHasher, Hasher};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::Duration;
 
-/// A TCP port that was free a moment ago on 127.0.0.1 (bind to port 0, read, release).
+/// A TCP port that was free a moment ago on 127.0.0.1, picked at random below the kernel's
+/// ephemeral range.
+///
+/// Not port 0's answer: that comes from the ephemeral range, where every outgoing connection
+/// of every parallel test also takes its local port, so a relay restarted on its old port
+/// (tests/invariants.rs) could find it taken by a stranger's connection.
 pub fn try_free_port() -> Result<u16, String> {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (first, span) = if low > 11024 {
+        (low - 10000, 10000u64)
+    } else {
+        (1024, 1000)
+    };
+    let state = std::collections::hash_map::RandomState::new();
+    for attempt in 0..200u64 {
+        let mut h = state.build_hasher();
+        h.write_u64(attempt);
+        let port = first + (h.finish() % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
