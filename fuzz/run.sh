@@ -29,8 +29,12 @@ if ! config_log=$($CARGO afl config --build 2>&1); then
 fi
 nice -n 19 $CARGO afl build --release --bins
 
+# afl-fuzz reads these flags by presence, not value (`get_afl_env(..) ? 1 : 0`): AFL_X=0
+# switches X on. AFL_SKIP_BIN_CHECK stays unset, so afl-fuzz checks the binary and reads its
+# persistent-mode signature (the script used to set it "=0", which skipped the check).
+unset AFL_SKIP_BIN_CHECK
 export AFL_SKIP_CPUFREQ=1 AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1 AFL_NO_UI=1 \
-    AFL_AUTORESUME=1 AFL_NO_AFFINITY=1 AFL_SKIP_BIN_CHECK=0
+    AFL_AUTORESUME=1 AFL_NO_AFFINITY=1
 crashed=0
 for t in $TARGETS; do
     mkdir -p out
