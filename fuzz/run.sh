@@ -40,8 +40,11 @@ for t in $TARGETS; do
     mkdir -p out
     # hark's targets have coverage maps larger than afl-fuzz's default, which it refuses to
     # guess at ("AFL_MAP_SIZE is not set"): ask the target for its size.
+    # The answer is not always enough: `canonical` says 6,275 and then "crashes" on every
+    # seed (its edges land past the map), so never go below 256 KiB.
     map_size=$(AFL_DUMP_MAP_SIZE=1 "target/release/$t" </dev/null 2>/dev/null || true)
-    if [[ $map_size =~ ^[0-9]+$ ]]; then export AFL_MAP_SIZE=$map_size; else unset AFL_MAP_SIZE; fi
+    if ! [[ $map_size =~ ^[0-9]+$ ]] || ((map_size < 262144)); then map_size=262144; fi
+    export AFL_MAP_SIZE=$map_size
     # -t: a generous per-input limit (ms), so that a busy machine's slow first runs are not
     # taken for hangs.
     nice -n 19 $CARGO afl fuzz -i "corpus/$t" -o "out/$t" -V "$SECONDS_EACH" -t "${FUZZ_TIMEOUT_MS:-5000}" \
