@@ -207,19 +207,19 @@ pub fn compare(a: &str, b: &str) -> Result<Ordering, String> {
 /// dpkg's character weight: `~` below the end of the string (0), letters at their code,
 /// everything else above all letters.
 ///
-/// dpkg reads the bytes through a `char`, which is signed on amd64 and i386, so a byte of a
-/// non-ASCII character (dpkg warns about it and goes on) weighs `byte - 256 + 256`: below
-/// `+`, `-` and `.`, though above every letter. hark follows amd64, Debian's reference
-/// architecture; dpkg on arm64, where `char` is unsigned, ranks them above every ASCII symbol.
+/// A byte of a non-ASCII character (dpkg warns about it and goes on) weighs its own value:
+/// dpkg reads it through a `char`, signed on amd64 and i386, so its `c + 256` is the byte
+/// again, below `+`, `-` and `.`, though above every letter. hark follows amd64, Debian's
+/// reference architecture; dpkg on arm64 (unsigned `char`) ranks them above every symbol.
 fn order(c: u8) -> i32 {
     if c.is_ascii_digit() {
         0
-    } else if c.is_ascii_alphabetic() {
+    } else if c.is_ascii_alphabetic() || !c.is_ascii() {
         c as i32
     } else if c == b'~' {
         -1
     } else if c != 0 {
-        i32::from(c as i8) + 256
+        c as i32 + 256
     } else {
         0
     }

@@ -21,11 +21,8 @@ pub fn try_free_port() -> Result<u16, String> {
         .ok()
         .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
         .unwrap_or(32768);
-    let (first, span) = if low > 11024 {
-        (low - 10000, 10000u64)
-    } else {
-        (1024, 1000)
-    };
+    let first = low.saturating_sub(10000).max(1024);
+    let span = u64::from(low.saturating_sub(first)).max(1);
     let state = std::collections::hash_map::RandomState::new();
     for attempt in 0..200u64 {
         let mut h = state.build_hasher();
