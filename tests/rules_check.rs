@@ -225,6 +225,30 @@ fn duplicate_rule_names_refuse_the_later_file() {
 }
 
 #[test]
+fn a_nul_escape_in_a_command_is_refused_at_load_not_when_the_job_runs() {
+    // Found by `make fuzz` (templates): "\0" reached a rendered argument, and the job
+    // then failed to spawn at run time.
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(
+        dir.path().join("10-nul.yaml"),
+        "rules:\n  - name: nul\n    match: {topic: a}\n    run: {command: [/bin/echo, \"a\\0b\"]}\n",
+    )
+    .unwrap();
+    let report = load_dirs(&[dir.path().to_path_buf()]);
+    assert!(report.set.rules().is_empty());
+    let refused: Vec<String> = report.refusals().map(|e| e.to_string()).collect();
+    assert_eq!(refused.len(), 1, "{refused:#?}");
+    assert!(
+        refused[0].starts_with(&format!(
+            "{}:4:32: error: a NUL byte",
+            dir.path().join("10-nul.yaml").display()
+        )),
+        "{}",
+        refused[0]
+    );
+}
+
+#[test]
 fn missing_directories_are_an_error_for_check() {
     let (code, text) = run_check(vec![PathBuf::from("/nonexistent/hark/rules.d")]);
     assert_eq!(code, 1);

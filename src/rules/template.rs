@@ -55,6 +55,16 @@ impl Template {
     /// Parse `text`, resolving `${name}` against `var_names` (index = position).
     pub fn parse(text: &str, var_names: &[&str]) -> Result<Self, TemplateError> {
         let chars: Vec<(usize, char)> = text.char_indices().collect();
+        // No argument, variable or path can hold a NUL: the kernel would cut the argument
+        // there, and std refuses to spawn it. Refused at load, not when the job runs.
+        if let Some(offset) = chars.iter().position(|&(_, c)| c == '\0') {
+            return Err(TemplateError {
+                offset,
+                message: "a NUL byte (\"\\0\" in YAML) cannot be part of a command, \
+                          environment or path"
+                    .into(),
+            });
+        }
         let mut parts = Vec::new();
         let mut lit = String::new();
         let mut i = 0;
@@ -432,6 +442,14 @@ mod tests {
         let mut v = var("suite", "data.suite", Some("^[a-z]+$"));
         v.default = Some("unstable".into());
         assert_eq!(render("${suite}", &[v], json!({})), Ok("unstable".into()));
+    }
+
+    #[test]
+    fn nul_in_the_text_is_refused_where_it_is() {
+        let e = Template::parse("a$\0@", &[]).unwrap_err();
+        assert_eq!(e.offset, 2);
+        assert!(e.message.contains("NUL"), "{}", e.message);
+        assert!(Template::parse("${data.a\0b}", &[]).is_err());
     }
 
     #[test]
