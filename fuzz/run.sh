@@ -12,7 +12,7 @@ CARGO=${CARGO:-cargo}
 SECONDS_EACH=${FUZZ_SECONDS:-60}
 EXECS=()
 if [ -n "${FUZZ_EXECS:-}" ]; then EXECS=(-E "$FUZZ_EXECS"); fi
-TARGETS=${FUZZ_TARGETS:-frames canonical rules templates topics dpkg amqp}
+TARGETS=${FUZZ_TARGETS:-frames canonical rules templates topics dpkg amqp http}
 CARGO_AFL_VERSION=0.18.2
 
 if ! $CARGO afl --version 2>/dev/null | grep -q "$CARGO_AFL_VERSION"; then

@@ -65,3 +65,8 @@ fn dpkg() {
 fn amqp() {
     replay("amqp", targets::amqp);
 }
+
+#[test]
+fn http() {
+    replay("http", targets::http);
+}

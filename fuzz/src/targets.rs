@@ -6,17 +6,20 @@
 //!
 //! This file is also compiled into hark's test suite (tests/prop_fuzz_corpus.rs), which
 //! replays every committed corpus file and crash through it: a crash once found stays a
-//! regression test. It may use only `hark`, `lapin` (a dependency of hark's, for the AMQP
-//! types), `serde_json`, `chrono` and `std`.
+//! regression test. It may use only `hark`, crates hark itself depends on (`lapin` for the
+//! AMQP types, `axum`, `hmac`, `sha2`, `serde_json`, `chrono`) and `std`.
 
 use std::cmp::Ordering;
 use std::path::Path;
 
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use hark::admit::trust::TrustPolicy;
 use hark::admit::Gate;
-use hark::config::TrustConfig;
+use hark::config::{HookKind, TrustConfig};
 use hark::event::keys::{Keyring, SigningKey};
 use hark::event::{canonical, parse_json, sign, Event};
+use hark::http::hooks::Hook;
+use hark::http::{api, api::Params, datagrepper};
 use hark::rules::dpkg::{self, DebVersion};
 use hark::rules::index::TopicIndex;
 use hark::rules::path::FieldPath;
@@ -24,9 +27,11 @@ use hark::rules::set::RuleSet;
 use hark::rules::template::{Template, Var};
 use hark::sources::amqp;
 use hark::topic::TopicPattern;
+use hmac::{Hmac, Mac};
 use lapin::message::Delivery;
 use lapin::protocol::basic::parse_properties;
 use serde_json::{json, Value};
+use sha2::Sha256;
 
 /// The signer whose key the frames target trusts: seeds signed with it reach the rules.
 pub const SIGNER: &str = "fuzz-signer";
@@ -288,5 +293,121 @@ pub fn amqp(data: &[u8]) {
         assert_eq!(once, twice, "headers are not stable through AMQP fields");
     } else {
         panic!("headers are {}", event.headers);
+    }
+}
+
+/// The hook's secret in the `http` target: the target signs each body with it, so that the
+/// fuzzer reaches what a verified payload becomes.
+const HOOK_SECRET: &[u8] = b"fuzz-secret";
+
+/// HTTP: line 1 is a query string (`key=value` pairs separated by `&`, not percent-encoded:
+/// the fuzzer writes any byte directly), as `/raw` and `/v1/events` get it; then header
+/// lines `name: value` up to an empty line; the rest is a webhook body.
+///
+/// Both query parsers refuse or accept without panicking. Every kind of hook accepts the
+/// body once it carries the hook's secret or signature, whatever else the headers say; a
+/// JSON body becomes an event (or, holding a number beyond a double, a 400), and that event
+/// is admitted by the relay's submission gate (the hook's signer trusted and granted
+/// `_hark.hook.**`).
+pub fn http(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let (query, rest) = text.split_once('\n').unwrap_or((&text, ""));
+    let params = Params(
+        query
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                let (k, v) = p.split_once('=').unwrap_or((p, ""));
+                (k.to_string(), v.to_string())
+            })
+            .collect(),
+    );
+    let _ = datagrepper::raw_request(&params, 1_767_225_600_000);
+    let _ = api::events_query(&params);
+
+    // The body is the input's own bytes after the first empty line (not the lossy text).
+    let body = match data.windows(2).position(|w| w == b"\n\n") {
+        Some(i) => &data[i + 2..],
+        None => &[][..],
+    };
+    let head = rest.split("\n\n").next().unwrap_or("");
+    let mut headers = HeaderMap::new();
+    for line in head.lines() {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.trim().as_bytes()),
+            HeaderValue::from_str(value.trim()),
+        ) {
+            headers.append(name, value);
+        }
+    }
+    let key = SigningKey::from_seed("hook-fuzz", "0", &SEED).expect("32 bytes");
+    let mut keyring = Keyring::default();
+    keyring.insert(key.verify_key());
+    let grants = vec![("hook-fuzz".to_string(), vec!["_hark.hook.**".to_string()])];
+    let policy = TrustPolicy::new(keyring, &grants, &TrustConfig::default()).expect("policy");
+    let gate = Gate::new(policy, false, 1 << 20);
+    let mut mac = Hmac::<Sha256>::new_from_slice(HOOK_SECRET).expect("any key length");
+    mac.update(body);
+    let signature: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let payload: Option<Value> = serde_json::from_slice(body).ok();
+    for kind in [
+        HookKind::Gitlab,
+        HookKind::Github,
+        HookKind::Forgejo,
+        HookKind::Gitea,
+        HookKind::Hmac,
+    ] {
+        let hook = Hook::new(
+            "fuzz",
+            kind,
+            HOOK_SECRET.to_vec(),
+            Some("X-Fuzz-Signature"),
+            key.clone(),
+        );
+        let _ = hook.verify(&headers, body);
+        let mut signed = headers.clone();
+        let (name, value) = match kind {
+            HookKind::Gitlab => (
+                "x-gitlab-token",
+                String::from_utf8_lossy(HOOK_SECRET).into(),
+            ),
+            HookKind::Hmac => ("x-fuzz-signature", format!("sha256={signature}")),
+            _ => ("x-hub-signature-256", format!("sha256={signature}")),
+        };
+        signed.insert(
+            HeaderName::from_static(name),
+            HeaderValue::from_str(&value).expect("ASCII"),
+        );
+        assert!(
+            hook.verify(&signed, body),
+            "{kind:?} refuses its own secret"
+        );
+        let Some(payload) = payload.clone() else {
+            continue;
+        };
+        let finite = canonical::non_finite(&payload).is_none();
+        let event = match hook.event(&signed, payload) {
+            Ok(event) => event,
+            // A number JSON cannot carry is the forge's fault: a 400, not a 500.
+            Err(e) if !finite && e.status.as_u16() == 400 => continue,
+            Err(e) => panic!("{kind:?}: a verified payload is refused: {}", e.message),
+        };
+        let Ok(frame) = canonical::to_vec(&event) else {
+            continue;
+        };
+        if frame.len() >= 1 << 20 {
+            continue;
+        }
+        if let Err(e) = gate.check_submission(frame, chrono::Utc::now()) {
+            panic!("{kind:?}: the relay refuses a hook's event: {e:?}");
+        }
     }
 }

@@ -130,7 +130,7 @@ const EVENTS_PARAMS: &[&str] = &[
 ];
 
 /// The `/v1/events` query: the filters of `hark history`.
-fn events_query(params: &Params) -> Result<(HistoryQuery, Option<u64>, usize), Failure> {
+pub fn events_query(params: &Params) -> Result<(HistoryQuery, Option<u64>, usize), Failure> {
     params.only(EVENTS_PARAMS)?;
     let topics = params
         .all("topic")

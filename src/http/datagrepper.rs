@@ -132,7 +132,7 @@ fn laniakea_message(seq: u64, event: &Event) -> Map<String, Value> {
 
 /// A `/raw` request, checked.
 #[derive(Debug)]
-struct Raw {
+pub struct Raw {
     query: HistoryQuery,
     /// Kept only when `topic` is given too (a category then narrows the topics).
     categories: Vec<String>,
@@ -154,7 +154,8 @@ fn seconds(params: &Params, key: &str) -> Result<Option<f64>, Failure> {
     }
 }
 
-fn raw_request(params: &Params, now_ms: i64) -> Result<Raw, Failure> {
+/// A `/raw` query, checked and resolved against `now_ms` (the `delta` parameter).
+pub fn raw_request(params: &Params, now_ms: i64) -> Result<Raw, Failure> {
     params.only(RAW_PARAMS)?;
     if let Some(key) = UNSUPPORTED.iter().find(|k| params.all(k).next().is_some()) {
         return Err(Failure::bad_request(format!(

@@ -59,17 +59,13 @@ pub fn load(hooks: &BTreeMap<String, HookConfig>) -> anyhow::Result<Vec<Hook>> {
             .map_err(|e| anyhow::anyhow!("http.hooks.{name}.secret_file: {e}"))?;
         let key = read_signing_key(&cfg.key)
             .map_err(|e| anyhow::anyhow!("http.hooks.{name}.key: {e}"))?;
-        out.push(Hook {
-            name: name.clone(),
-            kind: cfg.kind,
+        out.push(Hook::new(
+            name,
+            cfg.kind,
             secret,
-            header: cfg
-                .header
-                .clone()
-                .unwrap_or_else(|| "X-Hub-Signature-256".into())
-                .to_ascii_lowercase(),
+            cfg.header.as_deref(),
             key,
-        });
+        ));
     }
     Ok(out)
 }
@@ -122,6 +118,24 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 impl Hook {
+    /// A hook with its secret and key already read; `header` is a generic hook's signature
+    /// header (default `X-Hub-Signature-256`).
+    pub fn new(
+        name: &str,
+        kind: HookKind,
+        secret: Vec<u8>,
+        header: Option<&str>,
+        key: SigningKey,
+    ) -> Hook {
+        Hook {
+            name: name.to_string(),
+            kind,
+            secret,
+            header: header.unwrap_or("X-Hub-Signature-256").to_ascii_lowercase(),
+            key,
+        }
+    }
+
     /// Whether the request carries this hook's secret (constant time).
     pub fn verify(&self, headers: &HeaderMap, body: &[u8]) -> bool {
         match self.kind {
@@ -216,11 +230,15 @@ impl Hook {
             let id = uuid::Builder::from_random_bytes(bytes).into_uuid();
             obj.insert("uuid".into(), Value::String(id.to_string()));
         }
-        crate::event::sign::sign(&mut event, &self.key).map_err(|e| {
-            Failure::new(
+        crate::event::sign::sign(&mut event, &self.key).map_err(|e| match e {
+            // The forge's own payload holds it (1e400): its fault, not the relay's.
+            crate::event::sign::SignError::NonFinite(_) => {
+                Failure::bad_request(format!("the payload cannot be an event: {e}"))
+            }
+            _ => Failure::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 format!("signing the hook's event: {e}"),
-            )
+            ),
         })?;
         Ok(event)
     }
@@ -278,7 +296,10 @@ pub async fn hook(
     };
     let event = match hook.event(&headers, payload) {
         Ok(e) => e,
-        Err(f) => return f.into_response(),
+        Err(f) => {
+            tracing::warn!(hook = %hook.name, client = %peer.client, "webhook refused: {}", f.message);
+            return f.into_response();
+        }
     };
     let frame = match crate::event::canonical::to_vec(&event) {
         Ok(f) => f,
