@@ -14,6 +14,7 @@
 //! where it belongs; never call it from the tokio loop.
 
 pub mod replay;
+mod uuid_filter;
 
 use std::path::Path;
 use std::time::Duration;
@@ -169,6 +170,9 @@ pub struct Selected {
 /// (docs/benchmarks.md, "With the journal on and off"). `round_topics` keeps one row per
 /// topic per row of `rounds`, which is what history's topic walks seek through; receive
 /// times never decrease with seq (appends clamp them), so `rounds_last_ms` finds a time.
+/// `round_uuids` holds a filter of each row's uuids ([`uuid_filter`]) for lookups by uuid;
+/// `meta.uuid_filters` says every row has one (files written before it get theirs when a
+/// writer next opens them).
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
@@ -188,6 +192,10 @@ CREATE TABLE IF NOT EXISTS round_topics (
     first_seq INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS round_topics_walk ON round_topics(topic, first_seq);
+CREATE TABLE IF NOT EXISTS round_uuids (
+    first_seq INTEGER PRIMARY KEY,
+    filter BLOB NOT NULL
+);
 ";
 
 /// One ordered walk over journal rows for [`Journal::scan`] (history queries): rows past
@@ -232,6 +240,8 @@ pub struct Journal {
     last_ms: i64,
     /// Sum of `rounds.bytes`, kept here so appends need not ask SQLite.
     stored_bytes: u64,
+    /// Every stored row has its `round_uuids` filter.
+    uuid_filters: bool,
     /// A writer holds an exclusive lock on `<file>.lock` while open: `head_seq` is
     /// cached here, so a second writer would hand out the same seqs.
     _lock: Option<std::fs::File>,
@@ -286,9 +296,28 @@ impl Journal {
                 put.execute(params!["epoch", epoch])?;
                 put.execute(params!["created_ms", created])?;
                 put.execute(params!["pruned_seq", 0i64])?;
+                put.execute(params!["uuid_filters", 1i64])?;
             }
-            Some(FORMAT) => {}
-            Some(FORMAT_PER_EVENT) => convert_per_event_rows(&tx)?,
+            Some(FORMAT) => {
+                // Also when the newest row has none: a hark from before the filters wrote
+                // to this file since (a downgrade and back).
+                let newest_unfiltered: bool = tx.query_row(
+                    "SELECT COALESCE((SELECT MAX(first_seq) FROM rounds), 0)
+                         > COALESCE((SELECT MAX(first_seq) FROM round_uuids), 0)",
+                    [],
+                    |r| r.get(0),
+                )?;
+                if newest_unfiltered || meta_get::<i64>(&tx, "uuid_filters")?.is_none() {
+                    add_uuid_filters(&tx, path)?;
+                }
+            }
+            Some(FORMAT_PER_EVENT) => {
+                convert_per_event_rows(&tx)?;
+                tx.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('uuid_filters', 1)",
+                    [],
+                )?;
+            }
             Some(other) => {
                 return Err(JournalError::NotAJournal(
                     path.display().to_string(),
@@ -333,6 +362,7 @@ impl Journal {
             }
         }
         let (head_seq, _) = head_and_first(&conn)?;
+        let uuid_filters = meta_get::<i64>(&conn, "uuid_filters")?.is_some();
         // Only the writer needs the sum, and it reads every row: a reader (a history
         // query, the HTTP API) opening a journal of 10^6 events must not pay for it.
         let (stored, last_ms): (i64, Option<i64>) = if read_only {
@@ -361,6 +391,7 @@ impl Journal {
             head_seq,
             last_ms,
             stored_bytes: u64::try_from(stored).unwrap_or(0),
+            uuid_filters,
             _lock: None,
         })
     }
@@ -539,6 +570,10 @@ impl Journal {
                 "DELETE FROM rounds WHERE first_seq <= ?1",
                 params![seq_sql(first)],
             )?;
+            tx.execute(
+                "DELETE FROM round_uuids WHERE first_seq <= ?1",
+                params![seq_sql(first)],
+            )?;
             drop_topics(first)?;
             through_seq = tx.query_row(
                 "SELECT COALESCE((SELECT first_seq FROM rounds ORDER BY first_seq LIMIT 1), ?1) - 1",
@@ -548,10 +583,12 @@ impl Journal {
         }
         if let Some((old_first, topics, rest)) = split {
             let new_first = rest.first().map_or(old_first, |e| e.seq);
-            tx.execute(
-                "DELETE FROM rounds WHERE first_seq = ?1",
-                params![seq_sql(old_first)],
-            )?;
+            for table in ["rounds", "round_uuids"] {
+                tx.execute(
+                    &format!("DELETE FROM {table} WHERE first_seq = ?1"),
+                    params![seq_sql(old_first)],
+                )?;
+            }
             let mut writer = RowWriter::new(&tx, false)?;
             for e in &rest {
                 writer.push(e.seq, e.received_ms, &e.topic, &e.uuid, &e.frames)?;
@@ -825,11 +862,50 @@ impl Journal {
     }
 
     /// The rows carrying this uuid (or fedmsg msg_id), newest first: one, unless
-    /// different publishers reused it outside the dedupe window. This walks the journal:
-    /// an index on uuid (random keys) tripled the journal thread's CPU per append
-    /// (docs/benchmarks.md), so a lookup by id pays instead of every write.
+    /// different publishers reused it outside the dedupe window. It reads each stored
+    /// row's uuid filter and decodes only the rows that may hold it; a file whose rows
+    /// have no filters yet (written by an older hark, opened read-only) is walked.
     pub fn with_uuid(&self, uuid: &str) -> Result<Vec<Entry>> {
         let mut out = Vec::new();
+        if self.uuid_filters {
+            let h = uuid_filter::hash(uuid);
+            let mut candidates = Vec::new();
+            {
+                let mut stmt = self.conn.prepare_cached(
+                    "SELECT first_seq, filter FROM round_uuids ORDER BY first_seq DESC",
+                )?;
+                let mut rows = stmt.query([])?;
+                while let Some(row) = rows.next()? {
+                    // A damaged filter reads as "may hold": the row is decoded and checked.
+                    let filter = row.get_ref(1)?.as_blob().unwrap_or_default();
+                    if uuid_filter::may_hold(filter, h) {
+                        candidates.push(seq_from_sql(row.get(0)?));
+                    }
+                }
+            }
+            let mut stmt = self
+                .conn
+                .prepare_cached("SELECT events FROM rounds WHERE first_seq = ?1")?;
+            for first_seq in candidates {
+                let mut rows = stmt.query(params![seq_sql(first_seq)])?;
+                let Some(row) = rows.next()? else {
+                    continue;
+                };
+                let events = decode_round(first_seq, blob_of_column(row, 0)?)?;
+                out.extend(
+                    events
+                        .iter()
+                        .rev()
+                        .filter(|e| e.uuid == uuid)
+                        .map(EventRef::to_entry),
+                );
+                if out.len() >= 16 {
+                    break;
+                }
+            }
+            out.truncate(16);
+            return Ok(out);
+        }
         self.walk(0, u64::MAX, None, true, |e| {
             if e.uuid == uuid {
                 out.push(e.to_entry());
@@ -878,7 +954,10 @@ impl Journal {
 struct RowWriter<'t> {
     insert: rusqlite::CachedStatement<'t>,
     topic: rusqlite::CachedStatement<'t>,
+    uuids: rusqlite::CachedStatement<'t>,
     blob: Vec<u8>,
+    /// The hashes of this row's uuids, for its filter.
+    hashes: Vec<u64>,
     first: Option<(u64, i64)>,
     last: (u64, i64),
     events: usize,
@@ -898,7 +977,10 @@ impl<'t> RowWriter<'t> {
             )?,
             topic: tx
                 .prepare_cached("INSERT INTO round_topics (topic, first_seq) VALUES (?1, ?2)")?,
+            uuids: tx
+                .prepare_cached("INSERT INTO round_uuids (first_seq, filter) VALUES (?1, ?2)")?,
             blob: Vec::new(),
+            hashes: Vec::new(),
             first: None,
             last: (0, 0),
             events: 0,
@@ -921,6 +1003,7 @@ impl<'t> RowWriter<'t> {
         }
         let bytes: u64 = frames.iter().map(|f| f.len() as u64).sum();
         encode_event(&mut self.blob, received_ms, topic, uuid, frames);
+        self.hashes.push(uuid_filter::hash(uuid));
         self.first.get_or_insert((seq, received_ms));
         self.last = (seq, received_ms);
         self.events += 1;
@@ -947,11 +1030,50 @@ impl<'t> RowWriter<'t> {
         for topic in self.topics.drain(..) {
             self.topic.execute(params![topic, seq_sql(first_seq)])?;
         }
+        self.uuids.execute(params![
+            seq_sql(first_seq),
+            uuid_filter::build(&self.hashes)
+        ])?;
+        self.hashes.clear();
         self.blob.clear();
         self.events = 0;
         self.bytes = 0;
         Ok(())
     }
+}
+
+/// Give every stored row without a filter (a file written before `round_uuids` existed)
+/// its filter, in the opening transaction: it reads those rows, once.
+fn add_uuid_filters(tx: &rusqlite::Transaction<'_>, path: &Path) -> Result<()> {
+    let rows: i64 = tx.query_row(
+        "SELECT COUNT(*) FROM rounds WHERE first_seq NOT IN (SELECT first_seq FROM round_uuids)",
+        [],
+        |r| r.get(0),
+    )?;
+    tracing::info!(
+        "{}: adding uuid filters to {rows} stored row(s)",
+        path.display()
+    );
+    {
+        let mut read = tx.prepare(
+            "SELECT first_seq, events FROM rounds
+             WHERE first_seq NOT IN (SELECT first_seq FROM round_uuids)",
+        )?;
+        let mut put =
+            tx.prepare("INSERT OR REPLACE INTO round_uuids (first_seq, filter) VALUES (?1, ?2)")?;
+        let mut rows = read.query([])?;
+        while let Some(row) = rows.next()? {
+            let first_seq = seq_from_sql(row.get(0)?);
+            let events = decode_round(first_seq, blob_of(row)?)?;
+            let hashes: Vec<u64> = events.iter().map(|e| uuid_filter::hash(e.uuid)).collect();
+            put.execute(params![seq_sql(first_seq), uuid_filter::build(&hashes)])?;
+        }
+    }
+    tx.execute(
+        "INSERT OR REPLACE INTO meta (key, value) VALUES ('uuid_filters', 1)",
+        [],
+    )?;
+    Ok(())
 }
 
 /// Format 1 stored one row per event with indexes on time and topic; convert its rows into

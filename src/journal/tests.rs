@@ -700,3 +700,80 @@ fn pruning_by_age_cuts_a_stored_row_and_its_topics_still_lead_to_the_rest() {
     assert_eq!(j.first_seq().expect("first"), 7);
     assert_eq!(j.head_seq().expect("head"), 6);
 }
+
+#[test]
+fn lookups_by_uuid_read_the_filters_and_survive_a_split_and_an_old_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("j.sqlite");
+    let retention = Retention {
+        max_age: Duration::from_millis(DAY_MS as u64),
+        max_bytes: u64::MAX,
+    };
+    let mut j = Journal::open(&path, retention).expect("open");
+    // One stored row of 10 (received at 0..9 ms), then rows of one; "dup" twice.
+    let batch: Vec<(Vec<Vec<u8>>, String)> = (0..10u64)
+        .map(|i| (frames("a.b", i), format!("row-{i}")))
+        .collect();
+    let entries: Vec<NewEntry<'_>> = batch
+        .iter()
+        .enumerate()
+        .map(|(i, (f, u))| NewEntry {
+            frames: f,
+            topic: "a.b",
+            uuid: u,
+            received_ms: i as i64,
+        })
+        .collect();
+    j.append_batch(&entries).expect("batch");
+    for (i, uuid) in ["dup", "x", "dup"].into_iter().enumerate() {
+        j.append(&frames("c.d", i as u64), "c.d", uuid, DAY_MS)
+            .expect("append");
+    }
+    let seqs = |j: &Journal, uuid: &str| -> Vec<u64> {
+        j.with_uuid(uuid)
+            .expect("lookup")
+            .iter()
+            .map(|e| e.seq)
+            .collect()
+    };
+    assert!(j.uuid_filters);
+    assert_eq!(seqs(&j, "row-7"), vec![8]);
+    assert_eq!(seqs(&j, "dup"), vec![13, 11], "newest first");
+    assert!(seqs(&j, "nowhere").is_empty());
+    // Age prunes the row of ten in two: 0..=4 ms go, the rest is written again.
+    j.prune(DAY_MS + 5).expect("prune");
+    assert_eq!(j.first_seq().expect("first"), 6);
+    assert!(seqs(&j, "row-2").is_empty());
+    assert_eq!(seqs(&j, "row-7"), vec![8]);
+    let filters: i64 = j
+        .connection()
+        .query_row("SELECT COUNT(*) FROM round_uuids", [], |r| r.get(0))
+        .expect("count");
+    assert_eq!(
+        filters, 4,
+        "one filter per stored row, none left for pruned rows"
+    );
+
+    // A file written before the filters: a reader walks it, a writer adds them.
+    j.connection()
+        .execute_batch("DELETE FROM round_uuids; DELETE FROM meta WHERE key = 'uuid_filters';")
+        .expect("make it old");
+    drop(j);
+    let reader = Journal::open_read_only(&path).expect("reader");
+    assert!(!reader.uuid_filters);
+    assert_eq!(seqs(&reader, "dup"), vec![13, 11]);
+    drop(reader);
+    let j = Journal::open(&path, retention).expect("writer");
+    assert!(j.uuid_filters);
+    assert_eq!(seqs(&j, "row-9"), vec![10]);
+    assert_eq!(seqs(&j, "dup"), vec![13, 11]);
+
+    // An older hark appended a row without a filter (flag still set): the next writer
+    // fills it in.
+    j.connection()
+        .execute("DELETE FROM round_uuids WHERE first_seq = 13", [])
+        .expect("drop the newest filter");
+    drop(j);
+    let j = Journal::open(&path, retention).expect("writer");
+    assert_eq!(seqs(&j, "dup"), vec![13, 11]);
+}
