@@ -238,6 +238,12 @@ impl Event {
     }
 
     fn from_fedmsg(obj: &Map<String, Value>) -> Result<Self, EnvelopeError> {
+        // Python's json reads 1e400 as inf, but hark's canonical writer could only write it
+        // as Infinity, which is not JSON: refused like a native event's and an AMQP
+        // message's (found by make fuzz).
+        if let Some(n) = obj.values().find_map(canonical::non_finite) {
+            return Err(EnvelopeError::NonFiniteNumber(n.to_string()));
+        }
         let time = obj
             .get("timestamp")
             .and_then(Value::as_f64)
@@ -382,6 +388,19 @@ mod tests {
         assert_eq!(ev.data["log"], "Hello world");
         assert_eq!(ev.time.as_deref(), Some("2014-03-03T20:33:57Z"));
         assert_eq!(ev.author.as_deref(), Some("root"));
+    }
+
+    #[test]
+    fn a_fedmsg_number_beyond_a_double_is_refused() {
+        // Found by make fuzz (frames): admitted, it could not be written canonically.
+        for body in [
+            r#"{"i":1,"msg":{},"msg_id":"m-1","timestamp":176.22E600,"topic":"a.b"}"#,
+            r#"{"i":1,"msg":{"x":[1e400]},"msg_id":"m-1","timestamp":1,"topic":"a.b"}"#,
+        ] {
+            let err =
+                Event::from_frames(vec![b"a.b".to_vec(), body.as_bytes().to_vec()]).unwrap_err();
+            assert_eq!(err.reason(), "non-finite-number", "{body}");
+        }
     }
 
     #[test]
