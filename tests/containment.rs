@@ -1,6 +1,8 @@
 //! Process containment of every job, outside systemd, through the real daemon (`hark
 //! serve`): a job is recorded finished only when nothing it started runs any more, and a
-//! timeout stops what left the job's process group with `setsid`.
+//! timeout stops what left the job's process group with `setsid`. Where the tests run as
+//! root with cgroup v2, also the cgroup of its own every job gets under a delegated cgroup
+//! (the daemon started as systemd starts it with `Delegate=yes`).
 
 mod common;
 
@@ -33,10 +35,19 @@ fn serve(dir: &Path, script: &str, run_extra: &str) -> (common::Proc, String) {
         "serve",
         common::hark_command()
             .current_dir(dir)
+            // Outside systemd, also when the tests run in a systemd service.
+            .env_remove("INVOCATION_ID")
             .args(["serve", "--submit", &submit, "--publish", &publish])
             .args(["--replay", &replay, "--state-dir"])
             .arg(dir.join("state")),
     );
+    serve
+        .stderr
+        .wait_for(
+            "jobs: process supervisor (no delegated cgroup: not started by systemd)",
+            WAIT,
+        )
+        .expect("the daemon says which containment jobs get");
     let line = serve
         .stderr
         .wait_for(" publish --relay ", WAIT)
@@ -207,4 +218,196 @@ sleep 60
             .find(|j| j["state"] == "succeeded")
     });
     assert!(second.is_some(), "the next job ran: {:?}", jobs(dir.path()));
+}
+
+/// A cgroup made for one test and removed (with what is left in it) when dropped.
+struct TestCgroup(std::path::PathBuf);
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        if let Err(e) = hark::jobs::cgroup::remove(&self.0) {
+            eprintln!("cannot remove the test cgroup {}: {e}", self.0.display());
+        }
+    }
+}
+
+/// A child of this process's cgroup marked delegated as systemd marks one with
+/// `Delegate=yes`, or why the machine cannot give one (not root, no writable cgroup v2).
+fn delegated_test_cgroup() -> Result<TestCgroup, String> {
+    use std::os::unix::ffi::OsStrExt;
+    if !nix::unistd::geteuid().is_root() {
+        return Err("not root".into());
+    }
+    let own = hark::jobs::cgroup::own_dir()?;
+    let dir = own.join(format!("hark-test-{}", std::process::id()));
+    std::fs::create_dir(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let cgroup = TestCgroup(dir);
+    let path =
+        std::ffi::CString::new(cgroup.0.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
+    // SAFETY: setxattr reads the path, the name and one byte of value.
+    let r = unsafe {
+        nix::libc::setxattr(
+            path.as_ptr(),
+            c"user.delegate".as_ptr(),
+            b"1".as_ptr().cast(),
+            1,
+            0,
+        )
+    };
+    if r != 0 {
+        return Err(format!(
+            "cannot mark {} delegated: {}",
+            cgroup.0.display(),
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(cgroup)
+}
+
+/// The cgroup (`0::` line) a process was in, as it wrote it.
+fn cgroup_line(file: &Path) -> String {
+    let text = std::fs::read_to_string(file).expect("the grandchild wrote its cgroup");
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .expect("a cgroup v2 line")
+        .to_string()
+}
+
+/// The daemon path under a delegated cgroup, as under systemd with `Delegate=yes`
+/// (`INVOCATION_ID` set, the daemon started in a cgroup marked delegated): it says so, moves
+/// into its leaf, removes a leftover job cgroup with what runs in it, and every job runs in
+/// `job-<id>`, a setsid grandchild included, which is gone on a timeout and after a normal
+/// end, with the job's cgroup, before the job is recorded. Skipped, saying why, where this
+/// process cannot make such a cgroup.
+#[test]
+fn under_a_delegated_cgroup_every_job_and_its_setsid_grandchild_get_a_cgroup_of_their_own() {
+    let cgroup = match delegated_test_cgroup() {
+        Ok(c) => c,
+        Err(why) => {
+            eprintln!("skipped: no delegated cgroup for the test ({why})");
+            return;
+        }
+    };
+    let base = cgroup.0.clone();
+    // Left by "an earlier daemon": a job cgroup with a process in it.
+    let leftover = base.join("job-999999");
+    std::fs::create_dir(&leftover).expect("mkdir the leftover cgroup");
+    let procs = leftover.join("cgroup.procs");
+    let mut sleeper = std::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(format!("echo $$ > '{}' && exec sleep 60", procs.display()))
+        .spawn()
+        .expect("sh");
+    common::poll_until(WAIT, || {
+        let text = std::fs::read_to_string(&procs).ok()?;
+        (!text.trim().is_empty()).then_some(())
+    })
+    .expect("the leftover's process joined it");
+
+    let dir = common::temp_dir();
+    // The grandchild writes its cgroup, then its pid; the leader times out (first start) or
+    // exits at once (second start), leaving the grandchild, which ignores SIGTERM.
+    let script = r#"
+setsid /bin/sh -c 'trap "" TERM; cat /proc/self/cgroup > "$0.cgroup"; echo $$ > "$0.tmp"; mv "$0.tmp" "$0"; while :; do sleep 1; done' "$1" </dev/null >/dev/null 2>&1 &
+while [ ! -s "$1" ]; do sleep 0.01; done
+if [ -e "$1.first" ]; then exit 0; fi
+touch "$1.first"
+sleep 60
+"#;
+    let script_path = dir.path().join("job.sh");
+    std::fs::write(&script_path, script).unwrap();
+    let rules = dir.path().join("rules.d");
+    std::fs::create_dir(&rules).unwrap();
+    let pidfile = dir.path().join("grandchild.pid");
+    std::fs::write(
+        rules.join("50-contained.yaml"),
+        format!(
+            "rules:\n  - name: contained\n    match: {{topic: _hark.example.hello}}\n    run:\n      command: [/bin/sh, '{}', '{}']\n      stdin: none\n      timeout: 2s\n      grace: 200ms\n",
+            script_path.display(),
+            pidfile.display()
+        ),
+    )
+    .unwrap();
+    let (submit, publish_ep, replay) = (
+        common::free_endpoint(),
+        common::free_endpoint(),
+        common::free_endpoint(),
+    );
+    let mut cmd = common::hark_command();
+    cmd.current_dir(dir.path())
+        .env("INVOCATION_ID", "0123456789abcdef0123456789abcdef")
+        .args(["serve", "--submit", &submit, "--publish", &publish_ep])
+        .args(["--replay", &replay, "--state-dir"])
+        .arg(dir.path().join("state"));
+    let join = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(
+        base.join("cgroup.procs").as_os_str(),
+    ))
+    .unwrap();
+    // SAFETY: between fork and exec: open, write and close on a path built before.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+            let fd = nix::libc::open(join.as_ptr(), nix::libc::O_WRONLY | nix::libc::O_CLOEXEC);
+            if fd < 0 || nix::libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            nix::libc::close(fd);
+            Ok(())
+        });
+    }
+    let serve = common::Proc::spawn("serve", &mut cmd);
+    serve
+        .stderr
+        .wait_for("removed the leftover cgroup", WAIT)
+        .expect("the leftover job cgroup is removed at start");
+    let said = serve
+        .stderr
+        .wait_for("jobs: own cgroup under", WAIT)
+        .expect("the daemon says which containment jobs get");
+    assert!(said.contains(&base.display().to_string()), "{said}");
+    assert!(!leftover.exists(), "{} is still there", leftover.display());
+    let status = sleeper.wait().expect("the leftover's process");
+    assert!(
+        !status.success(),
+        "the leftover's process was killed: {status}"
+    );
+    let daemon_cgroup = std::fs::read_to_string(format!("/proc/{}/cgroup", serve.id())).unwrap();
+    assert!(
+        daemon_cgroup.lines().any(|l| l.ends_with(&format!(
+            "{}/daemon",
+            base.file_name().unwrap().to_string_lossy()
+        ))),
+        "the daemon moved into its leaf: {daemon_cgroup}"
+    );
+    let line = serve
+        .stderr
+        .wait_for(" publish --relay ", WAIT)
+        .expect("serve prints how to publish")
+        .trim()
+        .to_string();
+
+    for (start, want) in [(1, "timed_out"), (2, "succeeded")] {
+        let _ = std::fs::remove_file(&pidfile);
+        publish(dir.path(), &line);
+        let job = common::poll_until(WAIT, || {
+            let all = jobs(dir.path());
+            (all.len() == start).then_some(())?;
+            let j = all.into_iter().max_by_key(|j| j["id"].as_i64())?;
+            (j["state"] != "pending" && j["state"] != "running").then_some(j)
+        })
+        .expect("the job is recorded ended");
+        assert_eq!(job["state"], want, "start {start}: {job}");
+        let id = job["id"].as_i64().expect("an id");
+        let own = cgroup_line(&dir.path().join("grandchild.pid.cgroup"));
+        assert!(
+            own.ends_with(&format!("/job-{id}")),
+            "start {start}: the setsid grandchild ran in {own}, not in job-{id}"
+        );
+        assert_gone(grandchild(dir.path()));
+        let job_dir = base.join(format!("job-{id}"));
+        assert!(
+            !job_dir.exists(),
+            "start {start}: {} outlived its job",
+            job_dir.display()
+        );
+    }
 }

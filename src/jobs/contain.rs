@@ -21,8 +21,20 @@
 //! before the fork), and uses raw system calls on stack buffers. Descendants are found by
 //! reading every `/proc/<pid>/stat` for its parent pid.
 //!
-//! Under systemd a job in a unit gets its own cgroup instead (`src/jobs/unit.rs`).
+//! When the daemon has a delegated cgroup (`cgroup.rs`), the supervisor also puts the job
+//! in a cgroup of its own: it creates `job-<id>` before forking the command, the command
+//! writes itself into that cgroup's `cgroup.procs` before it execs (so before it can fork),
+//! stopping signals the cgroup's members as well and ends with `cgroup.kill`, and the
+//! supervisor exits only once the cgroup is empty, after removing it. The supervisor
+//! itself stays outside (in the daemon's leaf), so `cgroup.kill` never reaches it. A
+//! command that cannot join says so on its stderr and runs contained by the supervisor
+//! alone.
+//!
+//! A job in a unit (`run.unit`) gets its cgroup from systemd instead (`src/jobs/unit.rs`).
 
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 use std::time::Duration;
 
 use nix::libc;
@@ -35,27 +47,65 @@ const TABLE: usize = 32 * 1024;
 /// the grace period (a process forking as it dies).
 const KILL_EVERY_MS: i64 = 20;
 
-/// Run the command of `cmd` under a supervisor; `grace` is between SIGTERM and SIGKILL.
-/// The child the runner gets (and signals) is the supervisor.
-pub fn supervise(cmd: &mut tokio::process::Command, grace: Duration) {
-    supervise_std(cmd.as_std_mut(), grace);
+/// The job's cgroup, its paths built before the fork (the supervisor may not allocate).
+struct Cgroup {
+    dir: CString,
+    procs: CString,
+    kill: CString,
+    events: CString,
+    /// What the command writes on its stderr when it cannot join.
+    complaint: Vec<u8>,
+}
+
+impl Cgroup {
+    fn new(dir: &Path) -> Option<Cgroup> {
+        let at = |name: &str| CString::new(dir.join(name).as_os_str().as_bytes()).ok();
+        Some(Cgroup {
+            dir: CString::new(dir.as_os_str().as_bytes()).ok()?,
+            procs: at("cgroup.procs")?,
+            kill: at("cgroup.kill")?,
+            events: at("cgroup.events")?,
+            complaint: format!(
+                "hark: cannot put this job in its cgroup {} (errno ",
+                dir.display()
+            )
+            .into_bytes(),
+        })
+    }
+}
+
+/// Run the command of `cmd` under a supervisor; `grace` is between SIGTERM and SIGKILL;
+/// `cgroup`, the job's own cgroup when it gets one (created by the supervisor). The child
+/// the runner gets (and signals) is the supervisor.
+pub fn supervise(cmd: &mut tokio::process::Command, grace: Duration, cgroup: Option<&Path>) {
+    supervise_std(cmd.as_std_mut(), grace, cgroup);
 }
 
 /// [`supervise`] for std's `Command` (the job spawner's).
-pub fn supervise_std(cmd: &mut std::process::Command, grace: Duration) {
+pub fn supervise_std(cmd: &mut std::process::Command, grace: Duration, cgroup: Option<&Path>) {
     use std::os::unix::process::CommandExt;
     let grace_ms = i64::try_from(grace.as_millis()).unwrap_or(i64::MAX);
     let mut table: Vec<(i32, i32)> = Vec::with_capacity(TABLE);
+    let cgroup = cgroup.and_then(Cgroup::new);
     // SAFETY: the closure runs between fork and exec; `split` only makes
-    // async-signal-safe calls and never allocates (`table` has its capacity already).
+    // async-signal-safe calls and never allocates (`table` has its capacity already,
+    // the cgroup's paths are built).
     unsafe {
-        cmd.pre_exec(move || split(grace_ms, &mut table));
+        cmd.pre_exec(move || split(grace_ms, &mut table, cgroup.as_ref()));
     }
+}
+
+fn errno() -> libc::c_int {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
 }
 
 /// In std's forked child: become the supervisor and fork the command, which returns to
 /// std to be exec'd. Never returns in the supervisor.
-unsafe fn split(grace_ms: i64, table: &mut Vec<(i32, i32)>) -> std::io::Result<()> {
+unsafe fn split(
+    grace_ms: i64,
+    table: &mut Vec<(i32, i32)>,
+    cgroup: Option<&Cgroup>,
+) -> std::io::Result<()> {
     // Every signal is blocked from before the fork, so none is lost before the supervisor
     // waits for them with sigtimedwait (the daemon's handlers are still installed here).
     let mut all: libc::sigset_t = std::mem::zeroed();
@@ -68,6 +118,16 @@ unsafe fn split(grace_ms: i64, table: &mut Vec<(i32, i32)>) -> std::io::Result<(
         return Err(std::io::Error::last_os_error());
     }
     let supervisor = libc::getpid();
+    // 0: the job's cgroup is there (new, or left by an earlier start of the same job).
+    let made = cgroup.map(|c| {
+        if libc::mkdir(c.dir.as_ptr(), 0o755) == 0 {
+            return 0;
+        }
+        match errno() {
+            libc::EEXIST => 0,
+            e => e,
+        }
+    });
     let leader = libc::fork();
     if leader < 0 {
         return Err(std::io::Error::last_os_error());
@@ -82,12 +142,120 @@ unsafe fn split(grace_ms: i64, table: &mut Vec<(i32, i32)>) -> std::io::Result<(
         if libc::getppid() != supervisor {
             libc::_exit(1);
         }
+        if let (Some(c), Some(made)) = (cgroup, made) {
+            let failed = match made {
+                0 => join(c),
+                e => e,
+            };
+            if failed != 0 {
+                complain(c, failed);
+            }
+        }
         let mut none: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut none);
         libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
         return Ok(());
     }
-    run_supervisor(leader, grace_ms, table)
+    run_supervisor(leader, grace_ms, table, cgroup.filter(|_| made == Some(0)))
+}
+
+/// The calling process into the cgroup; 0, or the errno.
+unsafe fn join(c: &Cgroup) -> libc::c_int {
+    let fd = libc::open(c.procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+    if fd < 0 {
+        return errno();
+    }
+    let r = libc::write(fd, b"0".as_ptr().cast(), 1);
+    let e = if r == 1 { 0 } else { errno() };
+    libc::close(fd);
+    e
+}
+
+/// On the command's stderr (std has set up its descriptors by now): the job runs, but
+/// contained by its supervisor only.
+unsafe fn complain(c: &Cgroup, err: libc::c_int) {
+    let mut digits = [0u8; 12];
+    let mut n = digits.len();
+    let mut v = err.unsigned_abs();
+    loop {
+        n -= 1;
+        digits[n] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 || n == 0 {
+            break;
+        }
+    }
+    libc::write(2, c.complaint.as_ptr().cast(), c.complaint.len());
+    libc::write(2, digits[n..].as_ptr().cast(), digits.len() - n);
+    let tail = b"); only its supervisor contains it\n";
+    libc::write(2, tail.as_ptr().cast(), tail.len());
+}
+
+/// `cgroup.events` says `populated 1`; false when it cannot be read.
+unsafe fn populated(c: &Cgroup) -> bool {
+    let fd = libc::open(c.events.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+    if fd < 0 {
+        return false;
+    }
+    let mut buf = [0u8; 256];
+    let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+    libc::close(fd);
+    n > 0 && buf[..n as usize].windows(11).any(|w| w == b"populated 1")
+}
+
+/// Send `sig` to every process in the cgroup; SIGKILL through `cgroup.kill` when the kernel
+/// has it (atomic against a process forking meanwhile).
+unsafe fn signal_cgroup(c: &Cgroup, sig: libc::c_int) {
+    if sig == libc::SIGKILL {
+        let fd = libc::open(c.kill.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+        if fd >= 0 {
+            let done = libc::write(fd, b"1".as_ptr().cast(), 1) == 1;
+            libc::close(fd);
+            if done {
+                return;
+            }
+        }
+    }
+    let fd = libc::open(c.procs.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+    if fd < 0 {
+        return;
+    }
+    let mut buf = [0u8; 4096];
+    let mut pid: i32 = 0;
+    loop {
+        let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+        if n <= 0 {
+            break;
+        }
+        for &b in &buf[..n as usize] {
+            match b {
+                b'0'..=b'9' => pid = pid.saturating_mul(10).saturating_add(i32::from(b - b'0')),
+                _ => {
+                    if pid > 0 {
+                        libc::kill(pid, sig);
+                    }
+                    pid = 0;
+                }
+            }
+        }
+    }
+    if pid > 0 {
+        libc::kill(pid, sig);
+    }
+    libc::close(fd);
+}
+
+/// Everything of the job: the supervisor's descendants, and the cgroup's members.
+unsafe fn stop_all(
+    me: libc::pid_t,
+    sig: libc::c_int,
+    table: &mut Vec<(i32, i32)>,
+    cgroup: Option<&Cgroup>,
+) {
+    if let Some(c) = cgroup {
+        signal_cgroup(c, sig);
+    }
+    signal_descendants(me, sig, table);
 }
 
 fn now_ms() -> i64 {
@@ -100,7 +268,16 @@ fn now_ms() -> i64 {
     ts.tv_sec * 1000 + ts.tv_nsec / 1_000_000
 }
 
-unsafe fn run_supervisor(leader: libc::pid_t, grace_ms: i64, table: &mut Vec<(i32, i32)>) -> ! {
+/// How long after the SIGKILLs began the supervisor still waits for a cgroup whose last
+/// members are not its descendants (moved in from outside) before it exits anyway.
+const CGROUP_GIVE_UP_MS: i64 = 5_000;
+
+unsafe fn run_supervisor(
+    leader: libc::pid_t,
+    grace_ms: i64,
+    table: &mut Vec<(i32, i32)>,
+    cgroup: Option<&Cgroup>,
+) -> ! {
     // The command has its own copies of the pipes and of std's exec-error pipe; ours would
     // keep the runner waiting for EOF.
     if libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, 0u32) != 0 {
@@ -137,16 +314,24 @@ unsafe fn run_supervisor(leader: libc::pid_t, grace_ms: i64, table: &mut Vec<(i3
             break;
         }
         if let (Some(st), false) = (leader_status, children_left) {
-            exit_like(st);
+            let empty = cgroup.is_none_or(|c| !populated(c));
+            if empty || deadline.is_some_and(|d| now_ms() >= d.saturating_add(CGROUP_GIVE_UP_MS)) {
+                if let Some(c) = cgroup {
+                    // Before the job is recorded; a cgroup the command made inside it
+                    // keeps it (the daemon removes it at its next start).
+                    libc::rmdir(c.dir.as_ptr());
+                }
+                exit_like(st);
+            }
         }
         if leader_status.is_some() && deadline.is_none() {
             // The command is done; what it left behind is stopped before the job ends.
-            signal_descendants(me, libc::SIGTERM, table);
+            stop_all(me, libc::SIGTERM, table, cgroup);
             deadline = Some(now_ms().saturating_add(grace_ms));
         }
         let wait_ms = match deadline {
             Some(d) if now_ms() >= d => {
-                signal_descendants(me, libc::SIGKILL, table);
+                stop_all(me, libc::SIGKILL, table, cgroup);
                 KILL_EVERY_MS
             }
             Some(d) => (d - now_ms()).max(1),
@@ -158,7 +343,7 @@ unsafe fn run_supervisor(leader: libc::pid_t, grace_ms: i64, table: &mut Vec<(i3
         };
         let sig = libc::sigtimedwait(&wanted, std::ptr::null_mut(), &ts);
         if matches!(sig, libc::SIGTERM | libc::SIGINT | libc::SIGHUP) && deadline.is_none() {
-            signal_descendants(me, libc::SIGTERM, table);
+            stop_all(me, libc::SIGTERM, table, cgroup);
             deadline = Some(now_ms().saturating_add(grace_ms));
         }
     }

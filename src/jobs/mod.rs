@@ -6,11 +6,13 @@
 //! - [`runner`]: running one command (timeout, output);
 //! - [`live`]: a running job's output as it grows, for `hark jobs log --follow`;
 //! - [`contain`]: the per-job supervisor that keeps every process of a job contained;
+//! - [`cgroup`]: a cgroup of its own per job, when systemd delegates the daemon's cgroup;
 //! - [`spawner`]: the small process that forks those supervisors, so the daemon never does;
 //! - [`unit`]: a job of a rule with `run.unit` as a transient systemd unit;
 //! - [`store`]: the SQLite state, which applies effects and reserves job ids;
 //! - [`report`]: effects as metrics, log lines and `_hark.job.*` notices.
 
+pub mod cgroup;
 mod contain;
 pub mod launch;
 pub mod live;

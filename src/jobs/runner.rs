@@ -1,7 +1,8 @@
 //! Running one job's command, watchexec-style: the event on stdin, `HARK_*` in the
 //! environment, and a timeout that sends SIGTERM to everything the command started, waits
 //! a grace period, then sends SIGKILL. The command runs under a per-job supervisor
-//! (`contain.rs`) that nothing it starts escapes (`setsid` included), and that stops what
+//! (`contain.rs`) that nothing it starts escapes (`setsid` included), in a cgroup of its
+//! own when systemd delegates the daemon's cgroup (`cgroup.rs`), and that stops what
 //! is left when the command exits, so a job is recorded only once none of its processes
 //! runs. stdout and stderr are logged line by line with the rule and job id, capped per
 //! job; the tail is kept for the job store.
@@ -248,10 +249,11 @@ async fn start(
     spec: &Spec,
     program: &str,
     args: &[String],
+    cgroup: Option<&std::path::Path>,
     spawner: Option<&super::spawner::Spawner>,
 ) -> std::io::Result<Child> {
     if let Some(spawner) = spawner {
-        if let Some(child) = start_spawned(spec, spawner).await? {
+        if let Some(child) = start_spawned(spec, cgroup, spawner).await? {
             return Ok(child);
         }
     }
@@ -272,7 +274,7 @@ async fn start(
     // The child is the job's supervisor; if the daemon dies (kill -9, OOM), its parent-death
     // signal stops the job rather than leaving it running unsupervised while the restarted
     // daemon runs the same job again.
-    super::contain::supervise(&mut cmd, spec.grace);
+    super::contain::supervise(&mut cmd, spec.grace, cgroup);
     let mut child = cmd.spawn()?;
     Ok(Child {
         pid: child.id(),
@@ -295,6 +297,7 @@ async fn start(
 /// `None`: the spawner cannot take this job; fork it here.
 async fn start_spawned(
     spec: &Spec,
+    cgroup: Option<&std::path::Path>,
     spawner: &super::spawner::Spawner,
 ) -> std::io::Result<Option<Child>> {
     use super::spawner::{ChildFds, Unavailable};
@@ -320,6 +323,7 @@ async fn start_spawned(
             &spec.argv,
             &spec.env,
             spec.workdir.as_deref(),
+            cgroup,
             spec.grace,
             fds,
         )
@@ -362,7 +366,9 @@ pub async fn run_with(
     if spec.unit.is_some() {
         return super::unit::run(spec, cancel).await;
     }
-    let mut child = match start(&spec, program, args, spawner.as_deref()).await {
+    // Under systemd with a delegated cgroup, the job's own (cgroup.rs).
+    let cgroup = super::cgroup::job_dir(spec.job);
+    let mut child = match start(&spec, program, args, cgroup.as_deref(), spawner.as_deref()).await {
         Ok(c) => c,
         Err(e) => {
             let where_ = spec
@@ -458,6 +464,13 @@ pub async fn run_with(
                 warn!(rule = %spec.rule, job = spec.job, "the job's supervisor did not stop in time; killing its group");
                 signal_group(pgid, Signal::SIGKILL);
                 let _ = child.wait().await;
+                if let Some(dir) = cgroup.clone() {
+                    // The supervisor did not get to empty and remove it.
+                    let removed = tokio::task::spawn_blocking(move || super::cgroup::remove(&dir));
+                    if let Ok(Err(e)) = removed.await {
+                        warn!(rule = %spec.rule, job = spec.job, "cannot remove the job's cgroup: {e}");
+                    }
+                }
             }
             outcome
         }

@@ -10,7 +10,7 @@
 //!
 //! Protocol, over a `SOCK_SEQPACKET` socket pair (one message per request or reply):
 //! - daemon → spawner: a spawn request (a tag, the grace period, argv, environment,
-//!   working directory) with the job's stdin, stdout and stderr pipe ends as `SCM_RIGHTS`;
+//!   working directory, the job's cgroup if it gets one) with the job's stdin, stdout and stderr pipe ends as `SCM_RIGHTS`;
 //! - spawner → daemon: `spawned` (tag, supervisor pid) or `failed` (tag, std's error text),
 //!   later `exited` (tag, the supervisor's wait status, which is the command's).
 //!
@@ -174,6 +174,7 @@ impl Spawner {
         argv: &[String],
         env: &[(String, String)],
         workdir: Option<&std::path::Path>,
+        cgroup: Option<&std::path::Path>,
         grace: Duration,
         fds: ChildFds,
     ) -> Result<Spawned, Unavailable> {
@@ -181,7 +182,8 @@ impl Spawner {
             return Err(Unavailable::Fallback);
         }
         let tag = self.next.fetch_add(1, Ordering::Relaxed);
-        let Some(request) = encode_request(tag, argv, env, workdir, grace, fds.stdin.is_some())
+        let Some(request) =
+            encode_request(tag, argv, env, workdir, cgroup, grace, fds.stdin.is_some())
         else {
             return Err(Unavailable::Fallback);
         };
@@ -347,6 +349,7 @@ fn encode_request(
     argv: &[String],
     env: &[(String, String)],
     workdir: Option<&std::path::Path>,
+    cgroup: Option<&std::path::Path>,
     grace: Duration,
     stdin: bool,
 ) -> Option<Vec<u8>> {
@@ -370,6 +373,10 @@ fn encode_request(
             .map(|d| d.as_os_str().as_bytes())
             .unwrap_or_default(),
     )?;
+    put(
+        &mut out,
+        cgroup.map(|d| d.as_os_str().as_bytes()).unwrap_or_default(),
+    )?;
     out.extend_from_slice(&(argv.len() as u32).to_le_bytes());
     for a in argv {
         put(&mut out, a.as_bytes())?;
@@ -387,6 +394,8 @@ struct Request<'a> {
     grace: Duration,
     stdin: bool,
     workdir: &'a [u8],
+    /// Empty: no cgroup of its own.
+    cgroup: &'a [u8],
     argv: Vec<&'a [u8]>,
     env: Vec<(&'a [u8], &'a [u8])>,
 }
@@ -414,6 +423,7 @@ fn decode_request(buf: &[u8]) -> Option<Request<'_>> {
         Some(n)
     };
     let workdir = string(&mut rest)?;
+    let cgroup = string(&mut rest)?;
     let argc = count(&mut rest)?;
     let mut argv = Vec::with_capacity(argc.min(4096));
     for _ in 0..argc {
@@ -431,6 +441,7 @@ fn decode_request(buf: &[u8]) -> Option<Request<'_>> {
         grace,
         stdin,
         workdir,
+        cgroup,
         argv,
         env,
     })
@@ -657,7 +668,9 @@ fn start(req: &Request<'_>, fds: Vec<OwnedFd>) -> io::Result<u32> {
     if !req.workdir.is_empty() {
         cmd.current_dir(OsStr::from_bytes(req.workdir));
     }
-    super::contain::supervise_std(&mut cmd, req.grace);
+    let cgroup =
+        (!req.cgroup.is_empty()).then(|| std::path::Path::new(OsStr::from_bytes(req.cgroup)));
+    super::contain::supervise_std(&mut cmd, req.grace, cgroup);
     let child = cmd.spawn()?;
     let pid = child.id();
     // Reaped by `reap` through SIGCHLD, not through this handle.
@@ -674,19 +687,32 @@ mod tests {
         let argv = vec!["/bin/echo".to_string(), "a b".to_string(), String::new()];
         let env = vec![("HARK_JOB".to_string(), "7".to_string())];
         let dir = std::path::Path::new("/tmp");
-        let buf = encode_request(9, &argv, &env, Some(dir), Duration::from_millis(1500), true)
-            .expect("encodes");
+        let cg = std::path::Path::new("/sys/fs/cgroup/x/job-9");
+        let buf = encode_request(
+            9,
+            &argv,
+            &env,
+            Some(dir),
+            Some(cg),
+            Duration::from_millis(1500),
+            true,
+        )
+        .expect("encodes");
         let req = decode_request(&buf).expect("decodes");
         assert_eq!(req.tag, 9);
         assert_eq!(req.grace, Duration::from_millis(1500));
         assert!(req.stdin);
         assert_eq!(req.workdir, b"/tmp");
+        assert_eq!(req.cgroup, b"/sys/fs/cgroup/x/job-9");
         assert_eq!(req.argv, [&b"/bin/echo"[..], b"a b", b""]);
         assert_eq!(req.env, [(&b"HARK_JOB"[..], &b"7"[..])]);
         let bad = vec!["/bin/echo".to_string(), "a\0b".to_string()];
-        assert!(encode_request(1, &bad, &env, None, Duration::ZERO, false).is_none());
+        assert!(encode_request(1, &bad, &env, None, None, Duration::ZERO, false).is_none());
+        let none =
+            encode_request(1, &argv, &env, None, None, Duration::ZERO, false).expect("encodes");
+        assert_eq!(decode_request(&none).expect("decodes").cgroup, b"");
         assert!(decode_request(&buf[..buf.len() - 1]).is_none(), "truncated");
         let huge = vec!["x".repeat(MAX_REQUEST)];
-        assert!(encode_request(1, &huge, &[], None, Duration::ZERO, false).is_none());
+        assert!(encode_request(1, &huge, &[], None, None, Duration::ZERO, false).is_none());
     }
 }

@@ -139,6 +139,8 @@ pub fn run(
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    // Before the spawner, which then starts in the daemon's cgroup leaf.
+    crate::jobs::cgroup::init();
     // Before the daemon grows: starting the spawner is its one fork of the whole daemon.
     let spawner = {
         let _in_runtime = rt.enter();
