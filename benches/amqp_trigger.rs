@@ -60,7 +60,7 @@ use serde_json::json;
 use support::rabbitmq::{self, Broker};
 use support::{
     env_num, exit_with, load_average, load_line, machine_lines, machine_ticks, median, percentile,
-    process_cpu_secs, ratios_text, thousands, LoggedChild,
+    process_cpu_secs, ratios_text, thousands, tree_cpu_secs, LoggedChild,
 };
 
 /// How long a consumer may take to start and run a first warm-up command.
@@ -204,39 +204,6 @@ impl Case {
 
 // ---------------------------------------------------------------------------------------
 // CPU from /proc
-
-/// (own, reaped children) CPU seconds of a process and its live descendants: hark's
-/// trigger forks its jobs from a spawner process of its own, whose work (and whose reaped
-/// jobs) would otherwise only show once it exits.
-fn tree_cpu_secs(pid: u32) -> Option<(f64, f64)> {
-    let (mut own, mut reaped) = process_cpu_secs(pid)?;
-    let mut parents = vec![pid];
-    let all: Vec<(u32, u32)> = std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter_map(|p| {
-            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
-            // Field 4, the parent, follows the state after the `(comm)`.
-            let ppid = stat[stat.rfind(')')? + 1..]
-                .split_whitespace()
-                .nth(1)?
-                .parse()
-                .ok()?;
-            Some((p, ppid))
-        })
-        .collect();
-    while let Some(parent) = parents.pop() {
-        for &(child, _) in all.iter().filter(|(_, pp)| *pp == parent) {
-            if let Some((o, r)) = process_cpu_secs(child) {
-                own += o;
-                reaped += r;
-            }
-            parents.push(child);
-        }
-    }
-    Some((own, reaped))
-}
 
 struct CpuMark {
     consumer: Option<(f64, f64)>,

@@ -48,8 +48,8 @@ use support::messages::{epoch_secs, fedmsg_load, signed_load, Frames, Message};
 use support::net::try_free_endpoint;
 use support::{
     anchor_versions, bench_keys, command_output, env_num, exit_with, load_average, machine_lines,
-    machine_ticks, median, percentile, process_cpu_secs, thousands, BenchKeys, LoggedChild,
-    PUBLISHER,
+    machine_ticks, median, percentile, process_cpu_secs, thousands, tree_cpu_secs, BenchKeys,
+    LoggedChild, PUBLISHER,
 };
 
 const FEDMSG_PREFIX: &str = "org.fedoraproject.dev.bench.";
@@ -252,7 +252,7 @@ struct CpuMark {
 impl CpuMark {
     fn take(trigger: u32, relay: Option<u32>) -> CpuMark {
         CpuMark {
-            trigger: process_cpu_secs(trigger),
+            trigger: tree_cpu_secs(trigger),
             relay: relay.and_then(process_cpu_secs),
             machine: machine_ticks(),
         }
@@ -261,7 +261,7 @@ impl CpuMark {
 
 #[derive(Default, Clone, Copy)]
 struct CpuUse {
-    /// The trigger daemon's own CPU seconds.
+    /// The trigger daemon's own CPU seconds, with its live descendants' (hark's job spawner).
     daemon: f64,
     /// CPU seconds of the commands it ran (and, for fedmsg-trigger, their bash lines).
     children: f64,
@@ -1580,7 +1580,7 @@ fn goals(s: &Settings, floors: &Floors, med: &Med<'_>, rounds: &Rounds<'_>) {
     }
     println!();
     println!(
-        "Floors of this run: spawn and reap `/bin/true` {} /s on one core, {} /s on {} cores; the stamp script's start-up {}; a `synchronous=FULL` commit {}. Daemon CPU is the trigger's own (utime + stime), not the commands'; goal 1 subtracts the start-up floor from each round's p50.",
+        "Floors of this run: spawn and reap `/bin/true` {} /s on one core, {} /s on {} cores; the stamp script's start-up {}; a `synchronous=FULL` commit {}. Daemon CPU is the trigger's own (utime + stime) with its live helper processes (hark's job spawner), not the commands'; goal 1 subtracts the start-up floor from each round's p50.",
         opt(floors.spawn_one_core, thousands),
         opt(floors.spawn_all_cores, thousands),
         floors.cores,
