@@ -10,7 +10,7 @@
 # system user `hark` stays, as Debian leaves system users in place (docs/packaging.md).
 #
 # HARK_CI_ONLY=units runs only what the transient-unit checks need (build, install, the
-# container, its run.unit phase, purge), for working on them.
+# container, its run.unit and job-cgroup phases, purge), for working on them.
 #
 # It refuses to run when hark is already installed and it did not install it itself, so
 # that it cannot purge a real installation; set HARK_CI_REPLACE_INSTALLED=1 to allow that.
@@ -569,6 +569,39 @@ rules:
       unit:
         user: nobody
 EOF
+    setup_cgroup_rules
+}
+
+# Plain jobs (no run.unit) under the packaged unit's Delegate=yes: a cgroup of their own.
+setup_cgroup_rules() {
+    ct install -d -o hark -g hark -m 0750 /var/lib/hark/ci-cgroup
+    # A setsid grandchild that ignores SIGTERM and records its pid; then the leader hangs
+    # (timeout) or exits 0 at once (linger).
+    for kind in timeout linger; do
+        ct sh -c "cat >/etc/hark/ci/cgroup-$kind && chmod 0755 /etc/hark/ci/cgroup-$kind" <<EOF
+#!/bin/sh
+out=/var/lib/hark/ci-cgroup
+setsid sh -c 'trap "" TERM; echo \$\$ >'\$out'/$kind.pid.tmp; mv '\$out'/$kind.pid.tmp '\$out'/$kind.pid; while :; do sleep 1; done' </dev/null >/dev/null 2>&1 &
+while [ ! -s \$out/$kind.pid ]; do sleep 0.1; done
+[ $kind = linger ] && exit 0
+sleep 600
+EOF
+    done
+    ct sh -c 'cat >/etc/hark/rules.d/60-ci-cgroup.yaml' <<'EOF'
+rules:
+  - name: ci-cgroup-timeout
+    match: {topic: _hark.example.ci-cgroup-timeout}
+    run:
+      command: [/etc/hark/ci/cgroup-timeout]
+      timeout: 5s
+      grace: 1s
+  - name: ci-cgroup-linger
+    match: {topic: _hark.example.ci-cgroup-linger}
+    run:
+      command: [/etc/hark/ci/cgroup-linger]
+      timeout: 60s
+      grace: 2s
+EOF
 }
 
 # The newest job of RULE as JSON ("" if none), from hark jobs list --json.
@@ -684,6 +717,46 @@ $show"
     echo "the shipped piuparts rule ran in hark-job-$id.service as root, in /var/lib/hark/piuparts, /etc read-only and /root hidden"
 }
 
+check_job_cgroups() {
+    phase "under systemd: a cgroup of its own for every job (Delegate=yes)"
+    local mount svc main job id pid cg started finished
+    mount="$(ct findmnt -n -t cgroup2 -o TARGET | head -1)"
+    [[ -n $mount ]] || fail "no cgroup v2 mount in the container"
+    svc="$mount/system.slice/hark-trigger.service"
+    ct journalctl -u hark-trigger --no-pager -o cat | grep -qF "jobs: own cgroup under $svc (job-<id>, stopped with cgroup.kill)" ||
+        fail "hark-trigger does not log that jobs get a cgroup under $svc: $(ct journalctl -u hark-trigger --no-pager -o cat | grep 'jobs: ' | tail -3)"
+    main="$(ct systemctl show -P MainPID hark-trigger)"
+    ct grep -qx "0::/system.slice/hark-trigger.service/daemon" "/proc/$main/cgroup" ||
+        fail "the daemon (pid $main) is not in its leaf: $(ct cat "/proc/$main/cgroup")"
+    echo "hark-trigger logs: jobs: own cgroup under $svc; the daemon runs in its leaf daemon"
+    # 1. While the job runs, its setsid grandchild is in job-<id>; the timeout kills it
+    #    (it ignores SIGTERM) and the cgroup is gone when the job is recorded.
+    job="$(ct_run_job ci-cgroup-timeout _hark.example.ci-cgroup-timeout running)"
+    id="$(job_field "$job" id)"
+    wait_for "the timeout job's grandchild pid" ct test -s /var/lib/hark/ci-cgroup/timeout.pid
+    pid="$(ct cat /var/lib/hark/ci-cgroup/timeout.pid)"
+    cg="$(ct sed -n 's/^0:://p' "/proc/$pid/cgroup")"
+    [[ $cg == "/system.slice/hark-trigger.service/job-$id" ]] ||
+        fail "job $id's setsid grandchild $pid runs in '$cg', not in the job's cgroup"
+    ct test -d "$svc/job-$id" || fail "$svc/job-$id does not exist while job $id runs"
+    ct_run_job ci-cgroup-timeout _hark.example.ci-cgroup-timeout timed_out >/dev/null
+    if ct kill -0 "$pid" 2>/dev/null; then fail "job $id timed out but its setsid grandchild $pid still runs"; fi
+    if ct test -e "$svc/job-$id"; then fail "$svc/job-$id outlived its job"; fi
+    echo "job $id: its setsid grandchild (pid $pid) ran in $cg; on the timeout it is gone (it ignored SIGTERM), and so is the cgroup"
+    # 2. The leader exits 0 at once; the grandchild ignores SIGTERM, so it lives the grace
+    #    (2s) on: the job is recorded only after it is gone.
+    job="$(ct_run_job ci-cgroup-linger _hark.example.ci-cgroup-linger succeeded)"
+    id="$(job_field "$job" id)"
+    pid="$(ct cat /var/lib/hark/ci-cgroup/linger.pid)"
+    if ct kill -0 "$pid" 2>/dev/null; then fail "job $id is recorded succeeded but its setsid grandchild $pid still runs"; fi
+    if ct test -e "$svc/job-$id"; then fail "$svc/job-$id outlived its job"; fi
+    started="$(job_field "$job" started)"
+    finished="$(job_field "$job" finished)"
+    ((finished - started >= 2000)) ||
+        fail "job $id was recorded $((finished - started)) ms after its start, before its grandchild's 2s grace was over"
+    echo "job $id: the leader exited 0 at once, the job was recorded $((finished - started)) ms later, once its setsid grandchild (pid $pid) was killed and its cgroup removed"
+}
+
 # ---------------------------------------------------------------------------------------
 # The same installation under a real systemd: boot this machine's own root in a container
 # (systemd-nspawn, a copy-on-write overlay and a private network, so the host is left as it
@@ -753,6 +826,7 @@ if [[ ${HARK_CI_NSPAWN:-1} == 1 ]]; then
     ct journalctl -u hark-trigger --no-pager | grep -q 'SIGHUP: reloading rules' || fail "the reload did not reach the daemon"
     fi # only_units
     check_unit_jobs
+    check_job_cgroups
     phase "under systemd: stop and shut down"
     ct systemctl stop hark-trigger hark-relay || fail "systemctl stop"
     for unit in hark-relay hark-trigger; do
