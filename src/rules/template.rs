@@ -55,16 +55,6 @@ impl Template {
     /// Parse `text`, resolving `${name}` against `var_names` (index = position).
     pub fn parse(text: &str, var_names: &[&str]) -> Result<Self, TemplateError> {
         let chars: Vec<(usize, char)> = text.char_indices().collect();
-        // No argument, variable or path can hold a NUL: the kernel would cut the argument
-        // there, and std refuses to spawn it. Refused at load, not when the job runs.
-        if let Some(offset) = chars.iter().position(|&(_, c)| c == '\0') {
-            return Err(TemplateError {
-                offset,
-                message: "a NUL byte (\"\\0\" in YAML) cannot be part of a command, \
-                          environment or path"
-                    .into(),
-            });
-        }
         let mut parts = Vec::new();
         let mut lit = String::new();
         let mut i = 0;
@@ -100,6 +90,16 @@ impl Template {
                 }
                 parts.push(Part::Sub(reference));
                 i = close + 1;
+            } else if c == '\0' {
+                // No argument, variable or path can hold a NUL: the kernel would cut the
+                // argument there, and std refuses to spawn it. Refused at load, not when the
+                // job runs. (Inside `${data["..."]}` it is a key, never rendered.)
+                return Err(TemplateError {
+                    offset: i,
+                    message: "a NUL byte (\"\\0\" in YAML) cannot be part of a command, \
+                              environment or path"
+                        .into(),
+                });
             } else {
                 // A lone '$' (as in a shell's "$1") stays literal.
                 lit.push(c);
@@ -449,7 +449,8 @@ mod tests {
         let e = Template::parse("a$\0@", &[]).unwrap_err();
         assert_eq!(e.offset, 2);
         assert!(e.message.contains("NUL"), "{}", e.message);
-        assert!(Template::parse("${data.a\0b}", &[]).is_err());
+        // A key that holds one is fine: the key is looked up, the value rendered.
+        assert!(Template::parse("${data[\"a\0b\"]}", &[]).is_ok());
     }
 
     #[test]
