@@ -84,6 +84,11 @@ pub const FAMILIES: &[Family] = &[
         "Webhook deliveries refused for a missing or wrong secret (401), by hook.",
     ),
     f(
+        "hark_http_hooks_unusable_total",
+        Kind::Counter,
+        "Verified webhook deliveries that cannot be an event (not JSON, a number beyond a double: 400), by hook.",
+    ),
+    f(
         "hark_http_rate_limited_total",
         Kind::Counter,
         "HTTP API requests refused by the per-client rate limit (429).",

@@ -97,6 +97,7 @@ fn forge_webhooks_become_signed_events_and_fire_rules() {
         "gh-hook=_hark.hook.gh.**",
     ];
     let (publish_ep, port) = (free_endpoint(), free_port());
+    let metrics = format!("127.0.0.1:{}", free_port());
     let mut relay = spawn_ready(
         "relay",
         hark_command()
@@ -112,6 +113,8 @@ fn forge_webhooks_become_signed_events_and_fire_rules() {
                 &free_endpoint(),
                 "--http",
                 &format!("127.0.0.1:{port}"),
+                "--metrics",
+                &metrics,
             ])
             .args(grants)
             .arg("--config")
@@ -253,6 +256,12 @@ fn forge_webhooks_become_signed_events_and_fire_rules() {
     assert_eq!(status, 400, "{answer}");
     assert!(answer.to_string().contains("beyond a double"), "{answer}");
     assert_eq!(hook_events(&base).len(), 2);
+    let scraped = common::net::try_http(&metrics, "GET /metrics HTTP/1.0\r\n\r\n", WAIT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        scraped.contains("hark_http_hooks_unusable_total{hook=\"gh\"} 1"),
+        "{scraped}"
+    );
     // The salsa rule did not fire for it, and ran once for the GitLab push.
     let text = std::fs::read_to_string(&fired).unwrap();
     assert_eq!(text.lines().filter(|l| !l.is_empty()).count(), 1, "{text}");

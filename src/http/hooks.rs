@@ -288,18 +288,26 @@ pub async fn hook(
         )
         .into_response();
     }
+    let unusable = |f: Failure| {
+        if f.status == StatusCode::BAD_REQUEST {
+            state
+                .metrics
+                .inc("hark_http_hooks_unusable_total", &[("hook", &hook.name)]);
+        }
+        tracing::warn!(hook = %hook.name, client = %peer.client, "webhook refused: {}", f.message);
+        f.into_response()
+    };
     let payload: Value = match serde_json::from_slice(&bytes) {
         Ok(v) => v,
         Err(e) => {
-            return Failure::bad_request(format!("the payload is not JSON: {e}")).into_response()
+            return unusable(Failure::bad_request(format!(
+                "the payload is not JSON: {e}"
+            )))
         }
     };
     let event = match hook.event(&headers, payload) {
         Ok(e) => e,
-        Err(f) => {
-            tracing::warn!(hook = %hook.name, client = %peer.client, "webhook refused: {}", f.message);
-            return f.into_response();
-        }
+        Err(f) => return unusable(f),
     };
     let frame = match crate::event::canonical::to_vec(&event) {
         Ok(f) => f,
