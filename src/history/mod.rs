@@ -256,8 +256,9 @@ fn page_in_snapshot(
     }
 }
 
-/// Every event with this uuid (Laniakea `uuid` or fedmsg `msg_id`), newest first. Walks
-/// the journal (there is no uuid index: it cost every append more than lookups are worth).
+/// Every event with this uuid (Laniakea `uuid` or fedmsg `msg_id`), newest first, through
+/// the journal's per-row uuid filters ([`Journal::with_uuid`]): an exact uuid index cost
+/// every append more than lookups are worth.
 pub fn by_uuid(journal: &Journal, uuid: &str) -> Result<Vec<Found>, JournalError> {
     Ok(journal
         .with_uuid(uuid)?
