@@ -193,6 +193,12 @@ impl Event {
         } else {
             return Err(EnvelopeError::UnknownEnvelope);
         };
+        // Every envelope, before any signature: Python's json reads 1e400 as inf, but
+        // hark's canonical writer (which re-serializes native events) could only write it
+        // as Infinity, which is not JSON (a fedmsg case was found by make fuzz).
+        if let Some(n) = obj.values().find_map(canonical::non_finite) {
+            return Err(EnvelopeError::NonFiniteNumber(n.to_string()));
+        }
         event.body = body;
         Ok(event)
     }
@@ -210,10 +216,6 @@ impl Event {
                     field: "data",
                     expected: "object",
                 })?;
-        // Checked here, before any signature: the relay re-serializes native events.
-        if let Some(n) = obj.values().find_map(canonical::non_finite) {
-            return Err(EnvelopeError::NonFiniteNumber(n.to_string()));
-        }
         let relay = obj
             .get("unsigned")
             .and_then(|u| u.as_object())
@@ -238,12 +240,6 @@ impl Event {
     }
 
     fn from_fedmsg(obj: &Map<String, Value>) -> Result<Self, EnvelopeError> {
-        // Python's json reads 1e400 as inf, but hark's canonical writer could only write it
-        // as Infinity, which is not JSON: refused like a native event's and an AMQP
-        // message's (found by make fuzz).
-        if let Some(n) = obj.values().find_map(canonical::non_finite) {
-            return Err(EnvelopeError::NonFiniteNumber(n.to_string()));
-        }
         let time = obj
             .get("timestamp")
             .and_then(Value::as_f64)

@@ -313,10 +313,7 @@ impl Journal {
             }
             Some(FORMAT_PER_EVENT) => {
                 convert_per_event_rows(&tx)?;
-                tx.execute(
-                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('uuid_filters', 1)",
-                    [],
-                )?;
+                tx.execute(MARK_UUID_FILTERS, [])?;
             }
             Some(other) => {
                 return Err(JournalError::NotAJournal(
@@ -1045,15 +1042,7 @@ impl<'t> RowWriter<'t> {
 /// Give every stored row without a filter (a file written before `round_uuids` existed)
 /// its filter, in the opening transaction: it reads those rows, once.
 fn add_uuid_filters(tx: &rusqlite::Transaction<'_>, path: &Path) -> Result<()> {
-    let rows: i64 = tx.query_row(
-        "SELECT COUNT(*) FROM rounds WHERE first_seq NOT IN (SELECT first_seq FROM round_uuids)",
-        [],
-        |r| r.get(0),
-    )?;
-    tracing::info!(
-        "{}: adding uuid filters to {rows} stored row(s)",
-        path.display()
-    );
+    let mut added = 0u64;
     {
         let mut read = tx.prepare(
             "SELECT first_seq, events FROM rounds
@@ -1067,14 +1056,20 @@ fn add_uuid_filters(tx: &rusqlite::Transaction<'_>, path: &Path) -> Result<()> {
             let events = decode_round(first_seq, blob_of(row)?)?;
             let hashes: Vec<u64> = events.iter().map(|e| uuid_filter::hash(e.uuid)).collect();
             put.execute(params![seq_sql(first_seq), uuid_filter::build(&hashes)])?;
+            added += 1;
         }
     }
-    tx.execute(
-        "INSERT OR REPLACE INTO meta (key, value) VALUES ('uuid_filters', 1)",
-        [],
-    )?;
+    tx.execute(MARK_UUID_FILTERS, [])?;
+    tracing::info!(
+        "{}: added uuid filters to {added} stored row(s)",
+        path.display()
+    );
     Ok(())
 }
+
+/// Every stored row has its `round_uuids` filter from now on.
+const MARK_UUID_FILTERS: &str =
+    "INSERT OR REPLACE INTO meta (key, value) VALUES ('uuid_filters', 1)";
 
 /// Format 1 stored one row per event with indexes on time and topic; convert its rows into
 /// stored rows of [`ROW_EVENTS`] in the opening transaction, clamping receive times so that
