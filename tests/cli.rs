@@ -313,3 +313,35 @@ fn every_generated_man_page_formats_without_warnings() {
         );
     }
 }
+
+#[test]
+fn hark_config_names_the_configuration_file_and_config_overrides_it() {
+    let dir = common::temp_dir();
+    let broken = dir.path().join("broken.yaml");
+    std::fs::write(&broken, "relay:\n  no_such_key: 1\n").unwrap();
+    for daemon in ["relay", "trigger"] {
+        let out = common::hark_command()
+            .arg(daemon)
+            .env("HARK_CONFIG", &broken)
+            .output()
+            .expect("hark daemon");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{daemon}: {stderr}");
+        assert!(
+            stderr.contains(&format!("{}:2:3", broken.display())),
+            "{daemon}: the error names HARK_CONFIG's file and line: {stderr}"
+        );
+    }
+
+    let out = common::hark_command()
+        .args(["rules", "check", "--config", "/dev/null"])
+        .arg(dir.path().join("no-rules.d"))
+        .env("HARK_CONFIG", &broken)
+        .output()
+        .expect("hark rules check");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("broken.yaml"),
+        "--config comes before HARK_CONFIG: {stderr}"
+    );
+}

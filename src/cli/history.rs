@@ -63,7 +63,7 @@ pub struct HistoryArgs {
     #[arg(long)]
     terse: bool,
     /// Configuration file (for relay.journal).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, env = "HARK_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
 }
 

@@ -31,7 +31,7 @@ pub struct JobsArgs {
     #[arg(long, global = true, value_name = "FILE")]
     state: Option<PathBuf>,
     /// Configuration file (for trigger.state).
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(long, global = true, env = "HARK_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
 }
 

@@ -156,6 +156,17 @@ pub(crate) fn fail(err: impl std::fmt::Display, code: u8) -> ExitCode {
     ExitCode::from(code)
 }
 
+/// A daemon's exit status for `err`: [`EXIT_USAGE`] when its configuration file is what
+/// failed (as the man page says; systemd's log then shows a status that restarting will
+/// not fix), 1 otherwise.
+pub(crate) fn exit_code_of(err: &anyhow::Error) -> u8 {
+    if err.downcast_ref::<crate::config::FileError>().is_some() {
+        EXIT_USAGE
+    } else {
+        1
+    }
+}
+
 /// `--srv DOMAIN`: a DNS domain, checked as hark.yaml's `{srv: DOMAIN}` is.
 pub(crate) fn parse_domain(text: &str) -> Result<String, String> {
     crate::discovery::check_domain(text).map(|()| text.to_string())

@@ -105,7 +105,7 @@ pub struct PublishArgs {
     #[arg(long, conflicts_with_all = ["tag", "data", "data_file", "author"])]
     flush_spool: bool,
     /// Configuration file (publish.* and ZeroMQ options).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, env = "HARK_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
 }
 

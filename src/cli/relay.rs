@@ -29,7 +29,7 @@ Example:\n  hark relay --key /etc/hark/keys/secret/relay.key_secret --trusted /e
 )]
 pub struct RelayArgs {
     /// Configuration file [default: /etc/hark/hark.yaml if present, else built-in defaults].
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, env = "HARK_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
     /// ROUTER endpoint for submissions (repeatable) [default: tcp://127.0.0.1:5571].
     #[arg(long, value_name = "EP")]
@@ -94,7 +94,7 @@ pub struct RelayArgs {
 pub fn run(args: RelayArgs) -> ExitCode {
     match run_inner(args) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => super::fail(format!("{e:#}"), 1),
+        Err(e) => super::fail(format!("{e:#}"), super::exit_code_of(&e)),
     }
 }
 

@@ -45,7 +45,7 @@ pub struct CheckArgs {
     pub dirs: Vec<PathBuf>,
     /// hark.yaml whose trigger.unit_users the rules are checked against [default:
     /// /etc/hark/hark.yaml when it exists].
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, env = "HARK_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Do not check this host: by default each rule's program (`command[0]`, found on the
     /// rule's or this PATH as the daemon would) must exist and be executable, and its
@@ -73,7 +73,7 @@ pub struct TestArgs {
     #[arg(long = "signer", value_name = "NAME")]
     pub signers: Vec<String>,
     /// hark.yaml whose trigger.unit_users the rules are loaded with (as `check`).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, env = "HARK_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 }
 

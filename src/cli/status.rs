@@ -31,7 +31,7 @@ pub struct StatusArgs {
     #[arg(long, value_name = "FILE")]
     state: Option<PathBuf>,
     /// Configuration file (for trigger.rules and trigger.state).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, env = "HARK_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
     /// One JSON document instead of tables.
     #[arg(long)]

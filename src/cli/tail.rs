@@ -65,7 +65,7 @@ pub struct WatchArgs {
     #[arg(long, value_name = "DOMAIN", conflicts_with_all = ["connect", "replay"], value_parser = super::parse_domain)]
     srv: Option<String>,
     /// Configuration file (trusted keys directory and ZeroMQ options).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, env = "HARK_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
     /// With --amqp URL: watch a queue of that broker instead of (or besides, with
     /// --connect) the bus. Messages are taken with auto-ack from a server-named queue

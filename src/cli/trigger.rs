@@ -22,7 +22,7 @@ Example:\n  hark trigger --connect tcp://relay1:5572 --connect tcp://relay2:5572
 )]
 pub struct TriggerArgs {
     /// Configuration file [default: /etc/hark/hark.yaml if present, else built-in defaults].
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, env = "HARK_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Relay PUB endpoint to subscribe to (repeatable) [default: tcp://127.0.0.1:5572].
     #[arg(long, value_name = "EP")]
@@ -66,7 +66,7 @@ pub fn run(args: TriggerArgs) -> ExitCode {
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => super::fail(format!("{e:#}"), 1),
+        Err(e) => super::fail(format!("{e:#}"), super::exit_code_of(&e)),
     }
 }
 

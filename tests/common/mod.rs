@@ -145,8 +145,12 @@ pub fn peer_command(script: &str) -> Command {
 }
 
 /// A `Command` for the `hark` binary, logging at debug level unless `HARK_LOG` is set.
+/// It reads no configuration file unless the test passes `--config`: a host with the
+/// package installed has /etc/hark/hark.yaml, whose journal and state file in
+/// /var/lib/hark every test's relay would then share.
 pub fn hark_command() -> Command {
     let mut cmd = Command::new(hark_bin());
+    cmd.env("HARK_CONFIG", "/dev/null");
     if std::env::var_os("HARK_LOG").is_none() {
         cmd.env("HARK_LOG", "debug");
     }

@@ -199,7 +199,11 @@ fn root_sections(all_names: &[String]) -> String {
     for (path, what) in FILES {
         let _ = write!(s, ".TP\n\\fI{}\\fR\n{}\n", roff_text(path), roff_text(what));
     }
-    s.push_str(".SH ENVIRONMENT\n.TP\n\\fBHARK_LOG\\fR\nLog filter, as \\fB\\-\\-log\\fR.\n");
+    s.push_str(
+        ".SH ENVIRONMENT\n.TP\n\\fBHARK_LOG\\fR\nLog filter, as \\fB\\-\\-log\\fR.\n\
+.TP\n\\fBHARK_CONFIG\\fR\nConfiguration file, as \\fB\\-\\-config\\fR \
+(\\fI/dev/null\\fR: the built-in defaults, even where /etc/hark/hark.yaml exists).\n",
+    );
     s.push_str(
         ".SH EXIT STATUS\n0 on success; 1 on failure; 2 on bad usage or configuration; \
 75 when a relay did not answer in time (\\fBhark publish\\fR).\n",
