@@ -412,4 +412,34 @@ sleep 60
             job_dir.display()
         );
     }
+
+    // No room for another cgroup (the subtree's limit: the daemon's leaf only): the third
+    // job cannot get one, runs all the same, says so in its output, and its supervisor
+    // alone still stops the grandchild before the job is recorded.
+    std::fs::write(base.join("cgroup.max.descendants"), "1").expect("limit the subtree");
+    let _ = std::fs::remove_file(&pidfile);
+    publish(dir.path(), &line);
+    let job = common::poll_until(WAIT, || {
+        let all = jobs(dir.path());
+        (all.len() == 3).then_some(())?;
+        let j = all.into_iter().max_by_key(|j| j["id"].as_i64())?;
+        (j["state"] != "pending" && j["state"] != "running").then_some(j)
+    })
+    .expect("the third job is recorded ended");
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let id = job["id"].as_i64().expect("an id");
+    let tail = job["output_tail"].as_str().unwrap_or_default();
+    assert!(
+        tail.contains(&format!(
+            "hark: cannot put this job in its cgroup {}",
+            base.join(format!("job-{id}")).display()
+        )) && tail.contains("only its supervisor contains it"),
+        "the job's output says it has no cgroup: {job}"
+    );
+    let own = cgroup_line(&dir.path().join("grandchild.pid.cgroup"));
+    assert!(
+        own.ends_with("/daemon"),
+        "without a cgroup of its own the grandchild ran in {own}, not in the daemon's leaf"
+    );
+    assert_gone(grandchild(dir.path()));
 }
