@@ -14,12 +14,14 @@
 //! where it belongs; never call it from the tokio loop.
 
 pub mod replay;
+mod segments;
 mod uuid_filter;
 
 use std::path::Path;
 use std::time::Duration;
 
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
+use segments::{Extent, Mark, Segments};
 
 /// Suggested `hark.yaml` default for `relay.journal.max_age`.
 pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -220,8 +222,11 @@ pub struct Scan<'a> {
 const JOURNAL_PAGE_SIZE: i64 = 16_384;
 
 /// The journal format this code writes; a file with another one is refused, not guessed at,
-/// except format 1 (one row per event), which a writer converts when it opens it.
-const FORMAT: i64 = 2;
+/// except format 1 (one row per event), which a writer converts when it opens it, and
+/// format 2 (every row inline), which it reads as it is and marks 3 (rows may then refer
+/// to segments, which a hark reading format 2 would not understand).
+const FORMAT: i64 = 3;
+const FORMAT_INLINE: i64 = 2;
 const FORMAT_PER_EVENT: i64 = 1;
 
 /// Most events, and most bytes of frames, in one stored row: a bigger append is split, so
@@ -242,6 +247,9 @@ pub struct Journal {
     stored_bytes: u64,
     /// Every stored row has its `round_uuids` filter.
     uuid_filters: bool,
+    /// Where big rows keep their blobs.
+    segments: Segments,
+    durability: Durability,
     /// A writer holds an exclusive lock on `<file>.lock` while open: `head_seq` is
     /// cached here, so a second writer would hand out the same seqs.
     _lock: Option<std::fs::File>,
@@ -298,7 +306,10 @@ impl Journal {
                 put.execute(params!["pruned_seq", 0i64])?;
                 put.execute(params!["uuid_filters", 1i64])?;
             }
-            Some(FORMAT) => {
+            Some(f @ (FORMAT | FORMAT_INLINE)) => {
+                if f == FORMAT_INLINE {
+                    tx.execute("UPDATE meta SET value = ?1 WHERE key = 'format'", [FORMAT])?;
+                }
                 // Also when the newest row has none: a hark from before the filters wrote
                 // to this file since (a downgrade and back).
                 let newest_unfiltered: bool = tx.query_row(
@@ -308,7 +319,7 @@ impl Journal {
                     |r| r.get(0),
                 )?;
                 if newest_unfiltered || meta_get::<i64>(&tx, "uuid_filters")?.is_none() {
-                    add_uuid_filters(&tx, path)?;
+                    add_uuid_filters(&tx, path, &Segments::reader(path))?;
                 }
             }
             Some(FORMAT_PER_EVENT) => {
@@ -323,8 +334,11 @@ impl Journal {
             }
         }
         tx.commit()?;
+        let last = last_extent(&conn)?;
         let mut journal = Journal::from_conn(conn, path, false)?;
+        journal.segments = Segments::writer(path, last)?;
         journal.retention = retention;
+        journal.durability = durability;
         journal._lock = Some(lock);
         Ok(journal)
     }
@@ -345,7 +359,7 @@ impl Journal {
             |why: &str| JournalError::NotAJournal(path.display().to_string(), why.into());
         let epoch: String = meta_get(&conn, "epoch")?.ok_or_else(|| not_journal("no epoch"))?;
         match meta_get::<i64>(&conn, "format")? {
-            Some(FORMAT) => {}
+            Some(FORMAT | FORMAT_INLINE) => {}
             Some(FORMAT_PER_EVENT) => {
                 return Err(not_journal(
                     "format 1 (one row per event): the relay converts it when it next opens it",
@@ -389,6 +403,8 @@ impl Journal {
             last_ms,
             stored_bytes: u64::try_from(stored).unwrap_or(0),
             uuid_filters,
+            segments: Segments::reader(path),
+            durability: Durability::Full,
             _lock: None,
         })
     }
@@ -463,20 +479,26 @@ impl Journal {
         if entries.is_empty() {
             return Ok(first);
         }
-        let mut added = 0u64;
-        let mut last_ms = self.last_ms;
-        let tx = self.conn.transaction()?;
-        {
-            let mut rows = RowWriter::new(&tx, true)?;
-            for (seq, entry) in (first..).zip(entries) {
-                last_ms = last_ms.max(entry.received_ms);
-                added += rows.push(seq, last_ms, entry.topic, entry.uuid, entry.frames)?;
+        let mark = self.segments.mark();
+        let written = write_rows(
+            &mut self.conn,
+            &mut self.segments,
+            &mark,
+            self.durability,
+            first,
+            self.last_ms,
+            entries,
+        );
+        // A failed commit rolls back (the transaction is dropped) and so do the segments;
+        // the counters below only move once the rows are on disk, so a failure leaves
+        // nothing half-counted.
+        let (added, last_ms) = match written {
+            Ok(w) => w,
+            Err(e) => {
+                self.segments.rollback(&mark);
+                return Err(e);
             }
-            rows.finish()?;
-        }
-        // A failed commit drops `tx`, which rolls back; the counters below only move once
-        // the rows are on disk, so a failure leaves nothing half-counted.
-        tx.commit()?;
+        };
         self.head_seq += entries.len() as u64;
         self.last_ms = last_ms;
         self.stored_bytes += added;
@@ -511,7 +533,8 @@ impl Journal {
             let mut cursor = oldest.query([])?;
             'rows: while let Some(row) = cursor.next()? {
                 let first_seq = seq_from_sql(row.get(0)?);
-                let events = decode_round(first_seq, blob_of(row)?)?;
+                let blob = self.segments.resolve(blob_of(row)?)?;
+                let events = decode_round(first_seq, &blob)?;
                 if freed < excess {
                     // Over the size limit: the whole row goes, so that a journal at its
                     // limit never writes a big row again for every small append.
@@ -549,6 +572,8 @@ impl Journal {
             }
         }
         let Some(newest_ms) = horizon else {
+            drop(tx);
+            self.prune_segments(self.first_seq()?);
             return Ok(Pruned::default());
         };
         // Topic rows are written in seq order, so the ones of removed rows are a rowid
@@ -586,7 +611,8 @@ impl Journal {
                     params![seq_sql(old_first)],
                 )?;
             }
-            let mut writer = RowWriter::new(&tx, false)?;
+            // Inline: segments take appends only, in seq order (segments.rs).
+            let mut writer = RowWriter::new(&tx, false, None)?;
             for e in &rest {
                 writer.push(e.seq, e.received_ms, &e.topic, &e.uuid, &e.frames)?;
             }
@@ -612,11 +638,20 @@ impl Journal {
         )?;
         tx.commit()?;
         self.stored_bytes = self.stored_bytes.saturating_sub(freed);
+        self.prune_segments(seq_from_sql(through_seq).saturating_add(1));
         Ok(Pruned {
             rows,
             bytes: freed,
             more,
         })
+    }
+
+    /// Delete the segments that hold nothing from `first_retained` on (segments.rs).
+    fn prune_segments(&mut self, first_retained: u64) {
+        if let Err(e) = self.segments.prune(first_retained) {
+            // The rows are gone; a segment left behind is deleted by a later prune.
+            tracing::warn!("cannot delete a pruned journal segment: {e}");
+        }
     }
 
     /// Up to `limit` rows from `from_seq` on, in seq order.
@@ -669,7 +704,8 @@ impl Journal {
         let first = match first_after.query(params![from_ms])?.next()? {
             Some(row) => {
                 let first_seq = seq_from_sql(row.get(0)?);
-                decode_round(first_seq, blob_of(row)?)?
+                let blob = self.segments.resolve(blob_of(row)?)?;
+                decode_round(first_seq, &blob)?
                     .iter()
                     .find(|e| e.received_ms >= from_ms)
                     .map(|e| e.seq)
@@ -688,7 +724,8 @@ impl Journal {
             let first_ms: i64 = row.get(1)?;
             if first_ms <= to_ms {
                 let first_seq = seq_from_sql(row.get(0)?);
-                let events = decode_round(first_seq, blob_of_column(row, 2)?)?;
+                let blob = self.segments.resolve(blob_of_column(row, 2)?)?;
+                let events = decode_round(first_seq, &blob)?;
                 last = events
                     .iter()
                     .rev()
@@ -819,7 +856,8 @@ impl Journal {
         };
         while let Some(row) = rows.next()? {
             let first_seq = seq_from_sql(row.get(0)?);
-            let mut events = decode_round(first_seq, blob_of(row)?)?;
+            let blob = self.segments.resolve(blob_of(row)?)?;
+            let mut events = decode_round(first_seq, &blob)?;
             events.retain(|e| e.seq >= lo && e.seq <= hi);
             if descending {
                 events.reverse();
@@ -888,7 +926,8 @@ impl Journal {
                 let Some(row) = rows.next()? else {
                     continue;
                 };
-                let events = decode_round(first_seq, blob_of_column(row, 0)?)?;
+                let blob = self.segments.resolve(blob_of_column(row, 0)?)?;
+                let events = decode_round(first_seq, &blob)?;
                 out.extend(
                     events
                         .iter()
@@ -946,8 +985,53 @@ impl Journal {
     }
 }
 
+/// Write `entries` as stored rows from seq `first` in one transaction, big rows into
+/// `segments` (fsynced before the commit at [`Durability::Full`]); the bytes of frames
+/// added and the newest receive time.
+fn write_rows(
+    conn: &mut Connection,
+    segments: &mut Segments,
+    mark: &Mark,
+    durability: Durability,
+    first: u64,
+    mut last_ms: i64,
+    entries: &[NewEntry<'_>],
+) -> Result<(u64, i64)> {
+    let mut added = 0u64;
+    let tx = conn.transaction()?;
+    {
+        let mut rows = RowWriter::new(&tx, true, Some((&mut *segments, mark)))?;
+        for (seq, entry) in (first..).zip(entries) {
+            last_ms = last_ms.max(entry.received_ms);
+            added += rows.push(seq, last_ms, entry.topic, entry.uuid, entry.frames)?;
+        }
+        rows.finish()?;
+    }
+    if durability == Durability::Full {
+        segments.sync()?;
+    }
+    tx.commit()?;
+    Ok((added, last_ms))
+}
+
+/// The segment extent of the newest row that has one.
+fn last_extent(conn: &Connection) -> Result<Option<Extent>> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT events FROM rounds WHERE length(events) = {} ORDER BY first_seq DESC",
+        segments::REF_LEN
+    ))?;
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows.next()? {
+        if let Some(extent) = Extent::decode(blob_of_column(row, 0)?) {
+            return Ok(Some(extent));
+        }
+    }
+    Ok(None)
+}
+
 /// Writes events into stored rows of at most [`ROW_EVENTS`] events and [`ROW_BYTES`]
-/// bytes, with their `round_topics`, inside the caller's transaction.
+/// bytes, with their `round_topics`, inside the caller's transaction; rows of at least
+/// [`segments::MIN_BYTES`] into the segments, when given.
 struct RowWriter<'t> {
     insert: rusqlite::CachedStatement<'t>,
     topic: rusqlite::CachedStatement<'t>,
@@ -962,12 +1046,18 @@ struct RowWriter<'t> {
     topics: Vec<String>,
     /// Write `round_topics` rows (not when a pruned row is written again: it keeps its own).
     with_topics: bool,
+    segments: Option<(&'t mut Segments, &'t Mark)>,
 }
 
 impl<'t> RowWriter<'t> {
-    fn new(tx: &'t rusqlite::Transaction<'_>, with_topics: bool) -> Result<Self> {
+    fn new(
+        tx: &'t rusqlite::Transaction<'_>,
+        with_topics: bool,
+        segments: Option<(&'t mut Segments, &'t Mark)>,
+    ) -> Result<Self> {
         Ok(RowWriter {
             with_topics,
+            segments,
             insert: tx.prepare_cached(
                 "INSERT INTO rounds (first_seq, last_seq, first_ms, last_ms, bytes, events)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -1016,13 +1106,21 @@ impl<'t> RowWriter<'t> {
         let Some((first_seq, first_ms)) = self.first.take() else {
             return Ok(());
         };
+        let reference;
+        let stored: &[u8] = match &mut self.segments {
+            Some((segments, mark)) if self.blob.len() >= segments::MIN_BYTES => {
+                reference = segments.write(mark, first_seq, &self.blob)?.encode();
+                &reference
+            }
+            _ => &self.blob,
+        };
         self.insert.execute(params![
             seq_sql(first_seq),
             seq_sql(self.last.0),
             first_ms,
             self.last.1,
             i64::try_from(self.bytes).unwrap_or(i64::MAX),
-            self.blob,
+            stored,
         ])?;
         for topic in self.topics.drain(..) {
             self.topic.execute(params![topic, seq_sql(first_seq)])?;
@@ -1041,7 +1139,11 @@ impl<'t> RowWriter<'t> {
 
 /// Give every stored row without a filter (a file written before `round_uuids` existed)
 /// its filter, in the opening transaction: it reads those rows, once.
-fn add_uuid_filters(tx: &rusqlite::Transaction<'_>, path: &Path) -> Result<()> {
+fn add_uuid_filters(
+    tx: &rusqlite::Transaction<'_>,
+    path: &Path,
+    segments: &Segments,
+) -> Result<()> {
     let mut added = 0u64;
     {
         let mut read = tx.prepare(
@@ -1053,7 +1155,8 @@ fn add_uuid_filters(tx: &rusqlite::Transaction<'_>, path: &Path) -> Result<()> {
         let mut rows = read.query([])?;
         while let Some(row) = rows.next()? {
             let first_seq = seq_from_sql(row.get(0)?);
-            let events = decode_round(first_seq, blob_of(row)?)?;
+            let blob = segments.resolve(blob_of(row)?)?;
+            let events = decode_round(first_seq, &blob)?;
             let hashes: Vec<u64> = events.iter().map(|e| uuid_filter::hash(e.uuid)).collect();
             put.execute(params![seq_sql(first_seq), uuid_filter::build(&hashes)])?;
             added += 1;
@@ -1079,7 +1182,8 @@ fn convert_per_event_rows(tx: &rusqlite::Transaction<'_>) -> Result<()> {
         let mut read =
             tx.prepare("SELECT seq, received_ms, topic, uuid, frames FROM entries ORDER BY seq")?;
         let mut rows = read.query([])?;
-        let mut writer = RowWriter::new(tx, true)?;
+        // Inline: the file was written before segments, and the transaction may yet fail.
+        let mut writer = RowWriter::new(tx, true, None)?;
         let mut last_ms = i64::MIN;
         while let Some(row) = rows.next()? {
             let seq = seq_from_sql(row.get(0)?);
@@ -1092,7 +1196,8 @@ fn convert_per_event_rows(tx: &rusqlite::Transaction<'_>) -> Result<()> {
         }
         writer.finish()?;
     }
-    tx.execute_batch("DROP TABLE entries; UPDATE meta SET value = 2 WHERE key = 'format';")?;
+    tx.execute_batch("DROP TABLE entries;")?;
+    tx.execute("UPDATE meta SET value = ?1 WHERE key = 'format'", [FORMAT])?;
     Ok(())
 }
 
@@ -1277,5 +1382,7 @@ fn decode_frames(mut blob: &[u8]) -> std::result::Result<Vec<Vec<u8>>, String> {
     Ok(frames)
 }
 
+#[cfg(test)]
+mod segment_tests;
 #[cfg(test)]
 mod tests;

@@ -468,10 +468,10 @@ fn fill(path: &Path) {
     let _ = f.sync_all();
 }
 
-struct Mount(std::path::PathBuf);
+pub(super) struct Mount(std::path::PathBuf);
 
 impl Mount {
-    fn tmpfs(at: &Path, size: &str) -> Option<Mount> {
+    pub(super) fn tmpfs(at: &Path, size: &str) -> Option<Mount> {
         let status = std::process::Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
             .arg(at)
