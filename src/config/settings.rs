@@ -362,7 +362,9 @@ pub const SETTINGS: &[Setting] = &[
         "relay",
         "journal_max_bytes",
         Kind::Integer,
-        "The journal keeps at most this many bytes of frames; the oldest go first.",
+        "The journal keeps at most this many bytes of frames; the oldest go first.\n\
+         Its segment files (<journal>.segments/) may hold up to 64 MiB more until the\n\
+         segment they are in is deleted.",
     ),
     s(
         "relay",
