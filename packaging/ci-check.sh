@@ -827,6 +827,20 @@ if [[ ${HARK_CI_NSPAWN:-1} == 1 ]]; then
     fi # only_units
     check_unit_jobs
     check_job_cgroups
+    phase "under systemd: a broken hark.yaml fails the unit once, with its line"
+    ct cp /etc/hark/hark.yaml /run/hark-ci-hark.yaml.good
+    ct sh -c 'printf "relay:\n  no_such_key: 1\n" >/etc/hark/hark.yaml'
+    ct systemctl restart hark-relay 2>/dev/null && fail "hark-relay started with a broken hark.yaml"
+    # A unit that is going to be restarted sits in auto-restart at once; this one must not.
+    shown="$(ct systemctl show -p ActiveState -p SubState -p ExecMainStatus -p NRestarts hark-relay)"
+    grep -qx 'ActiveState=failed' <<<"$shown" && grep -qx 'SubState=failed' <<<"$shown" &&
+        grep -qx 'ExecMainStatus=2' <<<"$shown" && grep -qx 'NRestarts=0' <<<"$shown" ||
+        fail "a broken hark.yaml should leave hark-relay failed with status 2, not restarting: $shown"
+    ct journalctl -u hark-relay --no-pager -n 20 | grep -q '/etc/hark/hark.yaml:2:3: unknown field' ||
+        fail "the relay's journal does not name hark.yaml:2:3: $(ct journalctl -u hark-relay --no-pager -n 5)"
+    echo "broken hark.yaml: hark-relay failed with status 2, not restarted; the journal names line 2, column 3"
+    ct cp /run/hark-ci-hark.yaml.good /etc/hark/hark.yaml
+    ct systemctl restart hark-relay || fail "hark-relay did not start again with the good hark.yaml"
     phase "under systemd: stop and shut down"
     ct systemctl stop hark-trigger hark-relay || fail "systemctl stop"
     for unit in hark-relay hark-trigger; do
