@@ -267,3 +267,21 @@ fn a_full_disk_under_a_segment_refuses_the_append_and_recovers() {
     drop(j);
     assert_all_there(&Journal::open(&path, keep_all()).expect("reopen"), &bursts);
 }
+
+#[test]
+fn a_copy_without_its_segments_says_what_is_missing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("j.sqlite");
+    let mut j = Journal::open(&path, keep_all()).expect("open");
+    j.append_batch(&Burst::new(0, 1000).entries()).expect("append");
+    drop(j);
+    let copy = dir.path().join("copy.sqlite");
+    std::fs::copy(&path, &copy).expect("copy the file alone");
+    let reader = Journal::open_read_only(&copy).expect("the copy opens");
+    let err = reader.range(1, 10).expect_err("its rows' events are not there");
+    let text = err.to_string();
+    assert!(
+        text.contains("copy.sqlite.segments") && text.contains("goes with its file"),
+        "{text}"
+    );
+}

@@ -267,8 +267,12 @@ impl Segments {
             let file = File::open(&path).map_err(|e| {
                 if e.kind() == std::io::ErrorKind::NotFound {
                     JournalError::Io(format!(
-                        "{} is gone (pruned while this read ran?); ask again",
-                        path.display()
+                        "{} is missing: a journal's {} directory goes with its file \
+                         (copied without it?), or it was pruned while this read ran (ask again)",
+                        path.display(),
+                        self.dir
+                            .file_name()
+                            .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
                     ))
                 } else {
                     io(&path, e)
