@@ -273,15 +273,52 @@ fn a_copy_without_its_segments_says_what_is_missing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("j.sqlite");
     let mut j = Journal::open(&path, keep_all()).expect("open");
-    j.append_batch(&Burst::new(0, 1000).entries()).expect("append");
+    j.append_batch(&Burst::new(0, 1000).entries())
+        .expect("append");
     drop(j);
     let copy = dir.path().join("copy.sqlite");
     std::fs::copy(&path, &copy).expect("copy the file alone");
     let reader = Journal::open_read_only(&copy).expect("the copy opens");
-    let err = reader.range(1, 10).expect_err("its rows' events are not there");
+    let err = reader
+        .range(1, 10)
+        .expect_err("its rows' events are not there");
     let text = err.to_string();
     assert!(
         text.contains("copy.sqlite.segments") && text.contains("goes with its file"),
         "{text}"
     );
+}
+
+#[test]
+fn a_format_2_file_is_read_as_it_is_and_marked_3_by_its_writer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("j.sqlite");
+    let mut j = Journal::open(&path, keep_all()).expect("open");
+    let lone = vec![b"t".to_vec(), b"{}".to_vec()];
+    j.append(&lone, "t", "u", 1000).expect("append");
+    // What a hark from before segments left: the same rows, format 2.
+    j.connection()
+        .execute("UPDATE meta SET value = 2 WHERE key = 'format'", [])
+        .expect("format 2");
+    drop(j);
+    let format = |p: &Path| -> i64 {
+        Connection::open(p)
+            .unwrap()
+            .query_row("SELECT value FROM meta WHERE key = 'format'", [], |r| {
+                r.get(0)
+            })
+            .unwrap()
+    };
+    assert_eq!(format(&path), 2);
+    let reader = Journal::open_read_only(&path).expect("a reader reads format 2");
+    assert_eq!(reader.range(1, 10).expect("range")[0].frames, lone);
+    drop(reader);
+    assert_eq!(format(&path), 2, "a reader changes nothing");
+    let mut j = Journal::open(&path, keep_all()).expect("a writer opens format 2");
+    assert_eq!(format(&path), FORMAT);
+    let burst = Burst::new(1, 2000);
+    j.append_batch(&burst.entries())
+        .expect("big rows after the upgrade");
+    assert_eq!(j.range(1, 1).expect("range")[0].frames, lone);
+    assert_eq!(j.range(2, 100).expect("range")[99].frames, burst.frames[99]);
 }
