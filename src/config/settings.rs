@@ -363,8 +363,8 @@ pub const SETTINGS: &[Setting] = &[
         "journal_max_bytes",
         Kind::Integer,
         "The journal keeps at most this many bytes of frames; the oldest go first.\n\
-         Its segment files (<journal>.segments/) may hold up to 64 MiB more until the\n\
-         segment they are in is deleted.",
+         Its segment files (<journal>.segments/) may hold up to a quarter more (at\n\
+         most 128 MiB) until the segments pruned events are in are deleted.",
     ),
     s(
         "relay",

@@ -336,7 +336,7 @@ impl Journal {
         tx.commit()?;
         let last = last_extent(&conn)?;
         let mut journal = Journal::from_conn(conn, path, false)?;
-        journal.segments = Segments::writer(path, last)?;
+        journal.segments = Segments::writer(path, last, retention.max_bytes)?;
         journal.retention = retention;
         journal.durability = durability;
         journal._lock = Some(lock);

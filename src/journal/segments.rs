@@ -29,8 +29,12 @@ use super::{JournalError, Result};
 /// Stored rows with at least this many bytes of encoded events go to a segment.
 pub const MIN_BYTES: usize = 64 * 1024;
 /// A new segment is started by the first append after the current one reached this size
-/// (smaller in unit tests, so that they see several).
+/// (smaller in unit tests, so that they see several), or an eighth of the journal's
+/// `max_bytes` if that is less: pruned frames wait in the oldest segment until it goes.
 const SEGMENT_BYTES: u64 = if cfg!(test) { 1 << 20 } else { 64 << 20 };
+/// The smallest segment size `max_bytes` can ask for.
+const SEGMENT_BYTES_MIN: u64 = 4 * MIN_BYTES as u64;
+const _: () = assert!(SEGMENT_BYTES_MIN <= SEGMENT_BYTES, "clamp needs min <= max");
 /// What `rounds.events` holds for a row in a segment: [`MAGIC`], then the segment's name,
 /// the offset and the length of the row's blob (u64 little-endian each). An inline blob
 /// starts with a receive time in milliseconds; the magic read as one is millions of years
@@ -96,6 +100,8 @@ pub struct Segments {
     dir: PathBuf,
     /// Only a writer has one (after its first big row).
     current: Option<Current>,
+    /// Where the writer starts a new segment.
+    segment_bytes: u64,
     /// Segments found to hold nothing retained, deleted at the next prune.
     doomed: Vec<u64>,
     open: RefCell<BTreeMap<u64, File>>,
@@ -114,15 +120,18 @@ impl Segments {
         Segments {
             dir: Segments::dir_of(journal),
             current: None,
+            segment_bytes: SEGMENT_BYTES,
             doomed: Vec::new(),
             open: RefCell::new(BTreeMap::new()),
         }
     }
 
-    /// For the writer, given the last committed reference (`None`: no row refers to a
-    /// segment): segments past it and bytes past its end were never committed and go.
-    pub fn writer(journal: &Path, last: Option<Extent>) -> Result<Segments> {
+    /// For the writer of a journal that keeps `max_bytes`, given the last committed
+    /// reference (`None`: no row refers to a segment): segments past it and bytes past its
+    /// end were never committed and go.
+    pub fn writer(journal: &Path, last: Option<Extent>, max_bytes: u64) -> Result<Segments> {
         let mut segments = Segments::reader(journal);
+        segments.segment_bytes = (max_bytes / 8).clamp(SEGMENT_BYTES_MIN, SEGMENT_BYTES);
         let names = segments.names()?;
         for &name in names
             .iter()
@@ -174,7 +183,7 @@ impl Segments {
     /// writes of the same append (`mark`) stay in the segment they are in.
     pub fn write(&mut self, mark: &Mark, first_seq: u64, blob: &[u8]) -> Result<Extent> {
         let untouched = self.current.as_ref().map(|c| (c.name, c.len)) == mark.before;
-        let full = self.current.as_ref().is_none_or(|c| c.len >= SEGMENT_BYTES);
+        let full = self.current.as_ref().is_none_or(|c| c.len >= self.segment_bytes);
         if untouched && full {
             std::fs::create_dir_all(&self.dir).map_err(|e| io(&self.dir, e))?;
             let path = self.path(first_seq);
