@@ -203,6 +203,17 @@ fn pruned_segments_are_deleted_at_the_prune_after_the_one_that_emptied_them() {
     j.prune(1000).expect("the next prune");
     let after = segment_files(&path);
     assert!(after.len() < before.len(), "{before:?} -> {after:?}");
+    // Segments rotate at an eighth of max_bytes here, so what is left on disk is the
+    // retained frames and at most a quarter of max_bytes more (plus one row's overrun).
+    let on_disk: u64 = after
+        .iter()
+        .map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0))
+        .sum();
+    assert!(
+        on_disk <= j.stored_bytes() + 1_500_000 / 4 + 2 * 110_000,
+        "{on_disk} bytes of segments for {} retained",
+        j.stored_bytes()
+    );
     let retained = j.range(first, 100_000).expect("every retained row reads");
     assert_eq!(retained.len() as u64, 4000 - first + 1);
     let k = (first - 1) as usize;

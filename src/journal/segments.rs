@@ -183,7 +183,10 @@ impl Segments {
     /// writes of the same append (`mark`) stay in the segment they are in.
     pub fn write(&mut self, mark: &Mark, first_seq: u64, blob: &[u8]) -> Result<Extent> {
         let untouched = self.current.as_ref().map(|c| (c.name, c.len)) == mark.before;
-        let full = self.current.as_ref().is_none_or(|c| c.len >= self.segment_bytes);
+        let full = self
+            .current
+            .as_ref()
+            .is_none_or(|c| c.len >= self.segment_bytes);
         if untouched && full {
             std::fs::create_dir_all(&self.dir).map_err(|e| io(&self.dir, e))?;
             let path = self.path(first_seq);
