@@ -266,6 +266,20 @@ fn delegated_test_cgroup() -> Result<TestCgroup, String> {
     Ok(cgroup)
 }
 
+/// Publish the hello event that starts job number `start` of the contained rule (its
+/// grandchild's pid file removed first) and wait until that job is recorded ended.
+fn start_and_wait(dir: &Path, publish_line: &str, pidfile: &Path, start: usize) -> Value {
+    let _ = std::fs::remove_file(pidfile);
+    publish(dir, publish_line);
+    common::poll_until(WAIT, || {
+        let all = jobs(dir);
+        (all.len() == start).then_some(())?;
+        let j = all.into_iter().max_by_key(|j| j["id"].as_i64())?;
+        (j["state"] != "pending" && j["state"] != "running").then_some(j)
+    })
+    .unwrap_or_else(|| panic!("job {start} is not recorded ended"))
+}
+
 /// The cgroup (`0::` line) a process was in, as it wrote it.
 fn cgroup_line(file: &Path) -> String {
     let text = std::fs::read_to_string(file).expect("the grandchild wrote its cgroup");
@@ -388,15 +402,7 @@ sleep 60
         .to_string();
 
     for (start, want) in [(1, "timed_out"), (2, "succeeded")] {
-        let _ = std::fs::remove_file(&pidfile);
-        publish(dir.path(), &line);
-        let job = common::poll_until(WAIT, || {
-            let all = jobs(dir.path());
-            (all.len() == start).then_some(())?;
-            let j = all.into_iter().max_by_key(|j| j["id"].as_i64())?;
-            (j["state"] != "pending" && j["state"] != "running").then_some(j)
-        })
-        .expect("the job is recorded ended");
+        let job = start_and_wait(dir.path(), &line, &pidfile, start);
         assert_eq!(job["state"], want, "start {start}: {job}");
         let id = job["id"].as_i64().expect("an id");
         let own = cgroup_line(&dir.path().join("grandchild.pid.cgroup"));
@@ -417,15 +423,7 @@ sleep 60
     // job cannot get one, runs all the same, says so in its output, and its supervisor
     // alone still stops the grandchild before the job is recorded.
     std::fs::write(base.join("cgroup.max.descendants"), "1").expect("limit the subtree");
-    let _ = std::fs::remove_file(&pidfile);
-    publish(dir.path(), &line);
-    let job = common::poll_until(WAIT, || {
-        let all = jobs(dir.path());
-        (all.len() == 3).then_some(())?;
-        let j = all.into_iter().max_by_key(|j| j["id"].as_i64())?;
-        (j["state"] != "pending" && j["state"] != "running").then_some(j)
-    })
-    .expect("the third job is recorded ended");
+    let job = start_and_wait(dir.path(), &line, &pidfile, 3);
     assert_eq!(job["state"], "succeeded", "{job}");
     let id = job["id"].as_i64().expect("an id");
     let tail = job["output_tail"].as_str().unwrap_or_default();

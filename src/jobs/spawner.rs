@@ -10,7 +10,8 @@
 //!
 //! Protocol, over a `SOCK_SEQPACKET` socket pair (one message per request or reply):
 //! - daemon → spawner: a spawn request (a tag, the grace period, argv, environment,
-//!   working directory, the job's cgroup if it gets one) with the job's stdin, stdout and stderr pipe ends as `SCM_RIGHTS`;
+//!   working directory, the job's cgroup if it gets one) with the job's stdin, stdout
+//!   and stderr pipe ends as `SCM_RIGHTS`;
 //! - spawner → daemon: `spawned` (tag, supervisor pid) or `failed` (tag, std's error text),
 //!   later `exited` (tag, the supervisor's wait status, which is the command's).
 //!

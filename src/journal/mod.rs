@@ -533,7 +533,7 @@ impl Journal {
             let mut cursor = oldest.query([])?;
             'rows: while let Some(row) = cursor.next()? {
                 let first_seq = seq_from_sql(row.get(0)?);
-                let blob = self.segments.resolve(blob_of(row)?)?;
+                let blob = events_of(&self.segments, row, 1)?;
                 let events = decode_round(first_seq, &blob)?;
                 if freed < excess {
                     // Over the size limit: the whole row goes, so that a journal at its
@@ -704,7 +704,7 @@ impl Journal {
         let first = match first_after.query(params![from_ms])?.next()? {
             Some(row) => {
                 let first_seq = seq_from_sql(row.get(0)?);
-                let blob = self.segments.resolve(blob_of(row)?)?;
+                let blob = events_of(&self.segments, row, 1)?;
                 decode_round(first_seq, &blob)?
                     .iter()
                     .find(|e| e.received_ms >= from_ms)
@@ -724,7 +724,7 @@ impl Journal {
             let first_ms: i64 = row.get(1)?;
             if first_ms <= to_ms {
                 let first_seq = seq_from_sql(row.get(0)?);
-                let blob = self.segments.resolve(blob_of_column(row, 2)?)?;
+                let blob = events_of(&self.segments, row, 2)?;
                 let events = decode_round(first_seq, &blob)?;
                 last = events
                     .iter()
@@ -856,7 +856,7 @@ impl Journal {
         };
         while let Some(row) = rows.next()? {
             let first_seq = seq_from_sql(row.get(0)?);
-            let blob = self.segments.resolve(blob_of(row)?)?;
+            let blob = events_of(&self.segments, row, 1)?;
             let mut events = decode_round(first_seq, &blob)?;
             events.retain(|e| e.seq >= lo && e.seq <= hi);
             if descending {
@@ -926,7 +926,7 @@ impl Journal {
                 let Some(row) = rows.next()? else {
                     continue;
                 };
-                let blob = self.segments.resolve(blob_of_column(row, 0)?)?;
+                let blob = events_of(&self.segments, row, 0)?;
                 let events = decode_round(first_seq, &blob)?;
                 out.extend(
                     events
@@ -1155,7 +1155,7 @@ fn add_uuid_filters(
         let mut rows = read.query([])?;
         while let Some(row) = rows.next()? {
             let first_seq = seq_from_sql(row.get(0)?);
-            let blob = segments.resolve(blob_of(row)?)?;
+            let blob = events_of(segments, row, 1)?;
             let events = decode_round(first_seq, &blob)?;
             let hashes: Vec<u64> = events.iter().map(|e| uuid_filter::hash(e.uuid)).collect();
             put.execute(params![seq_sql(first_seq), uuid_filter::build(&hashes)])?;
@@ -1288,8 +1288,14 @@ fn take_counted(blob: &[u8]) -> Option<(&[u8], &[u8])> {
     (rest.len() >= len).then(|| rest.split_at(len))
 }
 
-fn blob_of<'r>(row: &'r rusqlite::Row<'_>) -> Result<&'r [u8]> {
-    blob_of_column(row, 1)
+/// The encoded events of the stored row whose `events` column is column `i` of `row`:
+/// the blob itself, or what it refers to in a segment.
+fn events_of<'r>(
+    segments: &Segments,
+    row: &'r rusqlite::Row<'_>,
+    i: usize,
+) -> Result<std::borrow::Cow<'r, [u8]>> {
+    segments.resolve(blob_of_column(row, i)?)
 }
 
 fn blob_of_column<'r>(row: &'r rusqlite::Row<'_>, i: usize) -> Result<&'r [u8]> {

@@ -102,6 +102,9 @@ pub struct Segments {
     current: Option<Current>,
     /// Where the writer starts a new segment.
     segment_bytes: u64,
+    /// The writer's segments, oldest first: listed once at open, then kept here, so that
+    /// a prune after every append of a full journal does not read the directory.
+    names: Vec<u64>,
     /// Segments found to hold nothing retained, deleted at the next prune.
     doomed: Vec<u64>,
     open: RefCell<BTreeMap<u64, File>>,
@@ -121,6 +124,7 @@ impl Segments {
             dir: Segments::dir_of(journal),
             current: None,
             segment_bytes: SEGMENT_BYTES,
+            names: Vec::new(),
             doomed: Vec::new(),
             open: RefCell::new(BTreeMap::new()),
         }
@@ -132,7 +136,7 @@ impl Segments {
     pub fn writer(journal: &Path, last: Option<Extent>, max_bytes: u64) -> Result<Segments> {
         let mut segments = Segments::reader(journal);
         segments.segment_bytes = (max_bytes / 8).clamp(SEGMENT_BYTES_MIN, SEGMENT_BYTES);
-        let names = segments.names()?;
+        let mut names = segments.list()?;
         for &name in names
             .iter()
             .filter(|&&n| last.is_none_or(|l| n > l.segment))
@@ -140,6 +144,8 @@ impl Segments {
             let path = segments.path(name);
             std::fs::remove_file(&path).map_err(|e| io(&path, e))?;
         }
+        names.retain(|&n| last.is_some_and(|l| n <= l.segment));
+        segments.names = names;
         if let Some(last) = last {
             let path = segments.path(last.segment);
             let file = std::fs::OpenOptions::new()
@@ -198,6 +204,7 @@ impl Segments {
                 .open(&path)
                 .map_err(|e| io(&path, e))?;
             // The one before was fsynced by the commit of its last append.
+            self.names.push(first_seq);
             self.current = Some(Current {
                 name: first_seq,
                 file,
@@ -253,6 +260,7 @@ impl Segments {
         }
         let started = c.name;
         let _ = std::fs::remove_file(self.path(started));
+        self.names.retain(|&n| n != started);
         self.current = mark.before.and_then(|(name, len)| {
             let file = std::fs::OpenOptions::new()
                 .read(true)
@@ -315,11 +323,12 @@ impl Segments {
             match std::fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                // Still in `names`, so the next prune finds it empty again and retries.
                 Err(e) => return Err(io(&path, e)),
             }
+            self.names.retain(|&n| n != name);
         }
-        let names = self.names()?;
-        for pair in names.windows(2) {
+        for pair in self.names.windows(2) {
             if pair[1] <= first_retained {
                 self.doomed.push(pair[0]);
             }
@@ -327,8 +336,8 @@ impl Segments {
         Ok(())
     }
 
-    /// The segments there are, oldest first.
-    fn names(&self) -> Result<Vec<u64>> {
+    /// The segments in the directory, oldest first.
+    fn list(&self) -> Result<Vec<u64>> {
         let entries = match std::fs::read_dir(&self.dir) {
             Ok(entries) => entries,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
