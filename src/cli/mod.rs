@@ -15,6 +15,7 @@ mod serve;
 mod status;
 mod tail;
 mod trigger;
+mod unit_starter;
 
 use std::process::ExitCode;
 
@@ -69,6 +70,8 @@ enum Command {
     Jobs(jobs::JobsArgs),
     /// Each rule's last run and next fallback, the jobs waiting and running, how far the daemon got per relay.
     Status(status::StatusArgs),
+    /// Start a run.unit job's systemd unit as root's rule files say (hark-unit-starter.socket runs it).
+    UnitStarter(unit_starter::UnitStarterArgs),
     /// Write man pages and shell completions (used when building packages).
     #[command(hide = true, name = "generate-assets")]
     GenerateAssets(assets::AssetsArgs),
@@ -133,6 +136,7 @@ pub fn main() -> ExitCode {
         Command::Rules(args) => rules::run(args),
         Command::Jobs(args) => jobs::run(args),
         Command::Status(args) => status::run(args),
+        Command::UnitStarter(args) => unit_starter::run(args),
         Command::GenerateAssets(args) => assets::run(args),
     }
 }

@@ -71,6 +71,18 @@ pub struct Spec {
     pub unit: Option<crate::rules::unit::UnitSpec>,
     /// Where the output logged goes as it comes (`live.rs`), for `hark jobs log`.
     pub live_log: Option<PathBuf>,
+    /// For a `run.unit` job: what the unit starter renders the job from again.
+    pub origin: Option<Box<Origin>>,
+}
+
+/// The job as the scheduler filed it, for a `run.unit` job that the daemon cannot start
+/// itself: the root-owned unit starter (`unit/starter.rs`) renders it again from root's
+/// rule files rather than taking the daemon's argv.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    pub attempt: u32,
+    pub reason: Reason,
+    pub events: Vec<Arc<Event>>,
 }
 
 /// Output caps from hark.yaml, the same for every job.
@@ -179,6 +191,13 @@ pub fn prepare(
         job: id,
         unit: rule.run.unit.clone(),
         live_log: None,
+        origin: rule.run.unit.as_ref().map(|_| {
+            Box::new(Origin {
+                attempt,
+                reason,
+                events: events.to_vec(),
+            })
+        }),
     })
 }
 

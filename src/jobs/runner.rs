@@ -546,6 +546,7 @@ mod tests {
             job: 1,
             unit: None,
             live_log: None,
+            origin: None,
         }
     }
 

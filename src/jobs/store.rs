@@ -89,6 +89,18 @@ impl StoredEvent {
     }
 }
 
+impl From<&Event> for StoredEvent {
+    fn from(e: &Event) -> Self {
+        let row = EventRow::from(e);
+        StoredEvent {
+            uuid: e.uuid.clone(),
+            topic: e.topic.clone(),
+            signers: e.signers.clone(),
+            json: row.json.into_owned(),
+        }
+    }
+}
+
 /// The columns of one `job_events` row, borrowed from whichever form the event is in.
 struct EventRow<'a> {
     uuid: &'a str,

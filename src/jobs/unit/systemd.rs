@@ -1,13 +1,7 @@
-//! A job of a rule with `run.unit` as a transient systemd unit, started over the system
-//! bus (systemd's `StartTransientUnit` through zbus; never `systemd-run`).
-//!
-//! The unit is `hark-job-<id>.service`, `Type=exec`, with the rendered argv as its
-//! `ExecStart` (no shell), the rule's user (or the daemon's own: a transient unit without
-//! `User=` would run as root), slice and allow-listed properties (`src/rules/unit.rs`), and
-//! the same `HARK_*` environment as a child of the daemon gets. The event reaches its
-//! stdin as a passed file descriptor (a memfd holding the bytes as received); stdout and
-//! stderr are pipes the daemon reads, so the output is logged (to the journal, with the
-//! rule and job) and its tail kept exactly as for a child of the daemon.
+//! systemd's side of a `run.unit` job, over the system bus (zbus; never `systemd-run`):
+//! the unit's properties, `StartTransientUnit`, polling its state to the end, `StopUnit`.
+//! Both callers that may start units use it: the daemon itself when it runs as root, and
+//! the root-owned unit starter (`starter.rs`) for a daemon that does not.
 //!
 //! `AddRef` keeps the unit loaded while this connection holds it, so its result can be
 //! read after it ended (`CollectMode=inactive-or-failed` then lets systemd collect it).
@@ -15,18 +9,17 @@
 //! is inactive or failed: systemd stops the whole cgroup when the main process exits
 //! (`KillMode=control-group`), so nothing of the job runs when it is recorded. A timeout or
 //! cancel is a `StopUnit`: SIGTERM to every process of the cgroup, `TimeoutStopSec` (the
-//! rule's grace), then SIGKILL. Nothing here blocks the runtime: zbus runs on tokio.
+//! rule's grace), then SIGKILL.
 
 use std::io::{Seek, Write};
-use std::os::fd::{AsFd, FromRawFd, OwnedFd};
-use std::sync::{Arc, Mutex};
+use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tracing::{info, warn};
 use zbus::zvariant::{Fd, OwnedObjectPath, OwnedValue, Value};
 
-use super::runner::{cancelled, collect, drain, pump, Finished, Outcome, Sink, Spec, Stdin};
+use crate::jobs::runner::{cancelled, Outcome, Spec};
 
 const SYSTEMD: &str = "org.freedesktop.systemd1";
 const MANAGER_PATH: &str = "/org/freedesktop/systemd1";
@@ -36,39 +29,16 @@ const SERVICE: &str = "org.freedesktop.systemd1.Service";
 const POLL: Duration = Duration::from_millis(100);
 /// A unit systemd has not started after this long is given up (it never ran).
 const START_LIMIT: Duration = Duration::from_secs(60);
+const UNIT_EXISTS: &str = "org.freedesktop.systemd1.UnitExists";
 
 /// The unit a job runs as.
 pub fn unit_name(job: i64) -> String {
     format!("hark-job-{job}.service")
 }
 
-/// The pipes and the memfd of one unit: the unit's ends go to systemd, ours are read.
-struct Stdio {
-    stdin: Option<OwnedFd>,
-    out: (std::io::PipeReader, Option<std::io::PipeWriter>),
-    err: (std::io::PipeReader, Option<std::io::PipeWriter>),
-}
-
-impl Stdio {
-    fn new(stdin: &Stdin) -> std::io::Result<Stdio> {
-        let stdin = if stdin.is_null() {
-            None
-        } else {
-            Some(memfd_with(&stdin.bytes())?)
-        };
-        let (r, w) = std::io::pipe()?;
-        let (er, ew) = std::io::pipe()?;
-        Ok(Stdio {
-            stdin,
-            out: (r, Some(w)),
-            err: (er, Some(ew)),
-        })
-    }
-}
-
 /// An anonymous in-memory file holding `bytes`, at offset 0: the unit reads it as stdin
 /// however large the event is, with no writer to keep alive.
-fn memfd_with(bytes: &[u8]) -> std::io::Result<OwnedFd> {
+pub(super) fn memfd_with(bytes: &[u8]) -> std::io::Result<OwnedFd> {
     // SAFETY: memfd_create takes a NUL-terminated name and flags; the fd it returns is ours.
     let fd = unsafe { nix::libc::memfd_create(c"hark-event".as_ptr(), nix::libc::MFD_CLOEXEC) };
     if fd < 0 {
@@ -81,14 +51,12 @@ fn memfd_with(bytes: &[u8]) -> std::io::Result<OwnedFd> {
     Ok(OwnedFd::from(file))
 }
 
-/// The daemon's own user: what a unit without `run.unit.user` runs as.
-fn own_user() -> Result<String, String> {
-    let uid = nix::unistd::getuid();
-    match nix::unistd::User::from_uid(uid) {
-        Ok(Some(u)) => Ok(u.name),
-        Ok(None) => Err(format!("the daemon's uid {uid} has no user name")),
-        Err(e) => Err(format!("looking up the daemon's uid {uid}: {e}")),
-    }
+/// The descriptors a unit gets: stdin (`None`: /dev/null), stdout and stderr.
+#[derive(Clone, Copy)]
+pub(super) struct UnitFds<'a> {
+    pub stdin: Option<BorrowedFd<'a>>,
+    pub stdout: BorrowedFd<'a>,
+    pub stderr: BorrowedFd<'a>,
 }
 
 fn prop_value(v: &crate::rules::unit::PropValue) -> Value<'static> {
@@ -103,10 +71,10 @@ fn prop_value(v: &crate::rules::unit::PropValue) -> Value<'static> {
 }
 
 /// The unit's properties, as `StartTransientUnit` takes them.
-fn properties<'a>(
+pub(super) fn properties<'a>(
     spec: &Spec,
     user: &str,
-    stdio: &'a Stdio,
+    fds: UnitFds<'a>,
 ) -> Result<Vec<(&'static str, Value<'a>)>, String> {
     let unit = spec.unit.clone().unwrap_or_default();
     let Some(program) = spec.argv.first() else {
@@ -138,30 +106,29 @@ fn properties<'a>(
     if let Some(slice) = unit.slice {
         props.push(("Slice", Value::from(slice)));
     }
-    match &stdio.stdin {
+    match fds.stdin {
         Some(fd) => props.push(("StandardInputFileDescriptor", Value::from(Fd::from(fd)))),
         None => props.push(("StandardInput", Value::from("null"))),
     }
-    for (name, pipe) in [
-        ("StandardOutputFileDescriptor", &stdio.out.1),
-        ("StandardErrorFileDescriptor", &stdio.err.1),
-    ] {
-        let Some(w) = pipe else {
-            return Err("internal error: a pipe was closed early".into());
-        };
-        props.push((name, Value::from(Fd::from(w.as_fd()))));
-    }
+    props.push((
+        "StandardOutputFileDescriptor",
+        Value::from(Fd::from(fds.stdout)),
+    ));
+    props.push((
+        "StandardErrorFileDescriptor",
+        Value::from(Fd::from(fds.stderr)),
+    ));
     for p in &unit.properties {
         props.push((p.dbus, prop_value(&p.value)));
     }
     Ok(props)
 }
 
-async fn manager(conn: &zbus::Connection) -> zbus::Result<zbus::Proxy<'static>> {
+pub(super) async fn manager(conn: &zbus::Connection) -> zbus::Result<zbus::Proxy<'static>> {
     zbus::Proxy::new(conn, SYSTEMD, MANAGER_PATH, MANAGER).await
 }
 
-async fn start(
+async fn start_once(
     manager: &zbus::Proxy<'_>,
     name: &str,
     props: &[(&'static str, Value<'_>)],
@@ -173,20 +140,48 @@ async fn start(
     Ok(())
 }
 
-async fn stop(manager: &zbus::Proxy<'_>, name: &str) -> zbus::Result<()> {
+fn exists(result: &zbus::Result<()>) -> bool {
+    matches!(result, Err(zbus::Error::MethodError(e, _, _)) if e.as_str() == UNIT_EXISTS)
+}
+
+/// `StartTransientUnit`; a unit of the same name left by a daemon that died while the job
+/// ran is stopped first, and this start replaces it.
+pub(super) async fn start(
+    manager: &zbus::Proxy<'_>,
+    name: &str,
+    props: &[(&'static str, Value<'_>)],
+    spec: &Spec,
+) -> zbus::Result<()> {
+    let mut result = start_once(manager, name, props).await;
+    if exists(&result) {
+        warn!(rule = %spec.rule, job = spec.job, "{name} is still there from an earlier run; stopping it first");
+        let _ = stop(manager, name).await;
+        let deadline = Instant::now() + spec.grace + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            tokio::time::sleep(POLL).await;
+            result = start_once(manager, name, props).await;
+            if !exists(&result) {
+                break;
+            }
+        }
+    }
+    result
+}
+
+pub(super) async fn stop(manager: &zbus::Proxy<'_>, name: &str) -> zbus::Result<()> {
     let _job: OwnedObjectPath = manager.call("StopUnit", &(name, "replace")).await?;
     Ok(())
 }
 
 /// What systemd says about the unit.
-#[derive(Debug, Default)]
-struct State {
-    active: String,
-    result: String,
+#[derive(Debug, Default, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct State {
+    pub active: String,
+    pub result: String,
     /// CLD_EXITED (1), CLD_KILLED (2), CLD_DUMPED (3), or 0 before the main process ran.
-    code: i32,
-    status: i32,
-    exited_at: u64,
+    pub code: i32,
+    pub status: i32,
+    pub exited_at: u64,
 }
 
 async fn get<T>(props: &zbus::Proxy<'_>, iface: &str, name: &str) -> zbus::Result<T>
@@ -221,7 +216,8 @@ fn systemd_status(status: i32) -> Option<&'static str> {
     })
 }
 
-fn outcome(st: &State, program: &str, name: &str) -> Outcome {
+/// The job's outcome from how its unit ended.
+pub(super) fn outcome(st: &State, program: &str, name: &str) -> Outcome {
     match st.code {
         1 if st.status == 0 => Outcome::Success,
         1 => match systemd_status(st.status).filter(|_| st.result == "exit-code") {
@@ -245,155 +241,9 @@ fn outcome(st: &State, program: &str, name: &str) -> Outcome {
     }
 }
 
-/// Stops the unit of a run that is dropped before it ended (daemon shutdown).
-struct StopOnDrop(Option<(zbus::Connection, String)>);
-
-impl Drop for StopOnDrop {
-    fn drop(&mut self) {
-        let Some((conn, name)) = self.0.take() else {
-            return;
-        };
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                if let Ok(m) = manager(&conn).await {
-                    let _ = stop(&m, &name).await;
-                }
-            });
-        }
-    }
-}
-
-fn spawn_failed(why: String, started: Instant) -> Finished {
-    Finished {
-        outcome: Outcome::SpawnFailed(why),
-        output_tail: String::new(),
-        output_bytes: 0,
-        duration: started.elapsed(),
-    }
-}
-
-/// Run `spec` (which has `unit`) as a transient unit to its end.
-pub(super) async fn run(spec: Spec, mut cancel: watch::Receiver<bool>) -> Finished {
-    let started = Instant::now();
-    let name = unit_name(spec.job);
-    let program = spec.argv.first().cloned().unwrap_or_default();
-    let user = match spec.unit.as_ref().and_then(|u| u.user.clone()) {
-        Some(u) => u,
-        None => match own_user() {
-            Ok(u) => u,
-            Err(e) => return spawn_failed(format!("run.unit: {e}"), started),
-        },
-    };
-    let conn = match zbus::Connection::system().await {
-        Ok(c) => c,
-        Err(e) => {
-            return spawn_failed(
-                format!("run.unit: cannot reach systemd on the system bus: {e}"),
-                started,
-            )
-        }
-    };
-    let mut stdio = match Stdio::new(&spec.stdin) {
-        Ok(s) => s,
-        Err(e) => return spawn_failed(format!("run.unit: stdin and output pipes: {e}"), started),
-    };
-    let manager = match manager(&conn).await {
-        Ok(m) => m,
-        Err(e) => return spawn_failed(format!("run.unit: systemd's manager: {e}"), started),
-    };
-    let started_unit = {
-        let props = match properties(&spec, &user, &stdio) {
-            Ok(p) => p,
-            Err(e) => return spawn_failed(e, started),
-        };
-        let mut result = start(&manager, &name, &props).await;
-        if let Err(zbus::Error::MethodError(err, _, _)) = &result {
-            if err.as_str() == "org.freedesktop.systemd1.UnitExists" {
-                // Left by a daemon that died while the job ran: this start replaces it.
-                warn!(rule = %spec.rule, job = spec.job, "{name} is still there from an earlier run; stopping it first");
-                let _ = stop(&manager, &name).await;
-                let deadline = Instant::now() + spec.grace + Duration::from_secs(10);
-                while Instant::now() < deadline {
-                    tokio::time::sleep(POLL).await;
-                    result = start(&manager, &name, &props).await;
-                    if !matches!(&result, Err(zbus::Error::MethodError(e, _, _)) if e.as_str() == "org.freedesktop.systemd1.UnitExists")
-                    {
-                        break;
-                    }
-                }
-            }
-        }
-        result
-    };
-    if let Err(e) = started_unit {
-        let hint = match &e {
-            zbus::Error::MethodError(n, _, _)
-                if n.as_str().contains("AccessDenied")
-                    || n.as_str().contains("InteractiveAuthorizationRequired") =>
-            {
-                " (run.unit needs polkitd and the polkit rule, which the admin enables: ln -s /usr/share/hark/polkit/50-hark.rules /etc/polkit-1/rules.d/; docs/packaging.md, \"Commands that need root\", says what it grants)"
-            }
-            _ => "",
-        };
-        return spawn_failed(format!("systemd did not start {name}: {e}{hint}"), started);
-    }
-    let mut guard = StopOnDrop(Some((conn.clone(), name.clone())));
-    info!(rule = %spec.rule, job = spec.job, unit = %name, user = %user, "started as a transient unit");
-    // systemd has its copies of the unit's ends; ours would hold the pipes open.
-    drop(stdio.out.1.take());
-    drop(stdio.err.1.take());
-    drop(stdio.stdin.take());
-    let sink = Arc::new(Mutex::new(Sink::for_spec(&spec)));
-    let mut readers = Vec::new();
-    for (reader, stream) in [(stdio.out.0, "stdout"), (stdio.err.0, "stderr")] {
-        match tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(reader)) {
-            Ok(r) => readers.push(tokio::spawn(pump(
-                r,
-                sink.clone(),
-                spec.rule.clone(),
-                spec.job,
-                stream,
-            ))),
-            Err(e) => {
-                warn!(rule = %spec.rule, job = spec.job, "cannot read the unit's {stream}: {e}")
-            }
-        }
-    }
-
-    let finished = wait(&conn, &manager, &name, &spec, &mut cancel, started).await;
-    if finished.is_err() {
-        // Lost track of it: it must not run on unsupervised.
-        let _ = stop(&manager, &name).await;
-    }
-    guard.0 = None;
-    // Releasing the reference lets systemd collect the unit and close its ends of the
-    // pipes, so the readers see EOF.
-    drop(manager);
-    drop(conn);
-    drain(&mut readers, Duration::from_secs(2)).await;
-    let (output_tail, output_bytes) = collect(&sink);
-    let outcome = match finished {
-        Ok((st, None)) => outcome(&st, &program, &name),
-        Ok((_, Some(ours))) => ours,
-        Err(why) => {
-            warn!(rule = %spec.rule, job = spec.job, "{why}");
-            Outcome::Failed {
-                code: None,
-                signal: None,
-            }
-        }
-    };
-    Finished {
-        outcome,
-        output_tail,
-        output_bytes,
-        duration: started.elapsed(),
-    }
-}
-
 /// Poll the unit until it has ended; a timeout or cancel stops it first, and the outcome
 /// is then ours (`Some`), not the unit's.
-async fn wait(
+pub(super) async fn wait(
     conn: &zbus::Connection,
     manager: &zbus::Proxy<'_>,
     name: &str,
