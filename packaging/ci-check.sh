@@ -255,8 +255,9 @@ expect_in_deb -rw-r--r-- /usr/share/doc/hark/copyright
 expect_in_deb -rw-r--r-- /usr/share/doc/hark/changelog.Debian.gz
 expect_in_deb -rw-r--r-- /usr/share/doc/hark/README.md
 expect_in_deb -rw-r--r-- /usr/share/doc/hark/packaging.md
-expect_in_deb -rw-r--r-- /usr/share/hark/polkit/50-hark.rules
-if grep -q "polkit-1/rules.d" "$tmp/contents"; then fail "the package enables a polkit rule by itself"; fi
+expect_in_deb -rw-r--r-- /usr/lib/systemd/system/hark-unit-starter.socket
+expect_in_deb -rw-r--r-- /usr/lib/systemd/system/hark-unit-starter@.service
+if grep -q "polkit" "$tmp/contents"; then fail "the package ships a polkit rule (run.unit goes through hark-unit-starter.socket)"; fi
 for rule in rules.d/*.yaml; do expect_in_deb -rw-r--r-- "/usr/share/hark/rules.d/$(basename "$rule")"; done
 for sub in $("$bin_dir/hark" --help | sed -n '/^Commands:/,/^$/s/^  \([a-z-]*\) .*/\1/p' | grep -vx help); do
     expect_in_deb -rw-r--r-- "/usr/share/man/man1/hark-$sub.1.gz"
@@ -345,7 +346,7 @@ bash -c 'source /usr/share/bash-completion/completions/hark && complete -p hark'
 (cd / && runuser -u hark -- hark rules check) || fail "hark rules check on the installed rules"
 # Units: systemd-analyze verify must be silent; print the sandbox exposure for the log.
 verify_out="$(systemd-analyze verify "$UNITS/hark-relay.service" "$UNITS/hark-trigger.service" \
-    "$UNITS/hark-spool-flush.service" "$UNITS/hark-spool-flush.timer" 2>&1)" ||
+    "$UNITS/hark-spool-flush.service" "$UNITS/hark-spool-flush.timer" "$UNITS/hark-unit-starter.socket" 2>&1)" ||
     fail "systemd-analyze verify: $verify_out"
 [[ -z $verify_out ]] || fail "systemd-analyze verify: $verify_out"
 for unit in hark-relay hark-trigger; do
@@ -355,6 +356,7 @@ done
 [[ -L /etc/systemd/system/multi-user.target.wants/hark-relay.service ]] || fail "hark-relay.service is not enabled"
 [[ -L /etc/systemd/system/multi-user.target.wants/hark-trigger.service ]] || fail "hark-trigger.service is not enabled"
 [[ -L /etc/systemd/system/timers.target.wants/hark-spool-flush.timer ]] || fail "hark-spool-flush.timer is not enabled"
+[[ -L /etc/systemd/system/sockets.target.wants/hark-unit-starter.socket ]] || fail "hark-unit-starter.socket is not enabled"
 
 # ---------------------------------------------------------------------------------------
 # A test signer the relay and the daemon trust, with a grant for the example topics given
@@ -548,11 +550,6 @@ rules:
       timeout: 3s
       grace: 2s
       unit: {user: root}
-  - name: ci-unit-off
-    match: {topic: _hark.example.ci-unit-off}
-    run:
-      command: [/bin/true]
-      unit: {user: root}
   - name: ci-unit-cancel
     match: {topic: _hark.example.ci-unit-cancel}
     run:
@@ -568,6 +565,21 @@ rules:
       command: [/bin/true]
       unit:
         user: nobody
+EOF
+    # A request as user hark could forge it: the unit's stdout/stderr, then the job.
+    ct sh -c 'cat >/etc/hark/ci/forge-request' <<'EOF'
+import array, json, os, socket, sys
+rule, topic = sys.argv[1], sys.argv[2]
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.connect("/run/hark/unit-starter.sock")
+r, w = os.pipe()
+s.sendmsg([b"F"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [w, w]))])
+event = json.dumps({"tag": topic, "uuid": "forged-1", "format": "1.0", "time": "2026-12-01T00:00:00Z", "data": {}})
+request = {"job": 999998, "rule": rule, "attempt": 1, "reason": "event",
+           "events": [{"uuid": "forged-1", "topic": topic, "signers": [], "json": event}]}
+s.sendall(json.dumps(request).encode() + b"\n")
+s.settimeout(30)
+print(s.makefile().readline().strip())
 EOF
     setup_cgroup_rules
 }
@@ -641,17 +653,14 @@ unit_gone() { # UNIT: not running (collected, or inactive)
 check_unit_jobs() {
     phase "under systemd: jobs as transient units (run.unit)"
     local job id unit show pid out
-    # 0. As installed, run.unit is off: polkit refuses hark the transient unit, and the job
-    #    says what to enable. Then the admin's step (docs/packaging.md): link the rule.
-    job="$(ct_run_job ci-unit-off _hark.example.ci-unit-off failed)"
-    id="$(job_field "$job" id)"
-    show="$(ct hark jobs show "$id")"
-    grep -qF 'ln -s /usr/share/hark/polkit/50-hark.rules /etc/polkit-1/rules.d/' <<<"$show" ||
-        fail "run.unit without the polkit rule: job $id does not say how to enable it:
-$show"
-    echo "as installed, run.unit is refused by polkit (job $id names the rule to link)"
-    ct ln -s /usr/share/hark/polkit/50-hark.rules /etc/polkit-1/rules.d/50-hark.rules
-    ct systemctl restart polkit || fail "systemctl restart polkit"
+    # 0. As installed: the socket is root's, for group hark only; user hark cannot start
+    #    a transient unit itself (no polkit grant), only hand a job to the starter.
+    [[ $(ct stat -c '%U:%G %a %F' /run/hark/unit-starter.sock) == "root:hark 660 socket" ]] ||
+        fail "/run/hark/unit-starter.sock is $(ct stat -c '%U:%G %a %F' /run/hark/unit-starter.sock), not root:hark 660 socket"
+    if out="$(ct runuser -u hark -- systemd-run --no-ask-password --unit=hark-job-999999 /bin/true 2>&1)"; then
+        fail "user hark started a transient unit by itself"
+    fi
+    echo "as installed: /run/hark/unit-starter.sock is root:hark 0660; user hark cannot start a unit itself: $out"
     # 1. root, a narrow sandbox, the event on stdin, the exit status and output tail.
     job="$(ct_run_job ci-unit-root _hark.example.ci-unit failed)"
     id="$(job_field "$job" id)"
@@ -692,12 +701,26 @@ $show"
     grep -qF "/etc/hark/ci/nobody.yaml:7:15: error: run.unit.user nobody is not in trigger.unit_users" <<<"$out" ||
         fail "hark rules check did not refuse user nobody at its file:line:col: $out"
     echo "run.unit.user nobody refused: $(grep -m1 -F 'nobody.yaml:7:15' <<<"$out")"
-    # 5. Where systemd names the unit, polkit lets hark manage hark-job-* units only.
-    if out="$(ct runuser -u hark -- systemctl --no-ask-password stop hark-relay.service 2>&1)"; then
-        fail "user hark could stop hark-relay.service"
+    # 5. What user hark can ask of the starter: only what root's rule files give. A forged
+    #    request for a rule without run.unit, or with events its rule does not match, is
+    #    refused (and logged); a user outside group hark cannot connect at all.
+    for forged in hello:_hark.example.hello ci-unit-root:_hark.example.not-ci-unit; do
+        out="$(ct runuser -u hark -- python3 /etc/hark/ci/forge-request "${forged%%:*}" "${forged#*:}" 2>&1)" ||
+            fail "a forged request for ${forged%%:*} got no answer: $out"
+        grep -q '^{"refused"' <<<"$out" || fail "the unit starter did not refuse a forged request for ${forged%%:*}: $out"
+        echo "forged request for rule ${forged%%:*}: $out"
+    done
+    # By identifier, not -u: journald may not tell which unit a process that exited at
+    # once belonged to.
+    wait_for "the unit starter's refusal in the journal" bash -c \
+        "nsenter -t $ct_leader -a journalctl --no-pager -o cat -t hark | grep -q 'refused: rule hello (.*) has no run.unit'"
+    if [[ $(ct systemctl show -P ActiveState hark-job-999998.service 2>/dev/null) == active ]]; then
+        fail "a forged request started hark-job-999998.service"
     fi
-    ct systemctl is-active --quiet hark-relay || fail "hark-relay stopped although polkit refused"
-    echo "user hark may not stop hark-relay.service: $out"
+    if out="$(ct runuser -u nobody -- python3 -c 'import socket; socket.socket(socket.AF_UNIX).connect("/run/hark/unit-starter.sock")' 2>&1)"; then
+        fail "user nobody could connect to the unit starter"
+    fi
+    echo "user nobody cannot connect: $(tail -1 <<<"$out")"
     # 6. The shipped piuparts rule as installed: root, its workdir writable, the rest not.
     local upload='{"repo": "master", "suite": "landing", "upload_name": "hello_2.10-3_amd64", "is_new": false, "files": ["hello_2.10-3.dsc", "hello_2.10-3_amd64.deb"], "source_name": "hello", "source_version": "2.10-3"}'
     job="$(ct_run_job piuparts _lk.archive.package-upload-accepted succeeded archive-master "$upload")"
@@ -791,6 +814,7 @@ if [[ ${HARK_CI_NSPAWN:-1} == 1 ]]; then
     done
     echo "both services started at boot (Type=notify: READY=1 reached systemd)"
     ct systemd-analyze security --no-pager hark-relay.service hark-trigger.service 2>/dev/null | tail -n 3
+    ct systemd-analyze security --no-pager hark-unit-starter@0.service 2>/dev/null | tail -n 1 | sed 's/^/hark-unit-starter@.service: /' || true
     # The test grant, in the container's copy of hark.yaml only.
     ct sh -c "printf 'trust:\n  grants:\n    $TEST_SIGNER: [\"_hark.example.**\"]\n    archive-master: [\"_lk.archive.**\"]\n' >>/etc/hark/hark.yaml"
     setup_unit_rules

@@ -3,8 +3,9 @@
 //! get the process supervisor alone (`contain.rs`), as before.
 //!
 //! Why a delegated cgroup and not a transient scope per job: a scope is started over D-Bus,
-//! which user `hark` may only do with the polkit rule, and that ships switched off
-//! (`unit.rs`, docs/packaging.md). Delegation needs nothing from polkit: systemd hands the
+//! which user `hark` may not do (no polkit grant; `run.unit` jobs go through the root-owned
+//! unit starter, `unit/starter.rs`), and a round trip through it would cost every job a
+//! process. Delegation needs nothing from polkit: systemd hands the
 //! service's cgroup to the service's user, and the daemon manages the subtree itself:
 //! - at start, [`init`] checks that it runs under systemd (`INVOCATION_ID`), finds its
 //!   cgroup in the cgroup v2 hierarchy, and that the cgroup is delegated (systemd's
