@@ -264,12 +264,7 @@ async fn wait_for_starter(
     cancel: &mut watch::Receiver<bool>,
     started: Instant,
 ) -> Result<(State, Option<Outcome>), String> {
-    let timeout = async {
-        match spec.timeout {
-            Some(t) => tokio::time::sleep(t.saturating_sub(started.elapsed())).await,
-            None => std::future::pending().await,
-        }
-    };
+    let timeout = systemd::timed_out(spec, started);
     tokio::pin!(timeout);
     let mut ours: Option<Outcome> = None;
     loop {

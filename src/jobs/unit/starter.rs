@@ -426,56 +426,36 @@ mod tests {
     fn files_others_may_write_are_not_trusted() {
         let (dir, config) = setup();
         let me = nix::unistd::geteuid().as_raw();
-        let file = dir.path().join("rules.d/60-root.yaml");
-        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o664)).unwrap();
-        let e = decide(
-            &request("root-job", vec![event("t.upload", "landing")]),
-            &config,
-            me,
-        )
-        .unwrap_err();
-        assert!(
-            e.contains("60-root.yaml is writable by others (mode 664)"),
-            "{e}"
-        );
-        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
-        std::fs::set_permissions(
-            dir.path().join("rules.d"),
-            std::fs::Permissions::from_mode(0o777),
-        )
-        .unwrap();
-        let e = decide(
-            &request("root-job", vec![event("t.upload", "landing")]),
-            &config,
-            me,
-        )
-        .unwrap_err();
-        assert!(
-            e.contains("rules.d is writable by others (mode 777)"),
-            "{e}"
-        );
-        std::fs::set_permissions(
-            dir.path().join("rules.d"),
-            std::fs::Permissions::from_mode(0o755),
-        )
-        .unwrap();
-        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o666)).unwrap();
-        let e = decide(
-            &request("root-job", vec![event("t.upload", "landing")]),
-            &config,
-            me,
-        )
-        .unwrap_err();
-        assert!(e.contains("hark.yaml is writable by others"), "{e}");
-        if me == 0 {
-            std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
-            std::os::unix::fs::chown(&file, Some(65534), None).unwrap();
-            let e = decide(
+        let refusal = || {
+            decide(
                 &request("root-job", vec![event("t.upload", "landing")]),
                 &config,
                 me,
             )
-            .unwrap_err();
+            .unwrap_err()
+        };
+        let chmod = |path: &Path, mode: u32| {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+        };
+        let file = dir.path().join("rules.d/60-root.yaml");
+        let rules = dir.path().join("rules.d");
+        for (path, mode, want) in [
+            (
+                &file,
+                0o664,
+                "60-root.yaml is writable by others (mode 664)",
+            ),
+            (&rules, 0o777, "rules.d is writable by others (mode 777)"),
+            (&config, 0o666, "hark.yaml is writable by others (mode 666)"),
+        ] {
+            chmod(path, mode);
+            let e = refusal();
+            assert!(e.contains(want), "{e}");
+            chmod(path, if path.is_dir() { 0o755 } else { 0o644 });
+        }
+        if me == 0 {
+            std::os::unix::fs::chown(&file, Some(65534), None).unwrap();
+            let e = refusal();
             assert!(
                 e.contains("60-root.yaml is owned by uid 65534, not by root"),
                 "{e}"

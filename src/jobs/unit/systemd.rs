@@ -241,6 +241,14 @@ pub(super) fn outcome(st: &State, program: &str, name: &str) -> Outcome {
     }
 }
 
+/// Ready once the job's `timeout` has passed since `started`; never without one.
+pub(super) async fn timed_out(spec: &Spec, started: Instant) {
+    match spec.timeout {
+        Some(t) => tokio::time::sleep(t.saturating_sub(started.elapsed())).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Poll the unit until it has ended; a timeout or cancel stops it first, and the outcome
 /// is then ours (`Some`), not the unit's.
 pub(super) async fn wait(
@@ -258,12 +266,7 @@ pub(super) async fn wait(
     let props = zbus::Proxy::new(conn, SYSTEMD, path, "org.freedesktop.DBus.Properties")
         .await
         .map_err(|e| format!("{name}: {e}"))?;
-    let timeout = async {
-        match spec.timeout {
-            Some(t) => tokio::time::sleep(t.saturating_sub(started.elapsed())).await,
-            None => std::future::pending().await,
-        }
-    };
+    let timeout = timed_out(spec, started);
     tokio::pin!(timeout);
     let mut ours: Option<Outcome> = None;
     let mut stop_deadline: Option<Instant> = None;
