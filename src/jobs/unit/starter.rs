@@ -52,11 +52,9 @@ pub fn check_owned(path: &Path) -> Result<(), String> {
         .canonicalize()
         .map_err(|e| format!("{}: {e}", path.display()))?;
     let mut at: Option<&Path> = Some(&full);
-    let mut child_owner_ok = true;
     while let Some(p) = at {
         let meta = std::fs::metadata(p).map_err(|e| format!("{}: {e}", p.display()))?;
-        let owner_ok = meta.uid() == 0 || meta.uid() == me;
-        if !owner_ok {
+        if meta.uid() != 0 && meta.uid() != me {
             return Err(format!(
                 "{} is owned by uid {}, not by root: the unit starter only trusts files root owns ({})",
                 p.display(),
@@ -64,8 +62,10 @@ pub fn check_owned(path: &Path) -> Result<(), String> {
                 full.display()
             ));
         }
+        // What is below a sticky directory was checked to be root's: nobody else can
+        // rename or remove it there.
         let sticky = meta.is_dir() && meta.mode() & 0o1000 != 0;
-        if meta.mode() & 0o022 != 0 && !(sticky && child_owner_ok) {
+        if meta.mode() & 0o022 != 0 && !sticky {
             return Err(format!(
                 "{} is writable by others (mode {:o}): the unit starter only trusts files nobody but root can change ({})",
                 p.display(),
@@ -73,7 +73,6 @@ pub fn check_owned(path: &Path) -> Result<(), String> {
                 full.display()
             ));
         }
-        child_owner_ok = owner_ok;
         at = p.parent();
     }
     Ok(())
