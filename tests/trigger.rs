@@ -926,6 +926,59 @@ rules:
     assert_eq!(hark_jobs(&stack, &["log", &id]), "one\ntwo\n");
 }
 
+/// A job that has printed nothing has no live file (it comes with the first line):
+/// `hark jobs log` says so, and `--follow` started before the first line still gets it.
+#[test]
+fn jobs_log_of_a_silent_job_says_so_and_follow_gets_its_first_line_later() {
+    let stack = Stack::start(
+        r#"
+rules:
+  - name: quiet
+    match: {topic: _lk.test.quiet}
+    run:
+      command: [/bin/sh, -c, 'while [ ! -e "$GO" ]; do sleep 0.05; done; echo late']
+      env: {GO: "@DIR@/go"}
+"#,
+    );
+    stack.publish("_lk.test.quiet", json!({}));
+    let running = stack.running_job("quiet");
+    let id = running["id"].to_string();
+    let mut live_dir = stack.state.clone().into_os_string();
+    live_dir.push("-output");
+    let live = std::path::Path::new(&live_dir).join(format!("{id}.log"));
+    assert!(
+        !live.exists(),
+        "a silent job has no live file yet: {}",
+        live.display()
+    );
+    let out = hark_command()
+        .args(["jobs", "log", &id, "--state"])
+        .arg(&stack.state)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains(&format!("job {id} is running and has printed nothing yet")),
+        "{said}"
+    );
+    let mut follow = Proc::spawn(
+        "jobs-log",
+        hark_command()
+            .args(["jobs", "log", "--follow", &id, "--state"])
+            .arg(&stack.state),
+    );
+    std::fs::write(stack.path("go"), "").unwrap();
+    follow
+        .stdout
+        .wait_for("late", WAIT)
+        .expect("the first line, written after following began");
+    follow.wait_success(WAIT).expect("ends with the job");
+    assert_eq!(follow.stdout.history(), ["late"]);
+    assert!(!live.exists(), "removed when the job ended");
+}
+
 /// `hark status` (another process) shows what the running daemon hears: the relay by
 /// name, with its heartbeats and the last event from it.
 #[test]

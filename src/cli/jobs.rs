@@ -320,11 +320,13 @@ fn log(
                 return Ok(ExitCode::SUCCESS);
             }
             State::Running => {
-                if file.is_none() {
-                    eprintln!(
-                        "job {id} is running, but its output is not at {} (a daemon of another version, or a run as a systemd unit: see journalctl)",
-                        live.display()
-                    );
+                match (&job.unit, file.is_none()) {
+                    (Some(unit), _) => eprintln!(
+                        "job {id} runs as systemd unit {unit}: its output is in `journalctl -u {unit}`"
+                    ),
+                    // The live file comes with the first line.
+                    (None, true) => eprintln!("job {id} is running and has printed nothing yet"),
+                    (None, false) => {}
                 }
                 return Ok(ExitCode::SUCCESS);
             }

@@ -92,11 +92,7 @@ impl Sink {
             tail: VecDeque::new(),
             log_limit: spec.log_limit,
             tail_limit: spec.tail_limit,
-            live: spec.live_log.clone().and_then(|path| {
-                super::live::LiveLog::create(path)
-                    .inspect_err(|e| warn!(rule = %spec.rule, job = spec.job, "no live output for `hark jobs log`: {e}"))
-                    .ok()
-            }),
+            live: spec.live_log.clone().map(super::live::LiveLog::new),
         }
     }
 
@@ -109,8 +105,11 @@ impl Sink {
         }
         if self.logged < self.log_limit {
             self.logged += line.len() + 1;
-            if let Some(live) = &mut self.live {
-                live.line(line);
+            if let Some(e) = self.live.as_mut().and_then(|l| l.line(line)) {
+                warn!(
+                    rule = spec_rule,
+                    job, "no live output for `hark jobs log`: {e}"
+                );
             }
             info!(
                 rule = spec_rule,
@@ -126,7 +125,8 @@ impl Sink {
                     "[hark: output exceeds {} bytes; the rest is not shown]",
                     self.log_limit
                 );
-                live.line(note.as_bytes());
+                // A file that could not be made was reported with the first line.
+                let _ = live.line(note.as_bytes());
             }
             warn!(
                 rule = spec_rule,

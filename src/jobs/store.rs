@@ -344,6 +344,9 @@ impl Store {
         }
         let conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        // A job's path alone uses about a dozen cached statements; rusqlite's default of 16
+        // would evict (and parse again) as soon as `hark jobs` requests are read between.
+        conn.set_prepared_statement_cache_capacity(64);
         conn.pragma_update(None, "journal_mode", "WAL")?;
         // NORMAL: a commit is in the WAL (the kernel's page cache) before anything runs, so
         // a killed daemon (SIGKILL, OOM, panic) loses nothing; only a power loss can take
@@ -366,16 +369,20 @@ impl Store {
     }
 
     /// Start a group commit: the writes until [`Store::commit`] become durable with one
-    /// fsync instead of one each (methods use savepoints, so they nest inside it).
+    /// fsync instead of one each (every write method is one unit, inside it or on its own).
     pub fn begin(&mut self) -> Result<()> {
-        self.conn.execute_batch("BEGIN IMMEDIATE")
+        // Cached like every statement on a job's path: parsing it again for every
+        // transaction was a measurable part of the daemon's CPU per job.
+        self.conn
+            .prepare_cached("BEGIN IMMEDIATE")?
+            .execute([])
+            .map(drop)
     }
 
     /// End a group commit; on failure everything since [`Store::begin`] is rolled back.
     pub fn commit(&mut self) -> Result<()> {
-        self.conn.execute_batch("COMMIT").inspect_err(|_| {
-            let _ = self.conn.execute_batch("ROLLBACK");
-        })
+        let committed = self.conn.prepare_cached("COMMIT")?.execute([]).map(drop);
+        committed.inspect_err(|_| self.rollback())
     }
 
     /// Abandon a group commit (after a failed write in it); nothing since [`Store::begin`]
@@ -385,6 +392,19 @@ impl Store {
         if !self.conn.is_autocommit() {
             let _ = self.conn.execute_batch("ROLLBACK");
         }
+    }
+
+    /// Run `write` as one unit: inside a group commit as part of it (whoever began it rolls
+    /// the whole of it back when a write fails), otherwise in a savepoint of its own. A
+    /// savepoint in every write of a group commit only parsed two more statements per job.
+    fn atomically<T>(&mut self, write: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        if !self.conn.is_autocommit() {
+            return write(&self.conn);
+        }
+        let tx = self.conn.savepoint()?;
+        let out = write(&tx)?;
+        tx.commit()?;
+        Ok(out)
     }
 
     /// Inside a group commit? A write that failed may have ended it (SQLite rolls back by
@@ -407,17 +427,17 @@ impl Store {
         due: i64,
         events: &[StoredEvent],
     ) -> Result<i64> {
-        let tx = self.conn.savepoint()?;
-        tx.prepare_cached(
-            "INSERT INTO jobs (rule, key, state, created, due) VALUES (?1, ?2, 'pending', ?3, ?4)",
-        )?
-        .execute(params![rule, key, now_ms(), due])?;
-        let id = tx.last_insert_rowid();
-        for (pos, ev) in events.iter().enumerate() {
-            insert_event(&tx, id, pos, &ev.into())?;
-        }
-        tx.commit()?;
-        Ok(id)
+        self.atomically(|tx| {
+            tx.prepare_cached(
+                "INSERT INTO jobs (rule, key, state, created, due) VALUES (?1, ?2, 'pending', ?3, ?4)",
+            )?
+            .execute(params![rule, key, now_ms(), due])?;
+            let id = tx.last_insert_rowid();
+            for (pos, ev) in events.iter().enumerate() {
+                insert_event(tx, id, pos, &ev.into())?;
+            }
+            Ok(id)
+        })
     }
 
     /// Reserve `n` job ids for the daemon: later AUTOINCREMENT inserts (`hark jobs retry`)
@@ -460,24 +480,26 @@ impl Store {
         reason: Reason,
         events: &[Arc<Event>],
     ) -> Result<()> {
-        let tx = self.conn.savepoint()?;
-        tx.prepare_cached(
-            "INSERT INTO jobs (id, rule, key, state, created, due, reason) VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?6)",
-        )?
-        .execute(params![id, rule, key, created, due, reason.as_str()])?;
-        for (pos, ev) in events.iter().enumerate() {
-            insert_event(&tx, id, pos, &ev.as_ref().into())?;
-        }
-        tx.commit()
+        self.atomically(|tx| {
+            tx.prepare_cached(
+                "INSERT INTO jobs (id, rule, key, state, created, due, reason) VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?6)",
+            )?
+            .execute(params![id, rule, key, created, due, reason.as_str()])?;
+            for (pos, ev) in events.iter().enumerate() {
+                insert_event(tx, id, pos, &ev.as_ref().into())?;
+            }
+            Ok(())
+        })
     }
 
     /// Add an event at `pos` to a pending job (coalescing) and move its due time.
     pub fn append_event_at(&mut self, job: i64, pos: usize, event: &Event, due: i64) -> Result<()> {
-        let tx = self.conn.savepoint()?;
-        insert_event(&tx, job, pos, &event.into())?;
-        tx.prepare_cached("UPDATE jobs SET due = ?2 WHERE id = ?1")?
-            .execute(params![job, due])?;
-        tx.commit()
+        self.atomically(|tx| {
+            insert_event(tx, job, pos, &event.into())?;
+            tx.prepare_cached("UPDATE jobs SET due = ?2 WHERE id = ?1")?
+                .execute(params![job, due])?;
+            Ok(())
+        })
     }
 
     /// Write one scheduler effect. Returns false only for a [`Effect::Start`] of a job that
@@ -538,16 +560,17 @@ impl Store {
 
     /// Add an event to a pending job (coalescing) and move its due time.
     pub fn append_event(&mut self, job: i64, event: &StoredEvent, due: i64) -> Result<()> {
-        let tx = self.conn.savepoint()?;
-        let pos: i64 = tx.query_row(
-            "SELECT COALESCE(MAX(pos) + 1, 0) FROM job_events WHERE job = ?1",
-            [job],
-            |r| r.get(0),
-        )?;
-        insert_event(&tx, job, usize::try_from(pos).unwrap_or(0), &event.into())?;
-        tx.prepare_cached("UPDATE jobs SET due = ?2 WHERE id = ?1")?
-            .execute(params![job, due])?;
-        tx.commit()
+        self.atomically(|tx| {
+            let pos: i64 = tx.query_row(
+                "SELECT COALESCE(MAX(pos) + 1, 0) FROM job_events WHERE job = ?1",
+                [job],
+                |r| r.get(0),
+            )?;
+            insert_event(tx, job, usize::try_from(pos).unwrap_or(0), &event.into())?;
+            tx.prepare_cached("UPDATE jobs SET due = ?2 WHERE id = ?1")?
+                .execute(params![job, due])?;
+            Ok(())
+        })
     }
 
     /// pending → running, only if still pending (a `hark jobs cancel` may have won).
@@ -579,17 +602,20 @@ impl Store {
         error: Option<&str>,
         output_tail: Option<&str>,
     ) -> Result<()> {
-        let tx = self.conn.savepoint()?;
-        tx.prepare_cached("UPDATE jobs SET state = ?2, finished = ?3, exit_code = ?4, error = ?5, output_tail = ?6, cancel_requested = 0 WHERE id = ?1")?.execute(
-            params![job, state.as_str(), now_ms(), exit_code, error, output_tail],
-        )?;
-        if state == State::Succeeded {
-            tx.prepare_cached("INSERT OR IGNORE INTO done (rule, uuid, job, at)
-                 SELECT j.rule, e.uuid, j.id, ?2 FROM jobs j JOIN job_events e ON e.job = j.id WHERE j.id = ?1")?.execute(
-                params![job, now_ms()],
+        self.atomically(|tx| {
+            tx.prepare_cached("UPDATE jobs SET state = ?2, finished = ?3, exit_code = ?4, error = ?5, output_tail = ?6, cancel_requested = 0 WHERE id = ?1")?.execute(
+                params![job, state.as_str(), now_ms(), exit_code, error, output_tail],
             )?;
-        }
-        tx.commit()
+            if state == State::Succeeded {
+                // The rule by a subquery, not a join: SQLite plans the join again in every
+                // transaction (a re-prepare per finished job, measured), not this.
+                tx.prepare_cached("INSERT OR IGNORE INTO done (rule, uuid, job, at)
+                     SELECT (SELECT rule FROM jobs WHERE id = ?1), e.uuid, e.job, ?2 FROM job_events e WHERE e.job = ?1")?.execute(
+                    params![job, now_ms()],
+                )?;
+            }
+            Ok(())
+        })
     }
 
     /// Put a job back to pending for another attempt at `due`.
@@ -1025,12 +1051,7 @@ fn row_to_job(r: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
     })
 }
 
-fn insert_event(
-    tx: &rusqlite::Savepoint<'_>,
-    job: i64,
-    pos: usize,
-    ev: &EventRow<'_>,
-) -> Result<()> {
+fn insert_event(tx: &Connection, job: i64, pos: usize, ev: &EventRow<'_>) -> Result<()> {
     tx.prepare_cached("INSERT INTO job_events (job, pos, uuid, topic, signers, json) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?.execute(
         params![
             job,
