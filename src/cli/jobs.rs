@@ -320,13 +320,10 @@ fn log(
                 return Ok(ExitCode::SUCCESS);
             }
             State::Running => {
-                match (&job.unit, file.is_none()) {
-                    (Some(unit), _) => eprintln!(
-                        "job {id} runs as systemd unit {unit}: its output is in `journalctl -u {unit}`"
-                    ),
-                    // The live file comes with the first line.
-                    (None, true) => eprintln!("job {id} is running and has printed nothing yet"),
-                    (None, false) => {}
+                if file.is_none() {
+                    // The live file comes with the first line (a unit's output too: the
+                    // daemon reads it through the pipes it handed the unit).
+                    eprintln!("job {id} is running and has printed nothing yet");
                 }
                 return Ok(ExitCode::SUCCESS);
             }

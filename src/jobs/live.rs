@@ -1,8 +1,9 @@
 //! The live output of a running job, for `hark jobs log ID --follow`: the runner appends
 //! each line it logs to `<state file>-output/<job id>.log` (made with the first line, so a
-//! job that prints nothing has none) and removes the file when the job ends (the store then keeps the tail). Another process reads it as it grows; a
-//! reader that opened it keeps reading to its end after it is removed. The file holds what
-//! the daemon's log holds (the same per-job cap), so it cannot fill the disk faster.
+//! job that prints nothing has none) and removes the file when the job ends (the store
+//! then keeps the tail). Another process reads it as it grows; a reader that opened it
+//! keeps reading to its end after it is removed. The file holds what the daemon's log
+//! holds (the same per-job cap), so it cannot fill the disk faster.
 
 use std::fs::File;
 use std::io::Write as _;
