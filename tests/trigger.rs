@@ -876,6 +876,16 @@ rules:
     );
 }
 
+/// `hark jobs log --follow ID` on the stack's state file.
+fn follow_log(stack: &Stack, id: &str) -> Proc {
+    Proc::spawn(
+        "jobs-log",
+        hark_command()
+            .args(["jobs", "log", "--follow", id, "--state"])
+            .arg(&stack.state),
+    )
+}
+
 /// `hark jobs log -f` shows a running job's output as it comes and ends with the job;
 /// afterwards `hark jobs log` shows the tail the state file keeps.
 #[test]
@@ -893,12 +903,7 @@ rules:
     stack.publish("_lk.test.talk", json!({}));
     let running = stack.running_job("talk");
     let id = running["id"].to_string();
-    let mut follow = Proc::spawn(
-        "jobs-log",
-        hark_command()
-            .args(["jobs", "log", "--follow", &id, "--state"])
-            .arg(&stack.state),
-    );
+    let mut follow = follow_log(&stack, &id);
     follow
         .stdout
         .wait_for("one", WAIT)
@@ -927,7 +932,8 @@ rules:
 }
 
 /// A job that has printed nothing has no live file (it comes with the first line):
-/// `hark jobs log` says so, and `--follow` started before the first line still gets it.
+/// `hark jobs log` says so, and `--follow` started before the first line gets that line
+/// from the live file while the job still runs (not from the stored tail afterwards).
 #[test]
 fn jobs_log_of_a_silent_job_says_so_and_follow_gets_its_first_line_later() {
     let stack = Stack::start(
@@ -936,16 +942,15 @@ rules:
   - name: quiet
     match: {topic: _lk.test.quiet}
     run:
-      command: [/bin/sh, -c, 'while [ ! -e "$GO" ]; do sleep 0.05; done; echo late']
-      env: {GO: "@DIR@/go"}
+      command: [/bin/sh, -c, 'while [ ! -e "$GO" ]; do sleep 0.05; done; echo late; while [ ! -e "$END" ]; do sleep 0.05; done']
+      env: {GO: "@DIR@/go", END: "@DIR@/end"}
 "#,
     );
     stack.publish("_lk.test.quiet", json!({}));
     let running = stack.running_job("quiet");
     let id = running["id"].to_string();
-    let mut live_dir = stack.state.clone().into_os_string();
-    live_dir.push("-output");
-    let live = std::path::Path::new(&live_dir).join(format!("{id}.log"));
+    let job = running["id"].as_i64().expect("a job id");
+    let live = hark::jobs::live::path(&hark::jobs::live::dir(&stack.state), job);
     assert!(
         !live.exists(),
         "a silent job has no live file yet: {}",
@@ -963,17 +968,22 @@ rules:
         said.contains(&format!("job {id} is running and has printed nothing yet")),
         "{said}"
     );
-    let mut follow = Proc::spawn(
-        "jobs-log",
-        hark_command()
-            .args(["jobs", "log", "--follow", &id, "--state"])
-            .arg(&stack.state),
-    );
+    let mut follow = follow_log(&stack, &id);
     std::fs::write(stack.path("go"), "").unwrap();
     follow
         .stdout
         .wait_for("late", WAIT)
         .expect("the first line, written after following began");
+    assert!(
+        follow.try_status().is_none(),
+        "the line came while the job runs, so from the live file"
+    );
+    assert!(
+        live.exists(),
+        "made with the first line: {}",
+        live.display()
+    );
+    std::fs::write(stack.path("end"), "").unwrap();
     follow.wait_success(WAIT).expect("ends with the job");
     assert_eq!(follow.stdout.history(), ["late"]);
     assert!(!live.exists(), "removed when the job ended");

@@ -344,8 +344,9 @@ impl Store {
         }
         let conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
-        // A job's path alone uses about a dozen cached statements; rusqlite's default of 16
-        // would evict (and parse again) as soon as `hark jobs` requests are read between.
+        // A job's path alone uses about a dozen cached statements, and reading `hark jobs`
+        // requests and the health more; rusqlite's default of 16 leaves little room before
+        // its LRU evicts one that is then parsed again.
         conn.set_prepared_statement_cache_capacity(64);
         conn.pragma_update(None, "journal_mode", "WAL")?;
         // NORMAL: a commit is in the WAL (the kernel's page cache) before anything runs, so
