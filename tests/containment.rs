@@ -18,14 +18,20 @@ const WAIT: Duration = Duration::from_secs(30);
 fn serve(dir: &Path, script: &str, run_extra: &str) -> (common::Proc, String) {
     let script_path = dir.join("job.sh");
     std::fs::write(&script_path, script).unwrap();
-    let rules = dir.join("rules.d");
-    std::fs::create_dir(&rules).unwrap();
-    let rule = format!(
+    let rules = format!(
         "rules:\n  - name: contained\n    match: {{topic: _hark.example.hello}}\n    run:\n      command: [/bin/sh, '{}', '{}']\n      stdin: none\n{run_extra}",
         script_path.display(),
         dir.join("grandchild.pid").display()
     );
-    std::fs::write(rules.join("50-contained.yaml"), rule).unwrap();
+    serve_rules(dir, &rules, &[])
+}
+
+/// `hark serve` with these rules (and these variables in its environment), and the
+/// publish line it printed.
+fn serve_rules(dir: &Path, rules: &str, env: &[(&str, &str)]) -> (common::Proc, String) {
+    let rules_dir = dir.join("rules.d");
+    std::fs::create_dir(&rules_dir).unwrap();
+    std::fs::write(rules_dir.join("50-contained.yaml"), rules).unwrap();
     let (submit, publish, replay) = (
         common::free_endpoint(),
         common::free_endpoint(),
@@ -37,6 +43,7 @@ fn serve(dir: &Path, script: &str, run_extra: &str) -> (common::Proc, String) {
             .current_dir(dir)
             // Outside systemd, also when the tests run in a systemd service.
             .env_remove("INVOCATION_ID")
+            .envs(env.iter().copied())
             .args(["serve", "--submit", &submit, "--publish", &publish])
             .args(["--replay", &replay, "--state-dir"])
             .arg(dir.join("state")),
@@ -150,6 +157,94 @@ sleep 60
     let job = finished_job(dir.path());
     assert_eq!(job["state"], "timed_out", "{job}");
     assert_gone(grandchild(dir.path()));
+}
+
+/// What the job spawner does in place of std's `Command`: the exec's error as the job's,
+/// a bare name looked up in `PATH`, the rule's working directory, and the rule's
+/// variables over the daemon's environment.
+#[test]
+fn the_spawner_reports_why_a_command_cannot_start_and_runs_the_others_as_std_would() {
+    let dir = common::temp_dir();
+    let d = dir.path();
+    let work = d.join("work");
+    std::fs::create_dir(&work).unwrap();
+    for name in ["gone", "denied"] {
+        let prog = d.join(name);
+        std::fs::write(&prog, "#!/bin/sh\nexit 0\n").unwrap();
+        std::fs::set_permissions(&prog, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+    }
+    let out = d.join("bare.out");
+    let rules = format!(
+        r#"rules:
+  - name: gone
+    match: {{topic: _hark.example.hello}}
+    run: {{command: ['{d}/gone'], stdin: none}}
+  - name: denied
+    match: {{topic: _hark.example.hello}}
+    run: {{command: ['{d}/denied'], stdin: none}}
+  - name: bare
+    match: {{topic: _hark.example.hello}}
+    run:
+      command: [sh, -c, 'echo "$(pwd) $TEST_SET $TEST_KEPT" > "$0"', '{out}']
+      workdir: '{work}'
+      env: {{TEST_SET: from-the-rule}}
+      stdin: none
+"#,
+        d = d.display(),
+        out = out.display(),
+        work = work.display(),
+    );
+    let (_serve, line) = serve_rules(
+        d,
+        &rules,
+        &[("TEST_SET", "from-the-daemon"), ("TEST_KEPT", "kept")],
+    );
+    // Valid when the rules were loaded; gone or not executable when the jobs start.
+    std::fs::remove_file(d.join("gone")).unwrap();
+    std::fs::set_permissions(
+        d.join("denied"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    publish(d, &line);
+    let ended = common::poll_until(WAIT, || {
+        let all = jobs(d);
+        (all.len() == 3
+            && all
+                .iter()
+                .all(|j| j["state"] != "pending" && j["state"] != "running"))
+        .then_some(all)
+    })
+    .expect("the three jobs end");
+    let by_rule = |rule: &str| {
+        ended
+            .iter()
+            .find(|j| j["rule"] == rule)
+            .unwrap_or_else(|| panic!("a job of {rule}: {ended:?}"))
+    };
+    let gone = by_rule("gone");
+    assert_eq!(gone["state"], "failed", "{gone}");
+    let error = gone["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("/gone") && error.contains("No such file or directory"),
+        "{gone}"
+    );
+    let denied = by_rule("denied");
+    assert_eq!(denied["state"], "failed", "{denied}");
+    assert!(
+        denied["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("Permission denied")),
+        "{denied}"
+    );
+    let bare = by_rule("bare");
+    assert_eq!(bare["state"], "succeeded", "{bare}");
+    let printed = std::fs::read_to_string(&out).expect("the bare-name job ran");
+    assert_eq!(
+        printed.trim(),
+        format!("{} from-the-rule kept", work.display())
+    );
 }
 
 /// The pid of the daemon's job spawner (`hark __job-spawner`), a child of `daemon`.

@@ -7,7 +7,8 @@
 //! - [`live`]: a running job's output as it grows, for `hark jobs log --follow`;
 //! - [`contain`]: the per-job supervisor that keeps every process of a job contained;
 //! - [`cgroup`]: a cgroup of its own per job, when systemd delegates the daemon's cgroup;
-//! - [`spawner`]: the small process that forks those supervisors, so the daemon never does;
+//! - [`spawner`]: the small process that starts those supervisors, so the daemon never forks;
+//! - `sys`: the raw system calls supervisors make (they may share the spawner's memory);
 //! - [`unit`]: a job of a rule with `run.unit` as a transient systemd unit;
 //! - [`store`]: the SQLite state, which applies effects and reserves job ids;
 //! - [`report`]: effects as metrics, log lines and `_hark.job.*` notices.
@@ -21,6 +22,7 @@ pub mod runner;
 pub mod scheduler;
 pub mod spawner;
 pub mod store;
+mod sys;
 pub mod unit;
 
 pub use launch::{Launch, Reason, Spec, Stdin};

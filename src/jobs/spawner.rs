@@ -1,19 +1,23 @@
-//! The job spawner: a small process of its own, started once by `hark trigger`, that forks
+//! The job spawner: a small process of its own, started once by `hark trigger`, that starts
 //! every job's supervisor (`contain.rs`), so the daemon itself never forks per job.
 //!
-//! Why: the supervisor has to be forked between fork and exec (`pre_exec`), which rules out
-//! `posix_spawn`. Forking the daemon copies its page tables and write-protects every page
-//! it owns, and the daemon then takes a copy-on-write fault on each page it writes next:
-//! that was most of the daemon's CPU per job (docs/benchmarks.md). The spawner is the
-//! `hark` binary exec'd afresh (`/proc/self/exe`), single-threaded, a few pages of heap, so
-//! its forks are cheap and its faults are its own.
+//! Why: forking the daemon copies its page tables and write-protects every page it owns,
+//! and the daemon then takes a copy-on-write fault on each page it writes next: that was
+//! most of the daemon's CPU per job (docs/benchmarks.md). The spawner is the `hark` binary
+//! exec'd afresh (`/proc/self/exe`), single-threaded, a few pages of heap, and it forks
+//! nothing either: a supervisor is a `clone(CLONE_VM)` sharing its memory, whose command
+//! is a vfork-style clone that execs (`contain::start`). So no page table is copied and no
+//! page is copy-on-write, and the spawner does not wait for an exec: it takes the next
+//! request while the last command is still starting, and answers each when its exec has
+//! happened (or failed).
 //!
 //! Protocol, over a `SOCK_SEQPACKET` socket pair (one message per request or reply):
 //! - daemon → spawner: a spawn request (a tag, the grace period, argv, environment,
 //!   working directory, the job's cgroup if it gets one) with the job's stdin, stdout
 //!   and stderr pipe ends as `SCM_RIGHTS`;
-//! - spawner → daemon: `spawned` (tag, supervisor pid) or `failed` (tag, std's error text),
-//!   later `exited` (tag, the supervisor's wait status, which is the command's).
+//! - spawner → daemon: `spawned` (tag, supervisor pid) once the command has exec'd, or
+//!   `failed` (tag, the error text: what std's `Command` would say), later `exited` (tag,
+//!   the supervisor's wait status, which is the command's).
 //!
 //! Lifetimes: the spawner's parent-death signal is SIGKILL and it exits when the socket
 //! closes, so it never outlives the daemon; each supervisor's parent-death signal (SIGTERM)
@@ -26,8 +30,10 @@
 //! containment.
 
 use std::collections::HashMap;
+use std::ffi::{CString, OsStr};
 use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::process::CommandExt as _;
 use std::process::{ExitCode, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -42,6 +48,8 @@ use nix::sys::socket::{
 use tokio::io::unix::AsyncFd;
 use tokio::sync::oneshot;
 use tracing::error;
+
+use super::contain;
 
 /// `hark __job-spawner`: the hidden first argument `main` looks for.
 pub const ARG: &str = "__job-spawner";
@@ -487,28 +495,44 @@ fn serve() -> io::Result<()> {
         }
         OwnedFd::from_raw_fd(fd)
     };
+    // A command without stdin gets this /dev/null (fd 0 is not close-on-exec).
     let null = std::fs::File::open("/dev/null")?;
     // SAFETY: dup2 onto our own stdin.
     unsafe { libc::dup2(null.as_raw_fd(), 0) };
     drop(null);
     let sigchld = child_signals()?;
-    let mut live: HashMap<libc::pid_t, u64> = HashMap::new();
+    let mut jobs = Jobs {
+        running: HashMap::new(),
+        spare: Vec::new(),
+        inherited: std::env::vars_os()
+            .map(|(k, v)| (k.into_vec(), v.into_vec()))
+            .collect(),
+    };
     let mut buf = vec![0u8; MAX_REQUEST + 1];
+    let mut polled: Vec<libc::pollfd> = Vec::new();
+    let mut starting: Vec<libc::pid_t> = Vec::new();
     loop {
-        let mut polled = [
-            libc::pollfd {
-                fd: sock.as_raw_fd(),
+        polled.clear();
+        starting.clear();
+        for fd in [sock.as_raw_fd(), sigchld.as_raw_fd()] {
+            polled.push(libc::pollfd {
+                fd,
                 events: libc::POLLIN,
                 revents: 0,
-            },
-            libc::pollfd {
-                fd: sigchld.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        // SAFETY: poll over the two descriptors above.
-        let n = unsafe { libc::poll(polled.as_mut_ptr(), 2, -1) };
+            });
+        }
+        for (&pid, job) in &jobs.running {
+            if let Some(status) = &job.status {
+                polled.push(libc::pollfd {
+                    fd: status.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                });
+                starting.push(pid);
+            }
+        }
+        // SAFETY: poll over the descriptors above.
+        let n = unsafe { libc::poll(polled.as_mut_ptr(), polled.len() as libc::nfds_t, -1) };
         if n < 0 {
             let e = io::Error::last_os_error();
             if e.kind() == io::ErrorKind::Interrupted {
@@ -516,12 +540,17 @@ fn serve() -> io::Result<()> {
             }
             return Err(e);
         }
+        for (p, &pid) in polled[2..].iter().zip(&starting) {
+            if p.revents != 0 {
+                jobs.started(&sock, pid)?;
+            }
+        }
         if polled[1].revents != 0 {
             drain_signals(&sigchld);
-            reap(&sock, &mut live)?;
+            jobs.reap(&sock)?;
         }
         if polled[0].revents & libc::POLLIN != 0 {
-            if !take_request(&sock, &mut buf, &mut live)? {
+            if !take_request(&sock, &mut buf, &mut jobs)? {
                 return Ok(());
             }
         } else if polled[0].revents & (libc::POLLHUP | libc::POLLERR) != 0 {
@@ -531,10 +560,193 @@ fn serve() -> io::Result<()> {
     }
 }
 
+/// A supervisor the spawner started and has not reaped yet.
+struct Running {
+    tag: u64,
+    /// The status pipe, until its command has exec'd (end of file) or said why it
+    /// cannot start (its errno).
+    status: Option<OwnedFd>,
+    /// What the supervisor and its command read: kept in place until it is reaped.
+    job: Box<contain::Prepared>,
+}
+
+struct Jobs {
+    running: HashMap<libc::pid_t, Running>,
+    /// Stacks and process tables of reaped supervisors, for the next ones.
+    spare: Vec<contain::Memory>,
+    /// The environment every command starts from (the daemon's, as the spawner got it).
+    inherited: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// How many reaped supervisors' memory the spawner keeps (each 256 KiB of address space,
+/// of which only what a supervisor touched is resident).
+const SPARE: usize = 64;
+
+impl Jobs {
+    /// The status pipe of `pid` has something: tell the daemon whether its command runs.
+    fn started(&mut self, sock: &OwnedFd, pid: libc::pid_t) -> io::Result<()> {
+        let Some(job) = self.running.get_mut(&pid) else {
+            return Ok(());
+        };
+        let Some(status) = job.status.take() else {
+            return Ok(());
+        };
+        let mut errno = [0u8; 4];
+        // SAFETY: a read into our buffer; the pipe is readable (or closed) by now.
+        let n = unsafe { libc::read(status.as_raw_fd(), errno.as_mut_ptr().cast(), 4) };
+        let reply = if n == 4 {
+            let e = io::Error::from_raw_os_error(i32::from_le_bytes(errno));
+            encode_reply(REPLY_FAILED, job.tag, 0, &e.to_string())
+        } else {
+            encode_reply(REPLY_SPAWNED, job.tag, i64::from(pid), "")
+        };
+        send(sock, &reply)
+    }
+
+    fn reap(&mut self, sock: &OwnedFd) -> io::Result<()> {
+        loop {
+            let mut status: libc::c_int = 0;
+            // SAFETY: waitpid writes the status it is given.
+            let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+            if pid <= 0 {
+                return Ok(());
+            }
+            // Its command exec'd or failed before it ended: that answer comes first.
+            self.started(sock, pid)?;
+            if let Some(job) = self.running.remove(&pid) {
+                if self.spare.len() < SPARE {
+                    self.spare.push(job.job.into_memory());
+                }
+                send(
+                    sock,
+                    &encode_reply(REPLY_EXITED, job.tag, i64::from(status), ""),
+                )?;
+            }
+        }
+    }
+
+    /// Start the supervisor of one request.
+    fn start(&mut self, req: &Request<'_>, fds: Vec<OwnedFd>) -> io::Result<libc::pid_t> {
+        let want = if req.stdin { 3 } else { 2 };
+        if fds.len() != want {
+            return Err(io::Error::other("job spawner: wrong number of descriptors"));
+        }
+        let Some(program) = req.argv.first() else {
+            return Err(io::Error::other("job spawner: empty command"));
+        };
+        let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+        let stdio = match raw[..] {
+            [i, o, e] => [i, o, e],
+            [o, e] => [-1, o, e],
+            _ => return Err(io::Error::other("job spawner: wrong number of descriptors")),
+        };
+        let env = self.environment(&req.env);
+        let path = env
+            .iter()
+            .find_map(|e| e.to_bytes().strip_prefix(b"PATH="))
+            .map(<[u8]>::to_vec);
+        let programs = candidates(program, path.as_deref());
+        let argv = req.argv.iter().map(|a| cstring(a)).collect::<Vec<_>>();
+        let workdir = (!req.workdir.is_empty()).then(|| cstring(req.workdir));
+        let cgroup =
+            (!req.cgroup.is_empty()).then(|| std::path::Path::new(OsStr::from_bytes(req.cgroup)));
+        let (status_r, status_w) = status_pipe()?;
+        let memory = match self.spare.pop() {
+            Some(m) => m,
+            None => contain::Memory::new()?,
+        };
+        let mut job = Box::new(contain::Prepared::new(
+            programs,
+            argv,
+            env,
+            workdir,
+            stdio,
+            status_w.as_raw_fd(),
+            req.grace,
+            cgroup,
+            memory,
+        ));
+        // SAFETY: the spawner is single-threaded, and `job` stays in `running`, untouched,
+        // until its supervisor is reaped.
+        let pid = unsafe { contain::start(&mut job) }?;
+        // The supervisor has its own copies of these now.
+        drop((fds, status_w));
+        self.running.insert(
+            pid,
+            Running {
+                tag: req.tag,
+                status: Some(status_r),
+                job,
+            },
+        );
+        Ok(pid)
+    }
+
+    /// The request's variables over the inherited ones, as std's `Command::envs` does.
+    fn environment(&self, set: &[(&[u8], &[u8])]) -> Vec<CString> {
+        let mut env = Vec::with_capacity(set.len() + self.inherited.len());
+        for (i, (k, v)) in set.iter().enumerate() {
+            if !set[i + 1..].iter().any(|(later, _)| later == k) {
+                env.push(variable(k, v));
+            }
+        }
+        for (k, v) in &self.inherited {
+            if !set.iter().any(|(name, _)| *name == &k[..]) {
+                env.push(variable(k, v));
+            }
+        }
+        env
+    }
+}
+
+/// Strings from the wire have no NUL (decode_request splits at them).
+fn cstring(s: &[u8]) -> CString {
+    CString::new(s).unwrap_or_default()
+}
+
+fn variable(k: &[u8], v: &[u8]) -> CString {
+    let mut kv = Vec::with_capacity(k.len() + v.len() + 1);
+    kv.extend_from_slice(k);
+    kv.push(b'=');
+    kv.extend_from_slice(v);
+    CString::new(kv).unwrap_or_default()
+}
+
+/// The paths an exec of `program` tries, in order, as execvp does: the program itself
+/// when it names a path, else each entry of `PATH` (an empty one is the working directory;
+/// no `PATH` at all is execvp's `/bin:/usr/bin`).
+fn candidates(program: &[u8], path: Option<&[u8]>) -> Vec<CString> {
+    if program.contains(&b'/') {
+        return vec![cstring(program)];
+    }
+    path.unwrap_or(b"/bin:/usr/bin")
+        .split(|&b| b == b':')
+        .map(|dir| {
+            let dir = if dir.is_empty() { &b"."[..] } else { dir };
+            let mut p = Vec::with_capacity(dir.len() + program.len() + 1);
+            p.extend_from_slice(dir);
+            p.push(b'/');
+            p.extend_from_slice(program);
+            cstring(&p)
+        })
+        .collect()
+}
+
+/// A close-on-exec pipe: the command's exec closes its end, the spawner reads the other.
+fn status_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: pipe2 writes two new descriptors on success.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both are new and ours.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
 /// A signalfd for SIGCHLD (blocked, so it is only read there).
 fn child_signals() -> io::Result<OwnedFd> {
-    // SAFETY: plain signal-mask and signalfd calls on a sigset we own. std resets the mask
-    // of every child it spawns, so the supervisors do not inherit the block.
+    // SAFETY: plain signal-mask and signalfd calls on a sigset we own. Every command
+    // starts with no signal blocked (contain.rs), so none inherits the block.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
@@ -554,23 +766,6 @@ fn drain_signals(fd: &OwnedFd) {
     while unsafe { libc::read(fd.as_raw_fd(), info.as_mut_ptr().cast(), info.len()) } > 0 {}
 }
 
-fn reap(sock: &OwnedFd, live: &mut HashMap<libc::pid_t, u64>) -> io::Result<()> {
-    loop {
-        let mut status: libc::c_int = 0;
-        // SAFETY: waitpid writes the status it is given.
-        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
-        if pid <= 0 {
-            return Ok(());
-        }
-        if let Some(tag) = live.remove(&pid) {
-            send(
-                sock,
-                &encode_reply(REPLY_EXITED, tag, i64::from(status), ""),
-            )?;
-        }
-    }
-}
-
 fn send(sock: &OwnedFd, msg: &[u8]) -> io::Result<()> {
     let iov = [IoSlice::new(msg)];
     sendmsg::<()>(sock.as_raw_fd(), &iov, &[], MsgFlags::MSG_NOSIGNAL, None)
@@ -578,12 +773,9 @@ fn send(sock: &OwnedFd, msg: &[u8]) -> io::Result<()> {
         .map_err(io::Error::from)
 }
 
-/// Read one request and start it; false once the daemon has closed the socket.
-fn take_request(
-    sock: &OwnedFd,
-    buf: &mut [u8],
-    live: &mut HashMap<libc::pid_t, u64>,
-) -> io::Result<bool> {
+/// Read one request and start it; false once the daemon has closed the socket. The
+/// `spawned` (or `failed`) answer comes when its command has exec'd (or could not).
+fn take_request(sock: &OwnedFd, buf: &mut [u8], jobs: &mut Jobs) -> io::Result<bool> {
     let mut space = nix::cmsg_space!([RawFd; 3]);
     let (n, fds, truncated) = {
         let mut iov = [IoSliceMut::new(buf)];
@@ -623,60 +815,13 @@ fn take_request(
         )?;
         return Ok(true);
     };
-    match start(&req, fds) {
-        Ok(pid) => {
-            live.insert(pid as libc::pid_t, req.tag);
-            send(
-                sock,
-                &encode_reply(REPLY_SPAWNED, req.tag, i64::from(pid), ""),
-            )?;
-        }
-        Err(e) => send(
+    if let Err(e) = jobs.start(&req, fds) {
+        send(
             sock,
             &encode_reply(REPLY_FAILED, req.tag, 0, &e.to_string()),
-        )?,
+        )?;
     }
     Ok(true)
-}
-
-/// Fork the supervisor of one request (std's Command, with `contain::supervise`).
-fn start(req: &Request<'_>, fds: Vec<OwnedFd>) -> io::Result<u32> {
-    use std::ffi::OsStr;
-    use std::os::unix::ffi::OsStrExt;
-    let want = if req.stdin { 3 } else { 2 };
-    if fds.len() != want {
-        return Err(io::Error::other("job spawner: wrong number of descriptors"));
-    }
-    let mut fds = fds.into_iter();
-    let (Some(program), Some(a), Some(b)) = (req.argv.first(), fds.next(), fds.next()) else {
-        return Err(io::Error::other("job spawner: empty command"));
-    };
-    let (stdin, stdout, stderr) = match fds.next() {
-        Some(c) => (Stdio::from(a), Stdio::from(b), Stdio::from(c)),
-        None => (Stdio::null(), Stdio::from(a), Stdio::from(b)),
-    };
-    let mut cmd = std::process::Command::new(OsStr::from_bytes(program));
-    cmd.args(req.argv[1..].iter().map(|a| OsStr::from_bytes(a)))
-        .envs(
-            req.env
-                .iter()
-                .map(|(k, v)| (OsStr::from_bytes(k), OsStr::from_bytes(v))),
-        )
-        .stdin(stdin)
-        .stdout(stdout)
-        .stderr(stderr)
-        .process_group(0);
-    if !req.workdir.is_empty() {
-        cmd.current_dir(OsStr::from_bytes(req.workdir));
-    }
-    let cgroup =
-        (!req.cgroup.is_empty()).then(|| std::path::Path::new(OsStr::from_bytes(req.cgroup)));
-    super::contain::supervise_std(&mut cmd, req.grace, cgroup);
-    let child = cmd.spawn()?;
-    let pid = child.id();
-    // Reaped by `reap` through SIGCHLD, not through this handle.
-    drop(child);
-    Ok(pid)
 }
 
 #[cfg(test)]
