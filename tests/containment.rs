@@ -159,15 +159,17 @@ sleep 60
     assert_gone(grandchild(dir.path()));
 }
 
-/// What the job spawner does in place of std's `Command`: the exec's error as the job's,
-/// a bare name looked up in `PATH`, the rule's working directory, and the rule's
-/// variables over the daemon's environment.
+/// What the job spawner does in place of std's `Command`: the exec's error (or the working
+/// directory's) as the job's, a bare name looked up in `PATH`, the rule's working
+/// directory, and the rule's variables over the daemon's environment.
 #[test]
 fn the_spawner_reports_why_a_command_cannot_start_and_runs_the_others_as_std_would() {
     let dir = common::temp_dir();
     let d = dir.path();
     let work = d.join("work");
     std::fs::create_dir(&work).unwrap();
+    let moved = d.join("moved");
+    std::fs::create_dir(&moved).unwrap();
     for name in ["gone", "denied"] {
         let prog = d.join(name);
         std::fs::write(&prog, "#!/bin/sh\nexit 0\n").unwrap();
@@ -183,6 +185,9 @@ fn the_spawner_reports_why_a_command_cannot_start_and_runs_the_others_as_std_wou
   - name: denied
     match: {{topic: _hark.example.hello}}
     run: {{command: ['{d}/denied'], stdin: none}}
+  - name: nowhere
+    match: {{topic: _hark.example.hello}}
+    run: {{command: [/bin/true], workdir: '{moved}', stdin: none}}
   - name: bare
     match: {{topic: _hark.example.hello}}
     run:
@@ -194,6 +199,7 @@ fn the_spawner_reports_why_a_command_cannot_start_and_runs_the_others_as_std_wou
         d = d.display(),
         out = out.display(),
         work = work.display(),
+        moved = moved.display(),
     );
     let (_serve, line) = serve_rules(
         d,
@@ -202,6 +208,7 @@ fn the_spawner_reports_why_a_command_cannot_start_and_runs_the_others_as_std_wou
     );
     // Valid when the rules were loaded; gone or not executable when the jobs start.
     std::fs::remove_file(d.join("gone")).unwrap();
+    std::fs::remove_dir(&moved).unwrap();
     std::fs::set_permissions(
         d.join("denied"),
         std::os::unix::fs::PermissionsExt::from_mode(0o644),
@@ -210,13 +217,13 @@ fn the_spawner_reports_why_a_command_cannot_start_and_runs_the_others_as_std_wou
     publish(d, &line);
     let ended = common::poll_until(WAIT, || {
         let all = jobs(d);
-        (all.len() == 3
+        (all.len() == 4
             && all
                 .iter()
                 .all(|j| j["state"] != "pending" && j["state"] != "running"))
         .then_some(all)
     })
-    .expect("the three jobs end");
+    .expect("the four jobs end");
     let by_rule = |rule: &str| {
         ended
             .iter()
@@ -237,6 +244,14 @@ fn the_spawner_reports_why_a_command_cannot_start_and_runs_the_others_as_std_wou
             .as_str()
             .is_some_and(|e| e.contains("Permission denied")),
         "{denied}"
+    );
+    let nowhere = by_rule("nowhere");
+    assert_eq!(nowhere["state"], "failed", "{nowhere}");
+    let error = nowhere["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains(&format!("in {}", moved.display()))
+            && error.contains("No such file or directory"),
+        "{nowhere}"
     );
     let bare = by_rule("bare");
     assert_eq!(bare["state"], "succeeded", "{bare}");
