@@ -578,8 +578,9 @@ struct Jobs {
     inherited: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
-/// How many reaped supervisors' memory the spawner keeps (each 256 KiB of address space,
-/// of which only what a supervisor touched is resident).
+/// How many reaped supervisors' memory the spawner keeps (each about 450 KiB of address
+/// space: two stacks and a process table, of which only what a supervisor touched is
+/// resident).
 const SPARE: usize = 64;
 
 impl Jobs {
