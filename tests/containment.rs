@@ -161,7 +161,8 @@ sleep 60
 
 /// What the job spawner does in place of std's `Command`: the exec's error (or the working
 /// directory's) as the job's, a bare name looked up in `PATH`, the rule's working
-/// directory, and the rule's variables over the daemon's environment.
+/// directory, and the rule's variables over the daemon's environment; the command's
+/// supervisor is the spawner's child.
 #[test]
 fn the_spawner_reports_why_a_command_cannot_start_and_runs_the_others_as_std_would() {
     let dir = common::temp_dir();
@@ -191,7 +192,7 @@ fn the_spawner_reports_why_a_command_cannot_start_and_runs_the_others_as_std_wou
   - name: bare
     match: {{topic: _hark.example.hello}}
     run:
-      command: [sh, -c, 'echo "$(pwd) $TEST_SET $TEST_KEPT" > "$0"', '{out}']
+      command: [sh, -c, 'echo "$(pwd) $TEST_SET $TEST_KEPT $(cut -d" " -f4 /proc/$PPID/stat)" > "$0"', '{out}']
       workdir: '{work}'
       env: {{TEST_SET: from-the-rule}}
       stdin: none
@@ -201,7 +202,7 @@ fn the_spawner_reports_why_a_command_cannot_start_and_runs_the_others_as_std_wou
         work = work.display(),
         moved = moved.display(),
     );
-    let (_serve, line) = serve_rules(
+    let (serve, line) = serve_rules(
         d,
         &rules,
         &[("TEST_SET", "from-the-daemon"), ("TEST_KEPT", "kept")],
@@ -258,7 +259,13 @@ fn the_spawner_reports_why_a_command_cannot_start_and_runs_the_others_as_std_wou
     let printed = std::fs::read_to_string(&out).expect("the bare-name job ran");
     assert_eq!(
         printed.trim(),
-        format!("{} from-the-rule kept", work.display())
+        // The job's supervisor is a child of the spawner: the spawner started it, the
+        // daemon did not fall back to forking it.
+        format!(
+            "{} from-the-rule kept {}",
+            work.display(),
+            spawner_of(serve.id()).expect("the job spawner runs")
+        )
     );
 }
 

@@ -277,6 +277,13 @@ impl Memory {
     }
 }
 
+/// A command's environment: the variables built for it, and pointers to `name=value`
+/// strings the spawner keeps for as long as it runs (the inherited ones).
+pub struct Environment {
+    pub own: Vec<CString>,
+    pub kept: Vec<*const c_char>,
+}
+
 /// A command the job spawner starts, built before its supervisor exists. The supervisor
 /// and the command read it (the supervisor writes its table) while it runs, so the spawner
 /// keeps it where it is, untouched, until the supervisor is reaped.
@@ -286,6 +293,7 @@ pub struct Prepared {
     _argv: Vec<CString>,
     argv: Vec<*const c_char>,
     _env: Vec<CString>,
+    /// `_env`'s and the inherited variables', then NULL.
     env: Vec<*const c_char>,
     workdir: Option<CString>,
     /// The command's stdin (or -1: the spawner's own, /dev/null), stdout and stderr.
@@ -305,7 +313,7 @@ impl Prepared {
     pub fn new(
         programs: Vec<CString>,
         argv: Vec<CString>,
-        env: Vec<CString>,
+        env: Environment,
         workdir: Option<CString>,
         stdio: [c_int; 3],
         status: c_int,
@@ -313,18 +321,19 @@ impl Prepared {
         cgroup: Option<&Path>,
         memory: Memory,
     ) -> Prepared {
-        let pointers = |v: &[CString]| {
+        let pointers = |v: &[CString], more: &[*const c_char]| {
             v.iter()
                 .map(|s| s.as_ptr())
+                .chain(more.iter().copied())
                 .chain(std::iter::once(std::ptr::null()))
                 .collect::<Vec<_>>()
         };
         Prepared {
             programs,
-            argv: pointers(&argv),
+            argv: pointers(&argv, &[]),
             _argv: argv,
-            env: pointers(&env),
-            _env: env,
+            env: pointers(&env.own, &env.kept),
+            _env: env.own,
             workdir,
             stdio,
             status,
@@ -509,18 +518,20 @@ pub fn supervise(cmd: &mut tokio::process::Command, grace: Duration, cgroup: Opt
     let grace_ms = i64::try_from(grace.as_millis()).unwrap_or(i64::MAX);
     let mut table: Vec<(i32, i32)> = Vec::with_capacity(TABLE);
     let cgroup = cgroup.and_then(Cgroup::new);
+    let daemon = std::process::id() as pid_t;
     // SAFETY: the closure runs between fork and exec; `split` only makes
     // async-signal-safe calls and never allocates (`table` has its capacity already,
     // the cgroup's paths are built).
     unsafe {
         cmd.as_std_mut()
-            .pre_exec(move || split(grace_ms, &mut table, cgroup.as_ref()));
+            .pre_exec(move || split(daemon, grace_ms, &mut table, cgroup.as_ref()));
     }
 }
 
 /// In std's forked child: become the supervisor and fork the command, which returns to
 /// std to be exec'd. Never returns in the supervisor.
 unsafe fn split(
+    daemon: pid_t,
     grace_ms: i64,
     table: &mut Vec<(i32, i32)>,
     cgroup: Option<&Cgroup>,
@@ -528,8 +539,7 @@ unsafe fn split(
     // Every signal is blocked from before the fork, so none is lost before the supervisor
     // waits for them with sigtimedwait (the daemon's handlers are still installed here).
     sys::set_signal_mask(!0);
-    let parent = sys::getppid();
-    become_supervisor(parent).map_err(std::io::Error::from_raw_os_error)?;
+    become_supervisor(daemon).map_err(std::io::Error::from_raw_os_error)?;
     let supervisor = sys::getpid();
     let made = cgroup.map(|c| c.make());
     let leader = libc::fork();

@@ -503,34 +503,27 @@ fn serve() -> io::Result<()> {
     let sigchld = child_signals()?;
     let mut jobs = Jobs {
         running: HashMap::new(),
+        starting: Vec::new(),
         spare: Vec::new(),
         inherited: std::env::vars_os()
-            .map(|(k, v)| (k.into_vec(), v.into_vec()))
+            .map(|(k, v)| {
+                let var = variable(k.as_bytes(), v.as_bytes());
+                (k.into_vec(), var)
+            })
             .collect(),
     };
     let mut buf = vec![0u8; MAX_REQUEST + 1];
     let mut polled: Vec<libc::pollfd> = Vec::new();
-    let mut starting: Vec<libc::pid_t> = Vec::new();
+    let mut ready: Vec<libc::pid_t> = Vec::new();
     loop {
         polled.clear();
-        starting.clear();
-        for fd in [sock.as_raw_fd(), sigchld.as_raw_fd()] {
-            polled.push(libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            });
-        }
-        for (&pid, job) in &jobs.running {
-            if let Some(status) = &job.status {
-                polled.push(libc::pollfd {
-                    fd: status.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                });
-                starting.push(pid);
-            }
-        }
+        let watched = [sock.as_raw_fd(), sigchld.as_raw_fd()].into_iter();
+        let statuses = jobs.starting.iter().map(|(_, status)| status.as_raw_fd());
+        polled.extend(watched.chain(statuses).map(|fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        }));
         // SAFETY: poll over the descriptors above.
         let n = unsafe { libc::poll(polled.as_mut_ptr(), polled.len() as libc::nfds_t, -1) };
         if n < 0 {
@@ -540,10 +533,16 @@ fn serve() -> io::Result<()> {
             }
             return Err(e);
         }
-        for (p, &pid) in polled[2..].iter().zip(&starting) {
-            if p.revents != 0 {
-                jobs.started(&sock, pid)?;
-            }
+        ready.clear();
+        ready.extend(
+            polled[2..]
+                .iter()
+                .zip(&jobs.starting)
+                .filter(|(p, _)| p.revents != 0)
+                .map(|(_, (pid, _))| *pid),
+        );
+        for &pid in &ready {
+            jobs.started(&sock, pid)?;
         }
         if polled[1].revents != 0 {
             drain_signals(&sigchld);
@@ -563,19 +562,20 @@ fn serve() -> io::Result<()> {
 /// A supervisor the spawner started and has not reaped yet.
 struct Running {
     tag: u64,
-    /// The status pipe, until its command has exec'd (end of file) or said why it
-    /// cannot start (its errno).
-    status: Option<OwnedFd>,
     /// What the supervisor and its command read: kept in place until it is reaped.
     job: Box<contain::Prepared>,
 }
 
 struct Jobs {
     running: HashMap<libc::pid_t, Running>,
+    /// The status pipes of the supervisors whose command has not exec'd yet (end of file)
+    /// nor said why it cannot start (its errno).
+    starting: Vec<(libc::pid_t, OwnedFd)>,
     /// Stacks and process tables of reaped supervisors, for the next ones.
     spare: Vec<contain::Memory>,
-    /// The environment every command starts from (the daemon's, as the spawner got it).
-    inherited: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The environment every command starts from (the daemon's, as the spawner got it):
+    /// each name, and its `name=value` that commands' environments point to.
+    inherited: Vec<(Vec<u8>, CString)>,
 }
 
 /// How many reaped supervisors' memory the spawner keeps (each about 450 KiB of address
@@ -586,10 +586,11 @@ const SPARE: usize = 64;
 impl Jobs {
     /// The status pipe of `pid` has something: tell the daemon whether its command runs.
     fn started(&mut self, sock: &OwnedFd, pid: libc::pid_t) -> io::Result<()> {
-        let Some(job) = self.running.get_mut(&pid) else {
+        let Some(at) = self.starting.iter().position(|(p, _)| *p == pid) else {
             return Ok(());
         };
-        let Some(status) = job.status.take() else {
+        let (_, status) = self.starting.swap_remove(at);
+        let Some(job) = self.running.get(&pid) else {
             return Ok(());
         };
         let mut errno = [0u8; 4];
@@ -628,25 +629,25 @@ impl Jobs {
 
     /// Start the supervisor of one request.
     fn start(&mut self, req: &Request<'_>, fds: Vec<OwnedFd>) -> io::Result<libc::pid_t> {
-        let want = if req.stdin { 3 } else { 2 };
-        if fds.len() != want {
-            return Err(io::Error::other("job spawner: wrong number of descriptors"));
-        }
         let Some(program) = req.argv.first() else {
             return Err(io::Error::other("job spawner: empty command"));
         };
         let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
-        let stdio = match raw[..] {
-            [i, o, e] => [i, o, e],
-            [o, e] => [-1, o, e],
+        let stdio = match (req.stdin, &raw[..]) {
+            (true, &[i, o, e]) => [i, o, e],
+            (false, &[o, e]) => [-1, o, e],
             _ => return Err(io::Error::other("job spawner: wrong number of descriptors")),
         };
         let env = self.environment(&req.env);
-        let path = env
-            .iter()
-            .find_map(|e| e.to_bytes().strip_prefix(b"PATH="))
-            .map(<[u8]>::to_vec);
-        let programs = candidates(program, path.as_deref());
+        let path = match req.env.iter().rev().find(|(k, _)| *k == b"PATH") {
+            Some((_, v)) => Some(*v),
+            None => self
+                .inherited
+                .iter()
+                .find(|(name, _)| name == b"PATH")
+                .and_then(|(_, var)| var.to_bytes().strip_prefix(b"PATH=")),
+        };
+        let programs = candidates(program, path);
         let argv = req.argv.iter().map(|a| cstring(a)).collect::<Vec<_>>();
         let workdir = (!req.workdir.is_empty()).then(|| cstring(req.workdir));
         let cgroup =
@@ -672,31 +673,28 @@ impl Jobs {
         let pid = unsafe { contain::start(&mut job) }?;
         // The supervisor has its own copies of these now.
         drop((fds, status_w));
-        self.running.insert(
-            pid,
-            Running {
-                tag: req.tag,
-                status: Some(status_r),
-                job,
-            },
-        );
+        self.starting.push((pid, status_r));
+        self.running.insert(pid, Running { tag: req.tag, job });
         Ok(pid)
     }
 
-    /// The request's variables over the inherited ones, as std's `Command::envs` does.
-    fn environment(&self, set: &[(&[u8], &[u8])]) -> Vec<CString> {
-        let mut env = Vec::with_capacity(set.len() + self.inherited.len());
-        for (i, (k, v)) in set.iter().enumerate() {
-            if !set[i + 1..].iter().any(|(later, _)| later == k) {
-                env.push(variable(k, v));
-            }
-        }
-        for (k, v) in &self.inherited {
-            if !set.iter().any(|(name, _)| *name == &k[..]) {
-                env.push(variable(k, v));
-            }
-        }
-        env
+    /// The request's variables over the inherited ones, as std's `Command::envs` does:
+    /// the request's (the last of a name wins), and the inherited ones it does not set,
+    /// which are made once, when the spawner starts.
+    fn environment(&self, set: &[(&[u8], &[u8])]) -> contain::Environment {
+        let own = set
+            .iter()
+            .enumerate()
+            .filter(|&(i, (k, _))| !set[i + 1..].iter().any(|(later, _)| later == k))
+            .map(|(_, (k, v))| variable(k, v))
+            .collect();
+        let kept = self
+            .inherited
+            .iter()
+            .filter(|(name, _)| !set.iter().any(|(k, _)| *k == &name[..]))
+            .map(|(_, var)| var.as_ptr())
+            .collect();
+        contain::Environment { own, kept }
     }
 }
 

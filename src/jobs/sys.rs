@@ -74,7 +74,7 @@ pub const fn sig(n: c_int) -> u64 {
 }
 
 pub unsafe fn open(path: &CStr, flags: c_int) -> isize {
-    sys!(libc::SYS_openat, libc::AT_FDCWD, path.as_ptr(), flags, 0)
+    openat(libc::AT_FDCWD, path.as_ptr(), flags)
 }
 
 pub unsafe fn openat(dir: c_int, path: *const c_char, flags: c_int) -> isize {
