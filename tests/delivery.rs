@@ -210,13 +210,14 @@ fn a_gap_beyond_retention_is_reported_as_unrecoverable() {
 
 #[test]
 fn a_full_journal_disk_refuses_submissions_and_recovers() {
-    let bus = Bus::new(1);
+    // The mount is declared after the bus so that it goes first: the bus's
+    // temporary directory cannot be removed while a file system is mounted in it.
+    let mut bus = Bus::new(1);
     let mnt = bus.dir.path().join("full");
     let Some(_mount) = common::Tmpfs::mount(&mnt, "2m") else {
         println!("SKIPPED: needs root to mount a tmpfs");
         return;
     };
-    let mut bus = bus;
     bus.kill_relay(0);
     bus.relays[0].journal = mnt.join("journal.db");
     bus.start_relay(0);
