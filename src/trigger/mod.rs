@@ -134,10 +134,11 @@ pub fn run(
         .as_deref()
         .map(crate::metrics::Endpoint::bind)
         .transpose()?;
-    // One worker: the runtime only waits on pipes, sockets and timers (SQLite, rule walks
-    // and forks are on threads of their own), and with a second worker every job's few
-    // wake-ups were handed between the two (the one holding epoll woke the other to run
-    // the task): 5 % less daemon CPU per job at 100 events/s, bursts no slower.
+    // One worker: the runtime only waits on pipes, sockets and timers (SQLite and rule
+    // walks have threads of their own, the job spawner forks in its own process), and with
+    // a second worker every job's few wake-ups were handed between the two (the one holding
+    // epoll woke the other to run the task): 5 % less daemon CPU per job at 100 events/s,
+    // bursts no slower. Without a spawner, each job's fork blocks this worker meanwhile.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
