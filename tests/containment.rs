@@ -2,7 +2,8 @@
 //! serve`): a job is recorded finished only when nothing it started runs any more, and a
 //! timeout stops what left the job's process group with `setsid`. Where the tests run as
 //! root with cgroup v2, also the cgroup of its own every job gets under a delegated cgroup
-//! (the daemon started as systemd starts it with `Delegate=yes`).
+//! (the daemon started as systemd starts it with `Delegate=yes`). One test drives the job
+//! spawner (`hark __job-spawner`) from here, as the daemon does, to hang up on it.
 
 mod common;
 
@@ -337,6 +338,56 @@ sleep 60
             .find(|j| j["state"] == "succeeded")
     });
     assert!(second.is_some(), "the next job ran: {:?}", jobs(dir.path()));
+}
+
+/// A spawner whose daemon hangs up exits, and the jobs it started stop as when it is
+/// killed, a grandchild included. The supervisors run on memory they share with the
+/// spawner, so it must not free it as it goes: a daemon killed with -9 closes the socket
+/// before the spawner's parent-death signal kills it, and a spawner that freed its jobs
+/// on the way out left the supervisor to crash and the grandchild to init (seen in
+/// tests/invariants.rs).
+#[tokio::test]
+async fn a_job_spawner_whose_daemon_hangs_up_leaves_nothing_of_its_jobs_running() {
+    use hark::jobs::spawner::{ChildFds, Spawner};
+    let dir = common::temp_dir();
+    let pidfile = dir.path().join("sleep.pid");
+    let spawner =
+        Spawner::start_exe(Path::new(env!("CARGO_BIN_EXE_hark"))).expect("the spawner starts");
+    let (_out, stdout) = std::io::pipe().expect("a pipe");
+    let (_err, stderr) = std::io::pipe().expect("a pipe");
+    let argv = [
+        "/bin/sh".to_string(),
+        "-c".to_string(),
+        r#"sleep 60 & echo $! > "$0.tmp"; mv "$0.tmp" "$0"; wait"#.to_string(),
+        pidfile.display().to_string(),
+    ];
+    let fds = ChildFds {
+        stdin: None,
+        stdout: stdout.into(),
+        stderr: stderr.into(),
+    };
+    let job = spawner
+        .spawn(&argv, &[], None, None, Duration::from_secs(1), fds)
+        .await
+        .unwrap_or_else(|_| panic!("the spawner runs the job"));
+    common::poll_until(WAIT, || pidfile.exists().then_some(())).expect("the job runs");
+    let sleep: i32 = std::fs::read_to_string(&pidfile)
+        .expect("the pid file")
+        .trim()
+        .parse()
+        .expect("a pid");
+    spawner.hang_up().expect("hang up");
+    for (pid, what) in [
+        (sleep, "the job's grandchild"),
+        (job.pid as i32, "the supervisor"),
+    ] {
+        common::poll_until(WAIT, || {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // Gone, or dead and not yet reaped by whoever its parent is now.
+            (stat.is_empty() || stat.contains(") Z ")).then_some(())
+        })
+        .unwrap_or_else(|| panic!("{what} ({pid}) outlived the spawner"));
+    }
 }
 
 /// A cgroup made for one test and removed (with what is left in it) when dropped.

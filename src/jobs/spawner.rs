@@ -126,6 +126,11 @@ impl Spawner {
     /// parent-death signal follows the thread that forked it), inside the tokio runtime
     /// (for the socket's reactor), before the daemon is busy (the one fork of the daemon).
     pub fn start() -> io::Result<Arc<Spawner>> {
+        Spawner::start_exe(std::path::Path::new("/proc/self/exe"))
+    }
+
+    /// [`Spawner::start`] with the `hark` binary at `exe` (tests start one from theirs).
+    pub fn start_exe(exe: &std::path::Path) -> io::Result<Arc<Spawner>> {
         let (ours, theirs) = socketpair(
             AddressFamily::Unix,
             SockType::SeqPacket,
@@ -137,7 +142,7 @@ impl Spawner {
         // Blocking on the spawner's side: its loop polls.
         set_blocking(&theirs)?;
         let daemon = std::process::id() as libc::pid_t;
-        let mut cmd = std::process::Command::new("/proc/self/exe");
+        let mut cmd = std::process::Command::new(exe);
         cmd.arg(ARG)
             .stdin(Stdio::from(theirs))
             .stdout(Stdio::null())
@@ -264,6 +269,14 @@ impl Spawner {
         if let Ok(mut w) = self.waiting.lock() {
             w.clear();
         }
+    }
+
+    /// Hang up on the spawner as a daemon that exits does: it exits, and its jobs'
+    /// supervisors stop them (their parent-death signal). For tests: a daemon that goes
+    /// away does this by itself.
+    pub fn hang_up(&self) -> io::Result<()> {
+        nix::sys::socket::shutdown(self.sock.as_raw_fd(), nix::sys::socket::Shutdown::Both)
+            .map_err(io::Error::from)
     }
 
     async fn read_replies(&self) {
@@ -501,7 +514,11 @@ fn serve() -> io::Result<()> {
     unsafe { libc::dup2(null.as_raw_fd(), 0) };
     drop(null);
     let sigchld = child_signals()?;
-    let mut jobs = Jobs {
+    // Never dropped: the supervisors run on stacks it owns, in memory they share with the
+    // spawner (CLONE_VM), and still run after it returns (a daemon killed with -9 closes
+    // the socket before the spawner's own parent-death signal comes). Freed with the
+    // memory, once the last of them is gone.
+    let mut jobs = std::mem::ManuallyDrop::new(Jobs {
         running: HashMap::new(),
         starting: Vec::new(),
         spare: Vec::new(),
@@ -511,7 +528,7 @@ fn serve() -> io::Result<()> {
                 (k.into_vec(), var)
             })
             .collect(),
-    };
+    });
     let mut buf = vec![0u8; MAX_REQUEST + 1];
     let mut polled: Vec<libc::pollfd> = Vec::new();
     let mut ready: Vec<libc::pid_t> = Vec::new();
