@@ -16,7 +16,16 @@ use std::time::Duration;
 /// Not port 0's answer: that comes from the ephemeral range, where every outgoing connection
 /// of every parallel test also takes its local port, so a relay restarted on its old port
 /// (tests/invariants.rs) could find it taken by a stranger's connection.
+///
+/// Never the same port twice in one process: a port is free until its peer binds it, and
+/// a test asks for all of its ports before it starts any peer (two peers of one relay were
+/// once given the same one).
 pub fn try_free_port() -> Result<u16, String> {
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut given = GIVEN
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
@@ -28,14 +37,17 @@ pub fn try_free_port() -> Result<u16, String> {
         let mut h = state.build_hasher();
         h.write_u64(attempt);
         let port = first + (h.finish() % span) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        if !given.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.insert(port);
             return Ok(port);
         }
     }
-    TcpListener::bind("127.0.0.1:0")
+    let port = TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
-        .map_err(|e| format!("no free port on 127.0.0.1: {e}"))
+        .map_err(|e| format!("no free port on 127.0.0.1: {e}"))?;
+    given.insert(port);
+    Ok(port)
 }
 
 /// `tcp://127.0.0.1:<free port>`.
