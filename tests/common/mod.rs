@@ -162,6 +162,8 @@ pub struct Lines {
     name: String,
     rx: Receiver<String>,
     history: Arc<Mutex<Vec<String>>>,
+    /// Set by the reader at end of file.
+    ended: Arc<(Mutex<bool>, std::sync::Condvar)>,
 }
 
 impl Lines {
@@ -170,7 +172,9 @@ impl Lines {
     pub fn spawn<R: Read + Send + 'static>(name: &str, stream: R) -> Lines {
         let (tx, rx) = mpsc::channel();
         let history = Arc::new(Mutex::new(Vec::new()));
+        let ended = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
         let (thread_name, thread_history) = (name.to_string(), Arc::clone(&history));
+        let thread_ended = Arc::clone(&ended);
         thread::Builder::new()
             .name(format!("lines-{name}"))
             .spawn(move || {
@@ -191,13 +195,28 @@ impl Lines {
                         // Nobody listens any more; keep draining so the child never blocks.
                     }
                 }
+                let (flag, changed) = &*thread_ended;
+                *flag.lock().unwrap() = true;
+                changed.notify_all();
             })
             .expect("spawn reader thread");
         Lines {
             name: name.to_string(),
             rx,
             history,
+            ended,
         }
+    }
+
+    /// Wait at most `timeout` until the stream has ended (every line is in the history);
+    /// false if it has not (a grandchild may still hold it open).
+    pub fn wait_ended(&self, timeout: Duration) -> bool {
+        let (flag, changed) = &*self.ended;
+        let guard = flag.lock().unwrap();
+        let (guard, _) = changed
+            .wait_timeout_while(guard, timeout, |ended| !*ended)
+            .unwrap();
+        *guard
     }
 
     /// The next line not yet taken, waiting at most `timeout`. `None` on timeout or EOF.
@@ -333,11 +352,18 @@ impl Proc {
         self.guard.try_status()
     }
 
-    /// Wait for the child to exit, at most `timeout` (polling); kill it on timeout.
+    /// Wait for the child to exit, at most `timeout` (polling); kill it on timeout. Then
+    /// wait (briefly) for the readers to reach the end of its output, so that the
+    /// histories hold its last lines.
     pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus, String> {
-        self.guard
+        let status = self
+            .guard
             .wait_exit(timeout)
-            .map_err(|e| format!("{e}; stderr:\n{}", self.stderr.history().join("\n")))
+            .map_err(|e| format!("{e}; stderr:\n{}", self.stderr.history().join("\n")))?;
+        for lines in [&self.stdout, &self.stderr] {
+            lines.wait_ended(Duration::from_secs(2));
+        }
+        Ok(status)
     }
 
     /// Wait for a successful exit within `timeout`; error (with stderr) otherwise.
@@ -346,8 +372,6 @@ impl Proc {
         if status.success() {
             Ok(())
         } else {
-            // Give the reader a moment to collect the last stderr lines.
-            let _ = self.stderr.drain(Duration::from_millis(500));
             Err(format!(
                 "{} failed ({status}); stderr:\n{}",
                 self.name,
