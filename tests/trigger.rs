@@ -800,63 +800,78 @@ fn events_published_while_the_daemon_was_down_are_reported_as_missed() {
     );
 }
 
-#[test]
-fn fedmsg_endpoints_are_subscribed_directly_and_never_satisfy_signed_by() {
-    let dir = temp_dir();
-    let d = dir.path().display().to_string();
-    let rules = dir.path().join("rules.d");
-    write_file(
-        &rules,
-        "50-fedmsg.yaml",
-        &r#"
+/// A `hark trigger` subscribed to a fedmsg PUB socket of the test's own, with `rules` and
+/// its metrics at `metrics`; the publisher comes back bound (with its context).
+fn fedmsg_trigger(dir: &Path, rules: &str, metrics: &str) -> (Proc, zmq::Context, zmq::Socket) {
+    let rules_dir = dir.join("rules.d");
+    let d = dir.display().to_string();
+    write_file(&rules_dir, "50-fedmsg.yaml", &rules.replace("@DIR@", &d));
+    let ep = free_endpoint();
+    let ctx = zmq::Context::new();
+    let publisher = ctx.socket(zmq::PUB).unwrap();
+    publisher.bind(&ep).unwrap();
+    let trigger = spawn_ready(
+        "trigger",
+        hark_command()
+            .args(["trigger", "--fedmsg", &ep, "--connect", &free_endpoint()])
+            .args(["--metrics", metrics])
+            .arg("--rules")
+            .arg(&rules_dir)
+            .arg("--state")
+            .arg(dir.join("state.db"))
+            .arg("--trusted")
+            .arg(dir),
+        "trigger ready",
+    );
+    (trigger, ctx, publisher)
+}
+
+/// The fedmsg rule of these tests: the command writes its stdin to `<dir>/<uuid>.json`,
+/// aside and renamed, so the test never reads a half-written file.
+const FEDMSG_KOJI_RULE: &str = r#"
 rules:
   - name: koji
     match:
       topic: "org.fedoraproject.*.buildsys.build.state.change"
       where: {data.new: 1}
     run:
-      # Written aside and renamed, so the test never reads a half-written file.
       command: [/bin/sh, -c, 'cat > "$OUT/.$HARK_UUID.part" && mv "$OUT/.$HARK_UUID.part" "$OUT/$HARK_UUID.json"']
       env: {OUT: "@DIR@"}
-  - name: needs-signature
-    match:
-      topic: "org.fedoraproject.**"
-      signed_by: [anyone]
-    run: {command: [/bin/true]}
-"#
-        .replace("@DIR@", &d),
-    );
-    let ep = free_endpoint();
-    let ctx = zmq::Context::new();
-    let publisher = ctx.socket(zmq::PUB).unwrap();
-    publisher.bind(&ep).unwrap();
-    let _trigger = spawn_ready(
-        "trigger",
-        hark_command()
-            .args(["trigger", "--fedmsg", &ep, "--connect", &free_endpoint()])
-            .arg("--rules")
-            .arg(&rules)
-            .arg("--state")
-            .arg(dir.path().join("state.db"))
-            .arg("--trusted")
-            .arg(dir.path()),
-        "trigger ready",
-    );
+"#;
+
+/// Publish koji build messages (ids `<prefix>-1`, `-2`, ...) until one has fired the koji
+/// rule: what its command read, and the body sent.
+fn publish_until_fired(
+    publisher: &zmq::Socket,
+    dir: &Path,
+    prefix: &str,
+) -> Option<(Vec<u8>, String)> {
     let topic = "org.fedoraproject.prod.buildsys.build.state.change";
     let mut n = 0;
-    let fired = poll_until(WAIT, || {
+    poll_until(WAIT, || {
         n += 1;
-        let id = format!("2026-{n}");
+        let id = format!("{prefix}-{n}");
         let body = python_fedmsg_body(topic, &id, &format!(r#"{{"build_id": {n}, "new": 1}}"#));
         publisher
             .send_multipart([topic.as_bytes(), body.as_bytes()], 0)
             .unwrap();
-        let path = dir.path().join(format!("{id}.json"));
+        let path = dir.join(format!("{id}.json"));
         poll_until(Duration::from_millis(300), || {
             std::fs::read(&path).ok().map(|b| (b, body.clone()))
         })
     })
-    .expect("the fedmsg event fired the rule");
+}
+
+#[test]
+fn fedmsg_endpoints_are_subscribed_directly_and_never_satisfy_signed_by() {
+    let dir = temp_dir();
+    let rules = format!(
+        "{FEDMSG_KOJI_RULE}  - name: needs-signature\n    match:\n      topic: \"org.fedoraproject.**\"\n      signed_by: [anyone]\n    run: {{command: [/bin/true]}}\n"
+    );
+    let metrics = format!("127.0.0.1:{}", common::free_port());
+    let (_trigger, _ctx, publisher) = fedmsg_trigger(dir.path(), &rules, &metrics);
+    let fired = publish_until_fired(&publisher, dir.path(), "2026")
+        .expect("the fedmsg event fired the rule");
     assert_eq!(
         fired.0,
         fired.1.as_bytes(),
@@ -873,6 +888,41 @@ rules:
     assert!(
         !jobs.contains("needs-signature"),
         "fedmsg events carry no verified signer: {jobs}"
+    );
+}
+
+/// A message over the subscriber's 64 MiB limit makes libzmq drop the connection; the
+/// daemon says so, counts the reconnect, connects again and runs the next event's rule.
+#[test]
+fn an_oversized_fedmsg_frame_costs_a_reconnect_and_the_daemon_keeps_running_rules() {
+    let dir = temp_dir();
+    let metrics = format!("127.0.0.1:{}", common::free_port());
+    let (mut trigger, _ctx, publisher) = fedmsg_trigger(dir.path(), FEDMSG_KOJI_RULE, &metrics);
+    publish_until_fired(&publisher, dir.path(), "before").expect("the subscription works");
+    let oversized = vec![b'x'; 64 * 1024 * 1024 + 1];
+    publisher
+        .send_multipart(
+            [
+                b"org.fedoraproject.prod.buildsys.build.state.change".as_slice(),
+                &oversized,
+            ],
+            0,
+        )
+        .unwrap();
+    drop(oversized);
+    trigger
+        .stderr
+        .wait_for("the connection dropped", WAIT)
+        .expect("the daemon logs the dropped connection");
+    publish_until_fired(&publisher, dir.path(), "after")
+        .expect("an event after the oversized frame fires the rule");
+    assert!(trigger.try_status().is_none(), "the daemon exited");
+    let scraped = http_get(&metrics);
+    assert!(
+        scraped
+            .lines()
+            .any(|l| l.starts_with("hark_source_reconnects_total{") && !l.ends_with(" 0")),
+        "{scraped}"
     );
 }
 
