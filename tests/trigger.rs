@@ -865,11 +865,17 @@ fn publish_until_fired(
 #[test]
 fn fedmsg_endpoints_are_subscribed_directly_and_never_satisfy_signed_by() {
     let dir = temp_dir();
-    let rules = format!(
-        "{FEDMSG_KOJI_RULE}  - name: needs-signature\n    match:\n      topic: \"org.fedoraproject.**\"\n      signed_by: [anyone]\n    run: {{command: [/bin/true]}}\n"
-    );
+    let rules = FEDMSG_KOJI_RULE.to_string()
+        + r#"  - name: needs-signature
+    match:
+      topic: "org.fedoraproject.**"
+      signed_by: [anyone]
+    run: {command: [/bin/true]}
+"#;
     let metrics = format!("127.0.0.1:{}", common::free_port());
-    let (_trigger, _ctx, publisher) = fedmsg_trigger(dir.path(), &rules, &metrics);
+    let (trigger, _ctx, publisher) = fedmsg_trigger(dir.path(), &rules, &metrics);
+    let loaded = trigger.stderr.history().join("\n");
+    assert!(loaded.contains("rule set ready rules=2"), "{loaded}");
     let fired = publish_until_fired(&publisher, dir.path(), "2026")
         .expect("the fedmsg event fired the rule");
     assert_eq!(
