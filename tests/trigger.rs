@@ -800,9 +800,18 @@ fn events_published_while_the_daemon_was_down_are_reported_as_missed() {
     );
 }
 
-/// A `hark trigger` subscribed to a fedmsg PUB socket of the test's own, with `rules` and
-/// its metrics at `metrics`; the publisher comes back bound (with its context).
-fn fedmsg_trigger(dir: &Path, rules: &str, metrics: &str) -> (Proc, zmq::Context, zmq::Socket) {
+/// A `hark trigger` subscribed to a fedmsg PUB socket of the test's own.
+struct FedmsgTrigger {
+    trigger: Proc,
+    _ctx: zmq::Context,
+    publisher: zmq::Socket,
+    /// Where it serves its metrics.
+    metrics: String,
+}
+
+/// Start a [`FedmsgTrigger`] with `rules` (`@DIR@` is `dir`).
+fn fedmsg_trigger(dir: &Path, rules: &str) -> FedmsgTrigger {
+    let metrics = format!("127.0.0.1:{}", common::free_port());
     let rules_dir = dir.join("rules.d");
     let d = dir.display().to_string();
     write_file(&rules_dir, "50-fedmsg.yaml", &rules.replace("@DIR@", &d));
@@ -814,7 +823,7 @@ fn fedmsg_trigger(dir: &Path, rules: &str, metrics: &str) -> (Proc, zmq::Context
         "trigger",
         hark_command()
             .args(["trigger", "--fedmsg", &ep, "--connect", &free_endpoint()])
-            .args(["--metrics", metrics])
+            .args(["--metrics", &metrics])
             .arg("--rules")
             .arg(&rules_dir)
             .arg("--state")
@@ -823,7 +832,12 @@ fn fedmsg_trigger(dir: &Path, rules: &str, metrics: &str) -> (Proc, zmq::Context
             .arg(dir),
         "trigger ready",
     );
-    (trigger, ctx, publisher)
+    FedmsgTrigger {
+        trigger,
+        _ctx: ctx,
+        publisher,
+        metrics,
+    }
 }
 
 /// The fedmsg rule of these tests: the command writes its stdin to `<dir>/<uuid>.json`,
@@ -839,6 +853,9 @@ rules:
       env: {OUT: "@DIR@"}
 "#;
 
+/// The topic of the koji build messages the fedmsg tests publish.
+const KOJI_TOPIC: &str = "org.fedoraproject.prod.buildsys.build.state.change";
+
 /// Publish koji build messages (ids `<prefix>-1`, `-2`, ...) until one has fired the koji
 /// rule: what its command read, and the body sent.
 fn publish_until_fired(
@@ -846,14 +863,17 @@ fn publish_until_fired(
     dir: &Path,
     prefix: &str,
 ) -> Option<(Vec<u8>, String)> {
-    let topic = "org.fedoraproject.prod.buildsys.build.state.change";
     let mut n = 0;
     poll_until(WAIT, || {
         n += 1;
         let id = format!("{prefix}-{n}");
-        let body = python_fedmsg_body(topic, &id, &format!(r#"{{"build_id": {n}, "new": 1}}"#));
+        let body = python_fedmsg_body(
+            KOJI_TOPIC,
+            &id,
+            &format!(r#"{{"build_id": {n}, "new": 1}}"#),
+        );
         publisher
-            .send_multipart([topic.as_bytes(), body.as_bytes()], 0)
+            .send_multipart([KOJI_TOPIC.as_bytes(), body.as_bytes()], 0)
             .unwrap();
         let path = dir.join(format!("{id}.json"));
         poll_until(Duration::from_millis(300), || {
@@ -872,11 +892,10 @@ fn fedmsg_endpoints_are_subscribed_directly_and_never_satisfy_signed_by() {
       signed_by: [anyone]
     run: {command: [/bin/true]}
 "#;
-    let metrics = format!("127.0.0.1:{}", common::free_port());
-    let (trigger, _ctx, publisher) = fedmsg_trigger(dir.path(), &rules, &metrics);
-    let loaded = trigger.stderr.history().join("\n");
+    let t = fedmsg_trigger(dir.path(), &rules);
+    let loaded = t.trigger.stderr.history().join("\n");
     assert!(loaded.contains("rule set ready rules=2"), "{loaded}");
-    let fired = publish_until_fired(&publisher, dir.path(), "2026")
+    let fired = publish_until_fired(&t.publisher, dir.path(), "2026")
         .expect("the fedmsg event fired the rule");
     assert_eq!(
         fired.0,
@@ -902,28 +921,21 @@ fn fedmsg_endpoints_are_subscribed_directly_and_never_satisfy_signed_by() {
 #[test]
 fn an_oversized_fedmsg_frame_costs_a_reconnect_and_the_daemon_keeps_running_rules() {
     let dir = temp_dir();
-    let metrics = format!("127.0.0.1:{}", common::free_port());
-    let (mut trigger, _ctx, publisher) = fedmsg_trigger(dir.path(), FEDMSG_KOJI_RULE, &metrics);
-    publish_until_fired(&publisher, dir.path(), "before").expect("the subscription works");
+    let mut t = fedmsg_trigger(dir.path(), FEDMSG_KOJI_RULE);
+    publish_until_fired(&t.publisher, dir.path(), "before").expect("the subscription works");
     let oversized = vec![b'x'; 64 * 1024 * 1024 + 1];
-    publisher
-        .send_multipart(
-            [
-                b"org.fedoraproject.prod.buildsys.build.state.change".as_slice(),
-                &oversized,
-            ],
-            0,
-        )
+    t.publisher
+        .send_multipart([KOJI_TOPIC.as_bytes(), &oversized], 0)
         .unwrap();
     drop(oversized);
-    trigger
+    t.trigger
         .stderr
         .wait_for("the connection dropped", WAIT)
         .expect("the daemon logs the dropped connection");
-    publish_until_fired(&publisher, dir.path(), "after")
+    publish_until_fired(&t.publisher, dir.path(), "after")
         .expect("an event after the oversized frame fires the rule");
-    assert!(trigger.try_status().is_none(), "the daemon exited");
-    let scraped = http_get(&metrics);
+    assert!(t.trigger.try_status().is_none(), "the daemon exited");
+    let scraped = http_get(&t.metrics);
     assert!(
         scraped
             .lines()
