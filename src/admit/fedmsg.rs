@@ -5,6 +5,7 @@
 
 use super::Refusal;
 use crate::event::EnvelopeError;
+use crate::journal::Frame;
 
 /// The fields of a fedmsg envelope pass-through needs, borrowed from the frame; `msg` is
 /// parsed (so the whole body must be valid JSON) but not kept.
@@ -21,7 +22,7 @@ struct FedmsgHead<'a> {
 /// Check a fedmsg publication and return its msg_id (the dedupe key). This is the hot path
 /// of pass-through, so it validates without building an `Event`: two frames, UTF-8, a JSON
 /// object with `topic`, `msg_id` and `msg`, and frame 0 equal to the body's topic.
-pub fn fedmsg_id(frames: &[Vec<u8>]) -> Result<String, Refusal> {
+pub fn fedmsg_id<F: Frame>(frames: &[F]) -> Result<String, Refusal> {
     let [topic, body] = frames else {
         return Err(EnvelopeError::FrameCount {
             expected: "2",
@@ -29,8 +30,8 @@ pub fn fedmsg_id(frames: &[Vec<u8>]) -> Result<String, Refusal> {
         }
         .into());
     };
-    let topic = std::str::from_utf8(topic).map_err(|_| EnvelopeError::NotUtf8)?;
-    let text = std::str::from_utf8(body).map_err(|_| EnvelopeError::NotUtf8)?;
+    let topic = std::str::from_utf8(&topic[..]).map_err(|_| EnvelopeError::NotUtf8)?;
+    let text = std::str::from_utf8(&body[..]).map_err(|_| EnvelopeError::NotUtf8)?;
     let head: FedmsgHead = serde_json::from_str(text).map_err(|e| {
         if e.is_data() {
             // Valid JSON, wrong shape: a native event here would bypass signature checks.

@@ -31,6 +31,7 @@ pub use trust::{load_keyring, parse_event_time, parse_grant, TrustPolicy};
 use crate::bus::heartbeat::Heartbeat;
 use crate::event::sign::{self, SignatureReport};
 use crate::event::{EnvelopeError, Event, Format};
+use crate::journal::Frame;
 use crate::metrics::Registry;
 use crate::sources::Received;
 
@@ -169,8 +170,8 @@ impl Gate {
 
     /// fedmsg pass-through on a relay: envelope checks without building an event, and the
     /// msg_id for dedupe. The frames are forwarded untouched.
-    pub fn check_fedmsg_passthrough(&self, frames: &[Vec<u8>]) -> Result<String, Refused> {
-        self.fits(frames.iter().map(Vec::len).sum())?;
+    pub fn check_fedmsg_passthrough<F: Frame>(&self, frames: &[F]) -> Result<String, Refused> {
+        self.fits(frames.iter().map(|f| f.len()).sum())?;
         Ok(fedmsg::fedmsg_id(frames)?)
     }
 

@@ -33,6 +33,7 @@ use tokio::sync::mpsc::{channel, error::TrySendError, Receiver, Sender};
 use tracing::{info, warn};
 
 use crate::config::AmqpConfig;
+use crate::journal::Frame;
 use crate::metrics::Registry;
 use crate::sources::amqp::{checked_url, clone_tls, explain, json_to_table, redact, tls_config};
 
@@ -58,16 +59,16 @@ pub struct Outgoing {
 /// What the relay published (`[topic, json]` frames) as a message: the body is the
 /// event's `data` (fedmsg: its `msg`), `sent-at` its `time` (fedmsg: `timestamp`), and the
 /// headers say the format and the relay (`hark-format`, `hark-relay`).
-pub fn from_frames(
+pub fn from_frames<F: Frame>(
     topic: &str,
     uuid: &str,
     format: &str,
-    frames: &[Vec<u8>],
+    frames: &[F],
     relay: &str,
 ) -> Outgoing {
     let envelope: Value = frames
         .get(1)
-        .and_then(|f| serde_json::from_slice(f).ok())
+        .and_then(|f| serde_json::from_slice(&f[..]).ok())
         .unwrap_or(Value::Null);
     let (body, sent_at) = if format == "fedmsg" {
         let at = envelope

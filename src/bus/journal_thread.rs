@@ -17,7 +17,7 @@ use crossbeam_channel::{unbounded, Receiver, Sender, TryRecvError};
 use tracing::warn;
 
 use crate::journal::replay;
-use crate::journal::{Journal, NewEntry};
+use crate::journal::{Frame, Journal, NewEntry};
 use crate::metrics::Registry;
 
 const BELL: &str = "inproc://hark-relay-journal";
@@ -28,7 +28,8 @@ const REPLAY_REQUESTS_PER_ROUND: usize = 16;
 
 /// What the journal needs of a staged event.
 pub trait Journaled: Send + 'static {
-    fn entry(&self) -> NewEntry<'_>;
+    type Frame: Frame;
+    fn entry(&self) -> NewEntry<'_, Self::Frame>;
 }
 
 /// One poll round's events, stamped with consecutive seqs from `first_seq`.
@@ -192,7 +193,7 @@ impl Writer {
                 ok
             })
             .collect();
-        let entries: Vec<NewEntry<'_>> = rounds
+        let entries: Vec<NewEntry<'_, T::Frame>> = rounds
             .iter()
             .zip(&follows)
             .filter(|(_, ok)| **ok)
@@ -272,6 +273,7 @@ mod tests {
     }
 
     impl Journaled for Staged {
+        type Frame = Vec<u8>;
         fn entry(&self) -> NewEntry<'_> {
             NewEntry {
                 frames: &self.frames,

@@ -53,6 +53,20 @@ pub fn connect_all(socket: &zmq::Socket, endpoints: &[String], role: &str) -> an
     Ok(())
 }
 
+/// Receive one multipart message as libzmq's own messages: a received frame references
+/// the buffer libzmq read it into, so it can be published again without a copy.
+pub fn recv_frames(socket: &zmq::Socket, flags: i32) -> zmq::Result<Vec<zmq::Message>> {
+    let mut frames = Vec::with_capacity(2);
+    loop {
+        let frame = socket.recv_msg(flags)?;
+        let more = frame.get_more();
+        frames.push(frame);
+        if !more {
+            return Ok(frames);
+        }
+    }
+}
+
 /// The event number of one socket-monitor message (`[u16 event, u32 value]` in native
 /// order, then the endpoint), or None if it is too short.
 pub fn monitor_event(frames: &[Vec<u8>]) -> Option<u16> {

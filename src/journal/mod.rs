@@ -113,15 +113,29 @@ impl JournalError {
 
 pub type Result<T> = std::result::Result<T, JournalError>;
 
-/// One event to append: the multipart frames exactly as published.
-#[derive(Debug, Clone, Copy)]
-pub struct NewEntry<'a> {
-    pub frames: &'a [Vec<u8>],
+/// One frame's bytes: a `Vec<u8>`, or a `zmq::Message` as received.
+pub trait Frame: std::ops::Deref<Target = [u8]> {}
+impl<T: std::ops::Deref<Target = [u8]>> Frame for T {}
+
+/// One event to append: the multipart frames exactly as published. A frame is anything
+/// that holds bytes: the relay journals the libzmq messages it received and then publishes
+/// them, uncopied.
+#[derive(Debug)]
+pub struct NewEntry<'a, F = Vec<u8>> {
+    pub frames: &'a [F],
     pub topic: &'a str,
     pub uuid: &'a str,
     /// When the relay received it, milliseconds since the Unix epoch.
     pub received_ms: i64,
 }
+
+// Not derived: a derive would ask `F: Copy`, and only the reference is copied.
+impl<F> Clone for NewEntry<'_, F> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<F> Copy for NewEntry<'_, F> {}
 
 /// One journaled event as read back.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -471,7 +485,7 @@ impl Journal {
     /// starting at [`Journal::next_seq`], which is returned; on error none is written
     /// and the seqs are not used up. A receive time earlier than one already written (the
     /// clock stepped back) is stored as that one, so that times never decrease with seq.
-    pub fn append_batch(&mut self, entries: &[NewEntry<'_>]) -> Result<u64> {
+    pub fn append_batch<F: Frame>(&mut self, entries: &[NewEntry<'_, F>]) -> Result<u64> {
         if self.read_only {
             return Err(JournalError::ReadOnly);
         }
@@ -988,14 +1002,14 @@ impl Journal {
 /// Write `entries` as stored rows from seq `first` in one transaction, big rows into
 /// `segments` (fsynced before the commit at [`Durability::Full`]); the bytes of frames
 /// added and the newest receive time.
-fn write_rows(
+fn write_rows<F: Frame>(
     conn: &mut Connection,
     segments: &mut Segments,
     mark: &Mark,
     durability: Durability,
     first: u64,
     mut last_ms: i64,
-    entries: &[NewEntry<'_>],
+    entries: &[NewEntry<'_, F>],
 ) -> Result<(u64, i64)> {
     let mut added = 0u64;
     let tx = conn.transaction()?;
@@ -1077,13 +1091,13 @@ impl<'t> RowWriter<'t> {
     }
 
     /// Add one event; the bytes of its frames.
-    fn push(
+    fn push<F: Frame>(
         &mut self,
         seq: u64,
         received_ms: i64,
         topic: &str,
         uuid: &str,
-        frames: &[Vec<u8>],
+        frames: &[F],
     ) -> Result<u64> {
         if self.events == ROW_EVENTS || self.blob.len() >= ROW_BYTES {
             self.finish()?;
@@ -1239,7 +1253,13 @@ impl EventRef<'_> {
 /// One event of a stored row: received_ms (i64), topic and uuid (u32 length, UTF-8), the
 /// frames' encoded length (u32) and the frames as [`encode_frames`] writes them; all
 /// little-endian.
-fn encode_event(out: &mut Vec<u8>, received_ms: i64, topic: &str, uuid: &str, frames: &[Vec<u8>]) {
+fn encode_event<F: Frame>(
+    out: &mut Vec<u8>,
+    received_ms: i64,
+    topic: &str,
+    uuid: &str,
+    frames: &[F],
+) {
     let len32 = |n: usize| u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes();
     out.extend_from_slice(&received_ms.to_le_bytes());
     out.extend_from_slice(&len32(topic.len()));
@@ -1361,7 +1381,7 @@ fn seq_from_sql(seq: i64) -> u64 {
 }
 
 /// Frames as one blob: per frame a little-endian u32 length, then the bytes.
-fn encode_frames(frames: &[Vec<u8>], out: &mut Vec<u8>) {
+fn encode_frames<F: Frame>(frames: &[F], out: &mut Vec<u8>) {
     out.reserve(frames.iter().map(|f| f.len() + 4).sum());
     for frame in frames {
         // Frames come from a socket capped by relay.max_message_size, far below 4 GiB.

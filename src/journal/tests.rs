@@ -100,7 +100,7 @@ fn a_batch_takes_consecutive_seqs_in_one_go() {
     );
     assert_eq!(got[4].uuid, "b4");
     assert_eq!(got[4].frames, frames("b", 4));
-    assert_eq!(j.append_batch(&[]).expect("empty batch"), 9);
+    assert_eq!(j.append_batch::<Vec<u8>>(&[]).expect("empty batch"), 9);
     assert_eq!(j.head_seq().expect("head"), 8);
 }
 
