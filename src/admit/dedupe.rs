@@ -47,13 +47,16 @@ impl Dedupe {
                 }
             }
         }
-        if self.seen.contains_key(uuid) {
-            return false;
+        // One hash and one probe; the key is allocated first because it is almost always
+        // new (a duplicate frees it again).
+        match self.seen.entry(Arc::from(uuid)) {
+            Entry::Occupied(_) => false,
+            Entry::Vacant(slot) => {
+                self.order.push_back((now, slot.key().clone()));
+                slot.insert(now);
+                true
+            }
         }
-        let uuid: Arc<str> = Arc::from(uuid);
-        self.seen.insert(uuid.clone(), now);
-        self.order.push_back((now, uuid));
-        true
     }
 
     /// Take back a uuid that was seen but not published after all (the journal failed),
