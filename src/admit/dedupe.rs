@@ -34,6 +34,12 @@ impl Dedupe {
 
     /// True the first time `uuid` is seen within the window.
     pub fn first_seen(&mut self, uuid: &str, now: Instant) -> bool {
+        self.admit(uuid, now).is_some()
+    }
+
+    /// The first time `uuid` is seen within the window, the window's own copy of it, which
+    /// the caller may keep (the relay's pass-through allocates one uuid per event, not two).
+    pub fn admit(&mut self, uuid: &str, now: Instant) -> Option<Arc<str>> {
         while let Some((at, _)) = self.order.front() {
             if now.duration_since(*at) <= self.window && self.order.len() < self.capacity {
                 break;
@@ -50,11 +56,12 @@ impl Dedupe {
         // One hash and one probe; the key is allocated first because it is almost always
         // new (a duplicate frees it again).
         match self.seen.entry(Arc::from(uuid)) {
-            Entry::Occupied(_) => false,
+            Entry::Occupied(_) => None,
             Entry::Vacant(slot) => {
-                self.order.push_back((now, slot.key().clone()));
+                let uuid = slot.key().clone();
+                self.order.push_back((now, uuid.clone()));
                 slot.insert(now);
-                true
+                Some(uuid)
             }
         }
     }

@@ -6,15 +6,16 @@
 use super::Refusal;
 use crate::event::EnvelopeError;
 use crate::journal::Frame;
+use std::borrow::Cow;
 
 /// The fields of a fedmsg envelope pass-through needs, borrowed from the frame; `msg` is
 /// parsed (so the whole body must be valid JSON) but not kept.
 #[derive(serde::Deserialize)]
 struct FedmsgHead<'a> {
     #[serde(borrow)]
-    topic: std::borrow::Cow<'a, str>,
+    topic: Cow<'a, str>,
     #[serde(borrow)]
-    msg_id: std::borrow::Cow<'a, str>,
+    msg_id: Cow<'a, str>,
     #[allow(dead_code)]
     msg: serde::de::IgnoredAny,
 }
@@ -22,7 +23,7 @@ struct FedmsgHead<'a> {
 /// Check a fedmsg publication and return its msg_id (the dedupe key). This is the hot path
 /// of pass-through, so it validates without building an `Event`: two frames, UTF-8, a JSON
 /// object with `topic`, `msg_id` and `msg`, and frame 0 equal to the body's topic.
-pub fn fedmsg_id<F: Frame>(frames: &[F]) -> Result<String, Refusal> {
+pub fn fedmsg_id<F: Frame>(frames: &[F]) -> Result<Cow<'_, str>, Refusal> {
     let [topic, body] = frames else {
         return Err(EnvelopeError::FrameCount {
             expected: "2",
@@ -47,7 +48,7 @@ pub fn fedmsg_id<F: Frame>(frames: &[F]) -> Result<String, Refusal> {
         }
         .into());
     }
-    Ok(head.msg_id.into_owned())
+    Ok(head.msg_id)
 }
 
 #[cfg(test)]

@@ -170,7 +170,10 @@ impl Gate {
 
     /// fedmsg pass-through on a relay: envelope checks without building an event, and the
     /// msg_id for dedupe. The frames are forwarded untouched.
-    pub fn check_fedmsg_passthrough<F: Frame>(&self, frames: &[F]) -> Result<String, Refused> {
+    pub fn check_fedmsg_passthrough<'f, F: Frame>(
+        &self,
+        frames: &'f [F],
+    ) -> Result<std::borrow::Cow<'f, str>, Refused> {
         self.fits(frames.iter().map(|f| f.len()).sum())?;
         Ok(fedmsg::fedmsg_id(frames)?)
     }

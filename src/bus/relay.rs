@@ -300,7 +300,8 @@ pub struct Outgoing {
     /// never copied (copies and their allocations, freed on libzmq's I/O thread, were a
     /// quarter of the relay's CPU on pass-through).
     frames: Vec<zmq::Message>,
-    uuid: String,
+    /// Shared with the dedupe window.
+    uuid: Arc<str>,
     received_ms: i64,
     format: &'static str,
     /// Native submissions are acked; fedmsg publishers get no answer.
@@ -650,7 +651,7 @@ impl Relay {
         received: DateTime<Utc>,
         event: Ready,
     ) {
-        if !self.dedupe.first_seen(&event.uuid, Instant::now()) {
+        let Some(uuid) = self.dedupe.admit(&event.uuid, Instant::now()) else {
             let refusal = Refusal::Duplicate {
                 uuid: event.uuid.clone(),
             };
@@ -669,7 +670,7 @@ impl Relay {
                 },
             );
             return;
-        }
+        };
         let seq = self.staged + self.outbox.len() as u64 + 1;
         let at = received.to_rfc3339_opts(SecondsFormat::Micros, true);
         let bytes = match unsigned_stamp(&self.opts.name, &self.epoch, seq, &at) {
@@ -683,7 +684,7 @@ impl Relay {
         };
         self.outbox.push(Outgoing {
             frames: vec![zmq::Message::from(event.topic.as_str()), bytes.into()],
-            uuid: event.uuid,
+            uuid,
             received_ms: received.timestamp_millis(),
             format: "laniakea",
             reply: Some(origin),
@@ -815,7 +816,7 @@ impl Relay {
                     router,
                     origin,
                     &Ack {
-                        uuid: Some(o.uuid),
+                        uuid: Some(o.uuid.to_string()),
                         status: AckStatus::Accepted,
                         seq: Some(self.seq),
                         reason: None,
@@ -842,21 +843,21 @@ impl Relay {
                 break;
             };
             received += 1.0;
-            let uuid = match self.gate.check_fedmsg_passthrough(&frames) {
-                Ok(id) => id,
+            let first = match self.gate.check_fedmsg_passthrough(&frames) {
+                Ok(id) => self.dedupe.admit(&id, now).ok_or_else(|| id.into_owned()),
                 Err(refused) => {
                     self.refusals.refuse("fedmsg", None, &refused.refusal);
                     continue;
                 }
             };
-            if !self.dedupe.first_seen(&uuid, now) {
-                self.refusals.refuse(
-                    "fedmsg",
-                    Some(&uuid),
-                    &Refusal::Duplicate { uuid: uuid.clone() },
-                );
-                continue;
-            }
+            let uuid = match first {
+                Ok(uuid) => uuid,
+                Err(seen) => {
+                    let refusal = Refusal::Duplicate { uuid: seen.clone() };
+                    self.refusals.refuse("fedmsg", Some(&seen), &refusal);
+                    continue;
+                }
+            };
             self.outbox.push(Outgoing {
                 frames,
                 uuid,
