@@ -3,10 +3,10 @@
 //! unsigned where `trust.allow_fedmsg` says so, and a relay forwards it byte for byte
 //! after the envelope checks below.
 
-use super::Refusal;
-use crate::event::EnvelopeError;
-use crate::journal::Frame;
 use std::borrow::Cow;
+
+use super::Refusal;
+use crate::event::{EnvelopeError, Frame};
 
 /// The fields of a fedmsg envelope pass-through needs, borrowed from the frame; `msg` is
 /// parsed (so the whole body must be valid JSON) but not kept.

@@ -30,8 +30,7 @@ pub use trust::{load_keyring, parse_event_time, parse_grant, TrustPolicy};
 
 use crate::bus::heartbeat::Heartbeat;
 use crate::event::sign::{self, SignatureReport};
-use crate::event::{EnvelopeError, Event, Format};
-use crate::journal::Frame;
+use crate::event::{EnvelopeError, Event, Format, Frame};
 use crate::metrics::Registry;
 use crate::sources::Received;
 

@@ -33,7 +33,7 @@ use tokio::sync::mpsc::{channel, error::TrySendError, Receiver, Sender};
 use tracing::{info, warn};
 
 use crate::config::AmqpConfig;
-use crate::journal::Frame;
+use crate::event::Frame;
 use crate::metrics::Registry;
 use crate::sources::amqp::{checked_url, clone_tls, explain, json_to_table, redact, tls_config};
 

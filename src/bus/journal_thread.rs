@@ -16,8 +16,9 @@ use anyhow::Context as _;
 use crossbeam_channel::{unbounded, Receiver, Sender, TryRecvError};
 use tracing::warn;
 
+use crate::event::Frame;
 use crate::journal::replay;
-use crate::journal::{Frame, Journal, NewEntry};
+use crate::journal::{Journal, NewEntry};
 use crate::metrics::Registry;
 
 const BELL: &str = "inproc://hark-relay-journal";

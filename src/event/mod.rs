@@ -11,6 +11,11 @@ pub mod sign;
 
 use serde_json::{Map, Value};
 
+/// One frame of a multipart message: a `Vec<u8>`, or a `zmq::Message` as received (the
+/// relay forwards those without copying them).
+pub trait Frame: std::ops::Deref<Target = [u8]> {}
+impl<T: std::ops::Deref<Target = [u8]>> Frame for T {}
+
 /// The envelope an event arrived in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]

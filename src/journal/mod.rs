@@ -20,6 +20,7 @@ mod uuid_filter;
 use std::path::Path;
 use std::time::Duration;
 
+use crate::event::Frame;
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
 use segments::{Extent, Mark, Segments};
 
@@ -112,10 +113,6 @@ impl JournalError {
 }
 
 pub type Result<T> = std::result::Result<T, JournalError>;
-
-/// One frame's bytes: a `Vec<u8>`, or a `zmq::Message` as received.
-pub trait Frame: std::ops::Deref<Target = [u8]> {}
-impl<T: std::ops::Deref<Target = [u8]>> Frame for T {}
 
 /// One event to append: the multipart frames exactly as published. A frame is anything
 /// that holds bytes: the relay journals the libzmq messages it received and then publishes
