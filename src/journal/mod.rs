@@ -20,9 +20,10 @@ mod uuid_filter;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::event::Frame;
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
 use segments::{Extent, Mark, Segments};
+
+use crate::event::Frame;
 
 /// Suggested `hark.yaml` default for `relay.journal.max_age`.
 pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -125,14 +126,6 @@ pub struct NewEntry<'a, F = Vec<u8>> {
     /// When the relay received it, milliseconds since the Unix epoch.
     pub received_ms: i64,
 }
-
-// Not derived: a derive would ask `F: Copy`, and only the reference is copied.
-impl<F> Clone for NewEntry<'_, F> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-impl<F> Copy for NewEntry<'_, F> {}
 
 /// One journaled event as read back.
 #[derive(Debug, Clone, PartialEq, Eq)]
