@@ -699,9 +699,13 @@ impl Relay {
             return;
         }
         let Some(journal) = &self.journal else {
-            let events = std::mem::take(&mut self.outbox);
+            // Drained, so the outbox keeps its capacity: regrowing it every round (the
+            // reallocations, fresh pages from the kernel) was measurable on pass-through.
+            let mut events = std::mem::take(&mut self.outbox);
             self.staged += events.len() as u64;
-            self.publish(router, publisher, events);
+            self.publish(router, publisher, events.drain(..));
+            debug_assert!(self.outbox.is_empty(), "publishing stages nothing");
+            self.outbox = events;
             return;
         };
         if self.rounds_in_flight >= ROUNDS_IN_FLIGHT {
@@ -772,7 +776,12 @@ impl Relay {
         }
     }
 
-    fn publish(&mut self, router: &zmq::Socket, publisher: &zmq::Socket, events: Vec<Outgoing>) {
+    fn publish(
+        &mut self,
+        router: &zmq::Socket,
+        publisher: &zmq::Socket,
+        events: impl IntoIterator<Item = Outgoing>,
+    ) {
         let (mut native, mut fedmsg) = (0.0, 0.0);
         let journaled = self.journal.is_some();
         for o in events {
