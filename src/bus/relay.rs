@@ -299,7 +299,7 @@ pub struct Outgoing {
     /// libzmq messages: a fedmsg publication is published as it was received, its bytes
     /// never copied (copies and their allocations, freed on libzmq's I/O thread, were a
     /// quarter of the relay's CPU on pass-through).
-    frames: Vec<zmq::Message>,
+    frames: [zmq::Message; 2],
     /// Shared with the dedupe window.
     uuid: Arc<str>,
     received_ms: i64,
@@ -310,9 +310,8 @@ pub struct Outgoing {
 
 impl Outgoing {
     fn topic(&self) -> &str {
-        self.frames
-            .first()
-            .and_then(|t| std::str::from_utf8(t).ok())
+        std::str::from_utf8(&self.frames[0])
+            .ok()
             .unwrap_or_default()
     }
 }
@@ -321,7 +320,7 @@ impl Journaled for Outgoing {
     type Frame = zmq::Message;
     fn entry(&self) -> NewEntry<'_, zmq::Message> {
         NewEntry {
-            frames: &self.frames,
+            frames: &self.frames[..],
             topic: self.topic(),
             uuid: &self.uuid,
             received_ms: self.received_ms,
@@ -344,6 +343,8 @@ struct Relay {
     rounds_in_flight: usize,
     /// Staged this round: journaled together (one fsync), then published and acked.
     outbox: Vec<Outgoing>,
+    /// The fedmsg message being read, reused: its frames move into an [`Outgoing`].
+    inbound: Vec<zmq::Message>,
     gate: Gate,
     dedupe: Dedupe,
     refusals: Refusals,
@@ -487,6 +488,7 @@ pub fn run(
         journal,
         rounds_in_flight: 0,
         outbox: Vec::new(),
+        inbound: Vec::with_capacity(2),
         next_ticket: 0,
         next_release: 0,
         pending: BTreeMap::new(),
@@ -683,7 +685,7 @@ impl Relay {
             }
         };
         self.outbox.push(Outgoing {
-            frames: vec![zmq::Message::from(event.topic.as_str()), bytes.into()],
+            frames: [zmq::Message::from(event.topic.as_str()), bytes.into()],
             uuid,
             received_ms: received.timestamp_millis(),
             format: "laniakea",
@@ -848,11 +850,11 @@ impl Relay {
         // One clock reading per round: what is read here was all queued by now.
         let (now, now_ms) = (Instant::now(), chrono::Utc::now().timestamp_millis());
         for _ in 0..1024 {
-            let Ok(frames) = recv_frames(sub, zmq::DONTWAIT) else {
+            if recv_frames(sub, zmq::DONTWAIT, &mut self.inbound).is_err() {
                 break;
-            };
+            }
             received += 1.0;
-            let first = match self.gate.check_fedmsg_passthrough(&frames) {
+            let first = match self.gate.check_fedmsg_passthrough(&self.inbound) {
                 Ok(id) => self.dedupe.admit(&id, now).ok_or_else(|| id.into_owned()),
                 Err(refused) => {
                     self.refusals.refuse("fedmsg", None, &refused.refusal);
@@ -867,8 +869,12 @@ impl Relay {
                     continue;
                 }
             };
+            // Two frames: the check above refuses any other count.
+            let (Some(body), Some(topic)) = (self.inbound.pop(), self.inbound.pop()) else {
+                continue;
+            };
             self.outbox.push(Outgoing {
-                frames,
+                frames: [topic, body],
                 uuid,
                 received_ms: now_ms,
                 format: "fedmsg",

@@ -53,16 +53,21 @@ pub fn connect_all(socket: &zmq::Socket, endpoints: &[String], role: &str) -> an
     Ok(())
 }
 
-/// Receive one multipart message as libzmq's own messages: a received frame references
-/// the buffer libzmq read it into, so it can be published again without a copy.
-pub fn recv_frames(socket: &zmq::Socket, flags: i32) -> zmq::Result<Vec<zmq::Message>> {
-    let mut frames = Vec::with_capacity(2);
+/// Receive one multipart message as libzmq's own messages, into `frames` (cleared first,
+/// so a caller reusing it allocates nothing): a received frame references the buffer
+/// libzmq read it into, so it can be published again without a copy.
+pub fn recv_frames(
+    socket: &zmq::Socket,
+    flags: i32,
+    frames: &mut Vec<zmq::Message>,
+) -> zmq::Result<()> {
+    frames.clear();
     loop {
         let frame = socket.recv_msg(flags)?;
         let more = frame.get_more();
         frames.push(frame);
         if !more {
-            return Ok(frames);
+            return Ok(());
         }
     }
 }
