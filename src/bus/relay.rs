@@ -881,6 +881,8 @@ impl Relay {
                 reply: None,
             });
         }
+        // A refused message would otherwise stay in it, and pin its buffers, until the next.
+        self.inbound.clear();
         if received > 0.0 {
             self.metrics.add(
                 "hark_relay_received_total",
